@@ -1,0 +1,62 @@
+"""The typed batch every task consumes, and the per-sample detection targets.
+
+Fields a task does not need are ``None``, never dummies. Image tensors are float, normalised,
+``[B, 3, H, W]``, padded to the batch maximum with ``pixel_mask`` marking real pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Targets:
+    """Detection targets of one image: boxes as normalised ``cxcywh`` in [0, 1]."""
+
+    boxes: Tensor  # [M, 4] float
+    labels: Tensor  # [M] long, category index
+    attributes: Tensor  # [M, A] float multi-hot over the attribute vocabulary
+
+    def to(self, device: torch.device | str) -> Targets:
+        return Targets(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+
+@dataclass
+class Batch:
+    """One collated batch. ``keys`` identify the samples (webdataset ``__key__``)."""
+
+    keys: list[str]
+    pixels: Tensor | None = None  # [B, 3, H, W] float
+    pixel_mask: Tensor | None = None  # [B, H, W] bool, True = real pixel
+    text_ids: Tensor | None = None  # [B, L] long (MLM-masked when mlm_labels is set)
+    text_mask: Tensor | None = None  # [B, L] bool, True = real token
+    mlm_labels: Tensor | None = None  # [B, L] long, -100 where no label
+    itm_labels: Tensor | None = None  # [B] long, 1 = image and text match
+    targets: list[Targets] | None = None
+    answers: Tensor | None = None  # [B, num_answers] float VQA soft scores
+    pair_labels: Tensor | None = None  # [B] long, NLVR2-style statement truth
+    pixels_right: Tensor | None = None  # second image of a pair sample
+    pixel_mask_right: Tensor | None = None
+    caption_ids: Tensor | None = None  # [B, T] long, decoder input/target captions
+    caption_mask: Tensor | None = None  # [B, T] bool
+    image_codes: Tensor | None = None  # [B, h*w] long, VQGAN code ids
+    captions: list[str] | None = None  # raw text, for generation metrics
+    num_skipped: int = 0  # samples dropped while building this batch (corrupt / missing fields)
+    skipped_keys: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def to(self, device: torch.device | str) -> Batch:
+        """Move every tensor (and target) to ``device``; Lightning calls this through ``transfer_batch_to_device``."""
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                moved[f.name] = value.to(device, non_blocking=True)
+            elif isinstance(value, list) and value and isinstance(value[0], Targets):
+                moved[f.name] = [t.to(device) for t in value]
+        return replace(self, **moved)

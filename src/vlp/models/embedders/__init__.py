@@ -1,0 +1,6 @@
+"""Visual embedders: pixels → :class:`VisualTokens`."""
+
+from vlp.models.embedders.base import VisualEmbedder, VisualTokens
+from vlp.models.embedders.vit_patch import ViTPatchEmbedder
+
+__all__ = ["ViTPatchEmbedder", "VisualEmbedder", "VisualTokens"]

@@ -1,0 +1,55 @@
+"""Prediction heads. Heads are model parts; the losses that use them live in ``vlp.objectives``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vlp.models.transformer import init_weights
+
+
+class Pooler(nn.Module):
+    """BERT pooler: dense + tanh over the first token."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.activation = nn.Tanh()
+        self.apply(init_weights)
+
+    def forward(self, states: Tensor) -> Tensor:
+        return self.activation(self.dense(states[:, 0]))
+
+
+class MLMHead(nn.Module):
+    """BERT's MLM head: dense + GELU + LayerNorm, then a projection onto the vocabulary.
+
+    It is applied to the gathered labelled positions only (``[M, D]``), never the whole sequence:
+    over a 30k vocabulary that is most of a small model's compute.
+    """
+
+    def __init__(self, dim: int, vocab_size: int = 30522, norm_eps: float = 1e-12) -> None:
+        super().__init__()
+        self.input_dim = dim
+        self.dense = nn.Linear(dim, dim)
+        self.activation = nn.GELU()
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.decoder = nn.Linear(dim, vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        self.apply(init_weights)
+
+    def forward(self, states: Tensor) -> Tensor:
+        return self.decoder(self.norm(self.activation(self.dense(states)))) + self.bias
+
+
+class ITMHead(nn.Module):
+    """Image-text matching: a linear 2-way classifier over the pooled state."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.input_dim = dim
+        self.fc = nn.Linear(dim, 2)
+        self.apply(init_weights)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.fc(pooled)

@@ -1,0 +1,117 @@
+"""Attention on ``F.scaled_dot_product_attention``, pre-LN blocks, the encoder, and mask builders.
+
+Masks are boolean with True = "may attend", the convention of SDPA. A key-padding mask is
+broadcast as ``[B, 1, 1, N]``; a full ``[B, 1, N, N]`` mask is built only where a pattern needs one.
+Parameter names follow timm's ViT (``norm1``, ``attn.qkv``, ``attn.proj``, ``mlp.fc1`` ...), so ViT
+and official ViLT checkpoints map onto these blocks key by key.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+def key_padding_mask(mask: Tensor) -> Tensor:
+    """``[B, N]`` True-for-real → ``[B, 1, 1, N]`` attention mask for SDPA."""
+    return mask[:, None, None, :]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection."""
+
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        batch, length, dim = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0
+        )
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, length, dim)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of pre-LN blocks with a final LayerNorm; optional activation checkpointing per block."""
+
+    def __init__(
+        self,
+        dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+        activation_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.activation_checkpointing = activation_checkpointing
+        rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, rate, norm_eps) for rate in rates
+        )
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.apply(init_weights)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        for block in self.blocks:
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, attn_mask)
+        return self.norm(x)
+
+
+def init_weights(module: nn.Module) -> None:
+    """ViT/BERT initialisation: truncated normal (std 0.02) linears, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

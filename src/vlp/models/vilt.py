@@ -1,0 +1,71 @@
+"""The ViLT assembly: text and visual tokens concatenated into one single-stream encoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vlp.models.embedders.base import VisualEmbedder
+from vlp.models.heads import Pooler
+from vlp.models.outputs import FusionOutput
+from vlp.models.text import TextEmbedder
+from vlp.models.transformer import TransformerEncoder, key_padding_mask
+
+
+class ViLT(nn.Module):
+    """``[text; image]`` + modality-type embeddings → pre-LN encoder → pooled [CLS].
+
+    Any :class:`VisualEmbedder` plugs in: patches give ViLT, CNN grids give Pixel-BERT, VQ codes give
+    a code-token ViLT. Visual positions (when the embedder gives them) are added once at the input.
+
+    Args:
+        num_modality_types: 2 for text/image; NLVR2 grows it to 3 so the second image has its own type.
+    """
+
+    def __init__(
+        self,
+        text_embedder: TextEmbedder,
+        visual_embedder: VisualEmbedder,
+        encoder: TransformerEncoder,
+        pooler: Pooler | None = None,
+        num_modality_types: int = 2,
+    ) -> None:
+        super().__init__()
+        widths = {
+            "text_embedder": text_embedder.dim,
+            "visual_embedder": visual_embedder.dim,
+            "encoder": encoder.dim,
+        }
+        if len(set(widths.values())) != 1:
+            raise ValueError(f"ViLT parts disagree on the model width: {widths}")
+        self.dim = encoder.dim
+        self.text_embedder = text_embedder
+        self.visual_embedder = visual_embedder
+        self.token_type_embeddings = nn.Embedding(num_modality_types, self.dim)
+        nn.init.trunc_normal_(self.token_type_embeddings.weight, std=0.02)
+        self.encoder = encoder
+        self.pooler = pooler if pooler is not None else Pooler(self.dim)
+
+    def forward(
+        self,
+        text_ids: Tensor,
+        text_mask: Tensor,
+        pixels: Tensor,
+        pixel_mask: Tensor | None = None,
+        image_token_type: int = 1,
+    ) -> FusionOutput:
+        text = self.text_embedder(text_ids) + self.token_type_embeddings.weight[0]
+        visual = self.visual_embedder(pixels, pixel_mask)
+        image = visual.embeds if visual.pos is None else visual.embeds + visual.pos
+        image = image + self.token_type_embeddings.weight[image_token_type]
+        mask = torch.cat([text_mask.bool(), visual.mask], dim=1)
+        states = self.encoder(torch.cat([text, image.to(text.dtype)], dim=1), key_padding_mask(mask))
+        length = text_ids.shape[1]
+        return FusionOutput(
+            text_states=states[:, :length],
+            image_states=states[:, length:],
+            text_mask=mask[:, :length],
+            image_mask=mask[:, length:],
+            pooled=self.pooler(states),
+            visual=visual,
+        )

@@ -1,0 +1,119 @@
+"""What every task shares: objectives with real weights, optimiser and schedule, logging."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from torch import Tensor, nn
+
+from vlp.datamodules.schema import Batch
+from vlp.objectives.base import Objective
+from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups
+
+
+class ObjectiveTask(LightningModule, ABC):
+    """A model plus a dict of objectives; the loss is ``sum(weight * objective.loss)``.
+
+    Args:
+        model: the assembly (a plain ``nn.Module``).
+        objectives: name → objective; logged as ``train/<name>_loss`` and ``val/<metric>``.
+        loss_weights: name → multiplier; a missing name weighs 1.0 and 0 skips the objective entirely.
+        lr, weight_decay, betas, eps: AdamW; no decay on biases, norms, embeddings.
+        warmup: warm-up length, a fraction of the total steps when < 1, else a number of steps.
+        end_lr_ratio: the linear decay ends at this fraction of ``lr``.
+        lr_multipliers: parameter-name prefix → learning-rate factor (e.g. heads 10x in fine-tuning).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objectives: dict[str, Objective],
+        loss_weights: dict[str, float] | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-8,
+        warmup: float = 0.1,
+        end_lr_ratio: float = 0.0,
+        lr_multipliers: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "objectives"])
+        weights = dict(loss_weights or {})
+        unknown = sorted(set(weights) - set(objectives))
+        if unknown:
+            raise ValueError(f"loss_weights names {unknown}, which are not objectives {sorted(objectives)}")
+        if not objectives:
+            raise ValueError("a task needs at least one objective")
+        model_dim = getattr(model, "dim", None)
+        for name, objective in objectives.items():
+            if model_dim is not None and getattr(objective, "input_dim", model_dim) != model_dim:
+                raise ValueError(
+                    f"objectives.{name}: head width {objective.input_dim} does not match the model width {model_dim}"
+                )
+        self.model = model
+        self.objectives = nn.ModuleDict(objectives)
+        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in objectives}
+        if all(w == 0 for w in self.loss_weights.values()):
+            raise ValueError("every loss weight is 0: nothing would be trained")
+
+    @abstractmethod
+    def forward_model(self, batch: Batch) -> Any:
+        """Run the assembly on a batch and return what the objectives read."""
+
+    def compute_losses(self, batch: Batch, stage: str) -> Tensor:
+        outputs = self.forward_model(batch)
+        batch_size = len(batch)
+        total = torch.zeros((), device=self.device)
+        for name, objective in self.objectives.items():
+            weight = self.loss_weights[name]
+            if weight == 0:
+                continue
+            result = objective(outputs, batch)
+            total = total + weight * result.loss
+            self.log(
+                f"{stage}/{name}_loss",
+                result.loss.detach(),
+                batch_size=batch_size,
+                sync_dist=stage != "train",
+            )
+            for key, value in result.logs.items():
+                self.log(f"{stage}/{key}", value, batch_size=batch_size, sync_dist=stage != "train")
+        self.log(
+            f"{stage}/loss", total.detach(), batch_size=batch_size, prog_bar=True, sync_dist=stage != "train"
+        )
+        if batch.num_skipped:
+            self.log(
+                f"{stage}/skipped_samples",
+                float(batch.num_skipped),
+                reduce_fx="sum",
+                on_step=False,
+                on_epoch=True,
+            )
+        return total
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self.compute_losses(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.compute_losses(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.compute_losses(batch, "test")
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        optimizer = build_adamw(
+            param_groups(self, hp.lr, hp.weight_decay, hp.lr_multipliers), hp.lr, tuple(hp.betas), hp.eps
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        if total <= 0 or total == float("inf"):
+            raise ValueError(
+                "set trainer.max_steps (streaming data has no length to derive the schedule from)"
+            )
+        warmup = int(hp.warmup * total) if hp.warmup < 1 else int(hp.warmup)
+        scheduler = linear_warmup_decay(optimizer, warmup, total, hp.end_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
