@@ -95,14 +95,33 @@ class ObjectiveTask(LightningModule, ABC):
             )
         return total
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        if len(batch) == 0:  # every sample of this batch was skipped (and counted) by the loader
+            return None
         return self.compute_losses(batch, "train")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self.compute_losses(batch, "val")
+        if len(batch):
+            self.compute_losses(batch, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self.compute_losses(batch, "test")
+        if len(batch):
+            self.compute_losses(batch, "test")
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``, shard with FSDP2 (per block / embedder, then the whole task)."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        if isinstance(self.model, FSDPModule):
+            return  # already sharded (configure_model may run again, e.g. in trainer.test after fit)
+        from vlp.tasks.sharding import apply_fsdp2
+
+        bf16 = str(self.trainer.precision).startswith("bf16")
+        apply_fsdp2([self.model, *self.objectives.values()], self.device_mesh["data_parallel"], bf16=bf16)
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams

@@ -1,0 +1,264 @@
+"""Collation of decoded samples into a pre-training :class:`~vlp.datamodules.schema.Batch` (MLM + ITM).
+
+Decoding (in loader workers) turns every webdataset sample into a :class:`DecodedSample` or, when it
+cannot be used, a :class:`SkippedSample` marker; markers travel to the collator so that skips are
+counted in the batch the main process receives (``Batch.num_skipped`` / ``skipped_keys``).
+
+Randomness (caption choice, image shuffling, ITM negatives, MLM masking) comes from one
+``torch.Generator`` owned by the collator and derived lazily, on the first call in each process, from
+``(seed, rank, loader worker id)``: workers differ from one another, and a run with the same seed and
+worker count repeats exactly. A pickled copy (what each DataLoader worker receives) starts afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+
+from vlp.datamodules.schema import Batch
+from vlp.tokenizers import BUNDLED, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """Marker for a sample that could not be used; it flows to the collator, which counts it."""
+
+    key: str
+    reason: str
+
+
+@dataclass
+class DecodedSample:
+    """One decoded sample: the transformed image and its annotation."""
+
+    key: str
+    image: Tensor  # [3, H, W] float, normalised
+    captions: list[str]
+    annotation: dict[str, Any] = field(default_factory=dict)  # the sample's parsed json
+    orig_size: tuple[int, int] = (0, 0)  # (height, width) of the stored image, before resizing
+
+
+def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Zero-pad ``[3, h, w]`` images to the batch's largest height and width.
+
+    Returns ``pixels [B, 3, H, W]`` and ``pixel_mask [B, H, W]`` (True = real pixel, top-left aligned).
+    """
+    height = max(image.shape[-2] for image in images)
+    width = max(image.shape[-1] for image in images)
+    first = images[0]
+    pixels = first.new_zeros((len(images), first.shape[0], height, width))
+    pixel_mask = torch.zeros((len(images), height, width), dtype=torch.bool)
+    for i, image in enumerate(images):
+        h, w = image.shape[-2:]
+        pixels[i, :, :h, :w] = image
+        pixel_mask[i, :h, :w] = True
+    return pixels, pixel_mask
+
+
+def random_derangement(n: int, generator: torch.Generator) -> list[int]:
+    """Indices ``d`` with ``d[i] != i`` for every ``i`` (a random ``n``-cycle); identity when ``n < 2``.
+
+    A single cycle through a random order is always a derangement, so no rejection loop is needed.
+    """
+    if n < 2:
+        return list(range(n))
+    order = torch.randperm(n, generator=generator).tolist()
+    derangement = [0] * n
+    for position, index in enumerate(order):
+        derangement[index] = order[(position + 1) % n]
+    return derangement
+
+
+def itm_pairing(n: int, generator: torch.Generator, negative_prob: float = 0.5) -> tuple[list[int], Tensor]:
+    """Choose, per sample, whose image it is shown with: its own (label 1) or another sample's (label 0).
+
+    Each sample independently becomes a negative with ``negative_prob``; a negative's image comes from a
+    uniformly chosen *other* sample of the batch. A batch of one has no other image, so no negatives.
+    Returns the source index of each sample's image and ``itm_labels [n]`` (long).
+    """
+    own = torch.arange(n)
+    if n < 2:
+        return own.tolist(), torch.ones(n, dtype=torch.long)
+    negative = torch.rand(n, generator=generator) < negative_prob
+    partner = (own + torch.randint(1, n, (n,), generator=generator)) % n
+    sources = torch.where(negative, partner, own)
+    return sources.tolist(), (~negative).long()
+
+
+def pick_caption(captions: Sequence[str], generator: torch.Generator) -> str:
+    """One caption, uniformly at random."""
+    return captions[int(torch.randint(len(captions), (1,), generator=generator))]
+
+
+def process_seed(seed: int) -> int:
+    """Seed for this process's generator, mixed from ``(seed, distributed rank, loader worker)``.
+
+    The main process counts as worker 0 and DataLoader worker ``k`` as ``k + 1``.
+    """
+    info = torch.utils.data.get_worker_info()
+    worker = 0 if info is None else info.id + 1
+    rank = (
+        dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", 0))
+    )
+    return int(np.random.SeedSequence([seed, rank, worker]).generate_state(1)[0])
+
+
+class PretrainCollator:
+    """``list[DecodedSample | SkippedSample] -> Batch`` for MLM + ITM pre-training.
+
+    Per batch: skip markers are counted and dropped; one caption per sample is chosen at random;
+    with ``shuffle_images`` every image is first replaced by another sample's (a random derangement, so
+    image and text are unrelated: the "blind" control run; a batch of one keeps its image, there being no
+    other); with ``itm`` each sample then becomes, with probability 0.5, a negative shown another sample's
+    image; images are padded once; captions are tokenized (padding to the longest, truncating to
+    ``max_text_len``) and masked for MLM by transformers' ``DataCollatorForLanguageModeling``.
+
+    MLM is learnt from matching pairs only: negatives get no MLM labels (-100). Their text is masked
+    all the same, so the presence of ``[MASK]`` tokens says nothing about whether a pair matches.
+    ``mlm_probability=0`` turns MLM off (``mlm_labels`` is None, text unmasked); ``itm=False`` leaves
+    every image with its text and ``itm_labels`` None. Whole-word masking (transformers v5) always
+    replaces a chosen word by ``[MASK]`` (no 10 % random / 10 % kept split).
+
+    An all-skipped batch comes back empty (``len(batch) == 0``, tensors None) with its skips counted.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str = BUNDLED,
+        max_text_len: int = 40,
+        mlm_probability: float = 0.15,
+        whole_word_masking: bool = False,
+        itm: bool = True,
+        shuffle_images: bool = False,
+        seed: int = 0,
+        max_logged_skips: int = 5,
+    ) -> None:
+        if not 0.0 <= mlm_probability <= 1.0:
+            raise ValueError(f"mlm_probability must be in [0, 1], got {mlm_probability}")
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        self.tokenizer_name = tokenizer
+        self.max_text_len = max_text_len
+        self.mlm_probability = mlm_probability
+        self.whole_word_masking = whole_word_masking
+        self.itm = itm
+        self.shuffle_images = shuffle_images
+        self.seed = seed
+        self.max_logged_skips = max_logged_skips
+        self._generator: torch.Generator | None = None
+        self._masker: DataCollatorForLanguageModeling | None = None
+        self._logged_skips = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the per-process generator, so each loader worker derives its own."""
+        state = self.__dict__.copy()
+        state.update(_generator=None, _masker=None, _logged_skips=0)
+        return state
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.tokenizer_name)
+
+    def generator(self) -> torch.Generator:
+        """This process's generator, created on first use from ``(seed, rank, worker)``."""
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(process_seed(self.seed))
+        return self._generator
+
+    def masker(self) -> DataCollatorForLanguageModeling:
+        """transformers' MLM masker, drawing from this collator's generator."""
+        if self._masker is None:
+            masker = DataCollatorForLanguageModeling(
+                tokenizer=self.tokenizer,
+                mlm=True,
+                whole_word_mask=self.whole_word_masking,
+                mlm_probability=self.mlm_probability,
+                mask_replace_prob=1.0 if self.whole_word_masking else 0.8,
+                random_replace_prob=0.0 if self.whole_word_masking else 0.1,
+            )
+            masker.generator = self.generator()
+            self._masker = masker
+        return self._masker
+
+    def __call__(self, samples: Sequence[DecodedSample | SkippedSample]) -> Batch:
+        kept = [s for s in samples if isinstance(s, DecodedSample)]
+        skipped = [s for s in samples if isinstance(s, SkippedSample)]
+        self._log_skips(skipped)
+        skipped_keys = [s.key for s in skipped]
+        if not kept:
+            return Batch(keys=[], num_skipped=len(skipped), skipped_keys=skipped_keys)
+
+        generator = self.generator()
+        images = [s.image for s in kept]
+        if self.shuffle_images:
+            images = [images[j] for j in random_derangement(len(images), generator)]
+        itm_labels = None
+        if self.itm:
+            sources, itm_labels = itm_pairing(len(images), generator)
+            images = [images[j] for j in sources]
+        pixels, pixel_mask = pad_images(images)
+
+        captions = [pick_caption(s.captions, generator) for s in kept]
+        text_ids, text_mask, mlm_labels = self._encode(captions)
+        if mlm_labels is not None and itm_labels is not None:
+            mlm_labels[itm_labels == 0] = IGNORE_INDEX
+        return Batch(
+            keys=[s.key for s in kept],
+            pixels=pixels,
+            pixel_mask=pixel_mask,
+            text_ids=text_ids,
+            text_mask=text_mask,
+            mlm_labels=mlm_labels,
+            itm_labels=itm_labels,
+            captions=captions,
+            num_skipped=len(skipped),
+            skipped_keys=skipped_keys,
+        )
+
+    def _encode(self, captions: list[str]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Tokenize and (unless MLM is off) mask: ``text_ids``, ``text_mask`` (bool), ``mlm_labels``."""
+        encoding = self.tokenizer(
+            captions,
+            padding="longest",
+            truncation=True,
+            max_length=self.max_text_len,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            return_token_type_ids=False,
+            return_tensors="pt",
+        )
+        text_ids = encoding["input_ids"]
+        text_mask = encoding["attention_mask"].bool()
+        if self.mlm_probability == 0:
+            return text_ids, text_mask, None
+        text_ids, mlm_labels = self.masker().torch_mask_tokens(
+            text_ids.clone(),
+            special_tokens_mask=encoding["special_tokens_mask"],
+            offset_mapping=encoding["offset_mapping"],
+        )
+        return text_ids, text_mask, mlm_labels
+
+    def _log_skips(self, skipped: Sequence[SkippedSample]) -> None:
+        for marker in skipped:
+            if self._logged_skips >= self.max_logged_skips:
+                return
+            self._logged_skips += 1
+            tail = (
+                " (further skips are counted, not logged)"
+                if self._logged_skips == self.max_logged_skips
+                else ""
+            )
+            log.warning("vlp: skipped sample %s: %s%s", marker.key, marker.reason, tail)

@@ -1,0 +1,1 @@
+"""Synthetic datasets generated on first use, written as ordinary webdataset shards."""

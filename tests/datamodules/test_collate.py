@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from vlp.datamodules.collate import (
+    DecodedSample,
+    PretrainCollator,
+    SkippedSample,
+    pad_images,
+    random_derangement,
+)
+from vlp.datamodules.schema import Batch
+from vlp.tokenizers import load_tokenizer
+
+CAPTIONS = [
+    "a small red circle above a big blue square",
+    "two green triangles on the left",
+    "a yellow hexagon next to a purple star",
+    "three shapes in a row",
+]
+
+
+def make_samples(n: int, size: tuple[int, int] = (16, 16)) -> list[DecodedSample]:
+    """Samples whose images are constant ``i`` (so every image is identifiable) with two captions each."""
+    return [
+        DecodedSample(
+            key=f"s{i:03d}",
+            image=torch.full((3, *size), float(i)),
+            captions=[CAPTIONS[i % len(CAPTIONS)], CAPTIONS[(i + 1) % len(CAPTIONS)]],
+        )
+        for i in range(n)
+    ]
+
+
+def original_ids(batch: Batch, max_text_len: int = 40) -> torch.Tensor:
+    encoding = load_tokenizer()(
+        batch.captions, padding="longest", truncation=True, max_length=max_text_len, return_tensors="pt"
+    )
+    return encoding["input_ids"]
+
+
+def image_index(pixels: torch.Tensor) -> int:
+    """Which sample's (constant) image this is."""
+    return int(pixels[0, 0, 0])
+
+
+def assert_batches_equal(a: Batch, b: Batch) -> None:
+    assert a.keys == b.keys and a.captions == b.captions
+    for name in ("pixels", "pixel_mask", "text_ids", "text_mask", "mlm_labels", "itm_labels"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_pads_to_batch_max_and_masks_real_pixels() -> None:
+    images = [torch.full((3, 16, 16), 1.0), torch.full((3, 8, 32), 2.0), torch.full((3, 32, 8), 3.0)]
+    pixels, pixel_mask = pad_images(images)
+    assert pixels.shape == (3, 3, 32, 32) and pixel_mask.shape == (3, 32, 32)
+    assert pixel_mask.dtype == torch.bool
+    for i, image in enumerate(images):
+        h, w = image.shape[-2:]
+        assert pixel_mask[i, :h, :w].all() and pixel_mask[i].sum() == h * w
+        assert torch.equal(pixels[i, :, :h, :w], image)
+        assert (pixels[i][:, ~pixel_mask[i]] == 0).all()
+
+
+def test_collated_batch_is_padded_and_typed() -> None:
+    samples = [
+        DecodedSample("a", torch.ones(3, 16, 32), ["a red circle"]),
+        DecodedSample("b", torch.ones(3, 32, 16), ["a blue square on the right"]),
+    ]
+    batch = PretrainCollator(itm=False)(samples)
+    assert batch.keys == ["a", "b"]
+    assert batch.pixels.shape == (2, 3, 32, 32)
+    assert batch.pixel_mask[0].sum() == 16 * 32 and batch.pixel_mask[0, :16, :32].all()
+    assert batch.pixel_mask[1].sum() == 32 * 16 and batch.pixel_mask[1, :32, :16].all()
+    assert batch.text_ids.dtype == torch.long and batch.text_mask.dtype == torch.bool
+    assert batch.text_ids.shape == batch.text_mask.shape == batch.mlm_labels.shape
+    assert batch.text_mask[0].sum() == 5  # [CLS] a red circle [SEP]
+    assert batch.itm_labels is None and batch.num_skipped == 0
+
+
+def test_skip_markers_are_dropped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    samples = [
+        *make_samples(3),
+        SkippedSample("bad-1", "image decode failed"),
+        SkippedSample("bad-2", "no captions"),
+    ]
+    with caplog.at_level(logging.WARNING):
+        batch = PretrainCollator()(samples)
+    assert batch.keys == ["s000", "s001", "s002"] and len(batch) == 3
+    assert batch.num_skipped == 2 and batch.skipped_keys == ["bad-1", "bad-2"]
+    assert "bad-1" in caplog.text and "image decode failed" in caplog.text
+
+
+def test_all_skipped_batch_is_empty_but_counted() -> None:
+    batch = PretrainCollator()([SkippedSample("x", "missing json")])
+    assert len(batch) == 0 and batch.pixels is None and batch.num_skipped == 1
+
+
+def test_captions_are_chosen_among_each_samples_own() -> None:
+    samples = make_samples(8)
+    batch = PretrainCollator(itm=False)(samples)
+    assert all(c in s.captions for c, s in zip(batch.captions, samples))
+
+
+def test_mlm_labels_only_at_masked_positions_and_equal_the_original() -> None:
+    batch = PretrainCollator(mlm_probability=0.4, itm=False, seed=1)(make_samples(16))
+    original = original_ids(batch)
+    labelled = batch.mlm_labels != -100
+    assert labelled.any() and not labelled.all()
+    assert torch.equal(batch.mlm_labels[labelled], original[labelled])
+    assert torch.equal(batch.text_ids[~labelled], original[~labelled])  # unmasked tokens untouched
+    special = (original == 101) | (original == 102) | (original == 0)  # [CLS], [SEP], [PAD]
+    assert not labelled[special].any()
+    replaced = batch.text_ids[labelled]
+    assert (replaced == load_tokenizer().mask_token_id).float().mean() > 0.5  # 80 % [MASK]
+
+
+def test_whole_word_masking_masks_all_pieces_of_a_word() -> None:
+    tokenizer = load_tokenizer()
+    assert tokenizer.tokenize("hexagon") == ["he", "##xa", "##gon"]
+    samples = [DecodedSample(f"k{i}", torch.zeros(3, 16, 16), ["hexagon " * 8]) for i in range(8)]
+    batch = PretrainCollator(mlm_probability=0.3, whole_word_masking=True, itm=False, seed=2)(samples)
+    words = (batch.mlm_labels[:, 1:25] != -100).reshape(8, 8, 3)  # 8 words of 3 pieces after [CLS]
+    assert torch.equal(words.all(-1), words.any(-1))  # a word is masked entirely or not at all
+    assert words.all(-1).any() and not words.all(-1).all()
+    masked = batch.mlm_labels != -100
+    assert (batch.text_ids[masked] == tokenizer.mask_token_id).all()
+
+
+def test_itm_negatives_show_another_samples_image_and_carry_no_mlm() -> None:
+    samples = make_samples(16)
+    batch = PretrainCollator(mlm_probability=0.5, itm=True, seed=3)(samples)
+    assert batch.itm_labels.dtype == torch.long and set(batch.itm_labels.tolist()) == {0, 1}
+    for i, label in enumerate(batch.itm_labels.tolist()):
+        source = image_index(batch.pixels[i])
+        assert torch.equal(batch.pixels[i], samples[source].image)  # exactly one sample's image
+        if label == 1:
+            assert source == i
+        else:
+            assert source != i
+            assert (batch.mlm_labels[i] == -100).all()
+    positives = batch.itm_labels == 1
+    assert (batch.mlm_labels[positives] != -100).any()
+
+
+def test_batch_of_one_has_no_negative() -> None:
+    collator = PretrainCollator(itm=True)
+    for _ in range(5):
+        batch = collator(make_samples(1))
+        assert batch.itm_labels.tolist() == [1]
+        assert image_index(batch.pixels[0]) == 0
+
+
+def test_shuffle_images_replaces_every_image() -> None:
+    samples = make_samples(9)
+    batch = PretrainCollator(itm=False, shuffle_images=True, seed=4)(samples)
+    sources = [image_index(p) for p in batch.pixels]
+    assert all(source != i for i, source in enumerate(sources))
+    assert sorted(sources) == list(range(9))  # a permutation: every image is still used once
+    assert batch.keys == [s.key for s in samples]  # texts stay where they were
+
+
+def test_shuffle_images_before_itm() -> None:
+    samples = make_samples(8)
+    batch = PretrainCollator(itm=True, shuffle_images=True, seed=5)(samples)
+    assert batch.itm_labels is not None and batch.pixels.shape[0] == 8
+
+
+def test_derangement_has_no_fixed_point() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for n in range(2, 12):
+        d = random_derangement(n, generator)
+        assert sorted(d) == list(range(n)) and all(d[i] != i for i in range(n))
+
+
+def test_same_seed_same_batches_other_seed_other_batches() -> None:
+    samples = make_samples(12)
+    a, b, c = PretrainCollator(seed=7), PretrainCollator(seed=7), PretrainCollator(seed=8)
+    batches_a = [a(samples) for _ in range(3)]
+    batches_b = [b(samples) for _ in range(3)]
+    for x, y in zip(batches_a, batches_b):
+        assert_batches_equal(x, y)
+    assert not torch.equal(batches_a[0].itm_labels, c(samples).itm_labels)
+    assert not torch.equal(batches_a[0].itm_labels, batches_a[1].itm_labels)  # the stream advances
+
+
+def test_pickled_collator_starts_afresh() -> None:
+    samples = make_samples(12)
+    used = PretrainCollator(seed=9)
+    used(samples)
+    copy = pickle.loads(pickle.dumps(used))
+    assert_batches_equal(copy(samples), PretrainCollator(seed=9)(samples))
+
+
+def test_mlm_off_leaves_text_unmasked() -> None:
+    batch = PretrainCollator(mlm_probability=0.0, itm=False)(make_samples(4))
+    assert batch.mlm_labels is None
+    assert torch.equal(batch.text_ids, original_ids(batch))
+
+
+def test_truncates_to_max_text_len() -> None:
+    samples = [DecodedSample("long", torch.zeros(3, 16, 16), ["word " * 100])]
+    batch = PretrainCollator(max_text_len=12)(samples)
+    assert batch.text_ids.shape == (1, 12)
+
+
+class _SameSamplesPerWorker(IterableDataset):
+    """Every worker yields the same samples, so any difference between their batches is the collator's."""
+
+    def __init__(self, samples: list[DecodedSample]) -> None:
+        self.samples = samples
+
+    def __iter__(self) -> Iterator[DecodedSample]:
+        return iter(self.samples)
+
+
+def _worker_batches(seed: int) -> list[Batch]:
+    loader = DataLoader(
+        _SameSamplesPerWorker(make_samples(8)),
+        batch_size=8,
+        num_workers=2,
+        collate_fn=PretrainCollator(mlm_probability=0.5, seed=seed),
+    )
+    return list(loader)
+
+
+def test_loader_workers_differ_and_runs_repeat() -> None:
+    first, second = _worker_batches(seed=11), _worker_batches(seed=11)
+    assert len(first) == 2  # one batch per worker, in worker order
+    assert not torch.equal(first[0].mlm_labels, first[1].mlm_labels)
+    for x, y in zip(first, second):
+        assert_batches_equal(x, y)

@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from vlp.datamodules.collate import DecodedSample, SkippedSample
+from vlp.datamodules.schema import Batch
+from vlp.datamodules.shards import SampleDecoder, ShardDataModule
+from vlp.datamodules.synth.shapes import ShapesConfig
+from vlp.datamodules.transforms import ViltTransform
+
+SMALL = {"image_size": 32, "patch_size": 16, "batch_size": 4, "shuffle_buffer": 8}
+
+
+def png_bytes(colour: tuple[int, int, int], size: tuple[int, int] = (32, 32)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def good_sample(key: str) -> dict[str, Any]:
+    record = {"captions": [f"caption of {key}", "a red square"], "objects": [], "qa": []}
+    return {"__key__": key, "png": png_bytes((200, 10, 10)), "json": json.dumps(record).encode()}
+
+
+def write_shard(path: Path, samples: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wds.TarWriter(str(path)) as sink:
+        for sample in samples:
+            sink.write(sample)
+
+
+def write_dataset(root: Path, shards: dict[str, list[list[dict[str, Any]]]]) -> None:
+    for split, split_shards in shards.items():
+        for i, samples in enumerate(split_shards):
+            write_shard(root / split / f"shard-{i:06d}.tar", samples)
+    (root / "vocab.json").write_text(json.dumps({"categories": ["square"]}))
+
+
+def keyed_shards(prefix: str, num_shards: int, per_shard: int) -> list[list[dict[str, Any]]]:
+    return [[good_sample(f"{prefix}{s}-{i}") for i in range(per_shard)] for s in range(num_shards)]
+
+
+def epoch_keys(loader: Any, datamodule: ShardDataModule | None = None) -> list[str]:
+    keys: list[str] = []
+    for batch in loader:
+        if datamodule is not None:
+            batch = datamodule.on_before_batch_transfer(batch, 0)
+        keys += batch.keys + batch.skipped_keys
+    return keys
+
+
+@pytest.fixture
+def four_shards(tmp_path: Path) -> Path:
+    write_dataset(tmp_path, {"train": keyed_shards("t", 4, 5), "val": keyed_shards("v", 4, 3)})
+    return tmp_path
+
+
+def datamodule(root: Path, **kwargs: Any) -> ShardDataModule:
+    dm = ShardDataModule(str(root), **{**SMALL, **kwargs})
+    dm.setup("fit")
+    return dm
+
+
+def test_batches_are_pretraining_batches(four_shards: Path) -> None:
+    dm = datamodule(four_shards, num_workers=0)
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch, Batch) and len(batch) == 4
+    assert batch.pixels.shape == (4, 3, 32, 32) and batch.pixel_mask.all()
+    assert batch.itm_labels is not None and batch.mlm_labels is not None
+    assert dm.vocab == {"categories": ["square"]}
+
+
+def test_two_workers_see_every_sample_exactly_once_per_epoch(four_shards: Path) -> None:
+    dm = datamodule(four_shards, num_workers=2)
+    expected = {f"t{s}-{i}" for s in range(4) for i in range(5)}
+    loader = dm.train_dataloader()
+    first, second = epoch_keys(loader), epoch_keys(loader)
+    for keys in (first, second):
+        assert Counter(keys) == Counter(expected)
+    assert first != second  # the shuffles advance with the epoch
+    val_keys = epoch_keys(dm.val_dataloader())
+    assert Counter(val_keys) == Counter(f"v{s}-{i}" for s in range(4) for i in range(3))
+
+
+def test_same_seed_same_batches(four_shards: Path) -> None:
+    runs = [list(datamodule(four_shards, num_workers=2, seed=seed).train_dataloader()) for seed in (3, 3, 4)]
+    a, b, c = runs
+    assert [x.keys for x in a] == [y.keys for y in b]
+    for x, y in zip(a, b):
+        assert torch.equal(x.text_ids, y.text_ids) and torch.equal(x.itm_labels, y.itm_labels)
+        assert torch.equal(x.pixels, y.pixels)
+    assert [x.keys for x in a] != [z.keys for z in c]
+
+
+def test_val_is_not_shuffled(four_shards: Path) -> None:
+    dm = datamodule(four_shards, num_workers=0)
+    assert epoch_keys(dm.val_dataloader()) == [f"v{s}-{i}" for s in range(4) for i in range(3)]
+
+
+def test_corrupt_and_incomplete_samples_are_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    corrupt = good_sample("corrupt-png")
+    corrupt["png"] = b"\x89PNG\r\n\x1a\n this is not a png"
+    truncated = good_sample("truncated-png")
+    truncated["png"] = truncated["png"][: len(truncated["png"]) // 2]
+    no_json = {"__key__": "no-json", "png": png_bytes((0, 0, 255))}
+    no_captions = good_sample("no-captions")
+    no_captions["json"] = json.dumps({"captions": [], "objects": []}).encode()
+    good = [good_sample(f"good-{i}") for i in range(6)]
+    shard = [good[0], corrupt, good[1], no_json, good[2], truncated, good[3], no_captions, good[4], good[5]]
+    write_dataset(tmp_path, {"val": [shard]})
+
+    dm = datamodule(tmp_path, num_workers=0)
+    seen: list[str] = []
+    skipped: list[str] = []
+    with caplog.at_level(logging.WARNING):
+        for batch in dm.val_dataloader():
+            batch = dm.on_before_batch_transfer(batch, 0)
+            seen += batch.keys
+            skipped += batch.skipped_keys
+    assert seen == [s["__key__"] for s in good]
+    assert skipped == ["corrupt-png", "no-json", "truncated-png", "no-captions"]
+    assert dm.num_skipped == 4
+    assert "corrupt-png" in caplog.text and "image decode failed" in caplog.text
+    assert "no-json" in caplog.text and "missing json" in caplog.text
+
+
+def test_decoder_reasons() -> None:
+    decoder = SampleDecoder(ViltTransform(32, 16))
+    assert isinstance(decoder(good_sample("ok")), DecodedSample)
+    no_image = {"__key__": "k", "json": b"{}"}
+    bad_json = {**good_sample("j"), "json": b"{not json"}
+    assert decoder(no_image) == SkippedSample("k", "no image (jpg/jpeg/png/webp)")
+    assert decoder(bad_json).reason.startswith("unreadable json")
+
+
+def test_img2dataset_txt_caption_is_used() -> None:
+    sample = {"__key__": "web", "jpg": png_bytes((1, 2, 3)), "txt": b"a photo of a dog", "json": b"{}"}
+    decoded = SampleDecoder(ViltTransform(32, 16))(sample)
+    assert isinstance(decoded, DecodedSample) and decoded.captions == ["a photo of a dog"]
+
+
+def test_unreadable_shard_is_reported_by_name(four_shards: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (four_shards / "val" / "shard-000002.tar").write_bytes(b"garbage, not a tar file" * 10)
+    dm = datamodule(four_shards, num_workers=0)
+    with caplog.at_level(logging.WARNING):
+        keys = epoch_keys(dm.val_dataloader())
+    assert "shard-000002.tar" in caplog.text
+    assert Counter(keys) == Counter(f"v{s}-{i}" for s in (0, 1, 3) for i in range(3))
+
+
+def test_too_few_shards_for_the_workers(tmp_path: Path) -> None:
+    write_dataset(tmp_path, {"train": keyed_shards("t", 1, 4), "val": keyed_shards("v", 1, 4)})
+    dm = datamodule(tmp_path, num_workers=2)
+    with pytest.raises(ValueError, match=r"1 shard\(s\) for 1 rank\(s\) x 2 loader worker\(s\)"):
+        dm.train_dataloader()
+    with pytest.raises(ValueError, match="num_workers <= 1"):
+        dm.val_dataloader()
+
+
+def test_resampled_epoch_has_the_requested_length(four_shards: Path) -> None:
+    dm = datamodule(four_shards, num_workers=0, resampled=True, epoch_samples=10)
+    loader = dm.train_dataloader()
+    for _ in range(2):
+        batches = list(loader)
+        assert len(batches) == 3 and sum(len(b) for b in batches) == 12  # rounded up to whole batches
+    with pytest.raises(ValueError, match="epoch_samples"):
+        ShardDataModule(str(four_shards), resampled=True)
+
+
+def test_missing_root_names_the_path_and_the_fix(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="vlp data synth shapes") as info:
+        ShardDataModule(str(missing)).setup("fit")
+    assert str(missing) in str(info.value)
+
+
+def test_empty_split_names_the_folder(tmp_path: Path) -> None:
+    write_dataset(tmp_path, {"train": keyed_shards("t", 2, 2)})
+    (tmp_path / "val").mkdir()
+    dm = datamodule(tmp_path, num_workers=0)
+    with pytest.raises(FileNotFoundError, match="vlp data synth shapes") as info:
+        dm.val_dataloader()
+    assert str(tmp_path / "val") in str(info.value)
+
+
+def test_synth_generates_the_dataset_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "shapes"
+    config = ShapesConfig(
+        resolution=32,
+        train_samples=8,
+        val_samples=4,
+        test_samples=4,
+        pair_train_samples=0,
+        pair_val_samples=0,
+        pair_test_samples=0,
+        samples_per_shard=4,
+    )
+    dm = ShardDataModule(str(root), synth=config, num_workers=0, **SMALL)
+    with caplog.at_level(logging.INFO, logger="vlp.datamodules.shards"):
+        dm.prepare_data()
+        dm.prepare_data()
+    lines = [r.getMessage() for r in caplog.records if r.name == "vlp.datamodules.shards"]
+    assert len(lines) == 1 and "shapes dataset not found at" in lines[0] and "(16 samples)" in lines[0]
+    dm.setup("fit")
+    assert dm.vocab
+    batches = list(dm.train_dataloader())
+    assert sum(len(b) for b in batches) == 8 and sum(b.num_skipped for b in batches) == 0
