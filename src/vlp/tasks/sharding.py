@@ -1,7 +1,7 @@
 """FSDP2: ``fully_shard`` per transformer block and per embedder, then the root module.
 
-Called from a task's ``configure_model`` under Lightning's ``ModelParallelStrategy``; on the CPU the
-same code runs with gloo, which is how it is tested here.
+Called from a task's ``configure_model`` under Lightning's ``ModelParallelStrategy``; the same code
+runs on the CPU with gloo. No multi-process test covers it yet (issue 3).
 """
 
 from __future__ import annotations
