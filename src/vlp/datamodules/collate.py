@@ -4,10 +4,11 @@ Decoding (in loader workers) turns every webdataset sample into a :class:`Decode
 cannot be used, a :class:`SkippedSample` marker; markers travel to the collator so that skips are
 counted in the batch the main process receives (``Batch.num_skipped`` / ``skipped_keys``).
 
-Randomness (caption choice, image shuffling, ITM negatives, MLM masking) comes from one
-``torch.Generator`` owned by the collator and derived lazily, on the first call in each process, from
-``(seed, rank, loader worker id)``: workers differ from one another, and a run with the same seed and
-worker count repeats exactly. A pickled copy (what each DataLoader worker receives) starts afresh.
+Randomness (caption choice, image shuffling, ITM negatives, MLM masking) comes from the ``generator``
+passed with each call: a :class:`~vlp.datamodules.stream.ShardStream` seeds one per batch from the batch's
+coordinates, which is what makes a resumed run see the same batches. Called without one, the collator
+draws from its own generator, derived lazily on first use in each process from ``(seed, rank, loader
+worker id)``; a pickled copy (what each DataLoader worker receives) starts afresh.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ class PretrainCollator:
         return self._generator
 
     def masker(self) -> DataCollatorForLanguageModeling:
-        """transformers' MLM masker, drawing from this collator's generator."""
+        """transformers' MLM masker; each call to the collator points its ``generator`` at the batch's."""
         if self._masker is None:
             masker = DataCollatorForLanguageModeling(
                 tokenizer=self.tokenizer,
@@ -189,11 +190,14 @@ class PretrainCollator:
                 mask_replace_prob=1.0 if self.whole_word_masking else 0.8,
                 random_replace_prob=0.0 if self.whole_word_masking else 0.1,
             )
-            masker.generator = self.generator()
             self._masker = masker
         return self._masker
 
-    def __call__(self, samples: Sequence[DecodedSample | SkippedSample]) -> Batch:
+    def __call__(
+        self, samples: Sequence[DecodedSample | SkippedSample], generator: torch.Generator | None = None
+    ) -> Batch:
+        """Collate; randomness comes from ``generator`` when given (a stream passes one per batch,
+        seeded by the batch's coordinates), else from this process's own generator."""
         kept = [s for s in samples if isinstance(s, DecodedSample)]
         skipped = [s for s in samples if isinstance(s, SkippedSample)]
         self._log_skips(skipped)
@@ -201,7 +205,7 @@ class PretrainCollator:
         if not kept:
             return Batch(keys=[], num_skipped=len(skipped), skipped_keys=skipped_keys)
 
-        generator = self.generator()
+        generator = generator if generator is not None else self.generator()
         images = [s.image for s in kept]
         if self.shuffle_images:
             images = [images[j] for j in random_derangement(len(images), generator)]
@@ -212,7 +216,7 @@ class PretrainCollator:
         pixels, pixel_mask = pad_images(images)
 
         captions = [pick_caption(s.captions, generator) for s in kept]
-        text_ids, text_mask, mlm_labels = self._encode(captions)
+        text_ids, text_mask, mlm_labels = self._encode(captions, generator)
         if mlm_labels is not None and itm_labels is not None:
             mlm_labels[itm_labels == 0] = IGNORE_INDEX
         return Batch(
@@ -228,7 +232,9 @@ class PretrainCollator:
             skipped_keys=skipped_keys,
         )
 
-    def _encode(self, captions: list[str]) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _encode(
+        self, captions: list[str], generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Tokenize and (unless MLM is off) mask: ``text_ids``, ``text_mask`` (bool), ``mlm_labels``."""
         encoding = self.tokenizer(
             captions,
@@ -244,7 +250,9 @@ class PretrainCollator:
         text_mask = encoding["attention_mask"].bool()
         if self.mlm_probability == 0:
             return text_ids, text_mask, None
-        text_ids, mlm_labels = self.masker().torch_mask_tokens(
+        masker = self.masker()
+        masker.generator = generator
+        text_ids, mlm_labels = masker.torch_mask_tokens(
             text_ids.clone(),
             special_tokens_mask=encoding["special_tokens_mask"],
             offset_mapping=encoding["offset_mapping"],

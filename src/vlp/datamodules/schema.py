@@ -46,6 +46,9 @@ class Batch:
     captions: list[str] | None = None  # raw text, for generation metrics
     num_skipped: int = 0  # samples dropped while building this batch (corrupt / missing fields)
     skipped_keys: list[str] = field(default_factory=list)
+    position: tuple[int, int, int] | None = (
+        None  # (epoch, loader worker, batch index): where the stream resumes
+    )
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -1,11 +1,13 @@
 """Webdataset shards as a LightningDataModule for MLM + ITM pre-training.
 
 A dataset folder holds one subfolder of ``*.tar`` shards per split and a ``vocab.json``. Every split is
-read through webdataset's ``DataPipeline``: shard list -> (train: shard shuffle) -> split by node ->
-split by worker -> tar samples -> (train: sample shuffle) -> decode -> DataLoader batching with
-:class:`~vlp.datamodules.collate.PretrainCollator`. Shuffles are seeded and advance with the epoch
-(webdataset's ``detshuffle``); the shard shuffle runs before the split, identically in every worker and
-rank, so the split stays a partition and every sample is seen exactly once per epoch.
+read as a :class:`~vlp.datamodules.stream.ShardStream` (webdataset's tar reader; shard shuffle, split by
+rank and by worker, sample shuffle, decode, collation with
+:class:`~vlp.datamodules.collate.PretrainCollator`) behind a :class:`~vlp.datamodules.stream.StreamLoader`.
+All randomness is a function of ``(seed, epoch, rank, worker, position)``: without resampling one epoch
+covers every sample exactly once across ranks and workers, and a run resumed from a checkpoint continues
+with exactly the batches an uninterrupted run would have seen (the position is saved by Lightning's
+stateful-loader hooks).
 
 Decoding runs in the loader workers and never raises for a bad sample: a corrupt image, a missing or
 unreadable json, or a sample without captions becomes a :class:`~vlp.datamodules.collate.SkippedSample`
@@ -25,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import webdataset as wds
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from vlp.datamodules.collate import DecodedSample, PretrainCollator, SkippedSample
 from vlp.datamodules.schema import Batch
+from vlp.datamodules.stream import ShardStream, StreamLoader, local_sample_counts
 from vlp.datamodules.synth.shapes import ShapesConfig, shapes_ready, write_shapes
 from vlp.datamodules.transforms import ViltTransform
 from vlp.tokenizers import BUNDLED
@@ -137,8 +138,9 @@ class ShardDataModule(L.LightningDataModule):
             are unrelated. Validation and test keep true pairs, so they measure what the run learnt.
         shuffle_buffer: training sample shuffle buffer (per worker); 0 or 1 turns sample shuffling off.
         resampled: draw training shards with replacement, endlessly (needs ``epoch_samples``).
-        epoch_samples: training samples per rank and epoch (webdataset ``with_epoch``), rounded up to whole
-            batches per worker. Needed with ``resampled`` and with several ranks, so that every rank runs
+        epoch_samples: training samples per rank and epoch, rounded up to whole batches per worker. Needed
+            with ``resampled``; without it, several ranks run as many batches as the smallest rank has
+            (counted from the local shards' headers, the rest logged as left out), so that every rank runs
             the same number of batches.
         seed: seeds the shard and sample shuffles and the collator.
     """
@@ -201,6 +203,7 @@ class ShardDataModule(L.LightningDataModule):
         self.seed = seed
         self.vocab: dict[str, Any] = {}
         self.num_skipped = 0
+        self._train_loader: StreamLoader | None = None
 
     def prepare_data(self) -> None:
         """Generate the shapes dataset when ``synth`` is set and ``root`` does not hold it yet."""
@@ -225,19 +228,26 @@ class ShardDataModule(L.LightningDataModule):
             )
         self.vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StreamLoader:
         return self._loader(self.train_split, train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> StreamLoader:
         return self._loader(self.val_split, train=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> StreamLoader:
         return self._loader(self.test_split, train=False)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Tally skipped samples in the main process (tasks may also log ``batch.num_skipped``)."""
+        """Tally skipped samples (main process) and, in training, record the batch as consumed.
+
+        Lightning calls this for the batch a step is about to use, after its one-batch prefetch, so the
+        recorded position is exactly what a checkpoint taken after this step has consumed.
+        """
         if isinstance(batch, Batch):
             self.num_skipped += batch.num_skipped
+            trainer = self.trainer
+            if self._train_loader is not None and trainer is not None and trainer.training:
+                self._train_loader.consumed(batch)
         return batch
 
     def shards(self, split: str) -> list[str]:
@@ -251,14 +261,21 @@ class ShardDataModule(L.LightningDataModule):
             )
         return urls
 
-    def _world_size(self) -> int:
-        return self.trainer.world_size if self.trainer is not None else 1
+    def _world(self) -> tuple[int, int]:
+        """``(rank, world size)`` of the data-parallel group (``(0, 1)`` outside a trainer)."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
 
     def _check_shard_count(self, split: str, num_shards: int, train: bool) -> None:
-        """Without resampling, every rank's every worker must own a shard, or samples would be missed."""
+        """Without resampling, every rank's every worker must own a shard, or samples would be missed.
+
+        (With fewer shards than readers, a plain webdataset pipeline leaves some workers empty and, across
+        ranks, can hang in the first collective; here it is an error before any work starts.)
+        """
         if train and self.resampled:
             return
-        world_size = self._world_size()
+        _, world_size = self._world()
         workers = max(1, self.num_workers)
         if num_shards // world_size < workers:
             raise ValueError(
@@ -267,38 +284,37 @@ class ShardDataModule(L.LightningDataModule):
                 f"{world_size * workers} shards: write more, smaller shards or set num_workers <= "
                 f"{max(num_shards // world_size, 0)}"
             )
-        if train and world_size > 1 and self.epoch_samples is None:
-            raise ValueError(
-                f"{world_size} ranks read different shards and would run different numbers of batches: "
-                "set epoch_samples (samples per rank and epoch) or resampled=True"
-            )
 
-    def _worker_epoch_samples(self) -> int:
-        """Per-worker ``with_epoch`` length: ``epoch_samples`` per rank, rounded up to whole batches per worker."""
-        assert self.epoch_samples is not None
+    def _worker_batches(self) -> int | None:
+        """Per-worker batches per epoch from ``epoch_samples`` (per rank), rounded up to whole batches."""
+        if self.epoch_samples is None:
+            return None
         workers = max(1, self.num_workers)
-        return math.ceil(self.epoch_samples / (workers * self.batch_size)) * self.batch_size
+        return math.ceil(self.epoch_samples / (workers * self.batch_size))
 
-    def _pipeline(self, urls: list[str], train: bool) -> wds.DataPipeline:
-        stages: list[Any] = []
-        if train and self.resampled:
-            stages.append(wds.ResampledShards(urls, seed=self.seed, deterministic=True))
-        else:
-            stages.append(wds.SimpleShardList(urls))
-            if train:
-                stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=self.seed))
-            stages += [wds.split_by_node, wds.split_by_worker]
-        stages.append(wds.tarfile_to_samples(handler=shard_error_handler))
-        if train and self.shuffle_buffer > 1:
-            stages.append(
-                wds.detshuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, seed=self.seed)
-            )
+    def stream(self, split: str, train: bool) -> ShardStream:
+        """The split's :class:`~vlp.datamodules.stream.ShardStream` for this rank."""
+        urls = self.shards(split)
+        self._check_shard_count(split, len(urls), train)
+        rank, world_size = self._world()
+        resampled = train and self.resampled
+        counts = local_sample_counts(urls) if train and world_size > 1 and not resampled else None
         transform = ViltTransform(self.image_size, self.patch_size, randaugment=train and self.randaugment)
-        stages.append(wds.map(SampleDecoder(transform)))
-        pipeline = wds.DataPipeline(*stages)
-        if train and self.epoch_samples is not None:
-            pipeline = pipeline.with_epoch(self._worker_epoch_samples())
-        return pipeline
+        return ShardStream(
+            urls,
+            decode=SampleDecoder(transform),
+            collate=self.collator(train),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            shuffle_buffer=self.shuffle_buffer,
+            resampled=resampled,
+            worker_batches=self._worker_batches() if train else None,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            shard_handler=shard_error_handler,
+            sample_counts=counts,
+        )
 
     def collator(self, train: bool) -> PretrainCollator:
         return PretrainCollator(
@@ -311,14 +327,11 @@ class ShardDataModule(L.LightningDataModule):
             seed=self.seed,
         )
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        urls = self.shards(split)
-        self._check_shard_count(split, len(urls), train)
-        return DataLoader(
-            self._pipeline(urls, train),
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            collate_fn=self.collator(train),
-            num_workers=self.num_workers,
-            persistent_workers=train and self.num_workers > 0,
-            pin_memory=False,
+    def _loader(self, split: str, train: bool) -> StreamLoader:
+        stream = self.stream(split, train)
+        loader = StreamLoader(
+            stream, num_workers=self.num_workers, equalise_ranks=stream.sample_counts is not None
         )
+        if train:
+            self._train_loader = loader
+        return loader

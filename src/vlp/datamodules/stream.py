@@ -1,0 +1,312 @@
+"""A resumable, exactly-partitioned stream of collated batches over webdataset shards.
+
+Why not a plain ``wds.DataPipeline``: webdataset's shuffles draw from per-process state, so a run
+cannot be restarted mid-epoch and see the same samples again (its maintainers advise against trying).
+Here every random choice is a function of its coordinates instead:
+
+* shard order: ``(seed, epoch)`` — identical in every rank and worker, so the split below is a
+  partition; shard ``i`` of the shuffled list goes to rank ``r`` and worker ``w`` when
+  ``i % (world * workers) == r * workers + w`` (resampled streams draw shards with replacement from
+  ``(seed, epoch, rank, worker)`` instead);
+* sample shuffle buffer: ``(seed, epoch, rank, worker)``;
+* per-sample transform randomness (RandAugment): ``(seed, epoch, rank, worker, sample index)``;
+* per-batch collation randomness (caption choice, ITM negatives, MLM masks):
+  ``(seed, epoch, rank, worker, batch index)``.
+
+Each batch carries its ``position = (epoch, worker, index)``. :class:`StreamLoader` records the
+position of every batch the training loop actually consumed (Lightning prefetches one ahead, so the
+loader's own iterator count would be wrong), saves it through Lightning's stateful-loader hooks and,
+on resume, has each worker read past its consumed samples in the tar files *before decoding* and
+rotates the workers so that the DataLoader's round-robin continues with the worker that was next.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from vlp.datamodules.schema import Batch
+
+log = logging.getLogger(__name__)
+
+Collate = Callable[[list[Any], torch.Generator], Batch]
+
+
+def mixed_seed(*coordinates: int) -> int:
+    """A 63-bit seed mixed from integer coordinates (numpy's SeedSequence: no collisions by addition)."""
+    return int(np.random.SeedSequence([int(c) for c in coordinates]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def seed_sample_rngs(seed: int) -> None:
+    """Seed the global RNGs a transform may draw from (timm's RandAugment uses ``random`` and numpy)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def shard_sample_count(url: str) -> int:
+    """Number of samples (distinct keys) in a local tar shard, read from its headers only."""
+    keys: set[str] = set()
+    with tarfile.open(url) as tar:
+        for member in tar:
+            if member.isfile():
+                folder, _, name = member.name.rpartition("/")
+                keys.add(f"{folder}/{name.split('.', 1)[0]}")
+    return len(keys)
+
+
+class ShardStream(IterableDataset):
+    """Batches from shards, each worker's order a function of ``(seed, epoch, rank, worker)``.
+
+    Args:
+        urls: shard paths or URLs.
+        decode: raw webdataset sample → what ``collate`` takes (never raises for bad data).
+        collate: ``(decoded samples, generator) → Batch``.
+        batch_size: samples per batch; every batch but a worker's last consumes exactly this many
+            raw samples, which is what makes skipping by count exact.
+        shuffle: shuffle the shard order and the samples (``shuffle_buffer``).
+        resampled: draw shards with replacement, endlessly; ``worker_batches`` must then be set.
+        worker_batches: at most this many batches per worker and epoch.
+        rank, world_size: this process's place among the data-parallel ranks.
+        shard_handler: webdataset handler for unreadable shards (report and go on).
+        sample_counts: samples per shard (same order as ``urls``), when known; needed to give every
+            rank the same number of batches without resampling (:meth:`common_batches`).
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        decode: Callable[[dict[str, Any]], Any],
+        collate: Collate,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        shuffle_buffer: int = 1000,
+        resampled: bool = False,
+        worker_batches: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shard_handler: Callable[[Exception], bool] = wds.reraise_exception,
+        sample_counts: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if resampled and worker_batches is None:
+            raise ValueError("a resampled stream is endless: set worker_batches")
+        self.urls = list(urls)
+        self.decode = decode
+        self.collate = collate
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.resampled = resampled
+        self.worker_batches = worker_batches
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shard_handler = shard_handler
+        self.sample_counts = None if sample_counts is None else list(sample_counts)
+        # Set by StreamLoader before each pass (workers receive a pickled copy at iterator creation).
+        self.epoch = 0
+        self.num_workers = 1
+        self.skip_batches: dict[int, int] = {}  # logical worker → batches already consumed
+        self.rotation = 0  # physical worker p plays logical worker (p + rotation) % num_workers
+
+    def shard_order(self, epoch: int) -> list[str]:
+        """The epoch's shard list before the rank/worker split (same in every process)."""
+        urls = list(self.urls)
+        if self.shuffle:
+            random.Random(mixed_seed(self.seed, epoch)).shuffle(urls)
+        return urls
+
+    def worker_shards(self, epoch: int, worker: int, num_workers: int, rank: int | None = None) -> list[str]:
+        """The shards logical ``worker`` of ``rank`` (default: this rank) reads in ``epoch`` (not resampled)."""
+        slot = (self.rank if rank is None else rank) * num_workers + worker
+        return self.shard_order(epoch)[slot :: self.world_size * num_workers]
+
+    def rank_batches(self, epoch: int, rank: int, num_workers: int) -> int:
+        """How many batches ``rank`` yields in ``epoch`` (needs :attr:`sample_counts`; not resampled)."""
+        if self.sample_counts is None:
+            raise ValueError("rank_batches needs the shards' sample_counts")
+        counts = dict(zip(self.urls, self.sample_counts, strict=True))
+        total = 0
+        for worker in range(num_workers):
+            samples = sum(counts[url] for url in self.worker_shards(epoch, worker, num_workers, rank))
+            batches = -(-samples // self.batch_size)
+            total += batches if self.worker_batches is None else min(batches, self.worker_batches)
+        return total
+
+    def common_batches(self, epoch: int, num_workers: int) -> int:
+        """The number of batches every rank can run in ``epoch``: the smallest rank's."""
+        return min(self.rank_batches(epoch, rank, num_workers) for rank in range(self.world_size))
+
+    def _shard_stream(self, epoch: int, worker: int, num_workers: int) -> Iterator[dict[str, str]]:
+        if self.resampled:
+            rng = random.Random(mixed_seed(self.seed, epoch, self.rank, worker, 1))
+            while True:
+                yield {"url": rng.choice(self.urls)}
+        else:
+            yield from ({"url": url} for url in self.worker_shards(epoch, worker, num_workers))
+
+    def raw_samples(self, epoch: int, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        """Undecoded samples of logical ``worker`` in this epoch, in their (shuffled) order."""
+        samples = wds.tarfile_to_samples(handler=self.shard_handler)(
+            self._shard_stream(epoch, worker, num_workers)
+        )
+        if self.shuffle and self.shuffle_buffer > 1:
+            rng = random.Random(mixed_seed(self.seed, epoch, self.rank, worker, 2))
+            samples = wds.filters._shuffle(
+                samples, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng
+            )
+        return samples
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        physical, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        worker = (physical + self.rotation) % num_workers
+        epoch = self.epoch
+        skip = self.skip_batches.get(worker, 0)
+        if self.worker_batches is not None and skip >= self.worker_batches:
+            return
+        raw = self.raw_samples(epoch, worker, num_workers)
+        for _ in range(skip * self.batch_size):  # read past consumed samples without decoding them
+            if next(raw, None) is None:
+                return
+        index = skip
+        sample_index = skip * self.batch_size
+        while self.worker_batches is None or index < self.worker_batches:
+            chunk = []
+            for sample in raw:
+                seed_sample_rngs(mixed_seed(self.seed, epoch, self.rank, worker, sample_index, 3))
+                chunk.append(self.decode(sample))
+                sample_index += 1
+                if len(chunk) == self.batch_size:
+                    break
+            if not chunk:
+                return
+            generator = torch.Generator().manual_seed(
+                mixed_seed(self.seed, epoch, self.rank, worker, index, 5)
+            )
+            batch = self.collate(chunk, generator)
+            yield replace(batch, position=(epoch, worker, index))
+            index += 1
+
+
+class StreamLoader(DataLoader):
+    """A DataLoader over a :class:`ShardStream` that knows where it is and can resume there.
+
+    Every ``iter()`` starts the next epoch, unless a state was just loaded: then it continues that
+    epoch after the consumed batches. With ``equalise_ranks`` (several ranks, no resampling) each epoch
+    is cut to the batches the smallest rank has, so that no rank waits forever in a collective; the
+    samples left out are logged. :meth:`consumed` must be told about each batch the training loop used;
+    :class:`~vlp.datamodules.shards.ShardDataModule` does it in ``on_before_batch_transfer``.
+    """
+
+    def __init__(self, dataset: ShardStream, num_workers: int = 0, equalise_ranks: bool = False) -> None:
+        super().__init__(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            persistent_workers=False,
+            pin_memory=False,
+        )
+        self.stream = dataset
+        self.equalise_ranks = equalise_ranks
+        self.epoch = -1
+        self._consumed: dict[int, int] = {}
+        self._next_worker = 0
+        self._resume: dict[str, Any] | None = None
+
+    @property
+    def _workers(self) -> int:
+        return max(1, self.num_workers)
+
+    def __len__(self) -> int:
+        raise TypeError("a StreamLoader has no length")  # makes Lightning treat it as an iterable
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self._resume is not None:
+            state, self._resume = self._resume, None
+            self.epoch = int(state["epoch"])
+            self._consumed = {int(k): int(v) for k, v in state["consumed"].items()}
+            self._next_worker = int(state["next_worker"])
+        else:
+            self.epoch += 1
+            self._consumed = {}
+            self._next_worker = 0
+        self.stream.epoch = self.epoch
+        self.stream.num_workers = self._workers
+        self.stream.skip_batches = dict(self._consumed)
+        self.stream.rotation = self._next_worker
+        already = sum(self._consumed.values())
+        iterator = super().__iter__()
+        if not self.equalise_ranks:
+            return iterator
+        common = self.stream.common_batches(self.epoch, self._workers)
+        own = self.stream.rank_batches(self.epoch, self.stream.rank, self._workers)
+        if own > common and not already:
+            log.warning(
+                "vlp: epoch %d: rank %d has %d batches, the smallest rank %d; the last %d are left out so "
+                "that every rank runs the same number of steps (balance the shards to avoid this)",
+                self.epoch,
+                self.stream.rank,
+                own,
+                common,
+                own - common,
+            )
+        return _take(iterator, max(0, common - already))
+
+    def consumed(self, batch: Batch) -> None:
+        """Record that the training loop used ``batch`` (from the current epoch)."""
+        if batch.position is None:
+            return
+        epoch, worker, index = batch.position
+        if epoch != self.epoch:
+            return
+        self._consumed[worker] = max(self._consumed.get(worker, 0), index + 1)
+        self._next_worker = (worker + 1) % self._workers
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "consumed": dict(self._consumed),
+            "next_worker": self._next_worker,
+            "num_workers": self._workers,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["num_workers"]) != self._workers:
+            raise ValueError(
+                f"the checkpoint's data position was saved with {state['num_workers']} loader worker(s) per "
+                f"rank, this run has {self._workers}: resume with data.num_workers={state['num_workers']}"
+            )
+        self._resume = dict(state)
+
+
+def _take(iterator: Iterator[Batch], count: int) -> Iterator[Batch]:
+    for _ in range(count):
+        batch = next(iterator, None)
+        if batch is None:
+            return
+        yield batch
+
+
+def local_sample_counts(urls: Sequence[str]) -> list[int]:
+    """Samples per shard for local shard files; a clear error for URLs that are not local files."""
+    missing = [url for url in urls if not Path(url).is_file()]
+    if missing:
+        raise ValueError(
+            f"cannot count the samples of non-local shards {missing[:3]}: with several ranks and no "
+            "resampling, every rank must run the same number of batches; use resampled=True with epoch_samples"
+        )
+    return [shard_sample_count(url) for url in urls]

@@ -1,0 +1,40 @@
+"""Small webdataset shard writers shared by the data-module tests."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+from PIL import Image
+
+
+def png_bytes(colour: tuple[int, int, int], size: tuple[int, int] = (32, 32)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def good_sample(key: str) -> dict[str, Any]:
+    record = {"captions": [f"caption of {key}", "a red square"], "objects": [], "qa": []}
+    return {"__key__": key, "png": png_bytes((200, 10, 10)), "json": json.dumps(record).encode()}
+
+
+def write_shard(path: Path, samples: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wds.TarWriter(str(path)) as sink:
+        for sample in samples:
+            sink.write(sample)
+
+
+def write_dataset(root: Path, shards: dict[str, list[list[dict[str, Any]]]]) -> None:
+    for split, split_shards in shards.items():
+        for i, samples in enumerate(split_shards):
+            write_shard(root / split / f"shard-{i:06d}.tar", samples)
+    (root / "vocab.json").write_text(json.dumps({"categories": ["square"]}))
+
+
+def keyed_shards(prefix: str, num_shards: int, per_shard: int) -> list[list[dict[str, Any]]]:
+    return [[good_sample(f"{prefix}{s}-{i}") for i in range(per_shard)] for s in range(num_shards)]
