@@ -38,3 +38,16 @@ def write_dataset(root: Path, shards: dict[str, list[list[dict[str, Any]]]]) -> 
 
 def keyed_shards(prefix: str, num_shards: int, per_shard: int) -> list[list[dict[str, Any]]]:
     return [[good_sample(f"{prefix}{s}-{i}") for i in range(per_shard)] for s in range(num_shards)]
+
+
+def varied_sample(key: str, index: int) -> dict[str, Any]:
+    """A sample whose pixels and captions depend on its index, so equal batches mean equal samples."""
+    colour = (37 * index % 256, 91 * index % 256, 53 * index % 256)
+    captions = [f"a shape number {index}", f"the colour {colour[0]} of {key}", "a red square"]
+    record = {"captions": captions, "objects": [], "qa": []}
+    return {"__key__": key, "png": png_bytes(colour), "json": json.dumps(record).encode()}
+
+
+def shards_of(sizes: list[int], prefix: str = "t") -> list[list[dict[str, Any]]]:
+    counter = iter(range(10**6))
+    return [[varied_sample(f"{prefix}{s}-{i}", next(counter)) for i in range(n)] for s, n in enumerate(sizes)]

@@ -8,26 +8,13 @@ from typing import Any
 
 import pytest
 import torch
-from shard_helpers import png_bytes, write_dataset
+from shard_helpers import shards_of, write_dataset
 
 from vlp.datamodules.schema import Batch
 from vlp.datamodules.shards import ShardDataModule
 from vlp.datamodules.stream import StreamLoader, shard_sample_count
 
 SMALL = {"image_size": 32, "patch_size": 16, "batch_size": 4, "shuffle_buffer": 6}
-
-
-def varied_sample(key: str, index: int) -> dict[str, Any]:
-    """A sample whose pixels and captions depend on its index, so equal batches mean equal samples."""
-    colour = (37 * index % 256, 91 * index % 256, 53 * index % 256)
-    captions = [f"a shape number {index}", f"the colour {colour[0]} of {key}", "a red square"]
-    record = {"captions": captions, "objects": [], "qa": []}
-    return {"__key__": key, "png": png_bytes(colour), "json": json.dumps(record).encode()}
-
-
-def shards_of(sizes: list[int], prefix: str = "t") -> list[list[dict[str, Any]]]:
-    counter = iter(range(10**6))
-    return [[varied_sample(f"{prefix}{s}-{i}", next(counter)) for i in range(n)] for s, n in enumerate(sizes)]
 
 
 def datamodule(root: Path, rank: int = 0, world_size: int = 1, **kwargs: Any) -> ShardDataModule:
