@@ -61,7 +61,14 @@ def run_data(args: Sequence[str]) -> None:
         print(f"{split:<12s} {info['samples']:>7d} samples in {info['shards']} shards")
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {"data": run_data}
+def run_bench(args: Sequence[str]) -> None:
+    """``python -m vlp bench scaling [options]``: see :mod:`vlp.bench`."""
+    from vlp.bench import main as bench_main
+
+    bench_main(args)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {"data": run_data, "bench": run_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,6 +10,7 @@ from lightning import LightningModule
 from torch import Tensor, nn
 
 from vlp.datamodules.schema import Batch
+from vlp.models.transformer import TransformerEncoder
 from vlp.objectives.base import Objective
 from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups
 
@@ -25,6 +26,10 @@ class ObjectiveTask(LightningModule, ABC):
         warmup: warm-up length, a fraction of the total steps when < 1, else a number of steps.
         end_lr_ratio: the linear decay ends at this fraction of ``lr``.
         lr_multipliers: parameter-name prefix → learning-rate factor (e.g. heads 10x in fine-tuning).
+        activation_checkpointing: ``True``/``False`` switches per-block activation checkpointing in
+            every :class:`~vlp.models.transformer.TransformerEncoder` of the task (blocks recompute
+            their activations in backward instead of storing them: less memory for about a third
+            more compute, same numbers); ``None`` leaves each encoder's own setting.
     """
 
     def __init__(
@@ -39,6 +44,7 @@ class ObjectiveTask(LightningModule, ABC):
         warmup: float = 0.1,
         end_lr_ratio: float = 0.0,
         lr_multipliers: dict[str, float] | None = None,
+        activation_checkpointing: bool | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "objectives"])
@@ -59,6 +65,12 @@ class ObjectiveTask(LightningModule, ABC):
         self.loss_weights = {name: float(weights.get(name, 1.0)) for name in objectives}
         if all(w == 0 for w in self.loss_weights.values()):
             raise ValueError("every loss weight is 0: nothing would be trained")
+        if activation_checkpointing is not None:
+            encoders = [m for m in self.modules() if isinstance(m, TransformerEncoder)]
+            if activation_checkpointing and not encoders:
+                raise ValueError("activation_checkpointing=True, but the task has no TransformerEncoder")
+            for encoder in encoders:
+                encoder.activation_checkpointing = activation_checkpointing
 
     @abstractmethod
     def forward_model(self, batch: Batch) -> Any:
@@ -109,7 +121,15 @@ class ObjectiveTask(LightningModule, ABC):
             self.compute_losses(batch, "test")
 
     def configure_model(self) -> None:
-        """Under ``ModelParallelStrategy``, shard with FSDP2 (per block / embedder, then the whole task)."""
+        """Under ``ModelParallelStrategy``, shard with FSDP2 (per block / embedder, then each root).
+
+        Lightning calls this after the process group and device mesh exist and before
+        ``configure_optimizers``, so the optimiser is built on the sharded (DTensor) parameters.
+        vlp applies no tensor parallelism: the strategy's whole mesh must be its data-parallel
+        dimension (``data_parallel_size`` = number of processes, ``tensor_parallel_size: 1``). Lightning's
+        ``"auto"`` sizes put the processes of a node on the tensor-parallel dimension, where nothing would
+        shard or reduce gradients, so that is refused here.
+        """
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
@@ -120,8 +140,20 @@ class ObjectiveTask(LightningModule, ABC):
             return  # already sharded (configure_model may run again, e.g. in trainer.test after fit)
         from vlp.tasks.sharding import apply_fsdp2
 
+        mesh = self.device_mesh
+        if mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                f"ModelParallelStrategy mesh is {dict(zip(mesh.mesh_dim_names, mesh.shape))}, but vlp shards "
+                "over data_parallel only: set data_parallel_size to the number of processes "
+                "(num_nodes x devices) and tensor_parallel_size: 1 (configs/trainer/fsdp.yaml)"
+            )
         bf16 = str(self.trainer.precision).startswith("bf16")
-        apply_fsdp2([self.model, *self.objectives.values()], self.device_mesh["data_parallel"], bf16=bf16)
+        apply_fsdp2([self.model, *self.objectives.values()], mesh["data_parallel"], bf16=bf16)
+        from torch.distributed.tensor import DTensor
+
+        outside = [name for name, p in self.named_parameters() if not isinstance(p, DTensor)]
+        if outside:  # nothing would average their gradients across ranks
+            raise RuntimeError(f"parameters outside the model and objectives were not sharded: {outside}")
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams

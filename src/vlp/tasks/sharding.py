@@ -1,12 +1,16 @@
 """FSDP2: ``fully_shard`` per transformer block and per embedder, then the root module.
 
 Called from a task's ``configure_model`` under Lightning's ``ModelParallelStrategy``; the same code
-runs on the CPU with gloo. No multi-process test covers it yet (issue 3).
+runs on the CPU with gloo, where ``tests/tasks/test_distributed.py`` checks it against a single
+process (loss trajectory, sharding, bf16, activation checkpointing, distributed checkpoints).
 """
 
 from __future__ import annotations
 
+import itertools
+
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -33,14 +37,46 @@ def shard_units(module: nn.Module, units: tuple[type[nn.Module], ...] = SHARD_UN
     return found
 
 
+@torch.no_grad()
+def broadcast_from_first_rank(module: nn.Module, mesh: DeviceMesh) -> None:
+    """Copy the first rank's parameters and buffers to every rank of ``mesh``.
+
+    ``fully_shard`` keeps each rank's own slice of its *local* tensors, so ranks that initialised
+    differently (no seed, or a seed mixed with the rank) would silently train a patchwork of
+    several models. DDP avoids that by broadcasting at wrap time; this does the same for FSDP2.
+    Tensors still on the CPU under a GPU mesh (``fully_shard`` moves them later) travel through the
+    mesh's device, as NCCL needs. Meta tensors (``empty_init``) have nothing to send and are skipped:
+    they are initialised after sharding.
+    """
+    if mesh.size() == 1:
+        return
+    group = mesh.get_group()
+    source = dist.get_global_rank(group, 0)
+    device = torch.device(mesh.device_type)
+    if device.type != "cpu":
+        device = torch.device(device.type, torch.get_device_module(device.type).current_device())
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.is_meta:
+            continue
+        data = tensor.data
+        buffer = data.to(device)  # the tensor itself when already there
+        dist.broadcast(buffer, src=source, group=group)
+        if buffer.device != data.device:
+            data.copy_(buffer)
+
+
 def apply_fsdp2(roots: list[nn.Module], mesh: DeviceMesh, bf16: bool = False) -> None:
     """Shard in place: every unit inside each root, then each root.
 
     A root must be a module whose ``forward`` is called (FSDP2 gathers parameters in forward hooks),
     so a task passes its model and each objective, never a ``ModuleDict``. Every parameter must end
-    up in some root: ``ModelParallelStrategy`` does no other gradient reduction. With ``bf16``
-    parameters are gathered and computed in bfloat16 while gradients are reduced in float32.
+    up in some root: ``ModelParallelStrategy`` does no other gradient reduction. The first rank's
+    weights are broadcast first (see :func:`broadcast_from_first_rank`). With ``bf16`` parameters are
+    gathered and computed in bfloat16 while gradients are reduced in float32; the sharded master
+    weights and the optimiser state stay float32.
     """
+    for root in roots:
+        broadcast_from_first_rank(root, mesh)
     policy = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         if bf16

@@ -1,0 +1,19 @@
+"""Benchmarks: ``python -m vlp bench <name> [options]``; every published figure goes to benchmarks/RESULTS.md.
+
+- ``scaling``: training samples/s of a pre-training step with 1 process, 2-process DDP and 2-process
+  FSDP2 (:mod:`vlp.bench.scaling`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+BENCHMARKS: dict[str, str] = {"scaling": "vlp.bench.scaling"}
+
+
+def main(args: Sequence[str]) -> None:
+    """Run the benchmark named by ``args[0]`` with the remaining arguments."""
+    if not args or args[0] not in BENCHMARKS:
+        raise SystemExit(f"usage: python -m vlp bench {{{','.join(BENCHMARKS)}}} [options]  (see --help)")
+    importlib.import_module(BENCHMARKS[args[0]]).main(list(args[1:]))
