@@ -105,7 +105,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path: Path) -> None:
     before, after = KeyRecorder(), KeyRecorder()
     checkpoint = tmp_path / "preempted.ckpt"
     assert fit(root, [before, StopAfter(5, checkpoint)]).global_step == 5
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["consumed"]
     # A different global seed: nothing may depend on the process's RNG state at start-up.
     resumed = fit(root, [after], ckpt_path=checkpoint, seed=123)
