@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from vlp.bench.scaling import ScalingConfig, build_task, markdown, synthetic_batch
+from vlp.cli import main
 
 TINY = [
     "--steps", "2", "--warmup", "1", "--batch_size", "4", "--dim", "32", "--depth", "1",
@@ -61,27 +59,19 @@ def test_markdown_rows_and_ratios() -> None:
 
 
 @pytest.mark.distributed
-def test_bench_scaling_runs_end_to_end_with_tiny_sizes(tmp_path: Path) -> None:
-    """The 2-process FSDP2 setup through the real command (the 1-process and DDP setups differ only in the strategy)."""
+def test_bench_scaling_runs_end_to_end_with_tiny_sizes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m vlp bench scaling`` (dispatched here, so only the worker is a subprocess) on the
+    2-process FSDP2 setup; the 1-process and DDP setups differ only in the strategy they pass."""
+    for key in ("LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
     out = tmp_path / "scaling.md"
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    command = [
-        sys.executable,
-        "-m",
-        "vlp",
-        "bench",
-        "scaling",
-        *TINY,
-        "--setups",
-        "[fsdp]",
-        "--out",
-        str(out),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
+    main(["bench", "scaling", *TINY, "--setups", "[fsdp]", "--out", str(out)])
+    printed = capsys.readouterr().out
     row = re.search(
         r"^\| FSDP2 \(ModelParallelStrategy\) \| 2 \| (\d+) \| ([\d.]+) \|", out.read_text(), re.M
     )
     assert row is not None, out.read_text()
     assert int(row.group(1)) >= 1 and float(row.group(2)) > 0
-    assert out.read_text() in result.stdout
+    assert out.read_text() in printed
