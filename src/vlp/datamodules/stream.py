@@ -118,7 +118,6 @@ class ShardStream(IterableDataset):
         self.sample_counts = None if sample_counts is None else list(sample_counts)
         # Set by StreamLoader before each pass (workers receive a pickled copy at iterator creation).
         self.epoch = 0
-        self.num_workers = 1
         self.skip_batches: dict[int, int] = {}  # logical worker → batches already consumed
         self.rotation = 0  # physical worker p plays logical worker (p + rotation) % num_workers
 
@@ -245,7 +244,6 @@ class StreamLoader(DataLoader):
             self._consumed = {}
             self._next_worker = 0
         self.stream.epoch = self.epoch
-        self.stream.num_workers = self._workers
         self.stream.skip_batches = dict(self._consumed)
         self.stream.rotation = self._next_worker
         already = sum(self._consumed.values())
