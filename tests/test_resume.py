@@ -26,11 +26,12 @@ MAX_STEPS = 12  # two loader workers x 4 batches = 8 batches per epoch: the run 
 
 
 def make_task() -> PretrainTask:
+    """Dropout and patch sampling draw from the global RNG: an exact resume must restore it."""
     dim = 32
     model = ViLT(
         TextEmbedder(dim=dim, max_len=16),
-        ViTPatchEmbedder(dim=dim, patch_size=16, pos_grid=2),
-        TransformerEncoder(dim=dim, depth=2, num_heads=4),
+        ViTPatchEmbedder(dim=dim, patch_size=16, pos_grid=2, max_image_len=3),
+        TransformerEncoder(dim=dim, depth=2, num_heads=4, drop=0.1),
     )
     objectives = {"mlm": MLMObjective(MLMHead(dim)), "itm": ITMObjective(ITMHead(dim))}
     return PretrainTask(model, objectives, lr=1e-3, warmup=3)
@@ -107,11 +108,35 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path: Path) -> None:
     assert fit(root, [before, StopAfter(5, checkpoint)]).global_step == 5
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["consumed"]
+    assert len(saved["vlp_rng_states"]) == 1
     # A different global seed: nothing may depend on the process's RNG state at start-up.
     resumed = fit(root, [after], ckpt_path=checkpoint, seed=123)
     assert resumed.global_step == MAX_STEPS
 
     assert before.keys + after.keys == straight.keys
+    expected = uninterrupted.lightning_module.state_dict()
+    for name, value in resumed.lightning_module.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_from_the_last_batch_of_an_epoch(tmp_path: Path) -> None:
+    """Saved after step 8, the last batch of epoch 0 (Lightning's prefetch has seen the epoch end): the
+    resumed run starts epoch 1 with Lightning, not with an empty remainder of epoch 0, so its epoch
+    counter, keys and weights match the uninterrupted run's."""
+    root = tmp_path / "data"
+    write_dataset(root, {"train": shards_of([7, 7, 7, 7]), "val": shards_of([2, 2])})
+    straight = KeyRecorder()
+    uninterrupted = fit(root, [straight])
+
+    before, after = KeyRecorder(), KeyRecorder()
+    checkpoint = tmp_path / "epoch_end.ckpt"
+    fit(root, [before, StopAfter(8, checkpoint)])
+    position = torch.load(checkpoint, map_location="cpu", weights_only=True)["loops"]["fit_loop"]
+    assert position["state_dict"]["combined_loader"][0]["finished"]
+    resumed = fit(root, [after], ckpt_path=checkpoint, seed=7)
+
+    assert before.keys + after.keys == straight.keys
+    assert resumed.current_epoch == uninterrupted.current_epoch
     expected = uninterrupted.lightning_module.state_dict()
     for name, value in resumed.lightning_module.state_dict().items():
         torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -205,7 +205,8 @@ class StreamLoader(DataLoader):
     """A DataLoader over a :class:`ShardStream` that knows where it is and can resume there.
 
     Every ``iter()`` starts the next epoch, unless a state was just loaded: then it continues that
-    epoch after the consumed batches. With ``equalise_ranks`` (several ranks, no resampling) each epoch
+    epoch after the consumed batches, or, when the saved epoch had run out (Lightning's prefetch saw its
+    end before the checkpoint, so Lightning too resumes in the next epoch), starts the next one. With ``equalise_ranks`` (several ranks, no resampling) each epoch
     is cut to the batches the smallest rank has, so that no rank waits forever in a collective; the
     samples left out are logged. :meth:`consumed` must be told about each batch the training loop used;
     :class:`~vlp.datamodules.shards.ShardDataModule` does it in ``on_before_batch_transfer``.
@@ -218,12 +219,16 @@ class StreamLoader(DataLoader):
             num_workers=num_workers,
             persistent_workers=False,
             pin_memory=False,
+            # DataLoader draws its workers' base seed at every iter(); a private generator keeps that
+            # draw off the global RNG, which a resumed run restores and must then see untouched.
+            generator=torch.Generator().manual_seed(0),
         )
         self.stream = dataset
         self.equalise_ranks = equalise_ranks
         self.epoch = -1
         self._consumed: dict[int, int] = {}
         self._next_worker = 0
+        self._finished = False
         self._resume: dict[str, Any] | None = None
 
     @property
@@ -234,22 +239,23 @@ class StreamLoader(DataLoader):
         raise TypeError("a StreamLoader has no length")  # makes Lightning treat it as an iterable
 
     def __iter__(self) -> Iterator[Batch]:
-        if self._resume is not None:
-            state, self._resume = self._resume, None
+        state, self._resume = self._resume, None
+        if state is not None and not state.get("finished", False):
             self.epoch = int(state["epoch"])
             self._consumed = {int(k): int(v) for k, v in state["consumed"].items()}
             self._next_worker = int(state["next_worker"])
         else:
-            self.epoch += 1
+            self.epoch = self.epoch + 1 if state is None else int(state["epoch"]) + 1
             self._consumed = {}
             self._next_worker = 0
+        self._finished = False
         self.stream.epoch = self.epoch
         self.stream.skip_batches = dict(self._consumed)
         self.stream.rotation = self._next_worker
         already = sum(self._consumed.values())
         iterator = super().__iter__()
         if not self.equalise_ranks:
-            return iterator
+            return self._until_exhausted(iterator)
         common = self.stream.common_batches(self.epoch, self._workers)
         own = self.stream.rank_batches(self.epoch, self.stream.rank, self._workers)
         if own > common and not already:
@@ -262,7 +268,12 @@ class StreamLoader(DataLoader):
                 common,
                 own - common,
             )
-        return _take(iterator, max(0, common - already))
+        return self._until_exhausted(_take(iterator, max(0, common - already)))
+
+    def _until_exhausted(self, iterator: Iterator[Batch]) -> Iterator[Batch]:
+        """Yield the epoch's batches, then note that it ran out (the state saves it)."""
+        yield from iterator
+        self._finished = True
 
     def consumed(self, batch: Batch) -> None:
         """Record that the training loop used ``batch`` (from the current epoch)."""
@@ -280,6 +291,7 @@ class StreamLoader(DataLoader):
             "consumed": dict(self._consumed),
             "next_worker": self._next_worker,
             "num_workers": self._workers,
+            "finished": self._finished,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

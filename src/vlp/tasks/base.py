@@ -13,6 +13,7 @@ from vlp.datamodules.schema import Batch
 from vlp.models.transformer import TransformerEncoder
 from vlp.objectives.base import Objective
 from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups
+from vlp.tasks.rng import CHECKPOINT_KEY, gather_rng_states, restore_rank_rng_state
 
 
 class ObjectiveTask(LightningModule, ABC):
@@ -62,6 +63,7 @@ class ObjectiveTask(LightningModule, ABC):
                 )
         self.model = model
         self.objectives = nn.ModuleDict(objectives)
+        self._saved_rng_states: list[dict[str, Any]] | None = None
         self.loss_weights = {name: float(weights.get(name, 1.0)) for name in objectives}
         if all(w == 0 for w in self.loss_weights.values()):
             raise ValueError("every loss weight is 0: nothing would be trained")
@@ -119,6 +121,22 @@ class ObjectiveTask(LightningModule, ABC):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         if len(batch):
             self.compute_losses(batch, "test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save every rank's RNG states (Lightning saves none), so a resumed run draws the same
+        dropout and patch-sampling masks as an uninterrupted one. Lightning calls this on all ranks."""
+        checkpoint[CHECKPOINT_KEY] = gather_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the saved RNG states until training starts (:meth:`on_train_start` restores them)."""
+        self._saved_rng_states = checkpoint.get(CHECKPOINT_KEY)
+
+    def on_train_start(self) -> None:
+        """Restore the checkpoint's RNG states here, after set-up and the sanity check have drawn
+        whatever they draw, right before the first resumed step."""
+        if self._saved_rng_states is not None:
+            states, self._saved_rng_states = self._saved_rng_states, None
+            restore_rank_rng_state(states, self.global_rank, self.trainer.world_size)
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``, shard with FSDP2 (per block / embedder, then each root).
