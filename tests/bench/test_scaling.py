@@ -26,7 +26,7 @@ def test_synthetic_batch_has_equal_mlm_counts_and_trains() -> None:
     labelled = batch.mlm_labels != -100
     assert labelled.sum(1).tolist() == [3] * 6  # equal per sample, so equal per rank
     assert not labelled[:, 0].any()
-    assert (batch.text_ids[labelled] == 4).all()
+    assert (batch.mlm_text_ids[labelled] == 4).all()
     torch.testing.assert_close(batch.pixels, synthetic_batch(config, size=6, seed=0).pixels)
     task = build_task(config)
     assert torch.isfinite(task.compute_losses(batch, "train"))

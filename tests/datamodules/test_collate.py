@@ -52,7 +52,16 @@ def image_index(pixels: torch.Tensor) -> int:
 
 def assert_batches_equal(a: Batch, b: Batch) -> None:
     assert a.keys == b.keys and a.captions == b.captions
-    for name in ("pixels", "pixel_mask", "text_ids", "text_mask", "mlm_labels", "itm_labels"):
+    for name in (
+        "pixels",
+        "pixel_mask",
+        "text_ids",
+        "text_mask",
+        "mlm_text_ids",
+        "mlm_labels",
+        "itm_labels",
+        "itm_image_index",
+    ):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
@@ -114,10 +123,11 @@ def test_mlm_labels_only_at_masked_positions_and_equal_the_original() -> None:
     labelled = batch.mlm_labels != -100
     assert labelled.any() and not labelled.all()
     assert torch.equal(batch.mlm_labels[labelled], original[labelled])
-    assert torch.equal(batch.text_ids[~labelled], original[~labelled])  # unmasked tokens untouched
+    assert torch.equal(batch.mlm_text_ids[~labelled], original[~labelled])  # unmasked tokens untouched
+    assert torch.equal(batch.text_ids, original)  # the clean text (ITM's view) is never masked
     special = (original == 101) | (original == 102) | (original == 0)  # [CLS], [SEP], [PAD]
     assert not labelled[special].any()
-    replaced = batch.text_ids[labelled]
+    replaced = batch.mlm_text_ids[labelled]
     assert (replaced == load_tokenizer().mask_token_id).float().mean() > 0.5  # 80 % [MASK]
 
 
@@ -130,30 +140,25 @@ def test_whole_word_masking_masks_all_pieces_of_a_word() -> None:
     assert torch.equal(words.all(-1), words.any(-1))  # a word is masked entirely or not at all
     assert words.all(-1).any() and not words.all(-1).all()
     masked = batch.mlm_labels != -100
-    assert (batch.text_ids[masked] == tokenizer.mask_token_id).all()
+    assert (batch.mlm_text_ids[masked] == tokenizer.mask_token_id).all()
 
 
-def test_itm_negatives_show_another_samples_image_and_carry_no_mlm() -> None:
+def test_itm_negatives_are_paired_with_another_samples_image_and_mlm_keeps_its_own() -> None:
     samples = make_samples(16)
     batch = PretrainCollator(mlm_probability=0.5, itm=True, seed=3)(samples)
     assert batch.itm_labels.dtype == torch.long and set(batch.itm_labels.tolist()) == {0, 1}
-    for i, label in enumerate(batch.itm_labels.tolist()):
-        source = image_index(batch.pixels[i])
-        assert torch.equal(batch.pixels[i], samples[source].image)  # exactly one sample's image
-        if label == 1:
-            assert source == i
-        else:
-            assert source != i
-            assert (batch.mlm_labels[i] == -100).all()
-    positives = batch.itm_labels == 1
-    assert (batch.mlm_labels[positives] != -100).any()
+    assert [image_index(p) for p in batch.pixels] == list(range(16))  # pixels: each sample's own image
+    for i, (label, source) in enumerate(zip(batch.itm_labels.tolist(), batch.itm_image_index.tolist())):
+        assert (source == i) == (label == 1)
+    negatives = batch.itm_labels == 0
+    assert (batch.mlm_labels[negatives] != -100).any()  # MLM learns from every sample, with its own image
 
 
 def test_batch_of_one_has_no_negative() -> None:
     collator = PretrainCollator(itm=True)
     for _ in range(5):
         batch = collator(make_samples(1))
-        assert batch.itm_labels.tolist() == [1]
+        assert batch.itm_labels.tolist() == [1] and batch.itm_image_index.tolist() == [0]
         assert image_index(batch.pixels[0]) == 0
 
 
@@ -169,7 +174,9 @@ def test_shuffle_images_replaces_every_image() -> None:
 def test_shuffle_images_before_itm() -> None:
     samples = make_samples(8)
     batch = PretrainCollator(itm=True, shuffle_images=True, seed=5)(samples)
-    assert batch.itm_labels is not None and batch.pixels.shape[0] == 8
+    sources = [image_index(p) for p in batch.pixels]
+    assert all(source != i for i, source in enumerate(sources))  # even "positives" see a foreign image
+    assert batch.itm_labels is not None and (batch.itm_labels == 1).any()
 
 
 def test_derangement_has_no_fixed_point() -> None:
@@ -200,7 +207,7 @@ def test_pickled_collator_starts_afresh() -> None:
 
 def test_mlm_off_leaves_text_unmasked() -> None:
     batch = PretrainCollator(mlm_probability=0.0, itm=False)(make_samples(4))
-    assert batch.mlm_labels is None
+    assert batch.mlm_labels is None and batch.mlm_text_ids is None
     assert torch.equal(batch.text_ids, original_ids(batch))
 
 

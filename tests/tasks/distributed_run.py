@@ -102,7 +102,10 @@ def make_batches(steps: int = STEPS, size: int = GLOBAL_BATCH) -> list[Batch]:
         labels = torch.full_like(ids, -100)
         rows = torch.arange(size)
         labels[rows, position] = ids[rows, position]
-        ids[rows, position] = 3  # a [MASK]-like id
+        masked = ids.clone()
+        masked[rows, position] = 3  # a [MASK]-like id
+        itm_labels = torch.randint(0, 2, (size,), generator=generator)
+        partner = rows ^ 1  # negatives pair adjacent rows, so every (even-sized) slice keeps its partners
         batches.append(
             Batch(
                 keys=[f"{step}-{i}" for i in range(size)],
@@ -110,8 +113,10 @@ def make_batches(steps: int = STEPS, size: int = GLOBAL_BATCH) -> list[Batch]:
                 pixel_mask=torch.ones(size, IMAGE, IMAGE, dtype=torch.bool),
                 text_ids=ids,
                 text_mask=text_mask,
+                mlm_text_ids=masked,
                 mlm_labels=labels,
-                itm_labels=torch.randint(0, 2, (size,), generator=generator),
+                itm_labels=itm_labels,
+                itm_image_index=torch.where(itm_labels == 1, rows, partner),
             )
         )
     return batches
@@ -124,6 +129,7 @@ def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
         value = getattr(batch, f.name)
         if isinstance(value, Tensor):
             sliced[f.name] = value[start:stop]
+    sliced["itm_image_index"] = batch.itm_image_index[start:stop] - start
     return replace(batch, **sliced)
 
 
@@ -222,10 +228,10 @@ def full_state_dict(task: RecordingTask) -> dict[str, Tensor]:
 def evaluate(task: RecordingTask, batch: Batch) -> dict[str, Tensor]:
     """Eval-mode outputs on one batch, through each FSDP root's own ``forward``."""
     task.eval()
-    outputs = task.forward_model(batch)
-    result = {"pooled": outputs.pooled.float(), "text_states": outputs.text_states.float()}
+    views = task.forward_model(batch)
+    result = {"pooled": views["itm"].pooled.float(), "text_states": views["mlm"].text_states.float()}
     for name, objective in task.objectives.items():
-        result[f"{name}_loss"] = objective(outputs, batch).loss.float()
+        result[f"{name}_loss"] = objective(views[objective.view], batch).loss.float()
     task.train()
     return result
 

@@ -4,7 +4,7 @@ import torch
 from conftest import TINY_DIM, TINY_VOCAB, make_tiny_vilt
 from vlp.datamodules.schema import Batch
 from vlp.models.heads import ITMHead, MLMHead
-from vlp.objectives import ITMObjective, MLMObjective
+from vlp.objectives import ITMObjective, MLMObjective, WPAObjective
 from vlp.tasks import PretrainTask
 from vlp.tasks.optim import param_groups
 
@@ -13,15 +13,19 @@ def fixed_batch(size: int = 8) -> Batch:
     ids = torch.randint(5, TINY_VOCAB, (size, 8))
     labels = torch.full_like(ids, -100)
     labels[:, 2] = ids[:, 2]
-    ids[:, 2] = 3  # [MASK]-like id
+    masked = ids.clone()
+    masked[:, 2] = 3  # [MASK]-like id
+    itm_labels = torch.arange(size) % 2
     return Batch(
         keys=[str(i) for i in range(size)],
         pixels=torch.randn(size, 3, 16, 16),
         pixel_mask=torch.ones(size, 16, 16, dtype=torch.bool),
         text_ids=ids,
         text_mask=torch.ones(size, 8, dtype=torch.bool),
+        mlm_text_ids=masked,
         mlm_labels=labels,
-        itm_labels=torch.arange(size) % 2,
+        itm_labels=itm_labels,
+        itm_image_index=torch.where(itm_labels == 1, torch.arange(size), (torch.arange(size) + 1) % size),
     )
 
 
@@ -51,7 +55,8 @@ def test_zero_weight_skips_the_objective_and_weights_multiply() -> None:
     task = make_task(loss_weights={"itm": 0.0, "mlm": 2.0})
     batch = fixed_batch()
     outputs = task.forward_model(batch)
-    mlm = task.objectives["mlm"](outputs, batch).loss
+    assert set(outputs) == {"mlm"}  # the ITM pass is not even run
+    mlm = task.objectives["mlm"](outputs["mlm"], batch).loss
     torch.testing.assert_close(task.compute_losses(batch, "train"), 2.0 * mlm)
 
 
@@ -75,3 +80,33 @@ def test_no_weight_decay_on_biases_norms_and_embeddings() -> None:
     assert by_param[id(named["model.text_embedder.word_embeddings.weight"])]["weight_decay"] == 0.0
     assert by_param[id(named["model.encoder.blocks.0.attn.qkv.weight"])]["weight_decay"] == 0.01
     assert by_param[id(named["objectives.itm.head.fc.weight"])]["lr"] == pytest.approx(1e-3)
+
+
+def test_views_mlm_reads_masked_text_with_own_image_itm_clean_text_with_paired_image() -> None:
+    task = make_task().eval()
+    batch = fixed_batch()
+    outputs = task.forward_model(batch)
+    model = task.model
+    with torch.no_grad():
+        mlm = model(batch.mlm_text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+        index = batch.itm_image_index
+        itm = model(batch.text_ids, batch.text_mask, batch.pixels[index], batch.pixel_mask[index])
+    torch.testing.assert_close(outputs["mlm"].text_states, mlm.text_states)
+    torch.testing.assert_close(outputs["itm"].pooled, itm.pooled)
+    assert not torch.allclose(outputs["itm"].pooled, outputs["mlm"].pooled)
+
+
+def test_wpa_trains_with_itm_on_the_itm_view() -> None:
+    objectives = {"itm": ITMObjective(ITMHead(TINY_DIM)), "wpa": WPAObjective(iterations=10)}
+    task = PretrainTask(make_tiny_vilt(), objectives, loss_weights={"wpa": 0.1})
+    loss = task.compute_losses(fixed_batch(), "train")
+    loss.backward()
+    assert task.model.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_an_objective_reading_an_unknown_view_is_refused() -> None:
+    class CaptionLM(ITMObjective):
+        view = "captioning"
+
+    with pytest.raises(ValueError, match=r"objectives\.lm.*captioning"):
+        PretrainTask(make_tiny_vilt(), {"lm": CaptionLM(ITMHead(TINY_DIM))})

@@ -152,7 +152,10 @@ def synthetic_batch(config: ScalingConfig, size: int, seed: int) -> Any:
     ]
     positions = positions + 1  # never the first ([CLS]) token
     labels.scatter_(1, positions, ids.gather(1, positions))
-    ids.scatter_(1, positions, 4)  # one stand-in [MASK] id
+    masked = ids.scatter(1, positions, 4)  # one stand-in [MASK] id
+    itm_labels = torch.randint(0, 2, (size,), generator=generator)
+    rows = torch.arange(size)
+    partner = (rows + torch.randint(1, size, (size,), generator=generator)) % size
     side = config.image_size
     return Batch(
         keys=[str(i) for i in range(size)],
@@ -160,8 +163,10 @@ def synthetic_batch(config: ScalingConfig, size: int, seed: int) -> Any:
         pixel_mask=torch.ones(size, side, side, dtype=torch.bool),
         text_ids=ids,
         text_mask=torch.ones(size, config.text_len, dtype=torch.bool),
+        mlm_text_ids=masked,
         mlm_labels=labels,
-        itm_labels=torch.randint(0, 2, (size,), generator=generator),
+        itm_labels=itm_labels,
+        itm_image_index=torch.where(itm_labels == 1, rows, partner),
     )
 
 

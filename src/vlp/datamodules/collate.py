@@ -123,15 +123,16 @@ class PretrainCollator:
     Per batch: skip markers are counted and dropped; one caption per sample is chosen at random;
     with ``shuffle_images`` every image is first replaced by another sample's (a random derangement, so
     image and text are unrelated: the "blind" control run; a batch of one keeps its image, there being no
-    other); with ``itm`` each sample then becomes, with probability 0.5, a negative shown another sample's
-    image; images are padded once; captions are tokenized (padding to the longest, truncating to
-    ``max_text_len``) and masked for MLM by transformers' ``DataCollatorForLanguageModeling``.
+    other); images are padded once; captions are tokenized (padding to the longest, truncating to
+    ``max_text_len``) into ``text_ids``, and a masked copy ``mlm_text_ids`` with ``mlm_labels`` is made by
+    transformers' ``DataCollatorForLanguageModeling``.
 
-    MLM is learnt from matching pairs only: negatives get no MLM labels (-100). Their text is masked
-    all the same, so the presence of ``[MASK]`` tokens says nothing about whether a pair matches.
-    ``mlm_probability=0`` turns MLM off (``mlm_labels`` is None, text unmasked); ``itm=False`` leaves
-    every image with its text and ``itm_labels`` None. Whole-word masking (transformers v5) always
-    replaces a chosen word by ``[MASK]`` (no 10 % random / 10 % kept split).
+    As in official ViLT, MLM and ITM are separate views of the batch: MLM reads the masked text with the
+    sample's own image; ITM reads the unmasked text with the image of ``itm_image_index`` (another
+    sample's, a negative, with probability 0.5; ``itm_labels`` 0). The task gathers the ITM images on its
+    device, so pixels travel once. ``mlm_probability=0`` turns MLM off (``mlm_text_ids``/``mlm_labels``
+    None); ``itm=False`` leaves ``itm_labels``/``itm_image_index`` None. Whole-word masking (transformers v5)
+    always replaces a chosen word by ``[MASK]`` (no 10 % random / 10 % kept split).
 
     An all-skipped batch comes back empty (``len(batch) == 0``, tensors None) with its skips counted.
     """
@@ -209,24 +210,24 @@ class PretrainCollator:
         images = [s.image for s in kept]
         if self.shuffle_images:
             images = [images[j] for j in random_derangement(len(images), generator)]
-        itm_labels = None
+        itm_labels = itm_image_index = None
         if self.itm:
             sources, itm_labels = itm_pairing(len(images), generator)
-            images = [images[j] for j in sources]
+            itm_image_index = torch.tensor(sources, dtype=torch.long)
         pixels, pixel_mask = pad_images(images)
 
         captions = [pick_caption(s.captions, generator) for s in kept]
-        text_ids, text_mask, mlm_labels = self._encode(captions, generator)
-        if mlm_labels is not None and itm_labels is not None:
-            mlm_labels[itm_labels == 0] = IGNORE_INDEX
+        text_ids, text_mask, mlm_text_ids, mlm_labels = self._encode(captions, generator)
         return Batch(
             keys=[s.key for s in kept],
             pixels=pixels,
             pixel_mask=pixel_mask,
             text_ids=text_ids,
             text_mask=text_mask,
+            mlm_text_ids=mlm_text_ids,
             mlm_labels=mlm_labels,
             itm_labels=itm_labels,
+            itm_image_index=itm_image_index,
             captions=captions,
             num_skipped=len(skipped),
             skipped_keys=skipped_keys,
@@ -234,8 +235,9 @@ class PretrainCollator:
 
     def _encode(
         self, captions: list[str], generator: torch.Generator
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Tokenize and (unless MLM is off) mask: ``text_ids``, ``text_mask`` (bool), ``mlm_labels``."""
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Tokenize and (unless MLM is off) mask a copy: ``text_ids``, ``text_mask`` (bool),
+        ``mlm_text_ids``, ``mlm_labels``."""
         encoding = self.tokenizer(
             captions,
             padding="longest",
@@ -249,15 +251,15 @@ class PretrainCollator:
         text_ids = encoding["input_ids"]
         text_mask = encoding["attention_mask"].bool()
         if self.mlm_probability == 0:
-            return text_ids, text_mask, None
+            return text_ids, text_mask, None, None
         masker = self.masker()
         masker.generator = generator
-        text_ids, mlm_labels = masker.torch_mask_tokens(
+        mlm_text_ids, mlm_labels = masker.torch_mask_tokens(
             text_ids.clone(),
             special_tokens_mask=encoding["special_tokens_mask"],
             offset_mapping=encoding["offset_mapping"],
         )
-        return text_ids, text_mask, mlm_labels
+        return text_ids, text_mask, mlm_text_ids, mlm_labels
 
     def _log_skips(self, skipped: Sequence[SkippedSample]) -> None:
         for marker in skipped:

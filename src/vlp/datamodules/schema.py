@@ -29,12 +29,14 @@ class Batch:
     """One collated batch. ``keys`` identify the samples (webdataset ``__key__``)."""
 
     keys: list[str]
-    pixels: Tensor | None = None  # [B, 3, H, W] float
+    pixels: Tensor | None = None  # [B, 3, H, W] float, each sample's own image
     pixel_mask: Tensor | None = None  # [B, H, W] bool, True = real pixel
-    text_ids: Tensor | None = None  # [B, L] long (MLM-masked when mlm_labels is set)
+    text_ids: Tensor | None = None  # [B, L] long, the text as written (never masked)
     text_mask: Tensor | None = None  # [B, L] bool, True = real token
-    mlm_labels: Tensor | None = None  # [B, L] long, -100 where no label
+    mlm_text_ids: Tensor | None = None  # [B, L] long, text_ids with the MLM masking applied
+    mlm_labels: Tensor | None = None  # [B, L] long, original id at masked positions, -100 elsewhere
     itm_labels: Tensor | None = None  # [B] long, 1 = image and text match
+    itm_image_index: Tensor | None = None  # [B] long, whose image sample i is shown with for ITM
     targets: list[Targets] | None = None
     answers: Tensor | None = None  # [B, num_answers] float VQA soft scores
     pair_labels: Tensor | None = None  # [B] long, NLVR2-style statement truth

@@ -3,5 +3,6 @@
 from vlp.objectives.base import Objective, ObjectiveOutput
 from vlp.objectives.itm import ITMObjective
 from vlp.objectives.mlm import MLMObjective
+from vlp.objectives.wpa import WPAObjective
 
-__all__ = ["ITMObjective", "MLMObjective", "Objective", "ObjectiveOutput"]
+__all__ = ["ITMObjective", "MLMObjective", "Objective", "ObjectiveOutput", "WPAObjective"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -23,9 +23,13 @@ class Objective(nn.Module, metaclass=ABCMeta):
     """A loss family. It owns the head it trains (a part from ``vlp.models.heads``) and nothing else.
 
     ``input_dim`` is the width the head expects, checked against the model's before training starts.
+    ``view`` names the forward pass it reads when a task runs several over one batch (pre-training runs
+    ``"mlm"``, masked text with each sample's own image, and ``"itm"``, clean text with the ITM pairing,
+    as official ViLT does); ``None`` means the task's single pass.
     """
 
     input_dim: int
+    view: ClassVar[str | None] = None
 
     @abstractmethod
     def forward(self, outputs: Any, batch: Batch) -> ObjectiveOutput: ...

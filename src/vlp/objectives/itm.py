@@ -13,6 +13,8 @@ from vlp.objectives.base import Objective, ObjectiveOutput
 class ITMObjective(Objective):
     """Binary cross-entropy (as 2-way softmax) on matched vs. swapped image-text pairs."""
 
+    view = "itm"
+
     def __init__(self, head: ITMHead) -> None:
         super().__init__()
         self.head = head

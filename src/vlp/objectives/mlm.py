@@ -13,6 +13,8 @@ from vlp.objectives.base import Objective, ObjectiveOutput
 class MLMObjective(Objective):
     """Cross-entropy on the masked positions only; the vocabulary head sees ``[M, D]``, not ``[B, L, D]``."""
 
+    view = "mlm"
+
     def __init__(self, head: MLMHead) -> None:
         super().__init__()
         self.head = head

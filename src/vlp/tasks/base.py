@@ -74,19 +74,23 @@ class ObjectiveTask(LightningModule, ABC):
             for encoder in encoders:
                 encoder.activation_checkpointing = activation_checkpointing
 
+    @property
+    def active_objectives(self) -> dict[str, Objective]:
+        """The objectives with a non-zero weight (the others are not computed at all)."""
+        return {name: obj for name, obj in self.objectives.items() if self.loss_weights[name] != 0}
+
     @abstractmethod
     def forward_model(self, batch: Batch) -> Any:
-        """Run the assembly on a batch and return what the objectives read."""
+        """Run the assembly on a batch and return what the objectives read: one output, or a dict of
+        outputs by view name when the objectives read different passes (``Objective.view``)."""
 
     def compute_losses(self, batch: Batch, stage: str) -> Tensor:
         outputs = self.forward_model(batch)
         batch_size = len(batch)
         total = torch.zeros((), device=self.device)
-        for name, objective in self.objectives.items():
+        for name, objective in self.active_objectives.items():
             weight = self.loss_weights[name]
-            if weight == 0:
-                continue
-            result = objective(outputs, batch)
+            result = objective(outputs[objective.view] if isinstance(outputs, dict) else outputs, batch)
             total = total + weight * result.loss
             self.log(
                 f"{stage}/{name}_loss",

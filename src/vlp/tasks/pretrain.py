@@ -1,14 +1,49 @@
-"""Image-text pre-training (MLM, ITM, ...) of a single-stream fusion assembly."""
+"""Image-text pre-training (MLM, ITM, WPA, ...) of a single-stream fusion assembly."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from vlp.datamodules.schema import Batch
 from vlp.models.outputs import FusionOutput
 from vlp.tasks.base import ObjectiveTask
 
+VIEWS = ("mlm", "itm")
+
 
 class PretrainTask(ObjectiveTask):
-    """Pre-training on image-text pairs: the batch's (masked) text with its (possibly swapped) image."""
+    """Pre-training on image-text pairs, one encoder pass per view the active objectives read.
 
-    def forward_model(self, batch: Batch) -> FusionOutput:
-        return self.model(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+    As in official ViLT: the ``"mlm"`` view is the masked text with each sample's own image; the ``"itm"``
+    view (ITM, WPA) is the unmasked text with the image ``batch.itm_image_index`` names (another sample's
+    for a negative). Masked words would otherwise hide exactly what ITM has to compare, and negatives
+    would teach MLM nothing. With both kinds of objective active a step costs two encoder passes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, objective in self.objectives.items():
+            if objective.view not in VIEWS:
+                raise ValueError(
+                    f"objectives.{name}: {type(objective).__name__} reads view {objective.view!r}; "
+                    f"PretrainTask runs {list(VIEWS)}"
+                )
+
+    def forward_model(self, batch: Batch) -> dict[str, FusionOutput]:
+        views = {objective.view for objective in self.active_objectives.values()}
+        outputs = {}
+        if "mlm" in views:
+            if batch.mlm_text_ids is None:
+                raise ValueError(
+                    "the MLM view needs batch.mlm_text_ids; enable MLM masking in the data module"
+                )
+            outputs["mlm"] = self.model(batch.mlm_text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+        if "itm" in views:
+            if batch.itm_image_index is None:
+                raise ValueError(
+                    "the ITM view needs batch.itm_image_index; enable ITM pairs in the data module"
+                )
+            index = batch.itm_image_index
+            pixel_mask = None if batch.pixel_mask is None else batch.pixel_mask[index]
+            outputs["itm"] = self.model(batch.text_ids, batch.text_mask, batch.pixels[index], pixel_mask)
+        return outputs

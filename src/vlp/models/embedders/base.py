@@ -15,6 +15,7 @@ class VisualTokens:
     ``embeds`` carry content only; ``pos`` (when not ``None``) is the position encoding the assembly
     adds, once at the input or at every layer. ``mask`` is True for real tokens. ``grid`` is the
     (h, w) token grid before any sampling; ``ids`` are discrete codes for quantised embedders.
+    ``num_prefix`` counts the summary tokens (an image [CLS]) ahead of the ones that cover the image.
     """
 
     embeds: Tensor  # [B, N, D]
@@ -22,6 +23,7 @@ class VisualTokens:
     pos: Tensor | None = None  # [B, N, D]
     ids: Tensor | None = None  # [B, N] long
     grid: tuple[int, int] | None = None
+    num_prefix: int = 0
 
 
 class VisualEmbedder(nn.Module, metaclass=ABCMeta):

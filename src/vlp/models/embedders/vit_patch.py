@@ -80,6 +80,7 @@ class ViTPatchEmbedder(VisualEmbedder):
             mask=torch.cat([real, mask], 1),
             pos=torch.cat([cls_pos, pos], 1),
             grid=(h, w),
+            num_prefix=1,
         )
 
     def _positions(self, patch_mask: Tensor, dtype: torch.dtype) -> Tensor:
