@@ -10,6 +10,7 @@ scenes, and prints held-out accuracy every 50 steps:
   name the object's colour. Tests that text positions can read the image.
 - ``itm-colour``: single-object images, text = the colour word alone (``--caption there`` for "there is
   a <colour> shape"); ITM against another image of the batch. Tests cross-modal *comparison*.
+  ``--with-mask-colour`` adds the mask-colour MLM loss on a second batch each step (joint training).
 
     python benchmarks/diagnostics/cross_modal_probes.py image-only --steps 400
 """
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--caption", choices=["word", "there"], default="word")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--with-mask-colour", action="store_true", help="itm-colour plus mask-colour MLM")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -72,7 +74,11 @@ def main() -> None:
     train = args.samples - HELD_OUT
     model = tiny_vilt()
     head = MLMHead(WIDTH) if args.probe == "mask-colour" else ITMHead(WIDTH)
-    optimizer = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=1e-3, betas=(0.9, 0.98))
+    colour_head = MLMHead(WIDTH)
+    parameters = [*model.parameters(), *head.parameters()]
+    if args.with_mask_colour:
+        parameters += list(colour_head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=1e-3, betas=(0.9, 0.98))
 
     def encode(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         encoding = tokenizer(texts, padding="longest", return_tensors="pt")
@@ -110,6 +116,13 @@ def main() -> None:
     for step in range(1, args.steps + 1):
         *inputs, labels = make_batch(torch.randint(0, train, (BATCH,), generator=generator), generator)
         loss = F.cross_entropy(logits(*inputs), labels)
+        if args.with_mask_colour:
+            index = torch.randint(0, train, (BATCH,), generator=generator)
+            ids, mask = encode(["there is a [MASK] shape"] * BATCH)
+            states = model(ids, mask, images[index]).text_states
+            position = int((ids[0] == tokenizer.mask_token_id).nonzero()[0, 0])
+            targets = torch.tensor(tokenizer.convert_tokens_to_ids([colours[i][0] for i in index.tolist()]))
+            loss = loss + F.cross_entropy(colour_head(states[:, position]), targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
