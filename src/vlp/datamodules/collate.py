@@ -30,8 +30,6 @@ from vlp.tokenizers import BUNDLED, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-
 
 @dataclass(frozen=True)
 class SkippedSample:
