@@ -205,10 +205,10 @@ class StreamLoader(DataLoader):
     """A DataLoader over a :class:`ShardStream` that knows where it is and can resume there.
 
     Every ``iter()`` starts the next epoch, unless a state was just loaded: then it continues that
-    epoch after the consumed batches, or, when the saved epoch had run out (Lightning's prefetch saw its
-    end before the checkpoint, so Lightning too resumes in the next epoch), starts the next one. With ``equalise_ranks`` (several ranks, no resampling) each epoch
-    is cut to the batches the smallest rank has, so that no rank waits forever in a collective; the
-    samples left out are logged. :meth:`consumed` must be told about each batch the training loop used;
+    epoch after the consumed batches, or, when the saved epoch had run out (Lightning's prefetch saw
+    its end before the checkpoint, so Lightning too resumes in the next epoch), starts the next one.
+    With ``equalise_ranks`` (several ranks, no resampling) each epoch is cut to the batches the
+    smallest rank has, so that no rank waits forever in a collective; the samples left out are logged. :meth:`consumed` must be told about each batch the training loop used;
     :class:`~vlp.datamodules.shards.ShardDataModule` does it in ``on_before_batch_transfer``.
     """
 
