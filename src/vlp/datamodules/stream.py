@@ -208,7 +208,8 @@ class StreamLoader(DataLoader):
     epoch after the consumed batches, or, when the saved epoch had run out (Lightning's prefetch saw
     its end before the checkpoint, so Lightning too resumes in the next epoch), starts the next one.
     With ``equalise_ranks`` (several ranks, no resampling) each epoch is cut to the batches the
-    smallest rank has, so that no rank waits forever in a collective; the samples left out are logged. :meth:`consumed` must be told about each batch the training loop used;
+    smallest rank has, so that no rank waits forever in a collective; the samples left out are logged.
+    :meth:`consumed` must be told about each batch the training loop used;
     :class:`~vlp.datamodules.shards.ShardDataModule` does it in ``on_before_batch_transfer``.
     """
 
