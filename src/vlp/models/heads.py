@@ -53,3 +53,24 @@ class ITMHead(nn.Module):
 
     def forward(self, pooled: Tensor) -> Tensor:
         return self.fc(pooled)
+
+
+class ClassifierHead(nn.Module):
+    """ViLT's answer classifier: dense to twice the width, LayerNorm, GELU, dense to the classes.
+
+    VQA uses it over the pooled state (``input_dim = dim``); NLVR2 over the two images' pooled
+    states concatenated (``input_dim = 2 * dim``). Layer indices ``0, 1, 3`` match the official
+    ``vqa_classifier`` / ``nlvr2_classifier`` and transformers' ``classifier`` keys.
+    """
+
+    def __init__(self, input_dim: int, num_classes: int, hidden_dim: int | None = None) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        hidden = hidden_dim if hidden_dim is not None else 2 * input_dim
+        self.classifier = nn.Sequential(
+            nn.Linear(input_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, num_classes)
+        )
+        self.apply(init_weights)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.classifier(pooled)
