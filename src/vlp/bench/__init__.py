@@ -2,6 +2,8 @@
 
 - ``scaling``: training samples/s of a pre-training step with 1 process, 2-process DDP and 2-process
   FSDP2 (:mod:`vlp.bench.scaling`).
+- ``detection-loss``: DETR's Hungarian matcher + set loss (forward and backward) per batch, vlp against
+  transformers' ``ForObjectDetectionLoss`` in the same run (:mod:`vlp.bench.detection_loss`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 
-BENCHMARKS: dict[str, str] = {"scaling": "vlp.bench.scaling"}
+BENCHMARKS: dict[str, str] = {
+    "scaling": "vlp.bench.scaling",
+    "detection-loss": "vlp.bench.detection_loss",
+}
 
 
 def main(args: Sequence[str]) -> None:

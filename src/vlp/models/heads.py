@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from vlp.models.outputs import DetectionPredictions
 from vlp.models.transformer import init_weights
 
 
@@ -74,3 +75,38 @@ class ClassifierHead(nn.Module):
 
     def forward(self, pooled: Tensor) -> Tensor:
         return self.classifier(pooled)
+
+
+class DetectionHead(nn.Module):
+    """DETR's prediction heads over decoder query states, plus E2E-VLP's attribute classifier.
+
+    A linear classifier over ``num_classes + 1`` outputs (the last is "no object"), an optional linear
+    multi-label attribute classifier, and DETR's 3-layer ReLU MLP regressing ``cxcywh`` boxes through a
+    sigmoid. It accepts any leading shape, so all decoder layers (``[L, B, Q, D]``) go through in one call.
+    """
+
+    def __init__(self, dim: int, num_classes: int, num_attributes: int = 0, box_layers: int = 3) -> None:
+        super().__init__()
+        if dim < 1 or num_classes < 1 or num_attributes < 0 or box_layers < 1:
+            raise ValueError(
+                "DetectionHead needs dim >= 1, num_classes >= 1, num_attributes >= 0 and box_layers >= 1, "
+                f"got dim={dim}, num_classes={num_classes}, num_attributes={num_attributes}, "
+                f"box_layers={box_layers}"
+            )
+        self.input_dim = dim
+        self.num_classes = num_classes
+        self.num_attributes = num_attributes
+        self.class_embed = nn.Linear(dim, num_classes + 1)
+        self.attribute_embed = nn.Linear(dim, num_attributes) if num_attributes else None
+        layers: list[nn.Module] = []
+        for _ in range(box_layers - 1):
+            layers += [nn.Linear(dim, dim), nn.ReLU()]
+        self.bbox_embed = nn.Sequential(*layers, nn.Linear(dim, 4))
+        self.apply(init_weights)
+
+    def forward(self, states: Tensor) -> DetectionPredictions:
+        return DetectionPredictions(
+            logits=self.class_embed(states),
+            boxes=self.bbox_embed(states).sigmoid(),
+            attribute_logits=self.attribute_embed(states) if self.attribute_embed is not None else None,
+        )

@@ -1,0 +1,263 @@
+"""Set-prediction detection (DETR, as E2E-VLP uses it): Hungarian matching, then class, attribute and box losses.
+
+Every decoder layer is matched on its own and supervised with the same weights (DETR's auxiliary losses),
+but the work is not repeated per layer: the matcher scores all layers in one call with one host transfer,
+and each loss is computed for all layers in one go, then summed per layer with ``index_add``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import box_convert
+
+from vlp.datamodules.schema import Batch, Targets
+from vlp.models.heads import DetectionHead
+from vlp.models.outputs import DecoderOutput, DetectionPredictions
+from vlp.objectives.base import Objective, ObjectiveOutput
+from vlp.objectives.matcher import Assignment, HungarianMatcher, box_giou, pad_targets
+
+
+@dataclass
+class SetLosses:
+    """Unweighted losses of every decoder layer (``[L]``, the last layer last) and last-layer figures."""
+
+    ce: Tensor  # class cross-entropy, no-object down-weighted, weighted mean over queries
+    l1: Tensor  # L1 of matched cxcywh boxes, summed, / boxes
+    giou: Tensor  # 1 - GIoU of matched boxes, summed, / boxes
+    attribute: Tensor | None  # BCE over the attributes (mean over A) of matched boxes, summed, / boxes
+    class_accuracy: Tensor  # last layer: matched queries whose argmax is the target class
+    cardinality_error: Tensor  # last layer: mean |#queries not predicting no-object - #targets|
+
+
+def num_boxes_across_processes(count: int, device: torch.device) -> float | Tensor:
+    """Target boxes per process averaged over all processes, at least 1 (DETR's normaliser).
+
+    Without a process group this is a Python number; with one, a tensor all-reduced on ``device`` (no
+    host sync either way).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return max(float(count), 1.0)
+    total = torch.tensor(float(count), device=device)
+    dist.all_reduce(total)
+    return (total / dist.get_world_size()).clamp(min=1.0)
+
+
+class SetCriterion(nn.Module):
+    """DETR's set criterion on the predictions of every decoder layer.
+
+    Args:
+        num_classes: object categories; the logits have one more column, "no object".
+        matcher: the assignment of queries to targets (default: costs class 1, L1 5, GIoU 2).
+        eos_coef: cross-entropy weight of the no-object class relative to the others.
+        ce_weight, bbox_weight, giou_weight, attribute_weight: multipliers of the four losses.
+        aux_loss: supervise every decoder layer (DETR's auxiliary losses); ``False``: the last only.
+    """
+
+    class_weight: Tensor
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher | None = None,
+        eos_coef: float = 0.1,
+        ce_weight: float = 1.0,
+        bbox_weight: float = 5.0,
+        giou_weight: float = 2.0,
+        attribute_weight: float = 1.0,
+        aux_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if eos_coef < 0 or min(ce_weight, bbox_weight, giou_weight, attribute_weight) < 0:
+            raise ValueError(
+                "eos_coef and the loss weights must be >= 0, got "
+                f"eos_coef={eos_coef}, ce_weight={ce_weight}, bbox_weight={bbox_weight}, "
+                f"giou_weight={giou_weight}, attribute_weight={attribute_weight}"
+            )
+        self.num_classes = num_classes
+        self.matcher = matcher if matcher is not None else HungarianMatcher()
+        self.eos_coef = eos_coef
+        self.weights = {
+            "ce": ce_weight,
+            "l1": bbox_weight,
+            "giou": giou_weight,
+            "attribute": attribute_weight,
+        }
+        self.aux_loss = aux_loss
+        class_weight = torch.ones(num_classes + 1)
+        class_weight[-1] = eos_coef
+        self.register_buffer("class_weight", class_weight, persistent=False)
+
+    def forward(self, predictions: DetectionPredictions, targets: Sequence[Targets]) -> ObjectiveOutput:
+        """The weighted sum over layers and losses, and the last layer's figures as logs."""
+        losses = self.losses(predictions, targets)
+        per_layer = self.weights["ce"] * losses.ce + self.weights["l1"] * losses.l1
+        per_layer = per_layer + self.weights["giou"] * losses.giou
+        if losses.attribute is not None:
+            per_layer = per_layer + self.weights["attribute"] * losses.attribute
+        logs = {
+            "det_ce": losses.ce[-1].detach(),
+            "det_l1": losses.l1[-1].detach(),
+            "det_giou": losses.giou[-1].detach(),
+            "det_class_acc": losses.class_accuracy,
+            "det_cardinality_error": losses.cardinality_error,
+        }
+        if losses.attribute is not None:
+            logs["det_attribute"] = losses.attribute[-1].detach()
+        if len(per_layer) > 1:
+            logs["det_aux_loss"] = per_layer[:-1].sum().detach()
+        return ObjectiveOutput(per_layer.sum(), logs)
+
+    def losses(self, predictions: DetectionPredictions, targets: Sequence[Targets]) -> SetLosses:
+        """Match every layer, then compute each loss for all layers at once (fp32, autocast off)."""
+        logits, boxes, attribute_logits = predictions.logits, predictions.boxes, predictions.attribute_logits
+        if logits.ndim != 4 or logits.shape[-1] != self.num_classes + 1:
+            raise ValueError(
+                f"predictions.logits must be [L, B, Q, num_classes + 1 = {self.num_classes + 1}], "
+                f"got {tuple(logits.shape)}"
+            )
+        if len(targets) != logits.shape[1]:
+            raise ValueError(
+                f"targets has {len(targets)} images but predictions.logits has {logits.shape[1]}"
+            )
+        if not self.aux_loss:
+            logits, boxes = logits[-1:], boxes[-1:]
+            attribute_logits = attribute_logits[-1:] if attribute_logits is not None else None
+        padded = pad_targets(targets, logits.device)
+        if attribute_logits is not None and attribute_logits.shape != (
+            *logits.shape[:-1],
+            padded.attributes.shape[-1],
+        ):
+            raise ValueError(
+                f"predictions.attribute_logits {tuple(attribute_logits.shape)} must be [L, B, Q, A] with the "
+                f"targets' A = {padded.attributes.shape[-1]} attributes"
+            )
+        indices = self.matcher(logits.detach(), boxes.detach(), padded)
+        layers, batch, queries = logits.shape[:3]
+        block, query, target = flatten_indices(indices, logits.device)
+        image, layer = block % batch, block // batch
+        num_boxes = num_boxes_across_processes(padded.num_boxes, logits.device)
+
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            logits = logits.float()
+            classes = torch.full((layers * batch, queries), self.num_classes, device=logits.device)
+            classes[block, query] = padded.labels[image, target]  # unmatched queries: "no object"
+            ce = self.class_loss(logits, classes.view(layers, batch, queries))
+
+            matched = boxes.float().flatten(0, 1)[block, query]  # [K, 4], K matched pairs of all layers
+            goal = padded.boxes[image, target].float()
+            l1 = (matched - goal).abs().sum(-1)
+            giou = 1 - box_giou(box_convert(matched, "cxcywh", "xyxy"), box_convert(goal, "cxcywh", "xyxy"))
+            attribute = None
+            if attribute_logits is not None:
+                attribute = F.binary_cross_entropy_with_logits(
+                    attribute_logits.float().flatten(0, 1)[block, query],
+                    padded.attributes[image, target].float(),
+                    reduction="none",
+                ).mean(-1)
+
+            # the blocks run layer by layer, so the last layer's pairs are the last K / L
+            last = slice(len(block) - len(block) // layers, len(block))
+            accuracy, cardinality_error = matching_figures(
+                logits[-1], padded.labels, padded.counts, image[last], query[last], target[last]
+            )
+
+        return SetLosses(
+            ce=ce,
+            l1=per_layer_sum(l1, layer, layers) / num_boxes,
+            giou=per_layer_sum(giou, layer, layers) / num_boxes,
+            attribute=per_layer_sum(attribute, layer, layers) / num_boxes if attribute is not None else None,
+            class_accuracy=accuracy,
+            cardinality_error=cardinality_error,
+        )
+
+    def class_loss(self, logits: Tensor, classes: Tensor) -> Tensor:
+        """Per layer ``[L]``: cross-entropy of ``logits [L, B, Q, C+1]`` against ``classes [L, B, Q]``, the
+        weighted mean over queries with the no-object class weighing ``eos_coef`` (DETR)."""
+        layers = logits.shape[0]
+        nll = F.cross_entropy(logits.flatten(0, 2), classes.flatten(), self.class_weight, reduction="none")
+        return nll.view(layers, -1).sum(1) / self.class_weight[classes].view(layers, -1).sum(1)
+
+
+@torch.no_grad()
+def matching_figures(
+    logits: Tensor, labels: Tensor, counts: list[int], image: Tensor, query: Tensor, target: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One layer's class accuracy over its matched queries and its cardinality error (DETR's log):
+    the mean over images of ``|queries not predicting no-object - targets|``. No host sync."""
+    no_object = logits.shape[-1] - 1
+    correct = (logits[image, query].argmax(-1) == labels[image, target]).float().sum()
+    accuracy = correct / max(len(image), 1)
+    predicted = (logits.argmax(-1) != no_object).sum(-1).float()
+    expected = torch.tensor(counts, dtype=torch.float, device=logits.device)
+    return accuracy, (predicted - expected).abs().mean()
+
+
+def flatten_indices(indices: list[Assignment], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-image assignments to flat ``(block, query, target)`` index tensors on ``device``."""
+    sizes = torch.tensor([len(q) for q, _ in indices], dtype=torch.int64)
+    block = torch.repeat_interleave(torch.arange(len(indices)), sizes)
+    query = torch.cat([q for q, _ in indices])
+    target = torch.cat([t for _, t in indices])
+    return block.to(device), query.to(device), target.to(device)
+
+
+def per_layer_sum(values: Tensor, layer: Tensor, layers: int) -> Tensor:
+    """Sum ``values [K]`` by decoder layer: ``[layers]``."""
+    return values.new_zeros(layers).index_add(0, layer, values)
+
+
+class DetectionObjective(Objective):
+    """E2E-VLP's object detection: a :class:`DetectionHead` on every decoder layer, DETR's set criterion.
+
+    Reads :class:`~vlp.models.outputs.DecoderOutput` (``query_states [L, B, Q, D]``) and
+    ``batch.targets``. The loss sums the layers (DETR's auxiliary losses) and, per layer,
+    ``ce_weight * CE + bbox_weight * L1 + giou_weight * (1 - GIoU) + attribute_weight * BCE``; the
+    attribute term is there when the head predicts attributes. See :class:`SetCriterion` for the args.
+    """
+
+    def __init__(
+        self,
+        head: DetectionHead,
+        matcher: HungarianMatcher | None = None,
+        eos_coef: float = 0.1,
+        ce_weight: float = 1.0,
+        bbox_weight: float = 5.0,
+        giou_weight: float = 2.0,
+        attribute_weight: float = 1.0,
+        aux_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        self.head = head
+        self.input_dim = head.input_dim
+        self.criterion = SetCriterion(
+            head.num_classes,
+            matcher,
+            eos_coef=eos_coef,
+            ce_weight=ce_weight,
+            bbox_weight=bbox_weight,
+            giou_weight=giou_weight,
+            attribute_weight=attribute_weight,
+            aux_loss=aux_loss,
+        )
+
+    def forward(self, outputs: DecoderOutput, batch: Batch) -> ObjectiveOutput:
+        if batch.targets is None:
+            raise ValueError(
+                "DetectionObjective needs batch.targets; enable detection targets in the data module"
+            )
+        states = outputs.query_states
+        if states.ndim != 4 or states.shape[-1] != self.input_dim:
+            raise ValueError(
+                f"outputs.query_states must be [L, B, Q, D = {self.input_dim}], got {tuple(states.shape)}"
+            )
+        if not self.criterion.aux_loss:
+            states = states[-1:]  # the head need not run on layers nobody supervises
+        return self.criterion(self.head(states), batch.targets)
