@@ -208,7 +208,7 @@ def markdown(
         f"{config.min_boxes}-{config.max_boxes} boxes per image ({inputs.num_boxes} in the batch), "
         f"{config.layers} decoder layers all supervised; costs class 1, L1 5, GIoU 2; losses CE "
         f"(no-object 0.1) + 5 L1 + 2 GIoU; fp32; one step = matching + loss + backward; median of "
-        f"{config.steps} interleaved steps per side after {config.warmup} warm-up; torch {torch.__version__} "
+        f"{config.steps} interleaved steps per side after {config.warmup} warm-up; torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, transformers {transformers.__version__}, "
         f"scipy {scipy.__version__}, {device}.",
         "",
