@@ -68,7 +68,18 @@ def run_bench(args: Sequence[str]) -> None:
     bench_main(args)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {"data": run_data, "bench": run_bench}
+def run_zoo(args: Sequence[str]) -> None:
+    """``python -m vlp zoo convert-vilt [options]``: see :mod:`vlp.zoo.commands`."""
+    from vlp.zoo.commands import main as zoo_main
+
+    zoo_main(args)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {
+    "data": run_data,
+    "bench": run_bench,
+    "zoo": run_zoo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
