@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
 from vlp.models.embedders.vit_patch import ViTPatchEmbedder
 from vlp.models.text import TextEmbedder
 from vlp.models.transformer import TransformerEncoder
@@ -37,3 +39,23 @@ def make_tiny_vilt(
 @pytest.fixture
 def tiny_vilt() -> ViLT:
     return make_tiny_vilt().eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few dozen shapes samples (images with captions and QA, pairs with statements), 32 px, 2 shards
+    per split."""
+    root = tmp_path_factory.mktemp("shapes") / "shapes32"
+    config = ShapesConfig(
+        resolution=32,
+        train_samples=16,
+        val_samples=8,
+        test_samples=4,
+        pair_train_samples=8,
+        pair_val_samples=4,
+        pair_test_samples=4,
+        samples_per_shard=4,
+        seed=5,
+    )
+    write_shapes(root, config)
+    return root

@@ -40,6 +40,9 @@ class Batch:
     targets: list[Targets] | None = None
     answers: Tensor | None = None  # [B, num_answers] float VQA soft scores
     pair_labels: Tensor | None = None  # [B] long, NLVR2-style statement truth
+    text_image_index: Tensor | None = (
+        None  # [T] long, image row each text row describes (T texts != B images)
+    )
     pixels_right: Tensor | None = None  # second image of a pair sample
     pixel_mask_right: Tensor | None = None
     caption_ids: Tensor | None = None  # [B, T] long, decoder input/target captions

@@ -302,7 +302,7 @@ class ShardDataModule(L.LightningDataModule):
         transform = ViltTransform(self.image_size, self.patch_size, randaugment=train and self.randaugment)
         return ShardStream(
             urls,
-            decode=SampleDecoder(transform),
+            decode=self.decoder(transform),
             collate=self.collator(train),
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
@@ -316,7 +316,11 @@ class ShardDataModule(L.LightningDataModule):
             sample_counts=counts,
         )
 
-    def collator(self, train: bool) -> PretrainCollator:
+    def decoder(self, transform: Callable[[Image.Image], Tensor]) -> Callable[[dict[str, Any]], Any]:
+        """Raw sample -> what the collator takes, or a skip marker (task data modules decode QA, pairs)."""
+        return SampleDecoder(transform)
+
+    def collator(self, train: bool) -> Callable[..., Batch]:
         return PretrainCollator(
             tokenizer=self.tokenizer,
             max_text_len=self.max_text_len,

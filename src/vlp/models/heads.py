@@ -110,3 +110,20 @@ class DetectionHead(nn.Module):
             boxes=self.bbox_embed(states).sigmoid(),
             attribute_logits=self.attribute_embed(states) if self.attribute_embed is not None else None,
         )
+
+
+class RankHead(nn.Module):
+    """Retrieval score: a linear map of the pooled state to one number (official ViLT's ``rank_output``).
+
+    Fine-tuning initialises it from a pre-trained :class:`ITMHead`'s "match" row (``fc.weight[1]``,
+    ``fc.bias[1]``), so its first scores are the ITM match logits.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.input_dim = dim
+        self.fc = nn.Linear(dim, 1)
+        self.apply(init_weights)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.fc(pooled).squeeze(-1)

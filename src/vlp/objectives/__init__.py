@@ -4,13 +4,19 @@ from vlp.objectives.base import Objective, ObjectiveOutput
 from vlp.objectives.detection import DetectionObjective
 from vlp.objectives.itm import ITMObjective
 from vlp.objectives.mlm import MLMObjective
+from vlp.objectives.nlvr2 import NLVR2Objective
+from vlp.objectives.retrieval import RetrievalObjective
+from vlp.objectives.vqa import VQAObjective
 from vlp.objectives.wpa import WPAObjective
 
 __all__ = [
     "DetectionObjective",
     "ITMObjective",
     "MLMObjective",
+    "NLVR2Objective",
     "Objective",
     "ObjectiveOutput",
+    "RetrievalObjective",
+    "VQAObjective",
     "WPAObjective",
 ]

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from vlp.datamodules.schema import Batch
 from vlp.models.transformer import TransformerEncoder
 from vlp.objectives.base import Objective
+from vlp.tasks.init_from import InitReport, load_matching, log_report, read_checkpoint, resolve_checkpoint
 from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups
 from vlp.tasks.rng import CHECKPOINT_KEY, gather_rng_states, restore_rank_rng_state
 
@@ -31,6 +32,9 @@ class ObjectiveTask(LightningModule, ABC):
             every :class:`~vlp.models.transformer.TransformerEncoder` of the task (blocks recompute
             their activations in backward instead of storing them: less memory for about a third
             more compute, same numbers); ``None`` leaves each encoder's own setting.
+        init_from: start from another run's weights (a checkpoint path or glob, see
+            :mod:`vlp.tasks.init_from`): keys are matched by name, and which were loaded, newly
+            initialised or dropped is logged and kept in :attr:`init_report`.
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class ObjectiveTask(LightningModule, ABC):
         end_lr_ratio: float = 0.0,
         lr_multipliers: dict[str, float] | None = None,
         activation_checkpointing: bool | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "objectives"])
@@ -73,6 +78,18 @@ class ObjectiveTask(LightningModule, ABC):
                 raise ValueError("activation_checkpointing=True, but the task has no TransformerEncoder")
             for encoder in encoders:
                 encoder.activation_checkpointing = activation_checkpointing
+        self.init_report: InitReport | None = None
+        if init_from is not None:
+            path = resolve_checkpoint(init_from)
+            state = read_checkpoint(path)
+            adapted = self.adapt_init_state(state)
+            self.init_report = load_matching(self, state, str(path), adapted)
+            log_report(self.init_report)
+
+    def adapt_init_state(self, state: dict[str, Tensor]) -> dict[str, str]:
+        """Make an ``init_from`` checkpoint fit this task, in place, before keys are matched; return
+        ``{task key: how it was made}`` for the report. The default changes nothing."""
+        return {}
 
     @property
     def active_objectives(self) -> dict[str, Objective]:

@@ -1,0 +1,114 @@
+"""NLVR2-style batches: two images (left, right), one statement about them, whether it is true.
+
+A pair sample is ``__key__`` + ``left.<ext>`` + ``right.<ext>`` (png, jpg, jpeg or webp) + ``json`` with
+``statement`` (str) and ``label`` (bool, or the strings ``"True"``/``"False"`` as NLVR2 writes them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from vlp.datamodules.collate import SkippedSample
+from vlp.datamodules.finetune import FinetuneCollator, FinetuneDataModule
+from vlp.datamodules.schema import Batch
+from vlp.datamodules.shards import IMAGE_EXTENSIONS, decode_image
+
+LABELS = {True: 1, False: 0, "true": 1, "false": 0}
+
+
+@dataclass
+class DecodedPair:
+    """One decoded pair sample."""
+
+    key: str
+    left: Tensor  # [3, H, W] float, normalised
+    right: Tensor
+    statement: str
+    label: int  # 1 = the statement is true of the pair
+
+
+class PairDecoder:
+    """Raw pair sample -> :class:`DecodedPair`, or a :class:`SkippedSample` naming what is wrong."""
+
+    def __init__(self, transform: Callable[[Image.Image], Tensor]) -> None:
+        self.transform = transform
+
+    def __call__(self, sample: dict[str, Any]) -> DecodedPair | SkippedSample:
+        key = str(sample.get("__key__", "?"))
+        images = {}
+        for side in ("left", "right"):
+            data = next(
+                (sample[f"{side}.{ext}"] for ext in IMAGE_EXTENSIONS if f"{side}.{ext}" in sample), None
+            )
+            if data is None:
+                return SkippedSample(key, f"no {side} image ({side}.{'/'.join(IMAGE_EXTENSIONS)})")
+            images[side] = data
+        try:
+            annotation = json.loads(sample["json"]) if "json" in sample else None
+        except (ValueError, UnicodeDecodeError) as exn:
+            return SkippedSample(key, f"unreadable json: {exn}")
+        if not isinstance(annotation, dict):
+            return SkippedSample(key, "missing json object")
+        statement = annotation.get("statement")
+        label = annotation.get("label")
+        label = LABELS.get(label.lower() if isinstance(label, str) else label)
+        if not isinstance(statement, str) or not statement.strip() or label is None:
+            return SkippedSample(key, "json needs a 'statement' string and a true/false 'label'")
+        try:
+            left, right = (decode_image(images[side]) for side in ("left", "right"))
+        # PIL signals corrupt data with many exception types (OSError, SyntaxError, ValueError, ...).
+        except Exception as exn:
+            return SkippedSample(key, f"image decode failed: {type(exn).__name__}: {exn}")
+        return DecodedPair(key, self.transform(left), self.transform(right), statement.strip(), label)
+
+
+class PairCollator(FinetuneCollator):
+    """Pairs -> ``pixels``/``pixel_mask`` (left), ``pixels_right``/``pixel_mask_right``, the statement as
+    ``text_ids``, ``pair_labels`` [B] long."""
+
+    def collate(self, samples: list[DecodedPair], generator: torch.Generator) -> Batch:
+        pixels, pixel_mask = self.images([s.left for s in samples])
+        pixels_right, pixel_mask_right = self.images([s.right for s in samples])
+        statements = [s.statement for s in samples]
+        text_ids, text_mask = self.encode(statements)
+        return Batch(
+            keys=[s.key for s in samples],
+            pixels=pixels,
+            pixel_mask=pixel_mask,
+            pixels_right=pixels_right,
+            pixel_mask_right=pixel_mask_right,
+            text_ids=text_ids,
+            text_mask=text_mask,
+            pair_labels=torch.tensor([s.label for s in samples], dtype=torch.long),
+            captions=statements,
+        )
+
+
+class PairDataModule(FinetuneDataModule):
+    """Pair batches (NLVR2-style) from the ``pairs_*`` splits shapes writes; see the module docstring.
+
+    Args: as :class:`~vlp.datamodules.finetune.FinetuneDataModule`, with the pair splits as defaults.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train_split: str = "pairs_train",
+        val_split: str = "pairs_val",
+        test_split: str = "pairs_test",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root, train_split=train_split, val_split=val_split, test_split=test_split, **kwargs)
+
+    def decoder(self, transform: Callable[[Image.Image], Tensor]) -> PairDecoder:
+        return PairDecoder(transform)
+
+    def collator(self, train: bool) -> PairCollator:
+        return PairCollator(**self.collator_args())

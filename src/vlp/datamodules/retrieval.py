@@ -1,0 +1,84 @@
+"""Image-text retrieval batches.
+
+Training batches are image-caption pairs (one caption per image, drawn at random); the task draws
+the negatives from the batch. Evaluation batches carry each image once and *all* its captions, with
+``text_image_index`` naming each caption's image, so the task can score every caption against every
+image of the split (official ViLT's recall protocol).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vlp.datamodules.collate import DecodedSample, pick_caption
+from vlp.datamodules.finetune import FinetuneCollator, FinetuneDataModule
+from vlp.datamodules.schema import Batch
+
+
+class CaptionCollator(FinetuneCollator):
+    """Images with one random caption each (``text_ids`` row ``i`` describes image ``i``)."""
+
+    def collate(self, samples: list[DecodedSample], generator: torch.Generator) -> Batch:
+        pixels, pixel_mask = self.images([s.image for s in samples])
+        captions = [pick_caption(s.captions, generator) for s in samples]
+        text_ids, text_mask = self.encode(captions)
+        return Batch(
+            keys=[s.key for s in samples],
+            pixels=pixels,
+            pixel_mask=pixel_mask,
+            text_ids=text_ids,
+            text_mask=text_mask,
+            captions=captions,
+        )
+
+
+class RetrievalCollator(FinetuneCollator):
+    """Each image once, every caption of it (at most ``max_captions``, in stored order) as a text row;
+    ``text_image_index [T]`` names the image row each text describes."""
+
+    def __init__(self, max_captions: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if max_captions is not None and max_captions < 1:
+            raise ValueError(f"max_captions must be positive, got {max_captions}")
+        self.max_captions = max_captions
+
+    def collate(self, samples: list[DecodedSample], generator: torch.Generator) -> Batch:
+        pixels, pixel_mask = self.images([s.image for s in samples])
+        texts, owners = [], []
+        for row, sample in enumerate(samples):
+            captions = sample.captions[: self.max_captions]
+            texts += captions
+            owners += [row] * len(captions)
+        text_ids, text_mask = self.encode(texts)
+        return Batch(
+            keys=[s.key for s in samples],
+            pixels=pixels,
+            pixel_mask=pixel_mask,
+            text_ids=text_ids,
+            text_mask=text_mask,
+            text_image_index=torch.tensor(owners, dtype=torch.long),
+            captions=texts,
+        )
+
+
+class RetrievalDataModule(FinetuneDataModule):
+    """Image-caption shards for retrieval: caption pairs to train on, all captions to evaluate.
+
+    Args:
+        max_captions: evaluation reads at most this many captions per image (``None``: all).
+        Others: as :class:`~vlp.datamodules.finetune.FinetuneDataModule`. Evaluation scores every
+        text against every image the run reads: cap the cost with the trainer's ``limit_val_batches``.
+    """
+
+    def __init__(self, root: str, max_captions: int | None = None, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        if max_captions is not None and max_captions < 1:
+            raise ValueError(f"max_captions must be positive, got {max_captions}")
+        self.max_captions = max_captions
+
+    def collator(self, train: bool) -> FinetuneCollator:
+        if train:
+            return CaptionCollator(**self.collator_args())
+        return RetrievalCollator(max_captions=self.max_captions, **self.collator_args())
