@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from transformers import (
     ViltConfig,
+    ViltForImageAndTextRetrieval,
     ViltForImagesAndTextClassification,
     ViltForMaskedLM,
     ViltForQuestionAnswering,
@@ -135,6 +136,7 @@ HEAD_CASES: dict[str, tuple[type[nn.Module], dict[str, object]]] = {
     "mlm": (ViltForMaskedLM, {}),
     "vqa": (ViltForQuestionAnswering, {}),
     "nlvr2": (ViltForImagesAndTextClassification, {"num_images": 2, "modality_type_vocab_size": 3}),
+    "rank": (ViltForImageAndTextRetrieval, {}),
 }
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from transformers import ViltConfig
 
 from vlp.models.embedders.vit_patch import ViTPatchEmbedder
-from vlp.models.heads import ClassifierHead, ITMHead, MLMHead, Pooler
+from vlp.models.heads import ClassifierHead, ITMHead, MLMHead, Pooler, RankHead
 from vlp.models.text import TextEmbedder
 from vlp.models.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
@@ -110,8 +110,6 @@ def head_from_config(name: str, config: ViltConfig) -> nn.Module:
         width = dim * (config.num_images if config.num_images > 0 else 2)
         return ClassifierHead(width, config.num_labels, hidden_dim=width)
     if name == "rank":
-        from vlp.models.heads import RankHead  # added to heads.py with the retrieval task
-
         return RankHead(dim)
     raise KeyMappingError(f"unknown ViLT head {name!r}; known: {list(HEAD_NAMES)}")
 
