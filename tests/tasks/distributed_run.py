@@ -1,4 +1,4 @@
-"""A tiny PretrainTask trained under a Lightning strategy, for the distributed tests.
+"""A tiny PretrainTask (and the fine-tuning tasks) trained under a Lightning strategy, for the distributed tests.
 
 ``tests/tasks/test_distributed.py`` imports this module for single-process reference runs and launches
 it as a script for the 2-process runs (Lightning's own launcher re-runs the script once per rank, gloo
@@ -25,10 +25,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+import finetune_parts as parts
 import torch
 from lightning import Callback, LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -129,7 +131,8 @@ def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
         value = getattr(batch, f.name)
         if isinstance(value, Tensor):
             sliced[f.name] = value[start:stop]
-    sliced["itm_image_index"] = batch.itm_image_index[start:stop] - start
+    if batch.itm_image_index is not None:
+        sliced["itm_image_index"] = batch.itm_image_index[start:stop] - start
     return replace(batch, **sliced)
 
 
@@ -251,13 +254,87 @@ def fsdp_strategy(world_size: int) -> ModelParallelStrategy:
     return ModelParallelStrategy(data_parallel_size=world_size, tensor_parallel_size=1)
 
 
+# ------------------------------------------------------------------------------ fine-tuning tasks
+# VQA and NLVR2 train on the rows of fixed global batches like the pre-training task above (equal rows
+# per rank, so the mean of the ranks' mean losses is the global mean) and must match one process.
+# Retrieval draws its negatives among the captions of each rank's own micro-batch, so it legitimately
+# differs from one process; what is checked there is its evaluation: every process keeps different
+# (and differently many) batches, scores an equal share of all text x image pairs, and the recall
+# must be that of one process scoring the whole pool with the same weights.
+
+FINETUNE_KINDS = ("vqa", "nlvr2", "retrieval")
+EVAL_CHUNK = 16
+
+
+def make_finetune_task(kind: str, seed: int = INIT_SEED) -> Any:
+    make = {"vqa": parts.vqa_task, "nlvr2": parts.nlvr2_task, "retrieval": parts.retrieval_task}[kind]
+    extra = {"negatives": 3, "eval_chunk_size": EVAL_CHUNK} if kind == "retrieval" else {}
+    return make(seed=seed, lr=LR, warmup=0.2, **extra)
+
+
+def make_finetune_batches(kind: str) -> list[Batch]:
+    make = {"vqa": parts.vqa_batches, "nlvr2": parts.pair_batches, "retrieval": parts.caption_batches}[kind]
+    return make(steps=STEPS, size=GLOBAL_BATCH)
+
+
+class LossRecorder(Callback):
+    """Each training step's loss (of this rank's micro-batch)."""
+
+    def __init__(self) -> None:
+        self.losses: list[Tensor] = []
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        self.losses.append(outputs["loss"].detach().float().clone())
+
+
+class EvalBatches(LightningDataModule):
+    """Rank ``r`` of ``W`` validates on batches ``r, r + W, ...``: unequal shares on purpose."""
+
+    def __init__(self, batches: list[Batch]) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def val_dataloader(self) -> DataLoader:
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        return DataLoader(self.batches[rank::world], batch_size=None, shuffle=False)
+
+
+def fit_finetune(
+    kind: str, devices: int, strategy: Callable[[], str | ModelParallelStrategy]
+) -> dict[str, Any]:
+    """Train ``kind`` for :data:`STEPS` steps (weights from a rank-dependent seed); retrieval then
+    validates on :func:`finetune_parts.retrieval_eval_batches`. ``strategy`` makes a fresh strategy
+    (a strategy object belongs to one trainer)."""
+    recorder = LossRecorder()
+    trainer = make_trainer(devices=devices, strategy=strategy(), callbacks=[recorder])
+    task = make_finetune_task(kind, seed=INIT_SEED + trainer.global_rank)
+    trainer.fit(task, datamodule=StepBatches(make_finetune_batches(kind)))
+    losses = torch.stack(recorder.losses)
+    if trainer.world_size > 1:
+        torch.distributed.all_reduce(losses)
+        losses = losses / trainer.world_size
+    result: dict[str, Any] = {"losses": losses.tolist()}
+    if kind == "retrieval":
+        trainer.validate(task, datamodule=EvalBatches(parts.retrieval_eval_batches()), verbose=False)
+        result["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    result["state"] = full_state_dict(task)
+    return result
+
+
+def run_finetune(devices: int, strategy: Callable[[], str | ModelParallelStrategy]) -> dict[str, Any]:
+    return {kind: fit_finetune(kind, devices, strategy) for kind in FINETUNE_KINDS}
+
+
 def run_ddp(out: Path, workdir: Path) -> None:
     batches = make_batches()
     trainer = make_trainer(devices=2, strategy="ddp")
     task = make_task(seed=INIT_SEED + int(trainer.global_rank))
     result = fit(batches, trainer, task)
+    finetune = run_finetune(2, lambda: "ddp")
     if trainer.is_global_zero:
-        torch.save({"fp32": result}, out)
+        torch.save({"fp32": result, "finetune": finetune}, out)
 
 
 def run_fsdp(out: Path, workdir: Path) -> None:
@@ -291,6 +368,7 @@ def run_fsdp(out: Path, workdir: Path) -> None:
     results["bf16"] = fit(batches, trainer, task)
     results["bf16"]["param_dtypes"] = sorted({str(p.dtype) for p in task.parameters()})
 
+    results["finetune"] = run_finetune(2, lambda: fsdp_strategy(2))
     if trainer.is_global_zero:
         torch.save(results, out)
 

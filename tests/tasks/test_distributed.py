@@ -206,3 +206,48 @@ def test_consolidated_checkpoint_loads_strictly_and_reproduces_outputs(
 def test_consolidation_refuses_a_directory_that_is_not_a_dcp_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"\.metadata"):
         consolidate_checkpoint(tmp_path)
+
+
+# ------------------------------------------------------------------------------ fine-tuning tasks
+
+
+@pytest.fixture(scope="module")
+def single_finetune() -> dict[str, Any]:
+    return run.run_finetune(1, lambda: "auto")
+
+
+@pytest.mark.parametrize("kind", ["vqa", "nlvr2"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_finetuning_two_processes_match_one_process(
+    kind: str, strategy: str, ddp: dict[str, Any], fsdp: dict[str, Any], single_finetune: dict[str, Any]
+) -> None:
+    result = {"ddp": ddp, "fsdp": fsdp}[strategy]["finetune"][kind]
+    assert_same_run(result, single_finetune[kind])
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_retrieval_trains_and_evaluates_all_pairs_across_processes(
+    strategy: str, ddp: dict[str, Any], fsdp: dict[str, Any]
+) -> None:
+    """Each rank kept different (and differently many) evaluation batches; the recall logged is that of
+    one process scoring every text against every image with the trained weights."""
+    import finetune_parts as parts
+
+    from vlp.metrics.retrieval import retrieval_recall
+    from vlp.tasks.retrieval import gather_eval_pool
+
+    result = {"ddp": ddp, "fsdp": fsdp}[strategy]["finetune"]["retrieval"]
+    assert len(result["losses"]) == run.STEPS and all(0 < loss < 2 for loss in result["losses"])
+    task = run.make_finetune_task("retrieval", seed=123)
+    task.load_state_dict(result["state"])  # strict
+    task.eval()
+    batches = parts.retrieval_eval_batches()
+    pool = gather_eval_pool(
+        [
+            {k: getattr(b, k) for k in ("pixels", "pixel_mask", "text_ids", "text_mask", "text_image_index")}
+            for b in batches
+        ]
+    )
+    scores = task.score_all(pool)
+    expected = retrieval_recall(scores, pool["text_image_index"])
+    assert result["metrics"] == pytest.approx({f"val/{k}": v.item() for k, v in expected.items()}, abs=1e-6)
