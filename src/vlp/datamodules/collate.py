@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import Tensor
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
+from vlp.datamodules.grounded_masking import grounded_word_mask
 from vlp.datamodules.schema import Batch
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
@@ -130,7 +131,10 @@ class PretrainCollator:
     sample's, a negative, with probability 0.5; ``itm_labels`` 0). The task gathers the ITM images on its
     device, so pixels travel once. ``mlm_probability=0`` turns MLM off (``mlm_text_ids``/``mlm_labels``
     None); ``itm=False`` leaves ``itm_labels``/``itm_image_index`` None. Whole-word masking (transformers v5)
-    always replaces a chosen word by ``[MASK]`` (no 10 % random / 10 % kept split).
+    always replaces a chosen word by ``[MASK]`` (no 10 % random / 10 % kept split). On top of that, every
+    whole word of ``grounded_words`` (e.g. a dataset's categories and attributes) is masked with
+    ``grounded_mask_probability`` (:mod:`vlp.datamodules.grounded_masking`: targets only the image can
+    supply, so MLM learns to read the image).
 
     An all-skipped batch comes back empty (``len(batch) == 0``, tensors None) with its skips counted.
     """
@@ -145,9 +149,15 @@ class PretrainCollator:
         shuffle_images: bool = False,
         seed: int = 0,
         max_logged_skips: int = 5,
+        grounded_words: Sequence[str] = (),
+        grounded_mask_probability: float = 0.0,
     ) -> None:
         if not 0.0 <= mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in [0, 1], got {mlm_probability}")
+        if not 0.0 <= grounded_mask_probability <= 1.0:
+            raise ValueError(f"grounded_mask_probability must be in [0, 1], got {grounded_mask_probability}")
+        if grounded_mask_probability > 0 and not grounded_words:
+            raise ValueError("grounded_mask_probability > 0 needs grounded_words (the words to mask)")
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.tokenizer_name = tokenizer
@@ -158,6 +168,8 @@ class PretrainCollator:
         self.shuffle_images = shuffle_images
         self.seed = seed
         self.max_logged_skips = max_logged_skips
+        self.grounded_words = tuple(grounded_words)
+        self.grounded_mask_probability = grounded_mask_probability
         self._generator: torch.Generator | None = None
         self._masker: DataCollatorForLanguageModeling | None = None
         self._logged_skips = 0
@@ -248,15 +260,25 @@ class PretrainCollator:
         )
         text_ids = encoding["input_ids"]
         text_mask = encoding["attention_mask"].bool()
-        if self.mlm_probability == 0:
+        if self.mlm_probability == 0 and self.grounded_mask_probability == 0:
             return text_ids, text_mask, None, None
-        masker = self.masker()
-        masker.generator = generator
-        mlm_text_ids, mlm_labels = masker.torch_mask_tokens(
-            text_ids.clone(),
-            special_tokens_mask=encoding["special_tokens_mask"],
-            offset_mapping=encoding["offset_mapping"],
-        )
+        if self.mlm_probability > 0:
+            masker = self.masker()
+            masker.generator = generator
+            mlm_text_ids, mlm_labels = masker.torch_mask_tokens(
+                text_ids.clone(),
+                special_tokens_mask=encoding["special_tokens_mask"],
+                offset_mapping=encoding["offset_mapping"],
+            )
+        else:
+            mlm_text_ids, mlm_labels = text_ids.clone(), torch.full_like(text_ids, -100)
+        if self.grounded_mask_probability > 0:
+            picked = grounded_word_mask(
+                captions, encoding, self.grounded_words, self.grounded_mask_probability, generator
+            )
+            picked &= mlm_labels == -100
+            mlm_text_ids[picked] = self.tokenizer.mask_token_id
+            mlm_labels[picked] = text_ids[picked]
         return text_ids, text_mask, mlm_text_ids, mlm_labels
 
     def _log_skips(self, skipped: Sequence[SkippedSample]) -> None:

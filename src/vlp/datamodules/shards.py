@@ -134,6 +134,9 @@ class ShardDataModule(L.LightningDataModule):
             RandAugment applies to training only.
         max_text_len, tokenizer, mlm_probability, whole_word_masking, itm: see
             :class:`~vlp.datamodules.collate.PretrainCollator`.
+        grounded_mask_probability: extra MLM masking of the words that name what is in the image
+            (:mod:`vlp.datamodules.grounded_masking`), each occurrence with this probability; the words are
+            ``grounded_words`` or, when that is None, ``vocab.json``'s ``categories`` and ``attributes``.
         shuffle_images: the "blind" control: training images are swapped among the batch so image and text
             are unrelated. Validation and test keep true pairs, so they measure what the run learnt.
         shuffle_buffer: training sample shuffle buffer (per worker); 0 or 1 turns sample shuffling off.
@@ -162,6 +165,8 @@ class ShardDataModule(L.LightningDataModule):
         tokenizer: str = BUNDLED,
         mlm_probability: float = 0.15,
         whole_word_masking: bool = False,
+        grounded_mask_probability: float = 0.0,
+        grounded_words: list[str] | None = None,
         itm: bool = True,
         shuffle_images: bool = False,
         shuffle_buffer: int = 1000,
@@ -195,6 +200,8 @@ class ShardDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.mlm_probability = mlm_probability
         self.whole_word_masking = whole_word_masking
+        self.grounded_mask_probability = grounded_mask_probability
+        self.grounded_words = grounded_words
         self.itm = itm
         self.shuffle_images = shuffle_images
         self.shuffle_buffer = shuffle_buffer
@@ -329,7 +336,23 @@ class ShardDataModule(L.LightningDataModule):
             itm=self.itm,
             shuffle_images=train and self.shuffle_images,
             seed=self.seed,
+            grounded_words=self._grounded_words(),
+            grounded_mask_probability=self.grounded_mask_probability,
         )
+
+    def _grounded_words(self) -> list[str]:
+        """The words grounded masking picks from: ``grounded_words``, else vocab.json's categories and attributes."""
+        if self.grounded_mask_probability == 0:
+            return []
+        if self.grounded_words is not None:
+            return list(self.grounded_words)
+        words = [*self.vocab.get("categories", []), *self.vocab.get("attributes", [])]
+        if not words:
+            raise ValueError(
+                f"grounded_mask_probability={self.grounded_mask_probability} but {self.root / 'vocab.json'} has "
+                "no 'categories' or 'attributes' to mask: list the words in grounded_words"
+            )
+        return words
 
     def _loader(self, split: str, train: bool) -> StreamLoader:
         stream = self.stream(split, train)
