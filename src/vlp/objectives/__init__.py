@@ -1,6 +1,7 @@
 """Losses, one file per family. ``Objective.forward(outputs, batch) -> ObjectiveOutput``."""
 
 from vlp.objectives.base import Objective, ObjectiveOutput
+from vlp.objectives.captioning import CaptioningObjective
 from vlp.objectives.detection import DetectionObjective
 from vlp.objectives.itm import ITMObjective
 from vlp.objectives.mlm import MLMObjective
@@ -10,6 +11,7 @@ from vlp.objectives.vqa import VQAObjective
 from vlp.objectives.wpa import WPAObjective
 
 __all__ = [
+    "CaptioningObjective",
     "DetectionObjective",
     "ITMObjective",
     "MLMObjective",

@@ -1,6 +1,7 @@
 """Visual embedders: pixels → :class:`VisualTokens`."""
 
 from vlp.models.embedders.base import VisualEmbedder, VisualTokens
+from vlp.models.embedders.cnn_grid import CNNGridEmbedder
 from vlp.models.embedders.vit_patch import ViTPatchEmbedder
 
-__all__ = ["ViTPatchEmbedder", "VisualEmbedder", "VisualTokens"]
+__all__ = ["CNNGridEmbedder", "ViTPatchEmbedder", "VisualEmbedder", "VisualTokens"]

@@ -1,0 +1,293 @@
+"""A DETR-style transformer decoder: self-attention, cross-attention to an encoder memory, MLP.
+
+One decoder serves two kinds of queries (E2E-VLP): N learned object queries for detection (no
+self-attention mask; DETR's query positions added to queries and keys at every layer) and caption
+tokens for captioning (causal + padding self-attention mask), with the same weights.
+
+Layers are **pre-LN** (``x + attn(norm(x))``), not DETR's post-LN: the fusion encoder in
+:mod:`vlp.models.transformer` is pre-LN, and pre-LN trains without DETR's careful warm-up on a small
+budget. As in DETR's ``normalize_before`` variant, a final LayerNorm closes the stack and is applied
+to every layer's output when the intermediate outputs are returned (one head serves all layers for
+the auxiliary losses). Masks are boolean, True = "may attend" (SDPA's convention).
+
+Incremental decoding keeps a :class:`DecoderCache`: per layer the self-attention keys and values of
+the positions decoded so far and the cross-attention keys and values of the memory (projected once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Mlp
+from torch import Tensor, nn
+
+from vlp.models.transformer import init_weights, key_padding_mask
+
+
+class MultiHeadAttention(nn.Module):
+    """Attention whose queries, keys and values may come from different inputs, on SDPA.
+
+    The three projections are stacked in one ``qkv`` linear (``q; k; v`` rows, the layout of
+    :class:`vlp.models.transformer.Attention` and of ``nn.MultiheadAttention.in_proj_weight``); inputs
+    that are the same tensor share one matrix multiply.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _linear(self, x: Tensor, first: int, last: int) -> Tensor:
+        """Projections ``first .. last - 1`` (0 = q, 1 = k, 2 = v) of ``x`` in one matrix multiply."""
+        rows = slice(first * self.dim, last * self.dim)
+        bias = None if self.qkv.bias is None else self.qkv.bias[rows]
+        return F.linear(x, self.qkv.weight[rows], bias)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """``[B, N, D]`` → ``[B, H, N, D / H]``."""
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, -1).transpose(1, 2)
+
+    def project_q(self, query: Tensor) -> Tensor:
+        return self._heads(self._linear(query, 0, 1))
+
+    def project_kv(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        if key is value:
+            k, v = self._linear(key, 1, 3).chunk(2, dim=-1)
+        else:
+            k, v = self._linear(key, 1, 2), self._linear(value, 2, 3)
+        return self._heads(k), self._heads(v)
+
+    def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values as ``[B, H, N, D / H]``."""
+        if query is key and key is value:
+            q, k, v = self._linear(query, 0, 3).chunk(3, dim=-1)
+            return self._heads(q), self._heads(k), self._heads(v)
+        if query is key:
+            q, k = self._linear(query, 0, 2).chunk(2, dim=-1)
+            return self._heads(q), self._heads(k), self._heads(self._linear(value, 2, 3))
+        return (self.project_q(query), *self.project_kv(key, value))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """SDPA over projected heads, then the output projection: ``[B, Nq, D]``."""
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0
+        )
+        batch, _, length, _ = out.shape
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, length, self.dim)))
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        return self.attend(*self.project(query, key, value), attn_mask)
+
+
+@dataclass
+class LayerCache:
+    """One layer's keys and values ``[B, H, N, D / H]``; ``None`` until first computed."""
+
+    self_k: Tensor | None = None
+    self_v: Tensor | None = None
+    cross_k: Tensor | None = None
+    cross_v: Tensor | None = None
+
+
+@dataclass
+class DecoderCache:
+    """Keys and values of every layer for incremental (token by token) decoding.
+
+    The decoder appends the new positions' self-attention keys and values in place; ``index_select``
+    picks batch rows (beam search reorders hypotheses with it).
+    """
+
+    layers: list[LayerCache] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, depth: int) -> DecoderCache:
+        return cls([LayerCache() for _ in range(depth)])
+
+    @property
+    def length(self) -> int:
+        """Positions decoded so far."""
+        first = self.layers[0].self_k if self.layers else None
+        return 0 if first is None else first.shape[2]
+
+    def index_select(self, index: Tensor) -> DecoderCache:
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.index_select(0, index)
+
+        return DecoderCache(
+            [
+                LayerCache(pick(c.self_k), pick(c.self_v), pick(c.cross_k), pick(c.cross_v))
+                for c in self.layers
+            ]
+        )
+
+
+class DecoderLayer(nn.Module):
+    """Pre-LN: ``x + self_attn(norm1(x))``, ``x + cross_attn(norm2(x), memory)``, ``x + mlp(norm3(x))``.
+
+    Positions follow DETR: ``query_pos`` is added to the queries and keys of the self-attention and to
+    the queries of the cross-attention; ``memory_pos`` to the memory's keys. Values never carry them.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.self_attn = MultiHeadAttention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.cross_attn = MultiHeadAttention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        memory_mask: Tensor | None = None,
+        self_mask: Tensor | None = None,
+        query_pos: Tensor | None = None,
+        memory_pos: Tensor | None = None,
+        cache: LayerCache | None = None,
+    ) -> Tensor:
+        h = self.norm1(x)
+        qk = h if query_pos is None else h + query_pos
+        if cache is None:
+            x = x + self.self_attn(qk, qk, h, self_mask)
+        else:
+            q = self.self_attn.project_q(qk)
+            k, v = self.self_attn.project_kv(qk, h)
+            if cache.self_k is not None:
+                k, v = torch.cat([cache.self_k, k], dim=2), torch.cat([cache.self_v, v], dim=2)
+            cache.self_k, cache.self_v = k, v
+            x = x + self.self_attn.attend(q, k, v, self_mask)
+
+        h = self.norm2(x)
+        q = self.cross_attn.project_q(h if query_pos is None else h + query_pos)
+        if cache is not None and cache.cross_k is not None:
+            k, v = cache.cross_k, cache.cross_v
+        else:
+            k, v = self.cross_attn.project_kv(memory if memory_pos is None else memory + memory_pos, memory)
+            if cache is not None:
+                cache.cross_k, cache.cross_v = k, v
+        x = x + self.cross_attn.attend(q, k, v, memory_mask)
+        return x + self.mlp(self.norm3(x))
+
+
+def causal_mask(
+    num_queries: int, num_keys: int, device: torch.device, padding_mask: Tensor | None = None
+) -> Tensor:
+    """Query ``i`` (position ``num_keys - num_queries + i``) may attend keys at or before it.
+
+    Without ``padding_mask`` the mask is ``[Nq, Nk]``. With it (``[B, Nk]``, True = real) it is
+    ``[B, 1, Nq, Nk]``: padded keys are hidden too, except a position always sees itself, so the rows of
+    padded queries are never empty (SDPA would return NaN for them).
+    """
+    offset = num_keys - num_queries
+    query = torch.arange(num_queries, device=device)[:, None] + offset
+    key = torch.arange(num_keys, device=device)[None, :]
+    allowed = key <= query
+    if padding_mask is None:
+        return allowed
+    if padding_mask.shape[-1] != num_keys:
+        raise ValueError(
+            f"padding_mask covers {padding_mask.shape[-1]} positions, but there are {num_keys} keys"
+        )
+    allowed = (allowed[None] & padding_mask.bool()[:, None, :]) | (key == query)[None]
+    return allowed[:, None]
+
+
+class TransformerDecoder(nn.Module):
+    """A stack of pre-LN :class:`DecoderLayer` with a final LayerNorm.
+
+    ``forward`` returns ``[L, B, T, D]``: every layer's output through the final norm (DETR's
+    ``return_intermediate``, what the detection objective's auxiliary losses read), or ``[1, B, T, D]``,
+    the last layer only, with ``return_intermediate=False``.
+    """
+
+    def __init__(
+        self,
+        dim: int = 256,
+        depth: int = 6,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.dim = dim
+        self.depth = depth
+        self.layers = nn.ModuleList(
+            DecoderLayer(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, norm_eps) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.apply(init_weights)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        memory_mask: Tensor | None = None,
+        query_pos: Tensor | None = None,
+        memory_pos: Tensor | None = None,
+        causal: bool = False,
+        padding_mask: Tensor | None = None,
+        cache: DecoderCache | None = None,
+        return_intermediate: bool = True,
+    ) -> Tensor:
+        """Decode ``x [B, T, D]`` against ``memory [B, N, D]``.
+
+        Args:
+            memory_mask: ``[B, N]``, True on real memory tokens.
+            query_pos: ``[B or 1, T, D]`` added to queries and keys at every layer (object queries).
+            memory_pos: ``[B, N, D]`` added to the memory's keys at every layer (DETR's visual positions).
+            causal: each position attends only to itself and earlier ones (captions).
+            padding_mask: ``[B, T_total]``, True on real positions of the decoded sequence (with a cache,
+                ``T_total`` counts the cached positions too).
+            cache: decode incrementally: ``x`` holds only the new positions; the cache is updated in place.
+        """
+        if x.shape[-1] != self.dim or memory.shape[-1] != self.dim:
+            raise ValueError(
+                f"decoder width is {self.dim}, got x {tuple(x.shape)} and memory {tuple(memory.shape)}"
+            )
+        if cache is not None and len(cache.layers) != self.depth:
+            raise ValueError(f"cache has {len(cache.layers)} layers, the decoder {self.depth}")
+        length = x.shape[1]
+        total = length + (cache.length if cache is not None else 0)
+        if causal:
+            self_mask = causal_mask(length, total, x.device, padding_mask)
+        elif padding_mask is not None:
+            self_mask = key_padding_mask(padding_mask.bool())
+        else:
+            self_mask = None
+        cross_mask = key_padding_mask(memory_mask.bool()) if memory_mask is not None else None
+        outputs = []
+        for index, layer in enumerate(self.layers):
+            layer_cache = cache.layers[index] if cache is not None else None
+            x = layer(x, memory, cross_mask, self_mask, query_pos, memory_pos, layer_cache)
+            if return_intermediate:
+                outputs.append(self.norm(x))
+        if not return_intermediate:
+            return self.norm(x)[None]
+        return torch.stack(outputs)

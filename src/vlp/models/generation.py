@@ -1,0 +1,198 @@
+"""Greedy and beam-search decoding over a next-token function, for any autoregressive model.
+
+The search knows nothing about the model. It calls ``step(ids, state) -> (logits, state)`` with every
+token so far (``ids [N, t]``, one row per hypothesis) and an opaque ``state`` (encoder memory, a KV
+cache ...), and gets the next-token logits ``[N, V]`` back. Beam search reorders the state's rows with
+``reorder(state, index)`` whenever hypotheses are re-ranked; the default, :func:`index_state`, picks
+rows of every tensor in nested dicts, lists and tuples and calls ``index_select`` on objects that
+have one (:class:`vlp.models.decoder.DecoderCache`).
+
+Beam search follows fairseq: each step keeps the ``2K`` best extensions of the ``K`` live beams; those
+ending in EOS *and* ranked among the first ``K`` become finished hypotheses, the first ``K`` others
+become the next beams; a sample is done once it has ``K`` finished hypotheses (beams still live at
+``max_len`` are finished as they are). Finished hypotheses are ranked by their log-probability
+divided by GNMT's length penalty ``((5 + n) / 6) ** alpha`` (Wu et al. 2016), ``n`` the number of
+generated tokens including EOS. With ``num_beams=1`` this is exactly greedy decoding, whatever alpha.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+StepFn = Callable[[Tensor, Any], tuple[Tensor, Any]]
+ReorderFn = Callable[[Any, Tensor], Any]
+
+
+@dataclass
+class GenerationOutput:
+    """The best hypothesis per sample.
+
+    ``sequences`` hold the prompt, the generated tokens and ``pad_id`` after the end; ``lengths`` count
+    the tokens up to and including EOS (all of them when cut at ``max_len``), prompt included.
+    ``log_probs`` is the sum of the generated tokens' log-probabilities; ``scores`` what the search
+    ranked by (beam search: ``log_probs`` over the length penalty; greedy: ``log_probs``).
+    """
+
+    sequences: Tensor  # [B, T] long
+    lengths: Tensor  # [B] long
+    log_probs: Tensor  # [B] float
+    scores: Tensor  # [B] float
+
+
+def length_penalty(num_tokens: Tensor | int, alpha: float) -> Tensor:
+    """GNMT's ``((5 + n) / 6) ** alpha``; ``alpha = 0`` ranks by raw log-probability."""
+    return ((5.0 + torch.as_tensor(num_tokens, dtype=torch.float)) / 6.0) ** alpha
+
+
+def index_state(state: Any, index: Tensor) -> Any:
+    """Rows ``index`` (dim 0) of every tensor in ``state``; other leaves are returned as they are."""
+    if isinstance(state, Tensor):
+        return state.index_select(0, index)
+    if isinstance(state, dict):
+        return {key: index_state(value, index) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(index_state(value, index) for value in state)
+    if hasattr(state, "index_select"):
+        return state.index_select(index)
+    return state
+
+
+def _check(prompt: Tensor, max_len: int, eos_id: int, pad_id: int) -> None:
+    if prompt.ndim != 2 or prompt.shape[1] < 1:
+        raise ValueError(f"prompt must be [B, P] with P >= 1 (e.g. the [CLS] id), got {tuple(prompt.shape)}")
+    if max_len <= prompt.shape[1]:
+        raise ValueError(f"max_len ({max_len}) must exceed the prompt length ({prompt.shape[1]})")
+    if eos_id == pad_id:
+        raise ValueError(f"eos_id and pad_id must differ, both are {eos_id}")
+
+
+def _log_probs(logits: Tensor, rows: int) -> Tensor:
+    if logits.ndim != 2 or logits.shape[0] != rows:
+        raise ValueError(f"step must return next-token logits [{rows}, V], got {tuple(logits.shape)}")
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+@torch.no_grad()
+def greedy_search(
+    step: StepFn, prompt: Tensor, max_len: int, eos_id: int, pad_id: int = 0, state: Any = None
+) -> GenerationOutput:
+    """The most likely next token at every step, until EOS or ``max_len`` tokens (prompt included)."""
+    _check(prompt, max_len, eos_id, pad_id)
+    batch, start = prompt.shape
+    ids = prompt
+    finished = torch.zeros(batch, dtype=torch.bool, device=prompt.device)
+    lengths = torch.full((batch,), -1, dtype=torch.long, device=prompt.device)
+    total = torch.zeros(batch, device=prompt.device)
+    for length in range(start, max_len):
+        logits, state = step(ids, state)
+        token_log_prob, token = _log_probs(logits, batch).max(dim=-1)
+        token = token.masked_fill(finished, pad_id)
+        total = total + token_log_prob.masked_fill(finished, 0.0)
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        ended = ~finished & (token == eos_id)
+        lengths = torch.where(ended, length + 1, lengths)
+        finished = finished | ended
+        if bool(finished.all()):
+            break
+    lengths = torch.where(lengths < 0, ids.shape[1], lengths)
+    return GenerationOutput(ids, lengths, total, total.clone())
+
+
+@torch.no_grad()
+def beam_search(
+    step: StepFn,
+    prompt: Tensor,
+    max_len: int,
+    eos_id: int,
+    pad_id: int = 0,
+    num_beams: int = 4,
+    alpha: float = 0.0,
+    state: Any = None,
+    reorder: ReorderFn = index_state,
+) -> GenerationOutput:
+    """Batched beam search (see the module docstring for the rules) with GNMT's length penalty ``alpha``.
+
+    ``state`` holds one row per sample; it is expanded to ``num_beams`` rows per sample before the
+    first step, so ``step`` always sees ``B * num_beams`` rows, sample-major.
+    """
+    _check(prompt, max_len, eos_id, pad_id)
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    device = prompt.device
+    batch, start = prompt.shape
+    beams = num_beams
+    rows = torch.arange(batch, device=device).repeat_interleave(beams)
+    ids = prompt.index_select(0, rows)  # [B*K, t]
+    state = reorder(state, rows)
+    base = (torch.arange(batch, device=device) * beams)[:, None]  # first row of each sample
+    # only the first beam is live at the start, so the K beams do not all extend the same prompt
+    beam_scores = torch.full((batch, beams), float("-inf"), device=device)
+    beam_scores[:, 0] = 0.0
+
+    pool_ids = torch.full((batch, beams, max_len), pad_id, dtype=torch.long, device=device)
+    pool_log_probs = torch.full((batch, beams), float("-inf"), device=device)
+    pool_scores = torch.full((batch, beams), float("-inf"), device=device)
+    pool_lengths = torch.zeros(batch, beams, dtype=torch.long, device=device)
+    count = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def finish(sample: Tensor, slot: Tensor, seqs: Tensor, log_probs: Tensor) -> None:
+        width = seqs.shape[1]
+        pool_ids[sample, slot, :width] = seqs
+        pool_log_probs[sample, slot] = log_probs
+        pool_scores[sample, slot] = log_probs / length_penalty(width - start, alpha).to(device)
+        pool_lengths[sample, slot] = width
+
+    for _ in range(start, max_len):
+        logits, state = step(ids, state)
+        log_probs = _log_probs(logits, batch * beams)
+        vocab = log_probs.shape[-1]
+        if 2 * beams > beams * vocab:
+            raise ValueError(f"num_beams={beams} needs a vocabulary of at least 2 tokens, got {vocab}")
+        candidates = beam_scores[..., None] + log_probs.view(batch, beams, vocab)
+        # a dead beam (-inf) stays dead even where its row's logits are all -inf (NaN after log_softmax)
+        candidates = candidates.masked_fill(torch.isinf(beam_scores)[..., None], float("-inf")).view(
+            batch, -1
+        )
+        top_scores, top_index = candidates.topk(2 * beams, dim=1)  # sorted, best first
+        source_beam, token = top_index // vocab, top_index % vocab
+        rank = torch.arange(2 * beams, device=device)[None]
+        is_eos = token == eos_id
+
+        open_ = count < beams
+        ending = is_eos & (rank < beams) & open_[:, None] & torch.isfinite(top_scores)
+        slot = count[:, None] + ending.long().cumsum(1) - 1
+        ending = ending & (slot < beams)
+        if bool(ending.any()):
+            sample, which = ending.nonzero(as_tuple=True)
+            source = base[sample, 0] + source_beam[sample, which]
+            seqs = torch.cat([ids[source], token[sample, which][:, None]], dim=1)
+            finish(sample, slot[sample, which], seqs, top_scores[sample, which])
+            count = count + ending.sum(1)
+
+        # the K best extensions that do not end: EOS candidates sort behind every other one
+        keep = (rank + is_eos.long() * 2 * beams).topk(beams, dim=1, largest=False).indices.sort(1).values
+        beam_scores = top_scores.gather(1, keep)
+        source = (base + source_beam.gather(1, keep)).view(-1)
+        ids = torch.cat([ids.index_select(0, source), token.gather(1, keep).view(-1, 1)], dim=1)
+        state = reorder(state, source)
+        if bool((count >= beams).all()):
+            break
+
+    # samples still open at max_len take their best live beams, unfinished, in the free slots
+    free = torch.arange(beams, device=device)[None] < (beams - count)[:, None]
+    if bool(free.any()):
+        sample, which = free.nonzero(as_tuple=True)
+        finish(sample, count[sample] + which, ids[base[sample, 0] + which], beam_scores[sample, which])
+
+    best = pool_scores.argmax(dim=1)
+    pick = torch.arange(batch, device=device)
+    lengths = pool_lengths[pick, best]
+    width = int(lengths.max())
+    return GenerationOutput(
+        pool_ids[pick, best, :width], lengths, pool_log_probs[pick, best], pool_scores[pick, best]
+    )
