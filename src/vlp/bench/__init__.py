@@ -4,6 +4,8 @@
   FSDP2 (:mod:`vlp.bench.scaling`).
 - ``detection-loss``: DETR's Hungarian matcher + set loss (forward and backward) per batch, vlp against
   transformers' ``ForObjectDetectionLoss`` in the same run (:mod:`vlp.bench.detection_loss`).
+- ``vilt``: vlp's ViLT-B/32 against transformers' ViLT, training samples/s, peak memory, inference
+  latency and achieved FLOP/s in fp32 and bf16, in the same run (:mod:`vlp.bench.vilt`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 BENCHMARKS: dict[str, str] = {
     "scaling": "vlp.bench.scaling",
     "detection-loss": "vlp.bench.detection_loss",
+    "vilt": "vlp.bench.vilt",
 }
 
 
