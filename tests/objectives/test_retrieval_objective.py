@@ -21,6 +21,6 @@ def test_cross_entropy_puts_each_images_own_caption_first() -> None:
     assert result.loss.item() == pytest.approx(
         F.cross_entropy(scores, torch.zeros(2, dtype=torch.long)).item()
     )
-    assert result.logs["irtr_acc"].item() == pytest.approx((scores.argmax(1) == 0).float().mean().item())
+    assert result.logs["rank_acc"].item() == pytest.approx((scores.argmax(1) == 0).float().mean().item())
     with pytest.raises(ValueError, match="whole number"):
         objective(Pooled(torch.randn(5, 4)), Batch(keys=["a", "b"]))

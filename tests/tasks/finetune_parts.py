@@ -55,7 +55,7 @@ def nlvr2_task(seed: int | None = 0, **kwargs: Any) -> NLVR2Task:
 
 def retrieval_task(seed: int | None = 0, **kwargs: Any) -> RetrievalTask:
     model = tiny_vilt(seed)
-    return RetrievalTask(model, {"irtr": RetrievalObjective(RankHead(DIM))}, **kwargs)
+    return RetrievalTask(model, {"rank": RetrievalObjective(RankHead(DIM))}, **kwargs)
 
 
 def _text(generator: torch.Generator, size: int, length: int = TEXT_LEN) -> tuple[torch.Tensor, torch.Tensor]:

@@ -94,15 +94,15 @@ def test_retrieval_rank_head_starts_from_the_itm_match_row(
     path, weights = pretrained
     task = retrieval_task(seed=11, init_from=str(path))
     report = task.init_report
-    assert sorted(report.adapted) == ["objectives.irtr.head.fc.bias", "objectives.irtr.head.fc.weight"]
+    assert sorted(report.adapted) == ["objectives.rank.head.fc.bias", "objectives.rank.head.fc.weight"]
     assert report.new == []
     assert not any(k.startswith("objectives.itm.") for k in report.dropped)  # used, not dropped
     state = task.state_dict()
     torch.testing.assert_close(
-        state["objectives.irtr.head.fc.weight"], weights["objectives.itm.head.fc.weight"][1:]
+        state["objectives.rank.head.fc.weight"], weights["objectives.itm.head.fc.weight"][1:]
     )
     torch.testing.assert_close(
-        state["objectives.irtr.head.fc.bias"], weights["objectives.itm.head.fc.bias"][1:]
+        state["objectives.rank.head.fc.bias"], weights["objectives.itm.head.fc.bias"][1:]
     )
     # its scores are the pre-trained ITM match logits
     pretrain = pretrain_task()

@@ -17,7 +17,7 @@ class RetrievalObjective(Objective):
 
     The task runs the encoder on ``B x (1 + negatives)`` image-text pairs, image-major, candidate 0 of
     each image being its own caption; the head scores each pair and the loss asks candidate 0 to win.
-    Logs ``irtr_acc``: how often it does.
+    Logs ``rank_acc``: how often it does.
     """
 
     def __init__(self, head: RankHead) -> None:
@@ -39,4 +39,4 @@ class RetrievalObjective(Objective):
         target = torch.zeros(images, dtype=torch.long, device=scores.device)
         loss = F.cross_entropy(scores, target)
         accuracy = (scores.argmax(-1) == 0).float().mean()
-        return ObjectiveOutput(loss, {"irtr_acc": accuracy})
+        return ObjectiveOutput(loss, {"rank_acc": accuracy})
