@@ -10,6 +10,7 @@ model is also evaluated without images.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -27,7 +28,7 @@ from vlp.tokenizers import BUNDLED, load_tokenizer
 log = logging.getLogger(__name__)
 
 
-class FinetuneCollator:
+class FinetuneCollator(ABC):
     """``list[decoded sample | SkippedSample] -> Batch``: skips counted, text tokenized, images padded.
 
     Subclasses implement :meth:`collate` on the usable samples. Randomness comes from the generator a
@@ -74,8 +75,9 @@ class FinetuneCollator:
         batch = self.collate(kept, generator)
         return replace(batch, num_skipped=len(skipped), skipped_keys=skipped_keys)
 
+    @abstractmethod
     def collate(self, samples: list[Any], generator: torch.Generator) -> Batch:
-        raise NotImplementedError
+        """The batch of the usable (decoded) samples; skips are added by :meth:`__call__`."""
 
     def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """``text_ids [T, L]`` and ``text_mask [T, L]`` (bool), padded to the longest, truncated."""
