@@ -38,7 +38,9 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         batch, length, dim = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        # Views [B, H, N, d] into the [B, N, 3, H, d] projection. Unbinding dim 2 (not a permuted dim 0)
+        # lets backward stack the three gradients straight into the projection's layout: one copy, not two.
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0
         )
