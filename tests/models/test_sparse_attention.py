@@ -1,0 +1,223 @@
+"""Blocked sparse attention against the dense reference with the same mask (outputs and gradients),
+causality per pattern and through the paper's schedule, padding, the drop-in contract with
+``transformer.Attention`` / ``Block``, and bad input."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from vlp.models.seq2seq_mask import seq2seq_mask
+from vlp.models.sparse_attention import (
+    SparseSelfAttention,
+    block_plan,
+    blocked_attention,
+    dense_pattern_attention,
+)
+from vlp.models.sparse_patterns import ImageTextLayout, SparsePattern, ernie_vilg_schedule
+from vlp.models.transformer import Attention, TransformerEncoder
+
+KINDS = ["row", "column", "conv"]
+DIRECTIONS = ["text_to_image", "image_to_text"]
+
+
+def padded_layout(
+    text_len: int, grid: tuple[int, int], direction: str, source_first: bool
+) -> ImageTextLayout:
+    """Two samples: the second has its last two text tokens padded, the first one image token."""
+    base = ImageTextLayout(text_len, grid, direction, source_first)  # type: ignore[arg-type]
+    key_mask = torch.ones(2, base.length, dtype=torch.bool)
+    key_mask[1, base.text_start + text_len - 2 : base.text_start + text_len] = False
+    key_mask[0, base.image_start + 1] = False
+    return ImageTextLayout(text_len, grid, direction, source_first, key_mask)  # type: ignore[arg-type]
+
+
+def qkv(length: int, seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, length, 3, 8, generator=generator).requires_grad_() for _ in range(3)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_blocked_equals_dense_with_the_same_mask(kind: str, direction: str) -> None:
+    """Outputs and q/k/v gradients, both layouts, padding, halos, blocks that do not divide the grid."""
+    cases = itertools.product([True, False], [0, 1], [None, 1, 3], [(4, 5), (3, 3)])
+    for source_first, context, block, grid in cases:
+        layout = padded_layout(5, grid, direction, source_first)
+        pattern = SparsePattern(kind, context=context, kernel_size=3)  # type: ignore[arg-type]
+        inputs = qkv(layout.length, seed=len(grid) + context)
+        upstream = torch.randn(2, layout.length, 3, 8)
+        results = []
+        for attend in (blocked_attention, dense_pattern_attention):
+            for tensor in inputs:
+                tensor.grad = None
+            extra = {"block": block} if attend is blocked_attention else {}
+            out = attend(*inputs, layout, pattern, **extra)
+            (out * upstream).sum().backward()
+            results.append([out.detach(), *(t.grad.clone() for t in inputs)])
+        case = f"source_first={source_first} context={context} block={block} grid={grid}"
+        for name, a, b in zip(["out", "dq", "dk", "dv"], *results):
+            torch.testing.assert_close(
+                a, b, atol=1e-5, rtol=1e-5, msg=lambda m, c=f"{case} {name}": f"{c}: {m}"
+            )
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_module_blocked_equals_dense_with_parameter_gradients(recompute: bool) -> None:
+    layout = padded_layout(4, (4, 4), "text_to_image", True)
+    x = torch.randn(2, layout.length, 16)
+    for kind in ["row", "column", "conv", "dense"]:
+        blocked = SparseSelfAttention(16, 2, kind, kernel_size=3, recompute=recompute)  # type: ignore[arg-type]
+        dense = SparseSelfAttention(16, 2, kind, kernel_size=3, implementation="dense")  # type: ignore[arg-type]
+        dense.load_state_dict(blocked.state_dict())
+        outs = []
+        for module in (blocked, dense):
+            out = module(x, layout)
+            out.square().sum().backward()
+            outs.append(out)
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+        for (name, a), b in zip(blocked.named_parameters(), dense.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5, msg=f"{kind} {name}")
+
+
+def perturbed_outputs(module: nn.Module, layout: ImageTextLayout, later: slice) -> tuple[torch.Tensor, ...]:
+    """Outputs for an input and for the same input with the positions ``later`` replaced."""
+    x = torch.randn(2, layout.length, 16)
+    changed = x.clone()
+    changed[:, later] = torch.randn_like(changed[:, later]) * 3
+    with torch.no_grad():
+        return module(x, layout), module(changed, layout)
+
+
+@pytest.mark.parametrize("kind", ["dense", *KINDS])
+@pytest.mark.parametrize("implementation", ["blocked", "dense"])
+def test_text_to_image_is_causal_over_the_raster(kind: str, implementation: str) -> None:
+    """Later image tokens (targets) change neither earlier image outputs nor any text output."""
+    for source_first in (True, False):
+        layout = ImageTextLayout(4, (4, 4), "text_to_image", source_first)
+        module = SparseSelfAttention(16, 2, kind, kernel_size=3, implementation=implementation).eval()  # type: ignore[arg-type]
+        cut = layout.image_start + 6  # raster position 6: row 1, column 2
+        out, out_changed = perturbed_outputs(module, layout, slice(cut, layout.image_start + 16))
+        earlier = [*range(layout.text_start, layout.text_start + 4), *range(layout.image_start, cut)]
+        torch.testing.assert_close(out[:, earlier], out_changed[:, earlier])
+        assert not torch.allclose(out[:, cut], out_changed[:, cut])
+
+
+@pytest.mark.parametrize("kind", ["dense", *KINDS])
+@pytest.mark.parametrize("implementation", ["blocked", "dense"])
+def test_image_to_text_is_causal_over_the_text(kind: str, implementation: str) -> None:
+    """Later text tokens (targets) change neither earlier text outputs nor any image output."""
+    for source_first in (True, False):
+        layout = ImageTextLayout(5, (3, 4), "image_to_text", source_first)
+        module = SparseSelfAttention(16, 2, kind, kernel_size=3, implementation=implementation).eval()  # type: ignore[arg-type]
+        cut = layout.text_start + 2
+        out, out_changed = perturbed_outputs(module, layout, slice(cut, layout.text_start + 5))
+        earlier = [*range(layout.image_start, layout.image_start + 12), *range(layout.text_start, cut)]
+        torch.testing.assert_close(out[:, earlier], out_changed[:, earlier])
+        assert not torch.allclose(out[:, cut], out_changed[:, cut])
+
+
+def schedule_encoder(depth: int, implementation: str) -> TransformerEncoder:
+    """A TransformerEncoder whose blocks' attention is swapped for the paper's schedule."""
+    encoder = TransformerEncoder(dim=16, depth=depth, num_heads=2)
+    for block, kind in zip(encoder.blocks, ernie_vilg_schedule(depth)):
+        sparse = SparseSelfAttention(16, 2, kind, kernel_size=3, implementation=implementation)  # type: ignore[arg-type]
+        sparse.load_state_dict(block.attn.state_dict())  # same parameter names as Attention
+        block.attn = sparse
+    return encoder.eval()
+
+
+def test_schedule_stack_in_transformer_blocks_is_causal_and_matches_dense() -> None:
+    layout = padded_layout(4, (4, 4), "text_to_image", True)
+    blocked, dense = schedule_encoder(4, "blocked"), schedule_encoder(4, "dense")
+    dense.load_state_dict(blocked.state_dict())
+    x = torch.randn(2, layout.length, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(blocked(x, layout), dense(x, layout), atol=1e-5, rtol=1e-5)
+    cut = layout.image_start + 9
+    out, out_changed = perturbed_outputs(blocked, layout, slice(cut, layout.length))
+    torch.testing.assert_close(out[:, :cut], out_changed[:, :cut])
+    assert not torch.allclose(out[:, cut:], out_changed[:, cut:])
+
+
+@pytest.mark.parametrize(
+    ("kind", "outside", "inside"),
+    [("row", 3, 9), ("column", 5, 2), ("conv", 0, 5)],  # query (2, 2) of a 4 x 4 grid, raster 10
+)
+def test_a_pattern_ignores_image_keys_outside_its_window(kind: str, outside: int, inside: int) -> None:
+    """One layer: a key outside the query's row / column / 3 x 3 window does not reach it; one inside does."""
+    layout = ImageTextLayout(2, (4, 4), "text_to_image")
+    module = SparseSelfAttention(16, 2, kind, kernel_size=3).eval()  # type: ignore[arg-type]
+    query = layout.image_start + 10
+    for position, reaches in [(outside, False), (inside, True)]:
+        out, out_changed = perturbed_outputs(module, layout, slice(layout.image_start + position, None, 100))
+        assert torch.allclose(out[:, query], out_changed[:, query]) != reaches, (kind, position)
+
+
+def test_padded_keys_do_not_reach_real_tokens() -> None:
+    layout = padded_layout(4, (3, 3), "text_to_image", True)
+    module = SparseSelfAttention(16, 2, "row").eval()
+    padded_text = slice(layout.text_start + 2, layout.text_start + 4)
+    x = torch.randn(2, layout.length, 16)
+    changed = x.clone()
+    changed[1, padded_text] = torch.randn(2, 16) * 5
+    with torch.no_grad():
+        out, out_changed = module(x, layout), module(changed, layout)
+    real = layout.key_mask[1]
+    torch.testing.assert_close(out[1, real], out_changed[1, real])
+
+
+def test_dense_pattern_is_a_drop_in_for_transformer_attention() -> None:
+    attention = Attention(16, 2).eval()
+    sparse = SparseSelfAttention(16, 2, "dense").eval()
+    sparse.load_state_dict(attention.state_dict())
+    layout = padded_layout(3, (2, 3), "text_to_image", True)
+    mask = seq2seq_mask(3, 6, layout.key_mask[:, :3], layout.key_mask[:, 3:])
+    x = torch.randn(2, layout.length, 16)
+    torch.testing.assert_close(sparse(x, layout), attention(x, mask))
+
+
+def test_fully_padded_text_keeps_outputs_and_gradients_finite() -> None:
+    base = ImageTextLayout(3, (2, 2), "text_to_image")
+    key_mask = torch.ones(1, base.length, dtype=torch.bool)
+    key_mask[0, :3] = False
+    layout = ImageTextLayout(3, (2, 2), "text_to_image", key_mask=key_mask)
+    module = SparseSelfAttention(16, 2, "conv", kernel_size=3)
+    x = torch.randn(1, layout.length, 16, requires_grad=True)
+    out = module(x, layout)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+
+
+def test_a_plan_built_in_inference_mode_serves_training() -> None:
+    block_plan.cache_clear()
+    layout = ImageTextLayout(2, (3, 3), "text_to_image")
+    module = SparseSelfAttention(16, 2, "conv", kernel_size=3)
+    x = torch.randn(1, layout.length, 16)
+    with torch.inference_mode():
+        expected = module(x, layout)
+    out = module(x.requires_grad_(), layout)
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), expected)
+
+
+def test_bad_input_names_the_argument() -> None:
+    layout = ImageTextLayout(2, (2, 2), "text_to_image")
+    module = SparseSelfAttention(16, 2, "row")
+    with pytest.raises(TypeError, match="layout"):
+        module(torch.randn(1, 6, 16), torch.ones(1, 1, 6, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="layout 6"):
+        module(torch.randn(1, 7, 16), layout)
+    with pytest.raises(ValueError, match="key_mask"):
+        module(torch.randn(2, 6, 16), ImageTextLayout(2, (2, 2), key_mask=torch.ones(1, 6, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="num_heads"):
+        SparseSelfAttention(10, 3)
+    with pytest.raises(ValueError, match="implementation"):
+        SparseSelfAttention(16, 2, implementation="flex")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="block"):
+        SparseSelfAttention(16, 2, block=0)
+    with pytest.raises(ValueError, match="kind"):
+        SparseSelfAttention(16, 2, "strided")  # type: ignore[arg-type]
