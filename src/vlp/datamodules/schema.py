@@ -49,6 +49,7 @@ class Batch:
     caption_mask: Tensor | None = None  # [B, T] bool
     image_codes: Tensor | None = None  # [B, h*w] long, VQGAN code ids
     captions: list[str] | None = None  # raw text, for generation metrics
+    references: list[list[str]] | None = None  # every caption of each sample: captioning metrics
     num_skipped: int = 0  # samples dropped while building this batch (corrupt / missing fields)
     skipped_keys: list[str] = field(default_factory=list)
     position: tuple[int, int, int] | None = (

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vlp.models.decoder import DecoderCache, MultiHeadAttention, TransformerDecoder
-from vlp.models.embedders.base import VisualEmbedder
+from vlp.models.embedders.base import VisualEmbedder, VisualTokens
 from vlp.models.generation import GenerationOutput, beam_search, greedy_search
 from vlp.models.heads import Pooler
 from vlp.models.outputs import DecoderOutput, FusionOutput
@@ -138,7 +138,9 @@ class E2EVLP(nn.Module):
             as an ablation).
         encoder: :class:`PosTransformerEncoder` (positions at every layer, DETR) or a plain
             :class:`~vlp.models.transformer.TransformerEncoder` (positions once at the input).
-        decoder: shared by detection and captioning.
+        decoder: shared by detection and captioning; ``None`` builds the encoder alone (no object
+            queries, no caption head), for tasks that read only :meth:`encode` (VQA, ...): parameters
+            no loss reaches would stall DDP.
         num_queries: learned object queries (DETR: 100).
         pooler: over the first token, for ITM ([CLS] of the text).
         tie_caption_head: the caption LM head's weight *is* the word-embedding table (BERT's MLM decoder
@@ -152,7 +154,7 @@ class E2EVLP(nn.Module):
         text_embedder: TextEmbedder,
         visual_embedder: VisualEmbedder,
         encoder: TransformerEncoder,
-        decoder: TransformerDecoder,
+        decoder: TransformerDecoder | None,
         num_queries: int = 100,
         pooler: Pooler | None = None,
         tie_caption_head: bool = False,
@@ -163,8 +165,9 @@ class E2EVLP(nn.Module):
             "text_embedder": text_embedder.dim,
             "visual_embedder": visual_embedder.dim,
             "encoder": encoder.dim,
-            "decoder": decoder.dim,
         }
+        if decoder is not None:
+            widths["decoder"] = decoder.dim
         if len(set(widths.values())) != 1:
             raise ValueError(f"E2EVLP parts disagree on the model width: {widths}")
         if num_queries < 1:
@@ -177,12 +180,15 @@ class E2EVLP(nn.Module):
         self.encoder = encoder
         self.pooler = pooler if pooler is not None else Pooler(self.dim)
         self.decoder = decoder
-        self.query_embed = nn.Embedding(num_queries, self.dim)  # N(0, 1), as DETR
-        vocab_size = text_embedder.word_embeddings.num_embeddings
-        self.caption_head = nn.Linear(self.dim, vocab_size)
-        init_weights(self.caption_head)
-        if tie_caption_head:
-            self.caption_head.weight = text_embedder.word_embeddings.weight
+        self.query_embed: nn.Embedding | None = None
+        self.caption_head: nn.Linear | None = None
+        if decoder is not None:
+            self.query_embed = nn.Embedding(num_queries, self.dim)  # N(0, 1), as DETR
+            vocab_size = text_embedder.word_embeddings.num_embeddings
+            self.caption_head = nn.Linear(self.dim, vocab_size)
+            init_weights(self.caption_head)
+            if tie_caption_head:
+                self.caption_head.weight = text_embedder.word_embeddings.weight
 
     @property
     def pos_every_layer(self) -> bool:
@@ -190,21 +196,36 @@ class E2EVLP(nn.Module):
         return isinstance(self.encoder, PosTransformerEncoder)
 
     def forward(
-        self, text_ids: Tensor, text_mask: Tensor, pixels: Tensor, pixel_mask: Tensor | None = None
+        self,
+        text_ids: Tensor | None,
+        text_mask: Tensor | None,
+        pixels: Tensor | None,
+        pixel_mask: Tensor | None = None,
+        visual: VisualTokens | None = None,
     ) -> FusionOutput:
         """The encoder pass, with ViLT's signature (so ViLT's pre-training task drives it as it is)."""
-        return self.encode(text_ids, text_mask, pixels, pixel_mask)
+        return self.encode(text_ids, text_mask, pixels, pixel_mask, visual)
+
+    def embed_images(self, pixels: Tensor, pixel_mask: Tensor | None = None) -> VisualTokens:
+        """The visual tokens of ``pixels``, to pass as ``visual`` to several encoder passes (a task
+        with several views of the same images runs the CNN once)."""
+        return self.visual_embedder(pixels, pixel_mask)
 
     def encode(
         self,
         text_ids: Tensor | None,
         text_mask: Tensor | None,
-        pixels: Tensor,
+        pixels: Tensor | None,
         pixel_mask: Tensor | None = None,
+        visual: VisualTokens | None = None,
     ) -> FusionOutput:
         """Encode ``[text; image]``, or the image alone with ``text_ids=None`` (the memory captioning
-        decodes from; ``text_states`` is then empty and ``pooled`` reads the first image token)."""
-        visual = self.visual_embedder(pixels, pixel_mask)
+        decodes from; ``text_states`` is then empty and ``pooled`` reads the first image token).
+        ``visual``: the images' tokens from :meth:`embed_images`, used instead of embedding ``pixels``."""
+        if visual is None:
+            if pixels is None:
+                raise ValueError("encode needs pixels or visual (tokens from embed_images)")
+            visual = self.visual_embedder(pixels, pixel_mask)
         image = visual.embeds + self.token_type_embeddings.weight[1]
         if visual.pos is not None and not self.pos_every_layer:
             image = image + visual.pos
@@ -240,6 +261,10 @@ class E2EVLP(nn.Module):
 
     def memory(self, fusion: FusionOutput) -> tuple[Tensor, Tensor, Tensor | None]:
         """What the decoder attends to: the encoder states, their mask and (DETR mode) positions."""
+        if self.decoder is None:
+            raise ValueError(
+                "this E2EVLP was built without a decoder (decoder: null): detection and captioning need one"
+            )
         memory = torch.cat([fusion.text_states, fusion.image_states], dim=1)
         mask = torch.cat([fusion.text_mask, fusion.image_mask], dim=1)
         pos = None

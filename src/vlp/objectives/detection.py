@@ -223,6 +223,8 @@ class DetectionObjective(Objective):
     attribute term is there when the head predicts attributes. See :class:`SetCriterion` for the args.
     """
 
+    view = "detection"
+
     def __init__(
         self,
         head: DetectionHead,

@@ -1,8 +1,19 @@
 """LightningModules: optimisation, logging and metrics around a model and its objectives."""
 
+from vlp.tasks.captioning import CaptioningTask
+from vlp.tasks.detection import DetectionTask
+from vlp.tasks.e2e_pretrain import E2EPretrainTask
 from vlp.tasks.nlvr2 import NLVR2Task
 from vlp.tasks.pretrain import PretrainTask
 from vlp.tasks.retrieval import RetrievalTask
 from vlp.tasks.vqa import VQATask
 
-__all__ = ["NLVR2Task", "PretrainTask", "RetrievalTask", "VQATask"]
+__all__ = [
+    "CaptioningTask",
+    "DetectionTask",
+    "E2EPretrainTask",
+    "NLVR2Task",
+    "PretrainTask",
+    "RetrievalTask",
+    "VQATask",
+]

@@ -1,4 +1,4 @@
-"""FSDP2: ``fully_shard`` per transformer block and per embedder, then the root module.
+"""FSDP2: ``fully_shard`` per transformer block (encoder and decoder) and per embedder, then the root module.
 
 Called from a task's ``configure_model`` under Lightning's ``ModelParallelStrategy``; the same code
 runs on the CPU with gloo, where ``tests/tasks/test_distributed.py`` checks it against a single
@@ -15,11 +15,12 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from vlp.models.decoder import DecoderLayer
 from vlp.models.embedders.base import VisualEmbedder
 from vlp.models.text import TextEmbedder
 from vlp.models.transformer import Block
 
-SHARD_UNITS: tuple[type[nn.Module], ...] = (Block, VisualEmbedder, TextEmbedder)
+SHARD_UNITS: tuple[type[nn.Module], ...] = (Block, DecoderLayer, VisualEmbedder, TextEmbedder)
 
 
 def shard_units(module: nn.Module, units: tuple[type[nn.Module], ...] = SHARD_UNITS) -> list[nn.Module]:

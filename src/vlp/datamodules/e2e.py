@@ -1,0 +1,271 @@
+"""E2E-VLP batches: the pre-training views (MLM, ITM) plus detection targets and caption tokens.
+
+One data module serves the three E2E-VLP recipes, switched by flags: joint pre-training (MLM + ITM +
+detection + captioning), captioning fine-tuning (captions only) and detection with paired text
+(a caption + boxes). Detection targets are parsed in the loader workers, where a bad object skips
+its sample (counted, with the reason naming the field) like any other bad sample:
+
+* ``objects[i].bbox`` ``[x, y, w, h]`` in pixels of the stored image → normalised ``cxcywh`` in
+  ``[0, 1]`` (the transform resizes the whole image without cropping, so normalised boxes hold for the
+  resized image too; padding is added on the right and bottom and masked);
+* ``objects[i].category`` → its index in ``vocab.json``'s ``categories``;
+* ``objects[i].attributes`` → a multi-hot row over ``vocab.json``'s ``attributes``.
+
+Caption tokens are the chosen caption's tokenization, ``[CLS] w1 .. wn [SEP]``: the tokenizer's
+``[CLS]`` is the decoder's BOS and ``[SEP]`` its EOS (what :meth:`~vlp.models.e2e_vlp.E2EVLP.generate_captions`
+is given), padding ``[PAD] = 0`` is masked. ``Batch.references`` holds every caption of each sample,
+for the captioning metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from vlp.datamodules.collate import DecodedSample, PretrainCollator, SkippedSample
+from vlp.datamodules.schema import Batch, Targets
+from vlp.datamodules.shards import SampleDecoder, ShardDataModule
+from vlp.datamodules.synth.shapes import ShapesConfig
+from vlp.tokenizers import BUNDLED
+
+
+@dataclass
+class ObjectSample(DecodedSample):
+    """A decoded sample with its detection targets."""
+
+    targets: Targets | None = None
+
+
+def parse_objects(
+    objects: Any, image_size: tuple[int, int], categories: dict[str, int], attributes: dict[str, int]
+) -> Targets:
+    """``objects`` of a sample's json → :class:`Targets`; a ``ValueError`` naming the bad field.
+
+    ``image_size`` is ``(height, width)`` of the stored image, the pixels ``bbox`` is given in. Boxes
+    are clipped to the image; one with no area left is an error.
+    """
+    if objects is None:
+        objects = []
+    if not isinstance(objects, list):
+        raise ValueError(f"objects must be a list, got {type(objects).__name__}")
+    height, width = image_size
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size {image_size} has no pixels")
+    boxes, labels = [], []
+    multi_hot = torch.zeros(len(objects), len(attributes))
+    for i, obj in enumerate(objects):
+        if not isinstance(obj, dict):
+            raise ValueError(f"objects[{i}] must be an object, got {type(obj).__name__}")
+        bbox = obj.get("bbox")
+        if (
+            not isinstance(bbox, list | tuple)
+            or len(bbox) != 4
+            or not all(isinstance(v, int | float) and math.isfinite(v) for v in bbox)
+        ):
+            raise ValueError(f"objects[{i}].bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+        x, y, w, h = (float(v) for v in bbox)
+        x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+        x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"objects[{i}].bbox {bbox} has no area inside the {width}x{height} image")
+        boxes.append([(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height])
+        category = obj.get("category")
+        if category not in categories:
+            raise ValueError(f"objects[{i}].category {category!r} is not in vocab.json's categories")
+        labels.append(categories[category])
+        names = obj.get("attributes", [])
+        if not isinstance(names, list):
+            raise ValueError(f"objects[{i}].attributes must be a list, got {type(names).__name__}")
+        for name in names:
+            if name not in attributes:
+                raise ValueError(f"objects[{i}].attributes: {name!r} is not in vocab.json's attributes")
+            multi_hot[i, attributes[name]] = 1.0
+    return Targets(
+        boxes=torch.tensor(boxes, dtype=torch.float).reshape(-1, 4),
+        labels=torch.tensor(labels, dtype=torch.long),
+        attributes=multi_hot,
+    )
+
+
+class ObjectDecoder(SampleDecoder):
+    """:class:`~vlp.datamodules.shards.SampleDecoder` that also parses the json's ``objects``."""
+
+    def __init__(
+        self,
+        transform: Callable[[Image.Image], Tensor],
+        categories: Sequence[str],
+        attributes: Sequence[str] = (),
+    ) -> None:
+        super().__init__(transform)
+        self.categories = {name: i for i, name in enumerate(categories)}
+        self.attributes = {name: i for i, name in enumerate(attributes)}
+
+    def __call__(self, sample: dict[str, Any]) -> ObjectSample | SkippedSample:
+        decoded = super().__call__(sample)
+        if isinstance(decoded, SkippedSample):
+            return decoded
+        try:
+            targets = parse_objects(
+                decoded.annotation.get("objects"), decoded.orig_size, self.categories, self.attributes
+            )
+        except ValueError as exn:
+            return SkippedSample(decoded.key, str(exn))
+        return ObjectSample(**vars(decoded), targets=targets)
+
+
+class E2ECollator(PretrainCollator):
+    """:class:`~vlp.datamodules.collate.PretrainCollator` plus, per flag, detection ``targets`` and the
+    chosen caption as decoder tokens (``caption_ids``/``caption_mask``, the same tokens as ``text_ids``).
+    ``references`` always carries every caption of each sample.
+
+    Args:
+        targets: put each sample's :class:`Targets` in the batch (the samples must come from
+            :class:`ObjectDecoder`).
+        captions: put the caption tokens in the batch.
+        Others: as :class:`~vlp.datamodules.collate.PretrainCollator`.
+    """
+
+    def __init__(self, *args: Any, targets: bool = True, captions: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.targets = targets
+        self.captions = captions
+
+    def __call__(
+        self, samples: Sequence[DecodedSample | SkippedSample], generator: torch.Generator | None = None
+    ) -> Batch:
+        batch = super().__call__(samples, generator)
+        if len(batch) == 0:
+            return batch
+        kept = [s for s in samples if isinstance(s, DecodedSample)]
+        targets = None
+        if self.targets:
+            missing = [s.key for s in kept if getattr(s, "targets", None) is None]
+            if missing:
+                raise ValueError(
+                    f"samples {missing[:5]} carry no detection targets: decode them with ObjectDecoder"
+                )
+            targets = [s.targets for s in kept]
+        return replace(
+            batch,
+            targets=targets,
+            caption_ids=batch.text_ids if self.captions else None,
+            caption_mask=batch.text_mask if self.captions else None,
+            references=[list(s.captions) for s in kept],
+        )
+
+
+class E2EDataModule(ShardDataModule):
+    """Webdataset shards as E2E-VLP batches (see the module docstring).
+
+    Args:
+        detection: detection targets from the json's ``objects`` (``vocab.json`` must list
+            ``categories``; ``attributes`` is optional).
+        captioning: the chosen caption as decoder tokens.
+        shuffle_images: the blind control: every image is replaced by another sample's of the batch, so
+            image and text (and boxes) are unrelated. By default in training only, as in pre-training.
+        shuffle_eval_images: with ``shuffle_images``, validation and test images are replaced too (the
+            captioning control: captions are generated from another sample's image and scored against
+            the sample's own references).
+        mlm_probability, itm: the encoder views; ``0`` / ``False`` for fine-tuning.
+        Others: as :class:`~vlp.datamodules.shards.ShardDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        synth: ShapesConfig | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        image_size: int = 384,
+        patch_size: int = 32,
+        randaugment: bool = False,
+        max_text_len: int = 40,
+        tokenizer: str = BUNDLED,
+        mlm_probability: float = 0.15,
+        whole_word_masking: bool = False,
+        grounded_mask_probability: float = 0.0,
+        grounded_words: list[str] | None = None,
+        itm: bool = True,
+        detection: bool = True,
+        captioning: bool = True,
+        shuffle_images: bool = False,
+        shuffle_eval_images: bool = False,
+        shuffle_buffer: int = 1000,
+        resampled: bool = False,
+        epoch_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            root=root,
+            train_split=train_split,
+            val_split=val_split,
+            test_split=test_split,
+            synth=synth,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            patch_size=patch_size,
+            randaugment=randaugment,
+            max_text_len=max_text_len,
+            tokenizer=tokenizer,
+            mlm_probability=mlm_probability,
+            whole_word_masking=whole_word_masking,
+            grounded_mask_probability=grounded_mask_probability,
+            grounded_words=grounded_words,
+            itm=itm,
+            shuffle_images=shuffle_images,
+            shuffle_buffer=shuffle_buffer,
+            resampled=resampled,
+            epoch_samples=epoch_samples,
+            seed=seed,
+        )
+        if shuffle_eval_images and not shuffle_images:
+            raise ValueError("shuffle_eval_images=True needs shuffle_images=True (it extends that control)")
+        self.detection = detection
+        self.captioning = captioning
+        self.shuffle_eval_images = shuffle_eval_images
+
+    def vocab_list(self, name: str, required: bool) -> list[str]:
+        """``vocab.json``'s list ``name`` (after :meth:`setup`); a clear error when required and absent."""
+        value = self.vocab.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{self.root / 'vocab.json'}: {name!r} must be a list of strings")
+        if required and not value:
+            raise ValueError(
+                f"{self.root / 'vocab.json'} has no {name!r} list: detection classifies over it "
+                "(`python -m vlp data synth shapes` writes one)"
+            )
+        return value
+
+    def decoder(self, transform: Callable[[Image.Image], Tensor]) -> SampleDecoder:
+        if not self.detection:
+            return SampleDecoder(transform)
+        return ObjectDecoder(
+            transform, self.vocab_list("categories", required=True), self.vocab_list("attributes", False)
+        )
+
+    def collator(self, train: bool) -> E2ECollator:
+        return E2ECollator(
+            tokenizer=self.tokenizer,
+            max_text_len=self.max_text_len,
+            mlm_probability=self.mlm_probability,
+            whole_word_masking=self.whole_word_masking,
+            itm=self.itm,
+            shuffle_images=self.shuffle_images and (train or self.shuffle_eval_images),
+            seed=self.seed,
+            grounded_words=self._grounded_words(),
+            grounded_mask_probability=self.grounded_mask_probability,
+            targets=self.detection,
+            captions=self.captioning,
+        )

@@ -1,0 +1,106 @@
+"""Object detection with E2E-VLP, with or without paired text (the paper's §5.8 set-up).
+
+The encoder reads ``[caption; image]`` (``use_text: true``, the paired text the paper shows helps
+detection) or the image alone; the object queries are decoded against it and trained with DETR's set
+loss (:class:`~vlp.objectives.DetectionObjective`). Validation and test also feed the last decoder
+layer's predictions to a COCO-style mAP (:mod:`vlp.metrics.detection`) and log ``val/map`` (AP at IoU
+0.50:0.95), ``val/map_50``, ``val/map_75``, ``val/map_small|medium|large`` and ``val/mar_100``.
+torchmetrics gathers the detections of every process before computing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vlp.datamodules.schema import Batch
+from vlp.metrics.detection import detections, ground_truth, image_sizes, map_figures, mean_average_precision
+from vlp.models.outputs import DecoderOutput
+from vlp.objectives.detection import DetectionObjective
+from vlp.tasks.e2e_base import E2ETask, fsdp_gathered
+
+
+class DetectionTask(E2ETask):
+    """Fine-tuning and evaluation of E2E-VLP detection (data: :class:`~vlp.datamodules.e2e.E2EDataModule`
+    with ``detection: true``).
+
+    Args:
+        use_text: encode the batch's caption with the image (paired text); ``False``: the image alone.
+        Others: as :class:`~vlp.tasks.base.ObjectiveTask`; the objectives must be
+            :class:`~vlp.objectives.DetectionObjective` (the first active one is evaluated).
+    """
+
+    VIEWS = ("detection",)
+
+    def __init__(self, *args: Any, use_text: bool = True, **kwargs: Any) -> None:
+        self.use_text = use_text  # read by uses_text() inside super().__init__
+        super().__init__(*args, **kwargs)
+        for name, objective in self.objectives.items():
+            if not isinstance(objective, DetectionObjective):
+                raise ValueError(
+                    f"objectives.{name}: DetectionTask evaluates DetectionObjective heads, "
+                    f"got {type(objective).__name__}"
+                )
+        self.val_map = mean_average_precision()
+        self.test_map = mean_average_precision()
+
+    def uses_text(self) -> bool:
+        return self.use_text
+
+    def forward_model(self, batch: Batch) -> DecoderOutput:
+        if batch.pixels is None:
+            raise ValueError("DetectionTask needs batch.pixels")
+        if self.use_text:
+            if batch.text_ids is None:
+                raise ValueError("use_text=True needs batch.text_ids (the paired caption)")
+            fusion = self.model(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+        else:
+            fusion = self.model(None, None, batch.pixels, batch.pixel_mask)
+        return self.model.detect(fusion)
+
+    @property
+    def detector(self) -> DetectionObjective:
+        """The objective whose head is evaluated."""
+        return next(iter(self.active_objectives.values()))  # type: ignore[return-value]
+
+    # --------------------------------------------------------------------------------- evaluation
+
+    def _evaluate(self, batch: Batch, stage: str) -> None:
+        if len(batch) == 0:
+            return
+        if batch.targets is None or batch.pixel_mask is None:
+            raise ValueError("detection evaluation needs batch.targets and batch.pixel_mask")
+        outputs = self.forward_model(batch)
+        total = torch.zeros((), device=self.device)
+        for name, objective in self.active_objectives.items():
+            result = objective(outputs, batch)
+            total = total + self.loss_weights[name] * result.loss
+            self.log(f"{stage}/{name}_loss", result.loss, batch_size=len(batch), sync_dist=True)
+        self.log(f"{stage}/loss", total, batch_size=len(batch), sync_dist=True)
+        with fsdp_gathered(self.detector):
+            predictions = self.detector.head(outputs.query_states[-1])
+        sizes = image_sizes(batch.pixel_mask)
+        metric = self.val_map if stage == "val" else self.test_map
+        metric.update(
+            detections(predictions.logits, predictions.boxes, sizes), ground_truth(batch.targets, sizes)
+        )
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map(self.val_map, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map(self.test_map, "test")
+
+    def _log_map(self, metric: Any, stage: str) -> None:
+        if not metric.update_called:
+            return
+        for name, value in map_figures(metric.compute()).items():
+            self.log(f"{stage}/{name}", value, sync_dist=False)  # computed over every process's detections
+        metric.reset()

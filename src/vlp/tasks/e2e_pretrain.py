@@ -1,0 +1,81 @@
+"""E2E-VLP joint pre-training: MLM and ITM on the encoder, detection and captioning on the decoder."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from torch import Tensor
+
+from vlp.datamodules.schema import Batch
+from vlp.models.embedders.base import VisualTokens
+from vlp.tasks.e2e_base import E2ETask
+
+
+class E2EPretrainTask(E2ETask):
+    """Pre-training an :class:`~vlp.models.e2e_vlp.E2EVLP` (Xu et al. 2021) with any of four views.
+
+    * ``"mlm"``: the masked text with each sample's own image (official ViLT's MLM view);
+    * ``"itm"``: the clean text with the image ``batch.itm_image_index`` names (a negative's is another
+      sample's);
+    * ``"detection"``: the object queries decoded against the encoder pass over ``[text; own image]``.
+      With MLM active that is the MLM pass (masked text), so the two share one encoder pass; otherwise
+      an encoder pass over the clean text;
+    * ``"caption"``: the caption tokens decoded, teacher-forced, against an image-only encoder pass (the
+      caption must not be visible to the encoder it is generated from).
+
+    Each objective's weight is a real multiplier; 0 skips it, its view and its passes, and freezes what
+    only it reaches (:mod:`vlp.tasks.e2e_base`). A step with all four views costs three encoder passes
+    over one CNN pass: the images are embedded once and every view reads those tokens (ITM's reordered).
+    """
+
+    VIEWS = ("mlm", "itm", "detection", "caption")
+
+    def forward_model(self, batch: Batch) -> dict[str, Any]:
+        views = self.views_used()
+        outputs: dict[str, Any] = {}
+        if batch.pixels is None:
+            raise ValueError("E2EPretrainTask needs batch.pixels")
+        visual = self.model.embed_images(batch.pixels, batch.pixel_mask)
+        if views & {"mlm", "detection"}:
+            if "mlm" in views:
+                if batch.mlm_text_ids is None:
+                    raise ValueError(
+                        "the MLM view needs batch.mlm_text_ids; enable MLM masking in the data module"
+                    )
+                text = batch.mlm_text_ids
+            else:
+                text = batch.text_ids
+            if text is None or batch.text_mask is None:
+                raise ValueError("the detection view reads the paired text: batch.text_ids is None")
+            paired = self.model(text, batch.text_mask, None, visual=visual)
+            if "mlm" in views:
+                outputs["mlm"] = paired
+            if "detection" in views:
+                outputs["detection"] = self.model.detect(paired)
+        if "itm" in views:
+            if batch.itm_image_index is None:
+                raise ValueError(
+                    "the ITM view needs batch.itm_image_index; enable ITM pairs in the data module"
+                )
+            shown = select_tokens(visual, batch.itm_image_index)
+            outputs["itm"] = self.model(batch.text_ids, batch.text_mask, None, visual=shown)
+        if "caption" in views:
+            if batch.caption_ids is None:
+                raise ValueError(
+                    "the caption view needs batch.caption_ids; enable captioning in the data module"
+                )
+            image_only = self.model(None, None, None, visual=visual)
+            outputs["caption"] = self.model.decode_captions(image_only, batch.caption_ids, batch.caption_mask)
+        return outputs
+
+
+def select_tokens(visual: VisualTokens, index: Tensor) -> VisualTokens:
+    """The visual tokens of images ``index`` (rows of every per-image tensor)."""
+    return replace(
+        visual,
+        embeds=visual.embeds[index],
+        mask=visual.mask[index],
+        pos=None if visual.pos is None else visual.pos[index],
+        ids=None if visual.ids is None else visual.ids[index],
+    )
