@@ -1,0 +1,123 @@
+"""The E2E-VLP shapes recipes: they parse, the fine-tuning ones start from a checkpoint of the
+pre-training recipe's model, each runs fast_dev_run through the CLI and prints its metrics, and each
+combines with the 2-process trainer configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from vlp.cli import VLPCLI, main
+from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PRETRAIN = CONFIGS / "e2e_vlp/shapes_pretrain.yaml"
+RECIPES = {
+    "pretrain": (
+        "vlp.tasks.E2EPretrainTask",
+        ["val/mlm_loss", "val/itm_acc", "val/detection_loss", "val/caption_loss"],
+    ),
+    "detection": (
+        "vlp.tasks.DetectionTask",
+        ["val/map", "val/map_50", "val/map_small", "val/detection_loss"],
+    ),
+    "captioning": (
+        "vlp.tasks.CaptioningTask",
+        ["val/bleu_4", "val/cider", "val/rouge_l", "val/caption_loss"],
+    ),
+    "vqa": ("vlp.tasks.VQATask", ["val/vqa_score"]),
+}
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def recipe(name: str) -> Path:
+    return CONFIGS / f"e2e_vlp/shapes_{name}.yaml"
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of the pre-training recipe's task (random weights, Lightning's layout)."""
+    cli = VLPCLI(args=["--config", str(PRETRAIN)], run=False)
+    path = tmp_path_factory.mktemp("pretrain") / "last.ckpt"
+    torch.save({"state_dict": cli.model.state_dict(), "global_step": 0}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def shapes64(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "shapes64"
+    sizes = {"train_samples": 16, "val_samples": 8, "test_samples": 8, "pair_train_samples": 0}
+    sizes |= {"pair_val_samples": 0, "pair_test_samples": 0}
+    write_shapes(root, ShapesConfig(resolution=64, samples_per_shard=8, seed=1, **sizes))
+    return root
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if n != "pretrain"])
+def test_fine_tuning_recipe_loads_every_pretrained_model_key_it_has(name: str, pretrained: Path) -> None:
+    cli = VLPCLI(args=["--config", str(recipe(name)), f"--model.init_args.init_from={pretrained}"], run=False)
+    task_class, _ = RECIPES[name]
+    assert f"vlp.tasks.{type(cli.model).__name__}" == task_class
+    report = cli.model.init_report
+    assert not [key for key in report.new if key.startswith("model.")]  # the pre-training sizes
+    assert yaml.safe_load(recipe(name).read_text())["model"]["init_args"]["init_from"].startswith(
+        "runs/e2e_shapes_pretrain/"
+    )
+    if name == "detection":  # the pre-trained detection head is kept too
+        assert not report.new
+    if name == "vqa":  # encoder only: the decoder, queries and caption head are dropped
+        assert any(key.startswith("model.decoder.") for key in report.dropped)
+        assert cli.model.model.decoder is None
+
+
+def test_pretraining_recipe_weighs_all_four_objectives() -> None:
+    cli = VLPCLI(args=["--config", str(PRETRAIN)], run=False)
+    assert cli.model.loss_weights == {"mlm": 1.0, "itm": 1.0, "detection": 1.0, "caption": 1.0}
+    assert cli.model.frozen == []
+    head = cli.model.objectives["detection"].head
+    vocab = {"categories": 6, "attributes": 12}  # shapes: 6 shapes; 8 colours, 2 sizes, 2 styles
+    assert (head.num_classes, head.num_attributes) == (vocab["categories"], vocab["attributes"])
+
+
+@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
+def test_recipe_combines_with_the_multi_process_trainer_configs(
+    name: str, trainer: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = CONFIGS / f"trainer/{trainer}.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(recipe(name)), "--config", str(config), "--print_config"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err[-3000:]
+    resolved = yaml.safe_load(captured.out)["trainer"]
+    assert resolved["devices"] == 2
+    assert resolved["max_steps"] == yaml.safe_load(recipe(name).read_text())["trainer"]["max_steps"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_runs_fast_dev_run_and_prints_its_metrics(
+    name: str, pretrained: Path, shapes64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args: list[Any] = [
+        "fit", "--config", str(recipe(name)),
+        "--trainer.fast_dev_run=2",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--data.init_args.root={shapes64}",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.eval_batch_size=4",
+        "--data.init_args.num_workers=0",
+    ]  # fmt: skip
+    if name != "pretrain":
+        args.append(f"--model.init_args.init_from={pretrained}")
+    if name == "captioning":
+        args += ["--model.init_args.meteor=false", "--model.init_args.max_caption_len=8"]
+    main(args)
+    out = capsys.readouterr().out
+    assert "final validation metrics:" in out
+    for metric in RECIPES[name][1]:
+        assert metric in out, metric
