@@ -11,12 +11,8 @@ import torch
 from torch import nn
 
 from vlp.models.seq2seq_mask import seq2seq_mask
-from vlp.models.sparse_attention import (
-    SparseSelfAttention,
-    block_plan,
-    blocked_attention,
-    dense_pattern_attention,
-)
+from vlp.models.sparse_attention import SparseSelfAttention, blocked_attention, dense_pattern_attention
+from vlp.models.sparse_blocks import block_plan
 from vlp.models.sparse_patterns import ImageTextLayout, SparsePattern, ernie_vilg_schedule
 from vlp.models.transformer import Attention, TransformerEncoder
 
@@ -28,41 +24,66 @@ def padded_layout(
     text_len: int, grid: tuple[int, int], direction: str, source_first: bool
 ) -> ImageTextLayout:
     """Two samples: the second has its last two text tokens padded, the first one image token."""
-    base = ImageTextLayout(text_len, grid, direction, source_first)  # type: ignore[arg-type]
+    base = ImageTextLayout(text_len, grid, direction, source_first)
     key_mask = torch.ones(2, base.length, dtype=torch.bool)
     key_mask[1, base.text_start + text_len - 2 : base.text_start + text_len] = False
     key_mask[0, base.image_start + 1] = False
-    return ImageTextLayout(text_len, grid, direction, source_first, key_mask)  # type: ignore[arg-type]
+    return ImageTextLayout(text_len, grid, direction, source_first, key_mask)
 
 
-def qkv(length: int, seed: int) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(2, length, 3, 8, generator=generator).requires_grad_() for _ in range(3)]
+def fused_qkv(length: int, seed: int) -> torch.Tensor:
+    """A leaf ``[B, N, 3, H, d]`` as the module's projection lays it out (2 samples, 3 heads of 8)."""
+    return torch.randn(2, length, 3, 3, 8, generator=torch.Generator().manual_seed(seed)).requires_grad_()
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_blocked_equals_dense_with_the_same_mask(kind: str, direction: str) -> None:
-    """Outputs and q/k/v gradients, both layouts, padding, halos, blocks that do not divide the grid."""
-    cases = itertools.product([True, False], [0, 1], [None, 1, 3], [(4, 5), (3, 3)])
-    for source_first, context, block, grid in cases:
+    """Outputs and qkv gradients, both layouts, padding, halos, blocks that do not divide the grid,
+    recomputing backward in chunks or keeping the graph."""
+    cases = itertools.product(
+        [True, False], [0, 1], [(None, 4, True), (1, 1, False), (3, 2, True)], [(4, 5), (3, 3)]
+    )
+    for source_first, context, (block, chunks, recompute), grid in cases:
         layout = padded_layout(5, grid, direction, source_first)
-        pattern = SparsePattern(kind, context=context, kernel_size=3)  # type: ignore[arg-type]
-        inputs = qkv(layout.length, seed=len(grid) + context)
+        pattern = SparsePattern(kind, context=context, kernel_size=3)
+        qkv = fused_qkv(layout.length, seed=len(grid) + context)
         upstream = torch.randn(2, layout.length, 3, 8)
         results = []
-        for attend in (blocked_attention, dense_pattern_attention):
-            for tensor in inputs:
-                tensor.grad = None
-            extra = {"block": block} if attend is blocked_attention else {}
-            out = attend(*inputs, layout, pattern, **extra)
+        for blocked in (True, False):
+            qkv.grad = None
+            if blocked:
+                out = blocked_attention(qkv, layout, pattern, block, recompute=recompute, chunks=chunks)
+            else:
+                out = dense_pattern_attention(qkv, layout, pattern)
             (out * upstream).sum().backward()
-            results.append([out.detach(), *(t.grad.clone() for t in inputs)])
-        case = f"source_first={source_first} context={context} block={block} grid={grid}"
-        for name, a, b in zip(["out", "dq", "dk", "dv"], *results):
+            results.append([out.detach(), qkv.grad.clone()])
+        case = f"source_first={source_first} context={context} block={block} chunks={chunks} grid={grid}"
+        for name, a, b in zip(["out", "dqkv"], *results):
             torch.testing.assert_close(
                 a, b, atol=1e-5, rtol=1e-5, msg=lambda m, c=f"{case} {name}": f"{c}: {m}"
             )
+
+
+def test_recomputed_backward_redraws_the_same_dropout() -> None:
+    """With attention dropout, recomputing backward gives the gradients of the graph that was kept."""
+    layout = padded_layout(4, (4, 4), "text_to_image", True)
+    qkv = fused_qkv(layout.length, seed=3)
+    upstream = torch.randn(2, layout.length, 3, 8)
+    results = []
+    for recompute in (True, False):
+        qkv.grad = None
+        torch.manual_seed(7)
+        out = blocked_attention(
+            qkv, layout, SparsePattern("conv", kernel_size=3), 2, 0.5, recompute, chunks=3
+        )
+        (out * upstream).sum().backward()
+        results.append((out.detach(), qkv.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    torch.manual_seed(8)
+    other = blocked_attention(qkv, layout, SparsePattern("conv", kernel_size=3), 2, 0.5)
+    assert not torch.allclose(other, results[0][0])  # dropout really drew something
 
 
 @pytest.mark.parametrize("recompute", [True, False])
@@ -70,8 +91,8 @@ def test_module_blocked_equals_dense_with_parameter_gradients(recompute: bool) -
     layout = padded_layout(4, (4, 4), "text_to_image", True)
     x = torch.randn(2, layout.length, 16)
     for kind in ["row", "column", "conv", "dense"]:
-        blocked = SparseSelfAttention(16, 2, kind, kernel_size=3, recompute=recompute)  # type: ignore[arg-type]
-        dense = SparseSelfAttention(16, 2, kind, kernel_size=3, implementation="dense")  # type: ignore[arg-type]
+        blocked = SparseSelfAttention(16, 2, kind, kernel_size=3, recompute=recompute)
+        dense = SparseSelfAttention(16, 2, kind, kernel_size=3, implementation="dense")
         dense.load_state_dict(blocked.state_dict())
         outs = []
         for module in (blocked, dense):
@@ -98,7 +119,7 @@ def test_text_to_image_is_causal_over_the_raster(kind: str, implementation: str)
     """Later image tokens (targets) change neither earlier image outputs nor any text output."""
     for source_first in (True, False):
         layout = ImageTextLayout(4, (4, 4), "text_to_image", source_first)
-        module = SparseSelfAttention(16, 2, kind, kernel_size=3, implementation=implementation).eval()  # type: ignore[arg-type]
+        module = SparseSelfAttention(16, 2, kind, kernel_size=3, implementation=implementation).eval()
         cut = layout.image_start + 6  # raster position 6: row 1, column 2
         out, out_changed = perturbed_outputs(module, layout, slice(cut, layout.image_start + 16))
         earlier = [*range(layout.text_start, layout.text_start + 4), *range(layout.image_start, cut)]
@@ -112,7 +133,7 @@ def test_image_to_text_is_causal_over_the_text(kind: str, implementation: str) -
     """Later text tokens (targets) change neither earlier text outputs nor any image output."""
     for source_first in (True, False):
         layout = ImageTextLayout(5, (3, 4), "image_to_text", source_first)
-        module = SparseSelfAttention(16, 2, kind, kernel_size=3, implementation=implementation).eval()  # type: ignore[arg-type]
+        module = SparseSelfAttention(16, 2, kind, kernel_size=3, implementation=implementation).eval()
         cut = layout.text_start + 2
         out, out_changed = perturbed_outputs(module, layout, slice(cut, layout.text_start + 5))
         earlier = [*range(layout.image_start, layout.image_start + 12), *range(layout.text_start, cut)]
@@ -124,7 +145,7 @@ def schedule_encoder(depth: int, implementation: str) -> TransformerEncoder:
     """A TransformerEncoder whose blocks' attention is swapped for the paper's schedule."""
     encoder = TransformerEncoder(dim=16, depth=depth, num_heads=2)
     for block, kind in zip(encoder.blocks, ernie_vilg_schedule(depth)):
-        sparse = SparseSelfAttention(16, 2, kind, kernel_size=3, implementation=implementation)  # type: ignore[arg-type]
+        sparse = SparseSelfAttention(16, 2, kind, kernel_size=3, implementation=implementation)
         sparse.load_state_dict(block.attn.state_dict())  # same parameter names as Attention
         block.attn = sparse
     return encoder.eval()
@@ -150,7 +171,7 @@ def test_schedule_stack_in_transformer_blocks_is_causal_and_matches_dense() -> N
 def test_a_pattern_ignores_image_keys_outside_its_window(kind: str, outside: int, inside: int) -> None:
     """One layer: a key outside the query's row / column / 3 x 3 window does not reach it; one inside does."""
     layout = ImageTextLayout(2, (4, 4), "text_to_image")
-    module = SparseSelfAttention(16, 2, kind, kernel_size=3).eval()  # type: ignore[arg-type]
+    module = SparseSelfAttention(16, 2, kind, kernel_size=3).eval()
     query = layout.image_start + 10
     for position, reaches in [(outside, False), (inside, True)]:
         out, out_changed = perturbed_outputs(module, layout, slice(layout.image_start + position, None, 100))
@@ -216,8 +237,8 @@ def test_bad_input_names_the_argument() -> None:
     with pytest.raises(ValueError, match="num_heads"):
         SparseSelfAttention(10, 3)
     with pytest.raises(ValueError, match="implementation"):
-        SparseSelfAttention(16, 2, implementation="flex")  # type: ignore[arg-type]
+        SparseSelfAttention(16, 2, implementation="flex")
     with pytest.raises(ValueError, match="block"):
         SparseSelfAttention(16, 2, block=0)
     with pytest.raises(ValueError, match="kind"):
-        SparseSelfAttention(16, 2, "strided")  # type: ignore[arg-type]
+        SparseSelfAttention(16, 2, "strided")

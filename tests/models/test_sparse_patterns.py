@@ -112,12 +112,12 @@ def test_conv_causal_window_explicit() -> None:
 @pytest.mark.parametrize("source_first", [True, False])
 def test_pattern_mask_matches_the_documented_rule(kind: str, direction: str, source_first: bool) -> None:
     generator = torch.Generator().manual_seed(0)
-    base = ImageTextLayout(3, (3, 4), direction, source_first)  # type: ignore[arg-type]
+    base = ImageTextLayout(3, (3, 4), direction, source_first)
     key_mask = torch.rand(2, base.length, generator=generator) > 0.25
-    layout = ImageTextLayout(3, (3, 4), direction, source_first, key_mask)  # type: ignore[arg-type]
+    layout = ImageTextLayout(3, (3, 4), direction, source_first, key_mask)
     for context, kernel_size in [(0, 3), (1, 5)]:
         mask = pattern_mask(
-            kind, (3, 4), 3, direction, source_first=source_first, key_mask=key_mask,  # type: ignore[arg-type]
+            kind, (3, 4), 3, direction, source_first=source_first, key_mask=key_mask,
             context=context, kernel_size=kernel_size,
         )  # fmt: skip
         assert torch.equal(mask, brute_force(layout, kind, context, kernel_size)), (context, kernel_size)
@@ -140,7 +140,7 @@ def test_dense_pattern_is_the_seq2seq_mask() -> None:
     ],
 )
 def test_layout_positions(direction: str, source_first: bool, text_start: int, image_start: int) -> None:
-    layout = ImageTextLayout(3, (2, 3), direction, source_first)  # type: ignore[arg-type]
+    layout = ImageTextLayout(3, (2, 3), direction, source_first)
     assert (layout.text_start, layout.image_start, layout.length) == (text_start, image_start, 9)
     assert layout.source_len == (3 if direction == "text_to_image" else 6)
 
@@ -162,11 +162,11 @@ def test_bad_input_names_the_argument() -> None:
     with pytest.raises(ValueError, match="key_mask"):
         ImageTextLayout(2, (2, 2), key_mask=torch.ones(1, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="direction"):
-        ImageTextLayout(2, (2, 2), "text2image")  # type: ignore[arg-type]
+        ImageTextLayout(2, (2, 2), "text2image")
     with pytest.raises(ValueError, match="grid"):
         ImageTextLayout(2, (0, 2))
     with pytest.raises(ValueError, match="kind"):
-        pattern_mask("diagonal", (2, 2), 2, "text_to_image")  # type: ignore[arg-type]
+        pattern_mask("diagonal", (2, 2), 2, "text_to_image")
     with pytest.raises(ValueError, match="kernel_size"):
         pattern_mask("conv", (2, 2), 2, "text_to_image", kernel_size=4)
     with pytest.raises(ValueError, match="context"):

@@ -6,6 +6,9 @@
   transformers' ``ForObjectDetectionLoss`` in the same run (:mod:`vlp.bench.detection_loss`).
 - ``vilt``: vlp's ViLT-B/32 against transformers' ViLT, training samples/s, peak memory, inference
   latency and achieved FLOP/s in fp32 and bf16, in the same run (:mod:`vlp.bench.vilt`).
+- ``sparse-attention``: ERNIE-ViLG's row / column / conv sparse attention and the paper's layer
+  schedule against dense attention with the same masks, time and peak memory of forward + backward
+  (:mod:`vlp.bench.sparse_attention`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "scaling": "vlp.bench.scaling",
     "detection-loss": "vlp.bench.detection_loss",
     "vilt": "vlp.bench.vilt",
+    "sparse-attention": "vlp.bench.sparse_attention",
 }
 
 

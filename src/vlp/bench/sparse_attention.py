@@ -1,0 +1,295 @@
+"""``python -m vlp bench sparse-attention``: ERNIE-ViLG's sparse attention against dense, same masks.
+
+What runs: stacks of :class:`~vlp.models.sparse_attention.SparseSelfAttention` layers (fused ``qkv``
+projection, attention, output projection; ``x = x + attn(x)`` per layer, no MLP or norm, so the figure
+is the attention layer) over ``text_len`` text tokens and a ``grid x grid`` image, batch
+``batch_size``, fp32, in the direction given (default text→image: text = source, image = causal
+target). Every second sample has its last quarter of text padded. Setups, each blocked and dense:
+
+- ``row``, ``column``, ``conv``: one layer of that pattern;
+- ``schedule``: ``depth`` layers of the paper's schedule
+  (:func:`~vlp.models.sparse_patterns.ernie_vilg_schedule`; depth 4: row, row, column, conv).
+
+"dense" is the same module and weights with ``implementation="dense"``: one SDPA call with the full
+``[B, 1, N, N]`` mask of the same pattern (on CPU torch picks its fused flash kernel, which keeps no
+``[N, N]`` scores; only the mask is quadratic). With ``--math_reference`` the schedule also runs dense
+on SDPA's math backend, which materialises the scores as 2021 attention did (the paper's baseline);
+that row is context, not the reference of the last two lines.
+
+Before timing, blocked and dense outputs of every setup must agree (same weights, same input), else the
+run stops. One step is forward + backward of ``sum(out)`` from a fresh input; steps of all setups are
+interleaved (the order reversed every other round) after untimed warm-up rounds, and the table gives
+medians. Peak memory is measured in one further step per setup under ``torch.profiler`` with
+``profile_memory``: the maximum, over the step, of tensor bytes allocated minus freed since the step
+began (every CPU allocation goes through torch's allocator and is recorded), so parameters and the
+input are not counted and the figure does not depend on how glibc keeps freed pages.
+
+The last two lines are ``speedup: S`` (dense schedule's median time ÷ blocked schedule's) and
+``memory: M`` (blocked schedule's peak ÷ dense schedule's peak).
+"""
+
+from __future__ import annotations
+
+import copy
+import shlex
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from vlp.models.sparse_attention import DEFAULT_CHUNKS, SparseSelfAttention
+from vlp.models.sparse_blocks import DEFAULT_BLOCK
+from vlp.models.sparse_patterns import ImageTextLayout, ernie_vilg_schedule
+
+SINGLE_PATTERNS = ("row", "column", "conv")
+
+
+@dataclass
+class SparseAttentionConfig:
+    """What to measure. Defaults: ERNIE-ViLG's sequence (64 text + 32 x 32 image codes), width 512.
+
+    Args:
+        batch_size, dim, num_heads: the attention layer.
+        text_len: text tokens; grid: the image is ``grid x grid`` codes.
+        depth: layers of the paper-schedule stack.
+        direction: ``text_to_image`` (image = causal target) or ``image_to_text``.
+        kernel_size: the ``conv`` window.
+        steps: timed steps per setup; warmup: untimed rounds before them.
+        threads: torch threads (``None``: torch's default).
+        math_reference: also run the schedule dense on SDPA's math backend (scores materialised).
+    """
+
+    batch_size: int = 2
+    dim: int = 512
+    num_heads: int = 8
+    text_len: int = 64
+    grid: int = 32
+    depth: int = 4
+    direction: Literal["text_to_image", "image_to_text"] = "text_to_image"
+    kernel_size: int = 5
+    steps: int = 5
+    warmup: int = 1
+    threads: int | None = None
+    math_reference: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.batch_size, self.dim, self.num_heads, self.grid, self.depth, self.steps) < 1:
+            raise ValueError("batch_size, dim, num_heads, grid, depth and steps must be >= 1")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.text_len < 0 or self.warmup < 0 or (self.threads is not None and self.threads < 1):
+            raise ValueError("text_len and warmup must be >= 0, threads >= 1")
+
+
+class AttentionStack(nn.Module):
+    """``x = x + layer(x, layout)`` for each layer: the attention layers alone, residual between them."""
+
+    def __init__(self, layers: list[SparseSelfAttention]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor, layout: ImageTextLayout) -> Tensor:
+        for layer in self.layers:
+            x = x + layer(x, layout)
+        return x
+
+
+@dataclass
+class Setup:
+    """One contender: a stack, how it attends, and the context its steps run in."""
+
+    name: str
+    stack: AttentionStack
+    attention: str
+    backend: Callable[[], AbstractContextManager[Any]] = nullcontext
+
+
+def make_layout(config: SparseAttentionConfig) -> ImageTextLayout:
+    """The benchmark's layout: every second sample has the last quarter of its text padded."""
+    base = ImageTextLayout(config.text_len, (config.grid, config.grid), config.direction)
+    key_mask = torch.ones(config.batch_size, base.length, dtype=torch.bool)
+    padded = config.text_len // 4
+    if padded:
+        end = base.text_start + config.text_len
+        key_mask[1::2, end - padded : end] = False
+    return ImageTextLayout(config.text_len, base.grid, config.direction, key_mask=key_mask)
+
+
+def make_setups(config: SparseAttentionConfig) -> list[Setup]:
+    """Blocked and dense stacks (same weights) per single pattern and for the paper's schedule."""
+    torch.manual_seed(config.seed)
+    schedules = {kind: [kind] for kind in SINGLE_PATTERNS}
+    schedules["schedule"] = ernie_vilg_schedule(config.depth)
+    setups = []
+    for name, kinds in schedules.items():
+        blocked = AttentionStack(
+            [
+                SparseSelfAttention(config.dim, config.num_heads, kind, kernel_size=config.kernel_size)
+                for kind in kinds
+            ]
+        )
+        dense = copy.deepcopy(blocked)
+        for layer in dense.layers:
+            layer.implementation = "dense"
+        setups += [Setup(name, blocked, "blocked"), Setup(name, dense, "dense")]
+        if name == "schedule" and config.math_reference:
+            setups.append(Setup(name, dense, "dense (math)", lambda: sdpa_kernel(SDPBackend.MATH)))
+    return setups
+
+
+def clear_grads(setup: Setup) -> None:
+    for parameter in setup.stack.parameters():
+        parameter.grad = None
+
+
+def step(setup: Setup, x: Tensor, layout: ImageTextLayout) -> None:
+    """Forward and backward of ``sum(out)`` from a fresh leaf input (gradients cleared beforehand)."""
+    with setup.backend():
+        setup.stack(x.clone().requires_grad_(), layout).sum().backward()
+
+
+def check_agreement(setups: list[Setup], x: Tensor, layout: ImageTextLayout) -> float:
+    """Largest difference between a setup's blocked and dense outputs; stops the run if they disagree."""
+    worst = 0.0
+    with torch.no_grad():
+        outputs = {}
+        for setup in setups:
+            with setup.backend():
+                outputs[(setup.name, setup.attention)] = setup.stack(x, layout)
+    for (name, attention), out in outputs.items():
+        if attention == "blocked":
+            continue
+        blocked = outputs[(name, "blocked")]
+        difference = float((out - blocked).abs().max())
+        if not torch.allclose(out, blocked, atol=1e-4, rtol=1e-4):
+            raise RuntimeError(
+                f"bench sparse-attention: {name} blocked and {attention} outputs differ by {difference:.3g}; "
+                "the timings would not compare the same computation"
+            )
+        worst = max(worst, difference)
+    return worst
+
+
+def time_steps(
+    config: SparseAttentionConfig, setups: list[Setup], x: Tensor, layout: ImageTextLayout
+) -> list[list[float]]:
+    """Seconds per step of each setup, all setups interleaved, order reversed every other round."""
+    times: list[list[float]] = [[] for _ in setups]
+    for round_ in range(config.warmup + config.steps):
+        order = list(range(len(setups)))
+        for index in order if round_ % 2 == 0 else reversed(order):
+            clear_grads(setups[index])
+            start = time.perf_counter()
+            step(setups[index], x, layout)
+            if round_ >= config.warmup:
+                times[index].append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory(fn: Callable[[], None]) -> int:
+    """Peak bytes of live tensors allocated by ``fn`` (allocations minus frees, in time order)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in prof.profiler.kineto_results.events()
+        if event.name() == "[memory]"
+    )
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def markdown(
+    config: SparseAttentionConfig,
+    setups: list[Setup],
+    times: list[list[float]],
+    peaks: list[int],
+    agreement: float,
+    layout: ImageTextLayout,
+    command: str,
+) -> str:
+    """The report; its last two lines are ``speedup: S`` and ``memory: M``."""
+    from vlp.bench.scaling import cpu_name
+
+    medians = [statistics.median(t) for t in times]
+    reference = {s.name: i for i, s in enumerate(setups) if s.attention == "dense"}
+    padded = config.text_len // 4
+    lines = [
+        f"`{command}`",
+        "",
+        f"Attention layers only (fused qkv + attention + projection, residual between layers, no MLP), "
+        f"width {config.dim}, {config.num_heads} heads, batch {config.batch_size}, {layout.length} tokens "
+        f"({config.text_len} text, the last {padded} padded in every second sample, + "
+        f"{config.grid}x{config.grid} image), {config.direction.replace('_', ' ')}, fp32; conv window "
+        f"{config.kernel_size}x{config.kernel_size}; blocks {DEFAULT_BLOCK} (rows / columns / tile side), "
+        f"backward attends again in {DEFAULT_CHUNKS} chunks of blocks; "
+        f"schedule = {', '.join(ernie_vilg_schedule(config.depth))}. "
+        f"One step = forward + backward; median of {config.steps} interleaved steps per setup after "
+        f"{config.warmup} warm-up round(s). Peak = most tensor bytes live during one step (torch.profiler "
+        f"allocation events). Blocked and dense outputs agree to {agreement:.1e}. torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {cpu_name()}.",
+        "",
+        "| setup | layers | attention | median ms | quartiles (ms) | vs dense | peak MiB | vs dense |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for index, setup in enumerate(setups):
+        dense = reference[setup.name]
+        quartiles = (
+            statistics.quantiles(times[index], n=4, method="inclusive")
+            if len(times[index]) > 1
+            else [medians[index]] * 3
+        )
+        lines.append(
+            f"| {setup.name} | {len(setup.stack.layers)} | {setup.attention} | {1000 * medians[index]:.0f} | "
+            f"{1000 * quartiles[0]:.0f}-{1000 * quartiles[2]:.0f} | {medians[dense] / medians[index]:.2f}x | "
+            f"{peaks[index] / 2**20:.1f} | {peaks[index] / peaks[dense]:.2f} |"
+        )
+    blocked = next(i for i, s in enumerate(setups) if s.name == "schedule" and s.attention == "blocked")
+    dense = reference["schedule"]
+    lines += [
+        "",
+        f"speedup: {medians[dense] / medians[blocked]:.2f}",
+        f"memory: {peaks[blocked] / peaks[dense]:.2f}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    """Parse the options, check blocked == dense, time and measure every setup, print the report."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m vlp bench sparse-attention", description=__doc__)
+    parser.add_class_arguments(SparseAttentionConfig, as_group=False)
+    parser.add_argument("--out", type=str | None, default=None, help="also write the markdown section here")
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = args.as_dict()
+    config = SparseAttentionConfig(**{f.name: values[f.name] for f in fields(SparseAttentionConfig)})
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    layout = make_layout(config)
+    setups = make_setups(config)
+    x = torch.randn(config.batch_size, layout.length, config.dim, generator=torch.Generator().manual_seed(1))
+    agreement = check_agreement(setups, x, layout)
+    times = time_steps(config, setups, x, layout)
+    peaks = []
+    for setup in setups:
+        clear_grads(setup)
+        peaks.append(peak_memory(lambda s=setup: step(s, x, layout)))
+    command = shlex.join(["python", "-m", "vlp", "bench", "sparse-attention", *argv])
+    section = markdown(config, setups, times, peaks, agreement, layout, command)
+    if args.out:
+        Path(args.out).write_text(section + "\n")
+    print(section, flush=True)
