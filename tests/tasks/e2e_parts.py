@@ -1,8 +1,9 @@
 """Tiny E2E-VLP tasks (pre-training, captioning, detection) and fixed batches for them.
 
 Shared by the E2E task tests and by ``e2e_distributed_run.py`` (imported there as a plain module). The
-grid comes from timm's ``test_resnet`` (stride 32: a 2x2 grid at 64 px); dropout is off, so a forward
-pass is a function of the weights and the batch. The text vocabulary covers the bundled tokenizer's
+grid comes from timm's ``test_resnet`` (stride 32: a 2x2 grid at 64 px) with frozen BatchNorm (batch
+statistics would differ between one process and two); dropout is off, so a forward pass is a function
+of the weights and the batch. The text vocabulary covers the bundled tokenizer's
 first real words (ids 1996-2099: "the", "of", "and" ...) so generated captions decode to words, with
 its ``[CLS]`` (101) / ``[SEP]`` (102) / ``[PAD]`` (0) as BOS / EOS / padding.
 
@@ -25,6 +26,7 @@ from vlp.models.heads import DetectionHead, ITMHead, MLMHead
 from vlp.models.text import TextEmbedder
 from vlp.objectives import CaptioningObjective, DetectionObjective, ITMObjective, MLMObjective
 from vlp.tasks import CaptioningTask, DetectionTask, E2EPretrainTask
+from vlp.tokenizers import load_tokenizer
 
 DIM = 32
 VOCAB = 2100
@@ -43,7 +45,7 @@ def tiny_e2e(seed: int | None = 0, decoder: bool = True) -> E2EVLP:
         torch.manual_seed(seed)
     return E2EVLP(
         TextEmbedder(vocab_size=VOCAB, dim=DIM, max_len=16),
-        CNNGridEmbedder(dim=DIM, backbone="test_resnet"),
+        CNNGridEmbedder(dim=DIM, backbone="test_resnet", freeze_bn=True),  # batch statistics: per process
         PosTransformerEncoder(dim=DIM, depth=2, num_heads=4),
         TransformerDecoder(dim=DIM, depth=2, num_heads=4) if decoder else None,
         num_queries=5,
@@ -119,7 +121,10 @@ def e2e_batches(steps: int = 1, size: int = 8, seed: int = 11) -> list[Batch]:
                 targets=targets,
                 caption_ids=captions,
                 caption_mask=torch.ones(size, CAPTION_LEN, dtype=torch.bool),
-                references=[["the cat", "a dog on the mat"] for _ in range(size)],
+                references=[
+                    [text, "the cat sat on the mat"]
+                    for text in load_tokenizer().batch_decode(captions, skip_special_tokens=True)
+                ],
             )
         )
     return batches

@@ -123,9 +123,8 @@ def test_captioning_validation_scores_the_decoded_captions_against_the_reference
     metrics = {k: float(v) for k, v in run.callback_metrics.items() if k.startswith("val/")}
     predictions = task.predictions
     assert sorted(predictions) == sorted(k for b in batches for k in b.keys)
-    expected = caption_scores(
-        predictions, {k: ["the cat", "a dog on the mat"] for k in predictions}, meteor=False
-    )
+    references = {k: r for b in batches for k, r in zip(b.keys, b.references)}
+    expected = caption_scores(predictions, references, meteor=False)
     for name in ("bleu_4", "cider", "rouge_l"):
         assert metrics[f"val/{name}"] == pytest.approx(expected[name], abs=1e-6)
     assert "val/meteor" not in metrics and "val/caption_loss" in metrics

@@ -126,7 +126,8 @@ class CaptioningTask(E2ETask):
 
     @property
     def predictions(self) -> dict[str, str]:
-        """The captions decoded in the current (or last) evaluation epoch on this process, by key."""
+        """The captions decoded in the last evaluation epoch, by key: every process's once the epoch has
+        ended (they are gathered to be scored), this process's while it runs."""
         return dict(self._predictions)
 
     def _log_scores(self, stage: str) -> None:
@@ -137,6 +138,7 @@ class CaptioningTask(E2ETask):
             dist.all_gather_object(everyone, (predictions, references))
             predictions = {k: v for p, _ in everyone for k, v in p.items()}
             references = {k: v for _, r in everyone for k, v in r.items()}
+            self._predictions, self._references = predictions, references
             shared: list[Any] = [None]
             if dist.get_rank() == 0 and predictions:
                 shared[0] = caption_scores(predictions, references, self.meteor)

@@ -1,0 +1,127 @@
+"""The E2E-VLP tasks (pre-training, captioning, detection) trained and validated under a Lightning strategy.
+
+``tests/tasks/test_e2e_distributed.py`` imports this module for the single-process references and
+launches it as a script for the 2-process runs (gloo on the CPU), as ``distributed_run.py`` does for the
+ViLT tasks, whose trainer and helpers it reuses::
+
+    python tests/tasks/e2e_distributed_run.py {ddp,fsdp} --out results.pt
+
+Every run trains :data:`distributed_run.STEPS` steps on the same global batches (rank ``r`` of ``W``
+takes rows ``[r*B/W, (r+1)*B/W)``), then captioning and detection validate on two batches, each rank
+taking its half of each (equal shares: under FSDP2 every process must run the same forwards). The
+batches hold equal MLM and caption-token counts per row (:mod:`e2e_parts`), so the runs must match
+one process. Rank 0 writes a ``torch.save`` dict (``weights_only`` loadable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import distributed_run as run
+import e2e_parts as parts
+import torch
+from lightning import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from vlp.datamodules.schema import Batch
+
+KINDS = ("pretrain", "captioning", "detection")
+VAL_BATCHES = 2
+
+
+def make_task(kind: str, seed: int = run.INIT_SEED) -> Any:
+    make = {
+        "pretrain": parts.pretrain_task,
+        "captioning": parts.captioning_task,
+        "detection": parts.detection_task,
+    }
+    # AdamW's eps at 1e-6: a gradient that is float noise (the key biases of attention have none in
+    # exact arithmetic) would otherwise be normalised into a full-size step, different in every run
+    return make[kind](seed=seed, lr=run.LR, warmup=0.2, eps=1e-6)
+
+
+def slice_rows(batch: Batch, start: int, stop: int) -> Batch:
+    """Rows ``[start, stop)`` of every per-sample field, lists (targets, references) included."""
+    sliced: dict[str, Any] = {}
+    for f in fields(batch):
+        value = getattr(batch, f.name)
+        if isinstance(value, Tensor | list) and f.name != "skipped_keys":
+            sliced[f.name] = value[start:stop]
+    if batch.itm_image_index is not None:
+        sliced["itm_image_index"] = batch.itm_image_index[start:stop] - start
+    return replace(batch, **sliced)
+
+
+class RankRows(LightningDataModule):
+    """Training epoch ``e`` is this rank's rows of global batch ``e``; validation is this rank's rows of
+    every validation batch."""
+
+    def __init__(self, train: list[Batch], val: list[Batch]) -> None:
+        super().__init__()
+        self.train, self.val = train, val
+
+    def _rows(self, batch: Batch) -> Batch:
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        share = len(batch) // world
+        return slice_rows(batch, rank * share, (rank + 1) * share)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader([self._rows(self.train[self.trainer.current_epoch])], batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader([self._rows(batch) for batch in self.val], batch_size=None)
+
+
+def train_batches() -> list[Batch]:
+    return parts.e2e_batches(run.STEPS, size=run.GLOBAL_BATCH)
+
+
+def val_batches() -> list[Batch]:
+    return parts.e2e_batches(VAL_BATCHES, size=run.GLOBAL_BATCH, seed=12)
+
+
+def fit(kind: str, devices: int, strategy: Any) -> dict[str, Any]:
+    """Train ``kind`` (weights from a rank-dependent seed: the strategy must make rank 0's everyone's),
+    validate captioning and detection, return the global losses, metrics and full weights."""
+    recorder = run.LossRecorder()
+    trainer = run.make_trainer(devices=devices, strategy=strategy, callbacks=[recorder])
+    task = make_task(kind, seed=run.INIT_SEED + trainer.global_rank)
+    data = RankRows(train_batches(), val_batches())
+    trainer.fit(task, datamodule=data)
+    losses = torch.stack(recorder.losses)
+    if trainer.world_size > 1:
+        torch.distributed.all_reduce(losses)
+        losses = losses / trainer.world_size
+    result: dict[str, Any] = {"losses": losses.tolist()}
+    if kind != "pretrain":
+        trainer.validate(task, datamodule=data, verbose=False)
+        result["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if kind == "captioning":
+            result["predictions"] = task.predictions  # every process's, gathered for scoring
+    result["state"] = run.full_state_dict(task)
+    return result
+
+
+def run_all(devices: int, make_strategy: Any) -> dict[str, Any]:
+    return {kind: fit(kind, devices, make_strategy()) for kind in KINDS}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("mode", choices=["ddp", "fsdp"])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # two processes share two cores
+    make_strategy = (lambda: "ddp") if args.mode == "ddp" else (lambda: run.fsdp_strategy(2))
+    results = run_all(2, make_strategy)
+    if torch.distributed.get_rank() == 0:
+        torch.save(results, args.out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
