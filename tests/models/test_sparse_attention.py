@@ -65,24 +65,30 @@ def test_blocked_equals_dense_with_the_same_mask(kind: str, direction: str) -> N
             )
 
 
-def test_recomputed_backward_redraws_the_same_dropout() -> None:
-    """With attention dropout, recomputing backward gives the gradients of the graph that was kept."""
+@pytest.mark.parametrize("project", [False, True])
+def test_recomputed_backward_redraws_the_same_dropout(project: bool) -> None:
+    """With attention dropout, recomputing backward (with or without the fused output projection)
+    gives the gradients of the graph that was kept."""
     layout = padded_layout(4, (4, 4), "text_to_image", True)
     qkv = fused_qkv(layout.length, seed=3)
-    upstream = torch.randn(2, layout.length, 3, 8)
+    proj = nn.Linear(24, 24) if project else None
+    upstream = torch.randn(2, layout.length, 24) if project else torch.randn(2, layout.length, 3, 8)
+    pattern = SparsePattern("conv", kernel_size=3)
     results = []
     for recompute in (True, False):
         qkv.grad = None
         torch.manual_seed(7)
-        out = blocked_attention(
-            qkv, layout, SparsePattern("conv", kernel_size=3), 2, 0.5, recompute, chunks=3
-        )
+        out = blocked_attention(qkv, layout, pattern, 2, 0.5, recompute, chunks=3, proj=proj)
         (out * upstream).sum().backward()
-        results.append((out.detach(), qkv.grad.clone()))
+        grads = [qkv.grad.clone()] + ([p.grad.clone() for p in proj.parameters()] if proj else [])
+        if proj:
+            proj.zero_grad()
+        results.append((out.detach(), grads))
     torch.testing.assert_close(results[0][0], results[1][0])
-    torch.testing.assert_close(results[0][1], results[1][1])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
     torch.manual_seed(8)
-    other = blocked_attention(qkv, layout, SparsePattern("conv", kernel_size=3), 2, 0.5)
+    other = blocked_attention(qkv, layout, pattern, 2, 0.5, proj=proj)
     assert not torch.allclose(other, results[0][0])  # dropout really drew something
 
 

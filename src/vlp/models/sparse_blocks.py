@@ -80,7 +80,6 @@ class BlockPlan:
     rule: Tensor  # [blocks, Q, K]
     itself: Tensor  # [blocks, Q, K]
     image_order: Tensor | None  # [G]: raster token -> row of the block-major output; None: identity
-    query_raster: Tensor  # [blocks, Q] raster index of each block query (fill → 0)
     query_real: Tensor  # [blocks, Q] False for fill queries
 
 
@@ -146,7 +145,6 @@ def _block_plan(
         rule=allowed_pairs(query, key, layout, pattern) & (key >= 0),
         itself=((query == key) & (query >= 0)) | (query < 0),
         image_order=image_order,
-        query_raster=raster,
         query_real=real,
     )
 
