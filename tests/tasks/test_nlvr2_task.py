@@ -1,5 +1,5 @@
 import torch
-from finetune_parts import DIM, nlvr2_task, pair_batches, tiny_vilt, train_steps
+from finetune_parts import DIM, IMAGE, nlvr2_task, pair_batches, tiny_vilt, train_steps
 
 from vlp.models.heads import ClassifierHead
 from vlp.objectives import NLVR2Objective
@@ -79,3 +79,18 @@ def test_loss_falls_on_a_fixed_batch() -> None:
     batch = pair_batches()[0]
     losses = train_steps(task, [batch], 40)
     assert losses[-1] < 0.2 * losses[0]
+
+
+def test_a_label_only_the_right_image_gives_is_learnt() -> None:
+    """One statement for every pair, the truth set by the right image (dark or bright), the left one
+    noise: only the second pass (type 2) can tell."""
+    batch = pair_batches()[0]
+    size = len(batch)
+    label = torch.arange(size) % 2
+    batch.text_ids = batch.text_ids[:1].expand(size, -1).clone()
+    batch.text_mask = batch.text_mask[:1].expand(size, -1).clone()
+    batch.pixels_right = (2.0 * label - 1)[:, None, None, None] + 0.1 * torch.randn(size, 3, IMAGE, IMAGE)
+    batch.pair_labels = label
+    task = nlvr2_task()
+    train_steps(task, [batch], 40)
+    assert task.objectives["nlvr2"](task.forward_model(batch), batch).logs["nlvr2_acc"].item() == 1.0

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from finetune_parts import DIM, NUM_ANSWERS, tiny_vilt, train_steps, vqa_batches, vqa_task
+from finetune_parts import DIM, IMAGE, NUM_ANSWERS, tiny_vilt, train_steps, vqa_batches, vqa_task
 
 from vlp.models.heads import ClassifierHead, ITMHead
 from vlp.objectives import ITMObjective, VQAObjective
@@ -16,6 +16,22 @@ def test_loss_falls_and_the_vqa_score_rises_on_a_fixed_batch() -> None:
     assert losses[-1] < 0.3 * losses[0]  # soft targets of 1/3 keep the loss above ~0.6
     after = task.objectives["vqa"](task.forward_model(batch), batch).logs["vqa_score"]
     assert after.item() == pytest.approx(1.0) and before.item() < 0.5  # every top answer has full credit
+
+
+def test_answers_only_the_image_can_give_are_learnt() -> None:
+    """One question for every row, the answer set by the image (dark or bright): only a model that
+    reads the image through the fusion encoder can score above 0.5."""
+    batch = vqa_batches()[0]
+    size = len(batch)
+    label = torch.arange(size) % 2
+    batch.text_ids = batch.text_ids[:1].expand(size, -1).clone()
+    batch.text_mask = batch.text_mask[:1].expand(size, -1).clone()
+    noise = 0.1 * torch.randn(size, 3, IMAGE, IMAGE)
+    batch.pixels = (2.0 * label - 1)[:, None, None, None] + noise
+    batch.answers = torch.nn.functional.one_hot(label, NUM_ANSWERS).float()
+    task = vqa_task()
+    train_steps(task, [batch], 40)
+    assert task.objectives["vqa"](task.forward_model(batch), batch).logs["vqa_score"].item() == 1.0
 
 
 def test_the_answer_head_gets_its_learning_rate_multiplier() -> None:
