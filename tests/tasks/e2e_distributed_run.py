@@ -42,7 +42,8 @@ def make_task(kind: str, seed: int = run.INIT_SEED) -> Any:
     }
     # AdamW's eps at 1e-6: a gradient that is float noise (the key biases of attention have none in
     # exact arithmetic) would otherwise be normalised into a full-size step, different in every run
-    return make[kind](seed=seed, lr=run.LR, warmup=0.2, eps=1e-6)
+    # ViT patches: no BatchNorm, whose batch statistics would differ between one process and two
+    return make[kind](seed=seed, visual="patch", lr=run.LR, warmup=0.2, eps=1e-6)
 
 
 def slice_rows(batch: Batch, start: int, stop: int) -> Batch:

@@ -1,9 +1,9 @@
 """Tiny E2E-VLP tasks (pre-training, captioning, detection) and fixed batches for them.
 
 Shared by the E2E task tests and by ``e2e_distributed_run.py`` (imported there as a plain module). The
-grid comes from timm's ``test_resnet`` (stride 32: a 2x2 grid at 64 px) with frozen BatchNorm (batch
-statistics would differ between one process and two); dropout is off, so a forward pass is a function
-of the weights and the batch. The text vocabulary covers the bundled tokenizer's
+grid comes from timm's ``test_resnet`` (stride 32: a 2x2 grid at 64 px); dropout is off, so a forward
+pass is a function of the weights and the batch (and, through the CNN's BatchNorm, of the batch's
+other images). The text vocabulary covers the bundled tokenizer's
 first real words (ids 1996-2099: "the", "of", "and" ...) so generated captions decode to words, with
 its ``[CLS]`` (101) / ``[SEP]`` (102) / ``[PAD]`` (0) as BOS / EOS / padding.
 
@@ -21,7 +21,7 @@ import torch
 from vlp.datamodules.schema import Batch, Targets
 from vlp.models.decoder import TransformerDecoder
 from vlp.models.e2e_vlp import E2EVLP, PosTransformerEncoder
-from vlp.models.embedders import CNNGridEmbedder
+from vlp.models.embedders import CNNGridEmbedder, ViTPatchEmbedder
 from vlp.models.heads import DetectionHead, ITMHead, MLMHead
 from vlp.models.text import TextEmbedder
 from vlp.objectives import CaptioningObjective, DetectionObjective, ITMObjective, MLMObjective
@@ -40,12 +40,19 @@ NUM_ATTRIBUTES = 2
 BOXES = 2
 
 
-def tiny_e2e(seed: int | None = 0, decoder: bool = True) -> E2EVLP:
+def tiny_e2e(seed: int | None = 0, decoder: bool = True, visual: str = "grid") -> E2EVLP:
+    """``visual="patch"``: ViT patches instead of the CNN grid, for runs that must not depend on how a
+    batch is split (the CNN's BatchNorm normalises by the statistics of each process's rows)."""
     if seed is not None:
         torch.manual_seed(seed)
+    embedder = (
+        CNNGridEmbedder(dim=DIM, backbone="test_resnet")
+        if visual == "grid"
+        else ViTPatchEmbedder(dim=DIM, patch_size=16, pos_grid=4)
+    )
     return E2EVLP(
         TextEmbedder(vocab_size=VOCAB, dim=DIM, max_len=16),
-        CNNGridEmbedder(dim=DIM, backbone="test_resnet", freeze_bn=True),  # batch statistics: per process
+        embedder,
         PosTransformerEncoder(dim=DIM, depth=2, num_heads=4),
         TransformerDecoder(dim=DIM, depth=2, num_heads=4) if decoder else None,
         num_queries=5,
@@ -56,8 +63,8 @@ def detection_objective() -> DetectionObjective:
     return DetectionObjective(DetectionHead(DIM, NUM_CLASSES, NUM_ATTRIBUTES))
 
 
-def pretrain_task(seed: int | None = 0, **kwargs: Any) -> E2EPretrainTask:
-    model = tiny_e2e(seed)
+def pretrain_task(seed: int | None = 0, visual: str = "grid", **kwargs: Any) -> E2EPretrainTask:
+    model = tiny_e2e(seed, visual=visual)
     objectives = {
         "mlm": MLMObjective(MLMHead(DIM, vocab_size=VOCAB)),
         "itm": ITMObjective(ITMHead(DIM)),
@@ -67,14 +74,14 @@ def pretrain_task(seed: int | None = 0, **kwargs: Any) -> E2EPretrainTask:
     return E2EPretrainTask(model, objectives, **kwargs)
 
 
-def captioning_task(seed: int | None = 0, **kwargs: Any) -> CaptioningTask:
+def captioning_task(seed: int | None = 0, visual: str = "grid", **kwargs: Any) -> CaptioningTask:
     kwargs.setdefault("max_caption_len", CAPTION_LEN + 2)
     kwargs.setdefault("meteor", False)  # no Java process per evaluation in the fast tests
-    return CaptioningTask(tiny_e2e(seed), {"caption": CaptioningObjective()}, **kwargs)
+    return CaptioningTask(tiny_e2e(seed, visual=visual), {"caption": CaptioningObjective()}, **kwargs)
 
 
-def detection_task(seed: int | None = 0, **kwargs: Any) -> DetectionTask:
-    return DetectionTask(tiny_e2e(seed), {"detection": detection_objective()}, **kwargs)
+def detection_task(seed: int | None = 0, visual: str = "grid", **kwargs: Any) -> DetectionTask:
+    return DetectionTask(tiny_e2e(seed, visual=visual), {"detection": detection_objective()}, **kwargs)
 
 
 def e2e_batches(steps: int = 1, size: int = 8, seed: int = 11) -> list[Batch]:

@@ -82,6 +82,10 @@ def test_captioning_learns_and_decodes_its_captions() -> None:
     tokenizer = parts_tokenizer()
     expected = tokenizer.batch_decode(batch.caption_ids, skip_special_tokens=True)
     assert generated == expected  # memorised: greedy decoding returns each image's own caption
+    task.num_beams = 3
+    assert task.generate(batch.pixels, batch.pixel_mask) == expected  # and so does beam search
+    other = task.generate(batch.pixels.flip(0), batch.pixel_mask)
+    assert other == expected[::-1]  # the caption follows the image
 
 
 def parts_tokenizer() -> Any:
