@@ -41,7 +41,7 @@ def test_geometry_never_looks_below_a_causal_block(kind: str, direction: str, ex
 def test_each_block_holds_all_keys_its_queries_may_see(kind: str, direction: str, block: int) -> None:
     """Per query, the allowed keys of its block are exactly the row of the dense mask."""
     pattern = SparsePattern(kind, context=1, kernel_size=3)
-    plan = block_plan(2, (4, 5), direction, False, pattern, block, torch.device("cpu"))
+    plan = block_plan(2, (4, 5), direction, False, pattern, block, 3, torch.device("cpu"))
     dense = pattern_mask(kind, (4, 5), 2, direction, source_first=False, context=1, kernel_size=3)[0, 0]
     mask = padded(plan.rule, plan.itself, plan.key_index, None)[0]
     seen = torch.zeros_like(dense)
@@ -62,3 +62,18 @@ def test_padding_masks_keys_but_not_the_query_itself() -> None:
     key_mask = torch.tensor([[True, False, True]])
     out = padded(rule, itself, torch.tensor([[0, 1, 2]]), key_mask)
     assert out.tolist() == [[[[True, True, False]]]]  # key 1 is padded but it is the query itself
+
+
+def test_chunks_partition_the_blocks_and_read_the_right_rows() -> None:
+    plan = block_plan(
+        3, (5, 5), "text_to_image", True, SparsePattern("conv", kernel_size=3), 2, 4, torch.device("cpu")
+    )
+    assert [chunk.blocks for chunk in plan.chunks] == [slice(0, 2), slice(2, 4), slice(4, 7), slice(7, 9)]
+    for chunk in plan.chunks:
+        queries, keys = plan.query_index[chunk.blocks].flatten(), plan.key_index[chunk.blocks].flatten()
+        assert torch.equal(chunk.query_rows, 3 * queries) and torch.equal(chunk.output_rows, queries)
+        assert torch.equal(chunk.key_rows, 3 * keys + 1) and torch.equal(chunk.value_rows, 3 * keys + 2)
+        real = plan.query_real[chunk.blocks].flatten()
+        assert (chunk.real is None) == bool(real.all())  # 2 x 2 tiles over 5 x 5 leave fill cells
+    with pytest.raises(ValueError, match="chunks"):
+        block_plan(3, (5, 5), "text_to_image", True, SparsePattern("row"), None, 0, torch.device("cpu"))

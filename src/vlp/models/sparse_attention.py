@@ -14,7 +14,10 @@ of the same attention, both on ``F.scaled_dot_product_attention``:
 
 By default (``recompute``) backward keeps only the fused ``qkv`` and the small masks, gathers and
 attends again chunk by chunk, and adds each chunk's gradients into one ``d qkv`` buffer by index
-(:class:`RecomputedBlockedAttention`), as a fused attention kernel recomputes its scores.
+(:class:`RecomputedBlockedAttention`), as a fused attention kernel recomputes its scores. Given the
+output projection, it also regenerates the projection's input there instead of keeping it, so a
+:class:`SparseSelfAttention` layer keeps its input and ``qkv`` (dense SDPA also keeps its output,
+its ``[B, 1, N, N]`` mask converted to float, and the projection's input).
 
 ``torch.nn.attention.flex_attention`` would express the same masks as a ``BlockMask``, but in this
 torch (2.14) on CPU it has no backward ("FlexAttention does not support backward on CPU"), so
@@ -28,7 +31,6 @@ in a :class:`~vlp.models.transformer.Block`: the block hands its second argument
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from vlp.models.sparse_blocks import BlockPlan, block_plan, padded
+from vlp.models.sparse_blocks import BlockPlan, Chunk, block_plan, padded
 from vlp.models.sparse_patterns import ImageTextLayout, PatternKind, SparsePattern, pattern_mask
 
 Implementation = Literal["blocked", "dense"]
@@ -97,41 +99,31 @@ def attend_blocks(
     return out.transpose(1, 2).reshape(batch, blocks * queries, heads, head_dim)
 
 
-def gather(qkv: Tensor, slot: int, positions: Tensor) -> Tensor:
-    """``qkv[:, positions, slot]`` (0 = q, 1 = k, 2 = v) → ``[B, *positions.shape, H, d]``.
+def read_rows(qkv: Tensor, rows: Tensor, blocks: int) -> Tensor:
+    """Rows of the fused projection ``qkv [B, N, 3, H, d]`` viewed ``[B, 3 N, C]`` → ``[B, blocks, L, H, d]``.
 
-    One ``index_select`` over the rows of the fused projection: several times faster on CPU than
-    advanced indexing, which walks the index element by element.
+    One ``index_select`` with indices computed once per geometry (:class:`~vlp.models.sparse_blocks.Chunk`):
+    several times faster on CPU than advanced indexing.
     """
     batch, length, _, heads, head_dim = qkv.shape
-    offsets = torch.arange(batch, device=qkv.device).view(-1, *[1] * positions.dim()) * length
-    rows = ((offsets + positions) * 3 + slot).flatten()
-    return (
-        qkv.reshape(-1, heads * head_dim).index_select(0, rows).view(batch, *positions.shape, heads, head_dim)
-    )
+    flat = qkv.reshape(batch, 3 * length, heads * head_dim)
+    return flat.index_select(1, rows).view(batch, blocks, -1, heads, head_dim)
 
 
-def chunk_ranges(blocks: int, chunks: int) -> list[slice]:
-    """``chunks`` (at most ``blocks``) consecutive ranges of blocks, sizes differing by at most one."""
-    chunks = max(1, min(chunks, blocks))
-    bounds = [round(i * blocks / chunks) for i in range(chunks + 1)]
-    return [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
+def chunk_blocks(qkv: Tensor, chunk: Chunk) -> list[Tensor]:
+    """The query, key and value blocks of one chunk, each ``[B, blocks, L, H, d]``."""
+    blocks = chunk.blocks.stop - chunk.blocks.start
+    return [read_rows(qkv, rows, blocks) for rows in (chunk.query_rows, chunk.key_rows, chunk.value_rows)]
 
 
 def blocked_forward(
-    qkv: Tensor,
-    text_mask: Tensor | None,
-    image_mask: Tensor,
-    plan: BlockPlan,
-    dropout_p: float,
-    chunks: int,
+    qkv: Tensor, text_mask: Tensor | None, image_mask: Tensor, plan: BlockPlan, dropout_p: float
 ) -> Tensor:
-    """Text queries, then the image blocks ``chunks`` groups at a time → ``[B, N, H, d]``."""
-    outs = []
-    for chunk in chunk_ranges(plan.query_index.shape[0], chunks):
-        query_index, key_index = plan.query_index[chunk], plan.key_index[chunk]
-        blocks = gather(qkv, 0, query_index), gather(qkv, 1, key_index), gather(qkv, 2, key_index)
-        outs.append(attend_blocks(*blocks, image_mask[:, chunk], dropout_p))
+    """The image blocks one chunk at a time, then the text queries → ``[B, N, H, d]``."""
+    outs = [
+        attend_blocks(*chunk_blocks(qkv, chunk), image_mask[:, chunk.blocks], dropout_p)
+        for chunk in plan.chunks
+    ]
     image = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
     if plan.image_order is not None:
         image = image.index_select(1, plan.image_order)
@@ -164,12 +156,11 @@ class RecomputedBlockedAttention(torch.autograd.Function):
         image_mask: Tensor,
         plan: BlockPlan,
         dropout_p: float,
-        chunks: int,
     ) -> Tensor:
-        ctx.plan, ctx.dropout_p, ctx.chunks, ctx.has_bias = plan, dropout_p, chunks, bias is not None
+        ctx.plan, ctx.dropout_p, ctx.has_bias = plan, dropout_p, bias is not None
         ctx.rng = rng_state(qkv.device) if dropout_p > 0 else None
         ctx.save_for_backward(qkv, weight, text_mask, image_mask)
-        out = blocked_forward(qkv, text_mask, image_mask, plan, dropout_p, chunks)
+        out = blocked_forward(qkv, text_mask, image_mask, plan, dropout_p)
         return out if weight is None else F.linear(out.flatten(2), weight, bias)
 
     @staticmethod
@@ -196,26 +187,28 @@ class RecomputedBlockedAttention(torch.autograd.Function):
 
         image_grad = grad[:, plan.image]
         queries = plan.query_index.shape[1]
+        grad_rows = grad_qkv.view(qkv.shape[0], 3 * qkv.shape[1], -1)  # [B, 3 N, C], as read_rows reads
         devices = [qkv.device] if qkv.device.type == "cuda" else []
         with torch.random.fork_rng(devices, enabled=ctx.rng is not None):
             if ctx.rng is not None:
                 set_rng_state(qkv.device, ctx.rng)
-            for chunk in chunk_ranges(plan.query_index.shape[0], ctx.chunks):  # the forward's order
-                indices = (plan.query_index[chunk], plan.key_index[chunk], plan.key_index[chunk])
+            for chunk in plan.chunks:  # the forward's order
                 # this chunk's output gradient in block-major order; fill queries get none
                 if plan.image_order is None:  # block-major order is the raster order
-                    chunk_grad = image_grad[:, chunk.start * queries : chunk.stop * queries]
+                    chunk_grad = image_grad[:, chunk.blocks.start * queries : chunk.blocks.stop * queries]
                 else:  # rows of the output gradient by sequence position (it may be a broadcast view)
-                    real = plan.query_real[chunk].flatten().view(-1, *[1] * (grad.dim() - 2))
-                    chunk_grad = grad[:, indices[0].flatten()] * real
-                blocks = [gather(qkv, slot, index).requires_grad_() for slot, index in enumerate(indices)]
-                mask = image_mask[:, chunk]
+                    chunk_grad = grad[:, chunk.output_rows]
+                    if chunk.real is not None:
+                        chunk_grad = chunk_grad * chunk.real.view(-1, *[1] * (grad.dim() - 2))
+                blocks = [block.requires_grad_() for block in chunk_blocks(qkv, chunk)]
+                mask = image_mask[:, chunk.blocks]
                 block_grads = input_grads(
                     blocks, lambda *b, m=mask: attend_blocks(*b, m, ctx.dropout_p), chunk_grad
                 )
-                del blocks, chunk_grad  # before the next chunk is gathered
-                for total, index, block_grad in zip((dq, dk, dv), indices, block_grads):
-                    total.index_add_(1, index.flatten(), block_grad.flatten(1, 2))
+                del blocks, chunk_grad  # before the next chunk is read
+                rows = (chunk.query_rows, chunk.key_rows, chunk.value_rows)
+                for index, block_grad in zip(rows, block_grads):
+                    grad_rows.index_add_(1, index, block_grad.flatten(1, 2).flatten(2))
                 del block_grads
             if text_mask is not None:
                 text, keys = plan.text, plan.text_keys
@@ -231,7 +224,7 @@ class RecomputedBlockedAttention(torch.autograd.Function):
                 dq[:, text] += text_grads[0]
                 dk[:, keys] += text_grads[1]
                 dv[:, keys] += text_grads[2]
-        return grad_qkv, grad_weight, grad_bias, None, None, None, None, None
+        return grad_qkv, grad_weight, grad_bias, None, None, None, None
 
 
 def rng_state(device: torch.device) -> Tensor:
@@ -263,14 +256,11 @@ def blocked_attention(
     attended at a time, ``recompute`` whether backward recomputes (:class:`RecomputedBlockedAttention`)
     instead of keeping the gathered blocks and the projection's input; none of them changes the result.
     """
-    if chunks < 1:
-        raise ValueError(f"chunks must be >= 1, got {chunks}")
     if pattern.kind == "dense":
         out = dense_pattern_attention(qkv, layout, pattern, dropout_p)
         return out if proj is None else proj(out.flatten(2))
-    plan = block_plan(
-        layout.text_len, tuple(layout.grid), layout.direction, layout.source_first, pattern, block, qkv.device
-    )
+    geometry = (layout.text_len, tuple(layout.grid), layout.direction, layout.source_first)
+    plan = block_plan(*geometry, pattern, block, chunks, qkv.device)
     key_mask = None if layout.key_mask is None else layout.key_mask.to(qkv.device)
     text_mask = None
     if layout.text_len:
@@ -279,10 +269,8 @@ def blocked_attention(
     needs_grad = qkv.requires_grad or (proj is not None and any(p.requires_grad for p in proj.parameters()))
     if recompute and torch.is_grad_enabled() and needs_grad:
         weight, bias = (None, None) if proj is None else (proj.weight, proj.bias)
-        return RecomputedBlockedAttention.apply(
-            qkv, weight, bias, text_mask, image_mask, plan, dropout_p, chunks
-        )
-    out = blocked_forward(qkv, text_mask, image_mask, plan, dropout_p, chunks)
+        return RecomputedBlockedAttention.apply(qkv, weight, bias, text_mask, image_mask, plan, dropout_p)
+    out = blocked_forward(qkv, text_mask, image_mask, plan, dropout_p)
     return out if proj is None else proj(out.flatten(2))
 
 

@@ -12,6 +12,7 @@ cell there comes later in the raster). The positions are computed once per geome
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,19 @@ def to_blocks(x: Tensor, tile: tuple[int, int], halo: tuple[int, int, int, int],
 
 
 @dataclass(frozen=True)
+class Chunk:
+    """Consecutive blocks attended together, with the rows they read of the fused projection viewed
+    as ``[B, 3 N, C]`` (row ``3 n + s`` is slot ``s`` = q, k, v of position ``n``)."""
+
+    blocks: slice
+    query_rows: Tensor  # [blocks * Q]
+    key_rows: Tensor  # [blocks * K]
+    value_rows: Tensor  # [blocks * K]
+    output_rows: Tensor  # [blocks * Q] sequence position of each query (fill → 0)
+    real: Tensor | None  # [blocks * Q]: False for fill queries; None when there are none
+
+
+@dataclass(frozen=True)
 class BlockPlan:
     """Where each block reads and what it may see, for one geometry and pattern (no padding).
 
@@ -81,6 +95,7 @@ class BlockPlan:
     itself: Tensor  # [blocks, Q, K]
     image_order: Tensor | None  # [G]: raster token -> row of the block-major output; None: identity
     query_real: Tensor  # [blocks, Q] False for fill queries
+    chunks: tuple[Chunk, ...]  # the blocks in consecutive groups, attended one group at a time
 
 
 @functools.lru_cache(maxsize=64)
@@ -91,15 +106,26 @@ def block_plan(
     source_first: bool,
     pattern: SparsePattern,
     block: int | None,
+    chunks: int,
     device: torch.device,
 ) -> BlockPlan:
-    """The :class:`BlockPlan` of a layout geometry (blocks as in :func:`block_geometry`).
+    """The :class:`BlockPlan` of a layout geometry (blocks as in :func:`block_geometry`), its blocks
+    split into ``chunks`` consecutive groups (at most one per block, sizes differing by at most one).
 
     Built outside inference mode even when called inside it: the cached index tensors must stay
     usable by a later training step (autograd refuses to save inference tensors).
     """
+    if chunks < 1:
+        raise ValueError(f"chunks must be >= 1, got {chunks}")
     with torch.inference_mode(False):
-        return _block_plan(text_len, grid, direction, source_first, pattern, block, device)
+        return _block_plan(text_len, grid, direction, source_first, pattern, block, chunks, device)
+
+
+def chunk_ranges(blocks: int, chunks: int) -> list[slice]:
+    """``chunks`` (at most ``blocks``) consecutive ranges of blocks, sizes differing by at most one."""
+    chunks = max(1, min(chunks, blocks))
+    bounds = [round(i * blocks / chunks) for i in range(chunks + 1)]
+    return [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
 
 
 def _block_plan(
@@ -109,6 +135,7 @@ def _block_plan(
     source_first: bool,
     pattern: SparsePattern,
     block: int | None,
+    chunks: int,
     device: torch.device,
 ) -> BlockPlan:
     layout = ImageTextLayout(text_len, grid, direction, source_first)
@@ -133,6 +160,21 @@ def _block_plan(
     if query_pos.numel() != layout.image_len or not bool((raster.flatten() == flat).all()):
         image_order = torch.empty(layout.image_len, dtype=torch.long, device=device)
         image_order[raster.flatten()[real.flatten()]] = flat[real.flatten()]
+    query_index, key_index = query_pos.clamp(min=0), key_pos.clamp(min=0)
+    groups = []
+    for blocks in chunk_ranges(query_pos.shape[0], chunks):
+        queries, keys = query_index[blocks].flatten(), key_index[blocks].flatten()
+        fill = not bool(real[blocks].all())
+        groups.append(
+            Chunk(
+                blocks=blocks,
+                query_rows=3 * queries,
+                key_rows=3 * keys + 1,
+                value_rows=3 * keys + 2,
+                output_rows=queries,
+                real=real[blocks].flatten() if fill else None,
+            )
+        )
     return BlockPlan(
         text=text,
         text_keys=text_keys,
@@ -140,12 +182,13 @@ def _block_plan(
         text_itself=text_q == text_k,
         image=image,
         text_first=layout.text_start == 0,
-        query_index=query_pos.clamp(min=0),
-        key_index=key_pos.clamp(min=0),
+        query_index=query_index,
+        key_index=key_index,
         rule=allowed_pairs(query, key, layout, pattern) & (key >= 0),
         itself=((query == key) & (query >= 0)) | (query < 0),
         image_order=image_order,
         query_real=real,
+        chunks=tuple(groups),
     )
 
 
