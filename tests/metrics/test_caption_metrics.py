@@ -43,6 +43,7 @@ def test_partial_match_has_the_hand_computed_bleu_1_and_rouge_l() -> None:
     assert scores["rouge_l"] == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow  # each scorer starts a JVM that loads Meteor's paraphrase tables: about a minute here
 @pytest.mark.skipif(not java_available(), reason="METEOR is a Java program")
 def test_meteor_runs_through_java() -> None:
     same = caption_scores({k: v[0] for k, v in REFS.items()}, REFS, meteor=True)
