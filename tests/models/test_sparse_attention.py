@@ -258,3 +258,22 @@ def test_blocked_path_never_builds_the_full_mask(kind: str, monkeypatch: pytest.
     layout = padded_layout(4, (4, 4), "text_to_image", True)
     module = SparseSelfAttention(16, 2, kind, kernel_size=3)
     module(torch.randn(2, layout.length, 16, requires_grad=True), layout).sum().backward()
+
+
+def test_bf16_autocast_trains_close_to_dense() -> None:
+    layout = padded_layout(4, (4, 4), "text_to_image", True)
+    x = torch.randn(2, layout.length, 16)
+    blocked = SparseSelfAttention(16, 2, "conv", kernel_size=3)
+    dense = SparseSelfAttention(16, 2, "conv", kernel_size=3, implementation="dense")
+    dense.load_state_dict(blocked.state_dict())
+    outs = []
+    for module in (blocked, dense):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(x, layout)
+        assert out.dtype == torch.bfloat16
+        out.float().square().sum().backward()
+        outs.append(out.float())
+    assert blocked.proj.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(outs[0], outs[1], atol=2e-2, rtol=2e-2)
+    for a, b in zip(blocked.parameters(), dense.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=5e-2, rtol=5e-2)

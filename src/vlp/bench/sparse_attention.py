@@ -26,6 +26,12 @@ input are not counted and the figure does not depend on how glibc keeps freed pa
 
 The last two lines are ``speedup: S`` (dense schedule's median time ÷ blocked schedule's) and
 ``memory: M`` (blocked schedule's peak ÷ dense schedule's peak).
+
+Threads: the blocked kernels run some tens of small parallel regions per layer where dense runs one
+big SDPA call. On a host whose cores other processes also use, OpenMP's spinning barrier waits make
+every region expensive and the time column then measures contention: pass ``--threads 1`` or set
+``OMP_WAIT_POLICY=PASSIVE`` there (on this project's shared 2-core machine the blocked schedule went
+from 0.9x dense with 2 spinning threads to 1.7x with passive waits and 1.8x with one thread).
 """
 
 from __future__ import annotations

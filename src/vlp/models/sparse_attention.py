@@ -181,8 +181,10 @@ class RecomputedBlockedAttention(torch.autograd.Function):
             with torch.enable_grad():
                 out = attend(*inputs)  # [B, L, H, d]
             if grad_weight is not None:  # grad_rows: [B, L, D] of the projected output
-                grad_weight.add_(grad_rows.flatten(0, 1).T @ out.detach().flatten(2).flatten(0, 1))
-                grad_rows = (grad_rows @ weight).view_as(out)
+                # backward runs outside autocast: match the dtypes the forward's F.linear used
+                attended = out.detach().flatten(2).flatten(0, 1).to(grad_rows.dtype)
+                grad_weight.add_(grad_rows.flatten(0, 1).T @ attended)
+                grad_rows = (grad_rows @ weight.to(grad_rows.dtype)).view_as(out).to(out.dtype)
             return torch.autograd.grad(out, inputs, grad_rows)
 
         image_grad = grad[:, plan.image]
