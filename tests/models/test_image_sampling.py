@@ -1,0 +1,152 @@
+"""ERNIE-ViLG generation: logit filters, cached == uncached sampling and captioning, reranking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlp.models.ernie_vilg import ERNIEViLG
+from vlp.models.image_sampling import (
+    caption_images,
+    filter_logits,
+    generate_images,
+    prompt_log_likelihood,
+    rerank,
+    sample_image_codes,
+)
+
+VOCAB, CODES, GRID = 12, 8, (3, 3)
+BOS, EOS = 1, 2
+
+
+def tiny(patterns: list[str] | None = None, seed: int = 0) -> ERNIEViLG:
+    torch.manual_seed(seed)
+    return ERNIEViLG(
+        vocab_size=VOCAB,
+        num_codes=CODES,
+        grid=GRID,
+        dim=32,
+        depth=4,
+        num_heads=4,
+        max_text_len=8,
+        patterns=patterns,
+        kernel_size=3,
+    ).eval()
+
+
+def test_top_k_keeps_exactly_the_k_largest() -> None:
+    logits = torch.tensor([[0.1, 2.0, -1.0, 3.0, 0.5], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    kept = torch.isfinite(filter_logits(logits, top_k=2))
+    assert kept.tolist() == [[False, True, False, True, False], [True, True, False, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_k=10)).all()
+
+
+def test_top_p_keeps_the_smallest_nucleus() -> None:
+    probs = torch.tensor([[0.05, 0.5, 0.15, 0.3]])
+    logits = probs.log()
+    kept = lambda p: torch.isfinite(filter_logits(logits, top_p=p)).tolist()[0]  # noqa: E731
+    assert kept(0.4) == [False, True, False, False]  # 0.5 alone reaches 0.4
+    assert kept(0.75) == [False, True, False, True]  # 0.5 + 0.3
+    assert kept(0.9) == [False, True, True, True]  # 0.5 + 0.3 + 0.15
+    assert kept(1.0) == [True, True, True, True]
+    assert kept(0.01) == [False, True, False, False]  # the most probable token always stays
+    # top-k first, then the nucleus of what is left
+    assert torch.isfinite(filter_logits(logits, top_k=3, top_p=0.9)).tolist()[0] == [False, True, True, True]
+    with pytest.raises(ValueError, match="top_p"):
+        filter_logits(logits, top_p=0.0)
+
+
+@pytest.mark.parametrize("patterns", [["dense"] * 4, None])
+def test_cached_sampling_equals_uncached_under_the_same_seed(patterns: list[str] | None) -> None:
+    model = tiny(patterns)
+    text = torch.tensor([[BOS, 5, 6, 7, EOS], [BOS, 8, EOS, 0, 0]])
+    mask = text != 0
+    runs = [
+        sample_image_codes(
+            model, text, mask, temperature=1.5, top_k=6, top_p=0.95,
+            generator=torch.Generator().manual_seed(3), use_cache=cached,
+        )
+        for cached in (True, False)
+    ]  # fmt: skip
+    assert torch.equal(runs[0], runs[1])
+    other = sample_image_codes(model, text, mask, temperature=1.5, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(other, runs[0])  # the draws depend on the generator
+
+
+def test_low_temperature_sampling_is_greedy() -> None:
+    model = tiny()
+    text = torch.tensor([[BOS, 5, 6, EOS]])
+    codes = sample_image_codes(model, text, temperature=1e-4, generator=torch.Generator().manual_seed(0))
+    states = model(text, None, codes, "text_to_image").image_states
+    assert torch.equal(model.image_logits(states).argmax(-1), codes)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_cached_captioning_equals_uncached(num_beams: int) -> None:
+    model = tiny()
+    codes = torch.randint(0, CODES, (2, 9), generator=torch.Generator().manual_seed(0))
+    outs = [
+        caption_images(model, codes, BOS, EOS, 0, max_len=7, num_beams=num_beams, use_cache=cached)
+        for cached in (True, False)
+    ]
+    assert torch.equal(outs[0].sequences, outs[1].sequences)
+    torch.testing.assert_close(outs[0].log_probs, outs[1].log_probs, rtol=1e-4, atol=1e-4)
+
+
+def test_prompt_log_likelihood_sums_the_real_target_tokens() -> None:
+    model = tiny()
+    codes = torch.randint(0, CODES, (2, 9), generator=torch.Generator().manual_seed(1))
+    text = torch.tensor([[BOS, 5, 6, EOS], [BOS, 7, EOS, 0]])
+    mask = text != 0
+    got = prompt_log_likelihood(model, codes, text, mask)
+    log_probs = model.text_logits(model(text, mask, codes, "image_to_text").text_states).log_softmax(-1)
+    expected = [
+        sum(log_probs[row, t, text[row, t + 1]] for t in range(int(mask[row].sum()) - 1)) for row in range(2)
+    ]
+    torch.testing.assert_close(got, torch.stack(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_rerank_picks_the_candidate_the_prompt_is_most_likely_under() -> None:
+    """Train image→text on "an all-k image is captioned with word 3 + k"; then the candidate grid
+    matching a prompt must be the one reranking keeps."""
+    torch.manual_seed(0)
+    model = tiny().train()
+    grids = torch.arange(4)[:, None].expand(4, 9).contiguous()
+    captions = torch.stack([torch.tensor([BOS, 3 + k, EOS]) for k in range(4)])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        states = model(captions, None, grids, "image_to_text").text_states[:, :-1]
+        loss = torch.nn.functional.cross_entropy(
+            model.text_logits(states).flatten(0, 1), captions[:, 1:].flatten()
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    candidates = grids[None].expand(2, 4, 9)  # every grid is a candidate for both prompts
+    prompts = captions[[2, 1]]
+    scores = prompt_log_likelihood(model, candidates.flatten(0, 1), prompts.repeat_interleave(4, 0)).view(
+        2, 4
+    )
+    picked = rerank(candidates, scores)
+    assert picked.best_index.tolist() == [2, 1]
+    assert torch.equal(picked.best, grids[[2, 1]])
+
+
+def test_generate_images_ranks_its_candidates_by_the_scorer() -> None:
+    model = tiny()
+    text = torch.tensor([[BOS, 5, 6, EOS], [BOS, 7, EOS, 0]])
+    mask = text != 0
+    out = generate_images(model, text, mask, num_candidates=3, generator=torch.Generator().manual_seed(0))
+    assert out.codes.shape == (2, 3, 9)
+    expected = prompt_log_likelihood(
+        model, out.codes.flatten(0, 1), text.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)
+    ).view(2, 3)
+    torch.testing.assert_close(out.scores, expected)
+    assert torch.equal(out.best_index, expected.argmax(1))
+    # any scorer (an ITM head) can replace the likelihood: here the candidate with the most code-0 cells
+    most_zeros = generate_images(
+        model, text, mask, num_candidates=3, generator=torch.Generator().manual_seed(0),
+        scorer=lambda codes, ids, m: (codes == 0).sum(1).float(),
+    )  # fmt: skip
+    assert torch.equal(most_zeros.best_index, (out.codes == 0).sum(2).argmax(1))
