@@ -6,12 +6,14 @@ from vlp.tasks.e2e_pretrain import E2EPretrainTask
 from vlp.tasks.nlvr2 import NLVR2Task
 from vlp.tasks.pretrain import PretrainTask
 from vlp.tasks.retrieval import RetrievalTask
+from vlp.tasks.text_to_image import ERNIEViLGTask
 from vlp.tasks.vqa import VQATask
 
 __all__ = [
     "CaptioningTask",
     "DetectionTask",
     "E2EPretrainTask",
+    "ERNIEViLGTask",
     "NLVR2Task",
     "PretrainTask",
     "RetrievalTask",

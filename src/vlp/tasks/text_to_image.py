@@ -1,0 +1,391 @@
+"""ERNIE-ViLG pre-training: text→image and image→text LM in one step, optionally end to end.
+
+The task holds an :class:`~vlp.models.ernie_vilg.ERNIEViLG` and a VQGAN (:class:`vlp.models.vqgan.VQGAN`,
+given as a module or read from a ``VQGANTask`` checkpoint). Each step the frozen VQGAN encodes the
+batch's images into code ids (unless the batch carries ``image_codes`` already), then one pass per
+direction the active objectives read (views ``"text_to_image"``, ``"image_to_text"``) runs over the
+same transformer; the loss is ``sum(weight * objective)`` with real weights.
+
+**Two-stage vs end-to-end.** Two-stage (the default) trains the generator on frozen VQGAN codes.
+End-to-end adds a :class:`~vlp.objectives.ReconstructionObjective` with a non-zero weight: the
+image-slot states of the text→image pass are mapped into the codebook space and decoded by the VQGAN
+decoder, and the pixel loss trains the generator (and the decoder too with ``train_decoder``). With
+that objective absent or weighted 0, :attr:`ERNIEViLG.to_codebook` gets no gradient and is frozen.
+
+**Evaluation.** Validation/test log the losses and decode a caption for every image (greedy, or beam
+search with ``num_beams > 1``) scored against all references at the epoch's end
+(:func:`vlp.metrics.captioning.caption_scores`: ``val/bleu_4``, ``val/cider`` ...), gathered across
+processes as :class:`~vlp.tasks.captioning.CaptioningTask` does.
+
+**Prediction** (``python -m vlp predict``): for each prompt (the batch's captions) ``num_candidates``
+images are sampled (temperature, top-k, top-p; KV-cached), reranked by the model's own image→text
+likelihood of the prompt, decoded by the VQGAN and written as one PNG grid per batch (a row per prompt,
+candidates best first), with ``captions.jsonl`` holding each prompt, the candidates' scores and the
+caption generated for the batch's real image.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from vlp.datamodules.schema import Batch
+from vlp.metrics.captioning import caption_scores
+from vlp.models.ernie_vilg import ERNIEViLG, ERNIEViLGOutput
+from vlp.models.image_sampling import caption_images, generate_images
+from vlp.objectives.base import Objective
+from vlp.objectives.reconstruction import ReconstructionObjective
+from vlp.tasks.base import ObjectiveTask
+from vlp.tasks.e2e_base import fsdp_gathered
+from vlp.tokenizers import BUNDLED, load_tokenizer
+
+VIEWS = ("text_to_image", "image_to_text")
+
+
+def load_vqgan(vqgan: nn.Module | None, vqgan_checkpoint: str | None) -> nn.Module:
+    """The task's VQGAN: ``vqgan`` as given, or read from ``vqgan_checkpoint`` (exactly one of them)."""
+    if (vqgan is None) == (vqgan_checkpoint is None):
+        raise ValueError("ERNIEViLGTask needs exactly one of vqgan (a module) and vqgan_checkpoint (a path)")
+    if vqgan is not None:
+        return vqgan
+    path = Path(vqgan_checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"vqgan_checkpoint {path} not found: train the VQGAN first (configs/vqgan/, a VQGANTask .ckpt) "
+            "or point model.init_args.vqgan_checkpoint at its checkpoint"
+        )
+    from vlp.models.vqgan import VQGAN
+
+    return VQGAN.from_checkpoint(path)
+
+
+class ERNIEViLGTask(ObjectiveTask):
+    """ERNIE-ViLG training, caption evaluation and image generation (module docstring).
+
+    Data: batches with ``pixels`` (normalised to [-1, 1], the VQGAN's range), ``caption_ids`` /
+    ``caption_mask`` (``[CLS] .. [SEP]``: the text→image source and the image→text target) and, for
+    evaluation, ``references`` (:class:`~vlp.datamodules.text_to_image.TextToImageDataModule`).
+
+    Args:
+        model: the assembly; its ``num_codes``/``grid`` (and ``code_dim`` end to end) must be the VQGAN's.
+        objectives: read the views ``text_to_image`` (:class:`~vlp.objectives.TextToImageLM`,
+            :class:`~vlp.objectives.ReconstructionObjective`) and ``image_to_text``
+            (:class:`~vlp.objectives.ImageToTextLM`).
+        vqgan, vqgan_checkpoint: the VQGAN module, or the path of a ``VQGANTask`` checkpoint.
+        train_decoder: end to end, let the reconstruction loss train the VQGAN decoder too (DDP only).
+        tokenizer: decodes captions; its ``[CLS]``/``[SEP]``/``[PAD]`` are BOS/EOS/padding.
+        num_beams, length_penalty, max_caption_len: image→text decoding (greedy when ``num_beams=1``).
+        meteor: score METEOR (``None``: when Java is available).
+        predict_dir: where ``predict`` writes its PNG grids and ``captions.jsonl``.
+        num_candidates, temperature, top_k, top_p: text→image sampling in ``predict``.
+        predict_seed: seeds the sampling generator (per batch and process), so predictions repeat.
+        Others: as :class:`~vlp.tasks.base.ObjectiveTask`.
+    """
+
+    def __init__(
+        self,
+        model: ERNIEViLG,
+        objectives: dict[str, Objective],
+        *args: Any,
+        vqgan: nn.Module | None = None,
+        vqgan_checkpoint: str | None = None,
+        train_decoder: bool = False,
+        tokenizer: str = BUNDLED,
+        num_beams: int = 1,
+        length_penalty: float = 0.0,
+        max_caption_len: int = 30,
+        meteor: bool | None = None,
+        predict_dir: str = "predictions",
+        num_candidates: int = 4,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        predict_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, objectives, *args, **kwargs)
+        self.hparams.pop("vqgan", None)  # a module, not a hyperparameter
+        if not isinstance(model, ERNIEViLG):
+            raise ValueError(f"model must be an ERNIEViLG, got {type(model).__name__}")
+        for name, objective in self.objectives.items():
+            if objective.view not in VIEWS:
+                raise ValueError(
+                    f"objectives.{name}: {type(objective).__name__} reads view {objective.view!r}; "
+                    f"ERNIEViLGTask runs {list(VIEWS)}"
+                )
+        if num_beams < 1 or num_candidates < 1:
+            raise ValueError(f"num_beams and num_candidates must be >= 1, got {num_beams}, {num_candidates}")
+        if not 2 <= max_caption_len <= model.max_text_len:
+            raise ValueError(
+                f"max_caption_len must be in [2, model.max_text_len = {model.max_text_len}], got {max_caption_len}"
+            )
+        self.vqgan = load_vqgan(vqgan, vqgan_checkpoint)
+        self.check_vqgan()
+        self.train_decoder = train_decoder
+        if train_decoder and not self.end_to_end:
+            raise ValueError(
+                "train_decoder=True needs a ReconstructionObjective with a non-zero weight (end to end)"
+            )
+        self.vqgan.requires_grad_(False)
+        if train_decoder:
+            self.vqgan.decoder.requires_grad_(True)
+            self.vqgan.post_quant_conv.requires_grad_(True)
+        if not self.end_to_end and model.to_codebook is not None:
+            model.to_codebook.requires_grad_(False)  # nothing reaches it (DDP refuses unused parameters)
+        self.vqgan.eval()
+        self.tokenizer_name = tokenizer
+        self.num_beams, self.length_penalty, self.max_caption_len = num_beams, length_penalty, max_caption_len
+        self.meteor = meteor
+        self.predict_dir = Path(predict_dir)
+        self.num_candidates, self.temperature, self.top_k, self.top_p = (
+            num_candidates,
+            temperature,
+            top_k,
+            top_p,
+        )
+        self.predict_seed = predict_seed
+        tok = load_tokenizer(tokenizer)
+        self.bos_id, self.eos_id, self.pad_id = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
+        self._predictions: dict[str, str] = {}
+        self._references: dict[str, list[str]] = {}
+
+    # ----------------------------------------------------------------------------------- set-up
+
+    def check_vqgan(self) -> None:
+        model, vqgan = self.model, self.vqgan
+        if vqgan.num_codes != model.num_codes or tuple(vqgan.grid) != tuple(model.grid):
+            raise ValueError(
+                f"the VQGAN has {vqgan.num_codes} codes on a {tuple(vqgan.grid)} grid, the model "
+                f"num_codes={model.num_codes} and grid={tuple(model.grid)}: set model.init_args to match"
+            )
+        if self.end_to_end and model.code_dim != vqgan.code_dim:
+            raise ValueError(
+                f"end to end: model.code_dim ({model.code_dim}) must be the VQGAN's code_dim ({vqgan.code_dim})"
+            )
+
+    @property
+    def end_to_end(self) -> bool:
+        """Whether a reconstruction objective trains through the VQGAN decoder."""
+        return any(isinstance(o, ReconstructionObjective) for o in self.active_objectives.values())
+
+    def train(self, mode: bool = True) -> ERNIEViLGTask:
+        """The VQGAN stays in eval mode (its EMA codebook must not move; no dropout in the decoder)."""
+        super().train(mode)
+        self.vqgan.eval()
+        return self
+
+    # ---------------------------------------------------------------------------------- training
+
+    @torch.no_grad()
+    def encode_images(self, pixels: Tensor) -> Tensor:
+        """Pixels ``[B, 3, H, W]`` in [-1, 1] → code ids ``[B, h*w]`` (frozen VQGAN)."""
+        _, ids = self.vqgan.encode(pixels)
+        if tuple(ids.shape[1:]) != tuple(self.model.grid):
+            raise ValueError(
+                f"images of {tuple(pixels.shape[-2:])} px give a {tuple(ids.shape[1:])} code grid, the model's "
+                f"is {tuple(self.model.grid)}: set the data module's image_size to match"
+            )
+        return ids.flatten(1)
+
+    def with_codes(self, batch: Batch) -> Batch:
+        if batch.caption_ids is None or batch.caption_mask is None:
+            raise ValueError(
+                "ERNIEViLGTask needs batch.caption_ids and batch.caption_mask (captioning: true)"
+            )
+        if batch.image_codes is not None:
+            return batch
+        if batch.pixels is None:
+            raise ValueError("ERNIEViLGTask needs batch.pixels or batch.image_codes")
+        return replace(batch, image_codes=self.encode_images(batch.pixels))
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """VQGAN decoder on ``[B, code_dim, h, w]`` latents → pixels (the end-to-end path)."""
+        return self.vqgan.decode(latents)
+
+    def forward_model(self, batch: Batch) -> dict[str, ERNIEViLGOutput]:
+        batch = self.with_codes(batch)
+        views = {objective.view for objective in self.active_objectives.values()}
+        outputs = {}
+        for view in VIEWS:
+            if view in views:
+                outputs[view] = self.model(batch.caption_ids, batch.caption_mask, batch.image_codes, view)
+        if self.end_to_end:
+            codebook = self.vqgan.quantize.embedding.weight.detach()
+            outputs["text_to_image"] = replace(
+                outputs["text_to_image"], decode_latents=self.decode_latents, codebook=codebook
+            )
+        return outputs
+
+    def compute_losses(self, batch: Batch, stage: str) -> Tensor:
+        return super().compute_losses(self.with_codes(batch), stage)
+
+    # -------------------------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate_captions(self, image_codes: Tensor) -> list[str]:
+        """Captions for code grids ``[B, h*w]`` with the task's decoding settings."""
+        with fsdp_gathered(self.model):
+            output = caption_images(
+                self.model, image_codes, self.bos_id, self.eos_id, self.pad_id,
+                self.max_caption_len, self.num_beams, self.length_penalty,
+            )  # fmt: skip
+        return load_tokenizer(self.tokenizer_name).batch_decode(
+            output.sequences.cpu(), skip_special_tokens=True
+        )
+
+    @torch.no_grad()
+    def generate_images(
+        self, text_ids: Tensor, text_mask: Tensor | None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``num_candidates`` images per prompt, best first: pixels ``[B, n, 3, H, W]`` in [0, 1],
+        scores ``[B, n]`` and codes ``[B, n, h*w]``."""
+        with fsdp_gathered(self.model):
+            sampled = generate_images(
+                self.model, text_ids, text_mask, self.num_candidates,
+                self.temperature, self.top_k, self.top_p, generator,
+            )  # fmt: skip
+        order = sampled.scores.argsort(dim=1, descending=True)
+        codes = sampled.codes.gather(1, order[..., None].expand_as(sampled.codes))
+        scores = sampled.scores.gather(1, order)
+        batch, n, _ = codes.shape
+        pixels = self.vqgan.decode_ids(codes.view(batch * n, *self.model.grid))
+        pixels = ((pixels.clamp(-1, 1) + 1) / 2).view(batch, n, *pixels.shape[1:])
+        return pixels, scores, codes
+
+    # -------------------------------------------------------------------------------- evaluation
+
+    def _evaluate(self, batch: Batch, stage: str) -> None:
+        if len(batch) == 0:
+            return
+        batch = self.with_codes(batch)
+        self.compute_losses(batch, stage)
+        if batch.references is None:
+            raise ValueError("caption evaluation needs batch.references (every caption of each image)")
+        for key, caption, refs in zip(
+            batch.keys, self.generate_captions(batch.image_codes), batch.references
+        ):
+            self._predictions[key] = caption
+            self._references[key] = list(refs)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._predictions, self._references = {}, {}
+
+    def on_test_epoch_start(self) -> None:
+        self._predictions, self._references = {}, {}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    @property
+    def predictions(self) -> dict[str, str]:
+        """The captions of the last evaluation epoch by key (every process's once it has ended)."""
+        return dict(self._predictions)
+
+    def _log_scores(self, stage: str) -> None:
+        predictions, references = self._predictions, self._references
+        scores: dict[str, float] | None = None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            everyone: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, (predictions, references))
+            predictions = {k: v for p, _ in everyone for k, v in p.items()}
+            references = {k: v for _, r in everyone for k, v in r.items()}
+            self._predictions, self._references = predictions, references
+            shared: list[Any] = [None]
+            if dist.get_rank() == 0 and predictions:
+                shared[0] = caption_scores(predictions, references, self.meteor)
+            dist.broadcast_object_list(shared, src=0)
+            scores = shared[0]
+        elif predictions:
+            scores = caption_scores(predictions, references, self.meteor)
+        for name, value in (scores or {}).items():
+            self.log(f"{stage}/{name}", value, sync_dist=False)  # the same on every process
+
+    # -------------------------------------------------------------------------------- prediction
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        """Images for the batch's captions and captions for its images, written under ``predict_dir``."""
+        from torchvision.utils import save_image
+
+        if batch.caption_ids is None or batch.caption_mask is None:
+            raise ValueError("predict needs batch.caption_ids and batch.caption_mask (the prompts)")
+        generator = torch.Generator(device=batch.caption_ids.device)
+        generator.manual_seed(self.predict_seed + 100_003 * self.global_rank + batch_idx)
+        pixels, scores, _ = self.generate_images(batch.caption_ids, batch.caption_mask, generator)
+        captions = None
+        if batch.pixels is not None or batch.image_codes is not None:
+            codes = batch.image_codes if batch.image_codes is not None else self.encode_images(batch.pixels)
+            captions = self.generate_captions(codes)
+        self.predict_dir.mkdir(parents=True, exist_ok=True)
+        grid_name = f"images_rank{self.global_rank}_batch{batch_idx:05d}.png"
+        save_image(pixels.flatten(0, 1).float().cpu(), self.predict_dir / grid_name, nrow=pixels.shape[1])
+        prompts = load_tokenizer(self.tokenizer_name).batch_decode(
+            batch.caption_ids.cpu(), skip_special_tokens=True
+        )
+        records = [
+            {
+                "key": key,
+                "prompt": prompt,
+                "grid": grid_name,
+                "row": row,
+                "candidate_scores": [round(float(s), 4) for s in scores[row]],
+                "generated_caption": None if captions is None else captions[row],
+            }
+            for row, (key, prompt) in enumerate(zip(batch.keys, prompts))
+        ]
+        with (self.predict_dir / f"captions_rank{self.global_rank}.jsonl").open("a") as handle:
+            for record in records:
+                handle.write(json.dumps(record) + "\n")
+        return {"records": records}
+
+    # ----------------------------------------------------------------------------------- scaling
+
+    def configure_model(self) -> None:
+        """FSDP2 as :meth:`ObjectiveTask.configure_model` for the model and objectives; the frozen VQGAN
+        is not sharded: rank 0's copy is broadcast and every process keeps it whole."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            return
+        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.tensor import DTensor
+
+        from vlp.tasks.sharding import apply_fsdp2, broadcast_from_first_rank
+
+        if isinstance(self.model, FSDPModule):
+            return
+        if any(p.requires_grad for p in self.vqgan.parameters()):
+            raise ValueError(
+                "train_decoder=True is not supported under FSDP2 (the VQGAN is kept whole, outside the "
+                "sharded model): train end to end with a frozen decoder or under DDP"
+            )
+        mesh = self.device_mesh
+        if mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                f"ModelParallelStrategy mesh is {dict(zip(mesh.mesh_dim_names, mesh.shape))}, but vlp shards "
+                "over data_parallel only: tensor_parallel_size: 1 (configs/trainer/fsdp.yaml)"
+            )
+        broadcast_from_first_rank(self.vqgan, mesh["data_parallel"])
+        bf16 = str(self.trainer.precision).startswith("bf16")
+        apply_fsdp2([self.model, *self.objectives.values()], mesh["data_parallel"], bf16=bf16)
+        outside = [
+            name
+            for name, p in self.named_parameters()
+            if not isinstance(p, DTensor) and not name.startswith("vqgan.")
+        ]
+        if outside:
+            raise RuntimeError(f"parameters outside the model and objectives were not sharded: {outside}")

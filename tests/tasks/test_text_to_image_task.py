@@ -1,0 +1,165 @@
+"""ERNIEViLGTask: both directions learn in one step, end to end or two-stage, evaluation, prediction."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ernie_vilg_parts as parts
+import pytest
+import torch
+from lightning import LightningDataModule, Trainer
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from vlp.objectives import ImageToTextLM, TextToImageLM
+from vlp.tasks.text_to_image import ERNIEViLGTask
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def train_steps(task: ERNIEViLGTask, batch: Any, steps: int, lr: float = 3e-3) -> list[dict[str, float]]:
+    """Plain optimisation of the task's weighted loss; the per-objective losses at each step."""
+    params = [p for p in task.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    task.train()
+    history = []
+    for _ in range(steps):
+        outputs = task.forward_model(batch)
+        batch_with_codes = task.with_codes(batch)
+        losses = {
+            name: objective(outputs[objective.view], batch_with_codes).loss
+            for name, objective in task.active_objectives.items()
+        }
+        total = sum(task.loss_weights[name] * loss for name, loss in losses.items())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        history.append({name: float(loss.detach()) for name, loss in losses.items()})
+    return history
+
+
+def test_both_directions_learn_a_fixed_batch_in_one_step() -> None:
+    task = parts.ernie_task()
+    batch = parts.batches(1)[0]
+    history = train_steps(task, batch, steps=40)
+    for name in ("t2i", "i2t"):
+        assert history[-1][name] < 0.3 * history[0][name], name
+    # two-stage: the VQGAN and the mapping head are frozen and untouched
+    assert not any(p.requires_grad for p in task.vqgan.parameters())
+    assert not any(p.requires_grad for p in task.model.to_codebook.parameters())
+
+
+def test_end_to_end_trains_the_generator_and_optionally_the_decoder() -> None:
+    for train_decoder in (False, True):
+        task = parts.ernie_task(end_to_end=True, train_decoder=train_decoder, bridge="direct")
+        before = {k: v.clone() for k, v in task.vqgan.state_dict().items()}
+        batch = parts.batches(1)[0]
+        with torch.no_grad():  # images the frozen decoder can produce
+            codes = torch.randint(
+                0, parts.NUM_CODES, (4, *parts.GRID), generator=torch.Generator().manual_seed(3)
+            )
+            batch = replace(batch, pixels=task.vqgan.decode_ids(codes))
+        history = train_steps(task, batch, steps=15)
+        assert history[-1]["recon"] < history[0]["recon"]
+        decoder_moved = any(
+            not torch.equal(before[k], v)
+            for k, v in task.vqgan.state_dict().items()
+            if k.startswith("decoder.")
+        )
+        encoder_moved = any(
+            not torch.equal(before[k], v)
+            for k, v in task.vqgan.state_dict().items()
+            if not k.startswith(("decoder.", "post_quant_conv."))
+        )
+        assert decoder_moved == train_decoder
+        assert not encoder_moved  # the encoder and codebook stay frozen
+        assert task.vqgan.training is False
+
+
+def test_given_codes_are_used_instead_of_encoding() -> None:
+    task = parts.ernie_task()
+    batch = parts.batches(1)[0]
+    codes = torch.randint(0, parts.NUM_CODES, (4, 16))
+    got = task.with_codes(replace(batch, image_codes=codes))
+    assert torch.equal(got.image_codes, codes)
+    encoded = task.with_codes(batch).image_codes
+    _, ids = task.vqgan.encode(batch.pixels)
+    assert torch.equal(encoded, ids.flatten(1))
+
+
+def test_bad_configurations_are_named() -> None:
+    objectives = {"t2i": TextToImageLM(), "i2t": ImageToTextLM()}
+    short = {"max_caption_len": 8}
+    with pytest.raises(ValueError, match="grid"):
+        ERNIEViLGTask(parts.tiny_model(), objectives, **short, vqgan=parts.VQGAN(resolution=32, ch=8, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8, num_codes=parts.NUM_CODES, code_dim=4, norm_groups=4))  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=r"vqgan_checkpoint .*missing\.ckpt not found"):
+        ERNIEViLGTask(parts.tiny_model(), objectives, **short, vqgan_checkpoint="runs/missing.ckpt")
+    with pytest.raises(ValueError, match="exactly one"):
+        ERNIEViLGTask(parts.tiny_model(), objectives, **short)
+    with pytest.raises(ValueError, match="train_decoder=True needs"):
+        parts.ernie_task(train_decoder=True)
+    with pytest.raises(ValueError, match="captioning: true"):
+        task = parts.ernie_task()
+        task.with_codes(replace(parts.batches(1)[0], caption_ids=None))
+
+
+class Fixed(LightningDataModule):
+    def __init__(self, train: list[Any], val: list[Any]) -> None:
+        super().__init__()
+        self.train, self.val = train, val
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val, batch_size=None)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.val, batch_size=None)
+
+
+def test_fast_dev_run_validates_captions_and_predict_writes_grids(tmp_path: Path) -> None:
+    task = parts.ernie_task(end_to_end=True, predict_dir=str(tmp_path / "pred"), num_candidates=3, top_k=8)
+    data = Fixed(parts.batches(2), parts.batches(1, seed=5))
+    trainer = Trainer(
+        accelerator="cpu",
+        fast_dev_run=True,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(task, datamodule=data)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    for name in (
+        "train/t2i_loss",
+        "train/i2t_loss",
+        "train/recon_loss",
+        "val/t2i_loss",
+        "val/bleu_4",
+        "val/cider",
+    ):
+        assert name in metrics, name
+    assert len(task.predictions) == 4
+    trainer.predict(task, datamodule=data)
+    grid = Image.open(tmp_path / "pred" / "images_rank0_batch00000.png")
+    assert grid.size[0] > 3 * parts.IMAGE and grid.size[1] > 4 * parts.IMAGE  # 3 candidates x 4 prompts
+    records = [
+        json.loads(line) for line in (tmp_path / "pred" / "captions_rank0.jsonl").read_text().splitlines()
+    ]
+    assert [r["key"] for r in records] == data.val[0].keys
+    assert all(len(r["candidate_scores"]) == 3 for r in records)
+    assert all(r["candidate_scores"] == sorted(r["candidate_scores"], reverse=True) for r in records)
+    assert all(isinstance(r["generated_caption"], str) for r in records)
+
+
+def test_prediction_repeats_with_its_seed() -> None:
+    task = parts.ernie_task(num_candidates=2).eval()
+    batch = parts.batches(1)[0]
+    first = task.generate_images(batch.caption_ids, batch.caption_mask, torch.Generator().manual_seed(1))
+    again = task.generate_images(batch.caption_ids, batch.caption_mask, torch.Generator().manual_seed(1))
+    assert torch.equal(first[2], again[2])
+    assert first[0].shape == (4, 2, 3, parts.IMAGE, parts.IMAGE)
+    assert float(first[0].min()) >= 0.0 and float(first[0].max()) <= 1.0
