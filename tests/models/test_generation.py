@@ -54,6 +54,42 @@ def test_beam_search_sees_past_greedys_first_choice() -> None:
     assert beam.log_probs.item() > greedy.log_probs.item()
 
 
+# an unlikely EOS ranked among the first K at step one, then another at step two, fill a pool of 2 while
+# the likelier A C EOS (0.378, greedy's choice) is still live: stopping there would return BOS EOS (0.3)
+EARLY_EOS = {
+    BOS: {A: 0.6, EOS: 0.3, B: 0.1},
+    A: {C: 0.7, EOS: 0.3},
+    B: {EOS: 1.0},
+    C: {EOS: 0.9, A: 0.1},
+}
+
+
+def test_beam_search_keeps_going_while_a_live_beam_can_beat_its_finished_hypotheses() -> None:
+    step = bigram_step(EARLY_EOS)
+    greedy = greedy_search(step, prompt(), max_len=6, eos_id=EOS, pad_id=PAD)
+    beam = beam_search(step, prompt(), max_len=6, eos_id=EOS, pad_id=PAD, num_beams=2)
+    assert greedy.sequences.tolist() == [[BOS, A, C, EOS]]
+    assert beam.sequences.tolist() == [[BOS, A, C, EOS]]  # not [BOS, EOS], finished first
+    assert beam.log_probs.item() == pytest.approx(math.log(0.6 * 0.7 * 0.9), rel=1e-5)
+    assert beam.lengths.tolist() == [4]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_beam_search_without_length_penalty_never_loses_to_greedy_on_its_own_path(seed: int) -> None:
+    """On these peaked tables greedy's hypothesis stays among the live beams, so beam search (alpha = 0)
+    must return one at least as likely; stopping at the first K finished did not (seeds 1 and 3)."""
+    table = torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(seed)) * 4
+    table[:, PAD] = float("-inf")
+
+    def step(ids: torch.Tensor, state: object) -> tuple[torch.Tensor, object]:
+        return table[ids[:, -1]], state
+
+    start = torch.tensor([[BOS], [A], [B], [C]])
+    greedy = greedy_search(step, start, max_len=7, eos_id=EOS, pad_id=PAD)
+    beam = beam_search(step, start, max_len=7, eos_id=EOS, pad_id=PAD, num_beams=3)
+    assert (beam.log_probs >= greedy.log_probs - 1e-5).all(), (beam.log_probs, greedy.log_probs)
+
+
 def random_step(seed: int, vocab: int = 9):
     """A trigram table of random logits (every token possible), fixed by ``seed``."""
     table = torch.randn(vocab, vocab, vocab, generator=torch.Generator().manual_seed(seed)) * 2

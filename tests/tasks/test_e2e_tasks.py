@@ -3,6 +3,7 @@ its view and freezes what only it reaches, captioning decodes and scores text, d
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import e2e_parts as parts
@@ -71,17 +72,22 @@ def test_tasks_refuse_objectives_of_views_they_do_not_run() -> None:
         CaptioningTask(parts.tiny_e2e(decoder=False), {"caption": CaptioningObjective()})
 
 
-@pytest.mark.xfail(
-    reason="session 4: after 60 steps the loss falls below 0.2x, but greedy decoding does not yet return "
-    "every memorised caption on this machine (seen failing on HEAD ebadd31); see the issue-5 note",
-)
 def test_captioning_learns_and_decodes_its_captions() -> None:
+    """Memorised means each caption is likelier than every other caption together (its summed NLL is
+    below ln 2); then greedy decoding and beam search must both return it. 60 steps at this rate left
+    the summed NLL at 2.6-2.9 nats (the loss was still falling steeply): greedy got the captions, but
+    beam search rightly preferred ``[CLS] [SEP]`` (an empty caption, one token of p ~0.1) on some seeds."""
     task = parts.captioning_task()
     batch = parts.e2e_batches(1, size=4)[0]
-    losses = train_steps(task, [batch], steps=60, lr=3e-3)
-    assert losses[-1] < 0.2 * losses[0]
+    losses = train_steps(task, [batch], steps=100, lr=3e-3)
+    assert losses[-1] < 0.05 * losses[0]
     assert "model.query_embed" in task.frozen and "model.pooler" in task.frozen
     task.eval()
+    with torch.no_grad():
+        fusion = task.model(None, None, batch.pixels, batch.pixel_mask)
+        log_probs = task.model.caption_logits(fusion, batch.caption_ids).log_softmax(-1)[:, :-1]
+    caption_nll = -log_probs.gather(2, batch.caption_ids[:, 1:, None])[..., 0].sum(1)
+    assert (caption_nll < math.log(2)).all(), caption_nll
     generated = task.generate(batch.pixels, batch.pixel_mask)
     tokenizer = parts_tokenizer()
     expected = tokenizer.batch_decode(batch.caption_ids, skip_special_tokens=True)

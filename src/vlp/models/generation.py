@@ -7,12 +7,18 @@ cache ...), and gets the next-token logits ``[N, V]`` back. Beam search reorders
 rows of every tensor in nested dicts, lists and tuples and calls ``index_select`` on objects that
 have one (:class:`vlp.models.decoder.DecoderCache`).
 
-Beam search follows fairseq: each step keeps the ``2K`` best extensions of the ``K`` live beams; those
-ending in EOS *and* ranked among the first ``K`` become finished hypotheses, the first ``K`` others
-become the next beams; a sample is done once it has ``K`` finished hypotheses (beams still live at
-``max_len`` are finished as they are). Finished hypotheses are ranked by their log-probability
+Beam search follows fairseq in how it extends beams: each step keeps the ``2K`` best extensions of the
+``K`` live beams; those ending in EOS *and* ranked among the first ``K`` become finished hypotheses, the
+first ``K`` others become the next beams. Finished hypotheses are ranked by their log-probability
 divided by GNMT's length penalty ``((5 + n) / 6) ** alpha`` (Wu et al. 2016), ``n`` the number of
-generated tokens including EOS. With ``num_beams=1`` this is exactly greedy decoding, whatever alpha.
+generated tokens including EOS; a sample keeps its ``K`` best (a better one replaces the worst), and
+beams still live at ``max_len`` compete as they are. A sample is done once it holds ``K`` finished
+hypotheses *and* its best live beam, scored at the current length, cannot beat the worst of them
+(Hugging Face's ``early_stopping=False`` rule). fairseq stops at the first ``K`` finished instead: an
+early, unlikely EOS (``[BOS] [EOS]`` ranked in the top ``K`` at the first step) then fills the pool
+while a likelier caption is still live, and beam search returns a worse caption than greedy decoding
+(seen on memorised captions). With ``alpha = 0`` the rule is exact (a live beam's log-probability can
+only fall); with ``num_beams=1`` the search is exactly greedy decoding, whatever alpha.
 """
 
 from __future__ import annotations
@@ -138,14 +144,23 @@ def beam_search(
     pool_log_probs = torch.full((batch, beams), float("-inf"), device=device)
     pool_scores = torch.full((batch, beams), float("-inf"), device=device)
     pool_lengths = torch.zeros(batch, beams, dtype=torch.long, device=device)
-    count = torch.zeros(batch, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
 
-    def finish(sample: Tensor, slot: Tensor, seqs: Tensor, log_probs: Tensor) -> None:
-        width = seqs.shape[1]
-        pool_ids[sample, slot, :width] = seqs
-        pool_log_probs[sample, slot] = log_probs
-        pool_scores[sample, slot] = log_probs / length_penalty(width - start, alpha).to(device)
-        pool_lengths[sample, slot] = width
+    def finish(mask: Tensor, seqs: Tensor, log_probs: Tensor) -> None:
+        """Keep each sample's ``K`` best of its pool and the hypotheses ``seqs [B, M, w]`` that ``mask``
+        selects (ties go to the pool: the earlier hypothesis stays)."""
+        nonlocal pool_ids, pool_log_probs, pool_scores, pool_lengths
+        width = seqs.shape[2]
+        log_probs = log_probs.masked_fill(~mask, float("-inf"))
+        scores = log_probs / length_penalty(width - start, alpha).to(device)
+        seqs = torch.cat([seqs, seqs.new_full((*seqs.shape[:2], max_len - width), pad_id)], dim=2)
+        all_scores = torch.cat([pool_scores, scores], dim=1)
+        keep = all_scores.sort(dim=1, descending=True, stable=True).indices[:, :beams]
+        pool_scores = all_scores.gather(1, keep)
+        pool_log_probs = torch.cat([pool_log_probs, log_probs], dim=1).gather(1, keep)
+        lengths = torch.cat([pool_lengths, torch.full_like(log_probs, width, dtype=torch.long)], dim=1)
+        pool_lengths = lengths.gather(1, keep)
+        pool_ids = torch.cat([pool_ids, seqs], dim=1).gather(1, keep[..., None].expand(-1, -1, max_len))
 
     for _ in range(start, max_len):
         logits, state = step(ids, state)
@@ -163,16 +178,11 @@ def beam_search(
         rank = torch.arange(2 * beams, device=device)[None]
         is_eos = token == eos_id
 
-        open_ = count < beams
-        ending = is_eos & (rank < beams) & open_[:, None] & torch.isfinite(top_scores)
-        slot = count[:, None] + ending.long().cumsum(1) - 1
-        ending = ending & (slot < beams)
+        ending = (is_eos & torch.isfinite(top_scores) & ~done[:, None])[:, :beams]
         if bool(ending.any()):
-            sample, which = ending.nonzero(as_tuple=True)
-            source = base[sample, 0] + source_beam[sample, which]
-            seqs = torch.cat([ids[source], token[sample, which][:, None]], dim=1)
-            finish(sample, slot[sample, which], seqs, top_scores[sample, which])
-            count = count + ending.sum(1)
+            source = base + source_beam[:, :beams]  # [B, K] rows of ids
+            seqs = torch.cat([ids[source.view(-1)], token[:, :beams].reshape(-1, 1)], dim=1)
+            finish(ending, seqs.view(batch, beams, -1), top_scores[:, :beams])
 
         # the K best extensions that do not end: EOS candidates sort behind every other one
         keep = (rank + is_eos.long() * 2 * beams).topk(beams, dim=1, largest=False).indices.sort(1).values
@@ -180,14 +190,16 @@ def beam_search(
         source = (base + source_beam.gather(1, keep)).view(-1)
         ids = torch.cat([ids.index_select(0, source), token.gather(1, keep).view(-1, 1)], dim=1)
         state = reorder(state, source)
-        if bool((count >= beams).all()):
+        # the best a live beam could still score: exact for alpha = 0, HF's heuristic otherwise
+        bound = beam_scores.max(dim=1).values / length_penalty(ids.shape[1] - start, alpha).to(device)
+        full = torch.isfinite(pool_scores).all(dim=1)
+        done = done | (full & (bound <= pool_scores.min(dim=1).values))
+        if bool(done.all()):
             break
 
-    # samples still open at max_len take their best live beams, unfinished, in the free slots
-    free = torch.arange(beams, device=device)[None] < (beams - count)[:, None]
-    if bool(free.any()):
-        sample, which = free.nonzero(as_tuple=True)
-        finish(sample, count[sample] + which, ids[base[sample, 0] + which], beam_scores[sample, which])
+    # samples still open at max_len: their live beams compete, unfinished, with the finished ones
+    if not bool(done.all()):
+        finish(~done[:, None].expand(-1, beams), ids.view(batch, beams, -1), beam_scores)
 
     best = pool_scores.argmax(dim=1)
     pick = torch.arange(batch, device=device)
