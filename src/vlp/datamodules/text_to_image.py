@@ -7,10 +7,13 @@ prompts, its images are captioned), in order, with the evaluation batch size.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+from torch.utils.data import DataLoader, IterableDataset
+
 from vlp.datamodules.e2e import E2EDataModule
-from vlp.datamodules.stream import StreamLoader
+from vlp.datamodules.schema import Batch
 
 
 class TextToImageDataModule(E2EDataModule):
@@ -30,5 +33,18 @@ class TextToImageDataModule(E2EDataModule):
             )
         self.predict_split = predict_split
 
-    def predict_dataloader(self) -> StreamLoader:
-        return self._loader(self.predict_split, train=False)
+    def predict_dataloader(self) -> DataLoader:
+        """The split's stream loader behind a plain ``DataLoader`` over its batches: Lightning's predict
+        loop re-creates its loader with a batch-index sampler, which the stream loader does not take."""
+        return DataLoader(Batches(self._loader(self.predict_split, train=False)), batch_size=None)
+
+
+class Batches(IterableDataset):
+    """The batches of an iterable of batches (a loader), as an ``IterableDataset``."""
+
+    def __init__(self, loader: Iterable[Batch]) -> None:
+        super().__init__()
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.loader)

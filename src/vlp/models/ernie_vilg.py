@@ -182,7 +182,9 @@ class ERNIEViLG(nn.Module):
         self.direction_embeddings = nn.Embedding(len(DIRECTIONS), dim)
         self.embed_drop = nn.Dropout(drop)
 
-        rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
+        rates = (
+            torch.linspace(0, drop_path, depth, device="cpu").tolist() if depth > 1 else [drop_path] * depth
+        )
         self.blocks = nn.ModuleList()
         for kind, rate in zip(self.patterns, rates):
             block = Block(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, rate)

@@ -1,0 +1,122 @@
+"""The ERNIE-ViLG shapes recipe: it parses with the 2-process trainer configs, stops with a clear error
+without the VQGAN checkpoint, runs fast_dev_run through the CLI from a VQGANTask-style checkpoint (random
+weights) and prints its metrics, and ``predict`` writes a PNG grid and captions; the paper config builds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from vlp.cli import main
+from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
+from vlp.models.vqgan import CONFIG_KEY, VQGAN
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RECIPE = CONFIGS / "ernie_vilg/shapes_pretrain.yaml"
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def vqgan_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint in VQGANTask's layout of the VQGAN recipe's architecture (random weights)."""
+    config = yaml.safe_load((CONFIGS / "vqgan/shapes_vqgan.yaml").read_text())["model"]["init_args"]["model"]
+    torch.manual_seed(0)
+    vqgan = VQGAN(**config["init_args"])
+    path = tmp_path_factory.mktemp("vqgan") / "last.ckpt"
+    state = {f"model.{k}": v for k, v in vqgan.state_dict().items()}
+    torch.save({CONFIG_KEY: vqgan.config, "state_dict": state, "global_step": 0}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def shapes64(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "shapes64"
+    sizes = {"train_samples": 16, "val_samples": 8, "test_samples": 8, "pair_train_samples": 0}
+    sizes |= {"pair_val_samples": 0, "pair_test_samples": 0}
+    write_shapes(root, ShapesConfig(resolution=64, samples_per_shard=8, seed=1, **sizes))
+    return root
+
+
+@pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
+def test_recipe_combines_with_the_multi_process_trainer_configs(
+    trainer: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                "--config",
+                str(RECIPE),
+                "--config",
+                str(CONFIGS / f"trainer/{trainer}.yaml"),
+                "--print_config",
+            ]
+        )
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err[-3000:]
+    resolved = yaml.safe_load(captured.out)
+    assert resolved["trainer"]["devices"] == 2
+    assert resolved["model"]["init_args"]["vqgan_checkpoint"] == "runs/vqgan_shapes/checkpoints/last.ckpt"
+
+
+def test_recipe_without_the_vqgan_checkpoint_names_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.ckpt"
+    with pytest.raises((FileNotFoundError, ValueError), match=r"vqgan_checkpoint .*nowhere\.ckpt not found"):
+        main(["fit", "--config", str(RECIPE), f"--model.init_args.vqgan_checkpoint={missing}"])
+
+
+def test_recipe_runs_fast_dev_run_and_predicts(
+    vqgan_checkpoint: Path, shapes64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = [
+        "--config", str(RECIPE),
+        f"--model.init_args.vqgan_checkpoint={vqgan_checkpoint}",
+        "--model.init_args.meteor=false",
+        "--model.init_args.max_caption_len=8",
+        "--model.init_args.num_candidates=2",
+        f"--model.init_args.predict_dir={tmp_path / 'pred'}",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--data.init_args.root={shapes64}",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.eval_batch_size=4",
+        "--data.init_args.num_workers=0",
+    ]  # fmt: skip
+    main(["fit", *common, "--trainer.fast_dev_run=2"])
+    out = capsys.readouterr().out
+    assert "final validation metrics:" in out
+    for metric in ("val/t2i_loss", "val/i2t_loss", "val/bleu_4", "val/cider"):
+        assert metric in out, metric
+    main(["predict", *common])
+    grid = Image.open(tmp_path / "pred" / "images_rank0_batch00000.png")
+    assert grid.size[0] >= 2 * 64 and grid.size[1] >= 4 * 64  # 2 candidates x 4 prompts
+    records = [
+        json.loads(line) for line in (tmp_path / "pred" / "captions_rank0.jsonl").read_text().splitlines()
+    ]
+    assert len(records) == 4 and all(r["prompt"] and isinstance(r["generated_caption"], str) for r in records)
+
+
+def test_paper_config_describes_the_paper_model() -> None:
+    config = yaml.safe_load((CONFIGS / "ernie_vilg/ernie_vilg_paper.yaml").read_text())
+    args = config["init_args"]
+    assert config["class_path"] == "vlp.models.ernie_vilg.ERNIEViLG"
+    assert (args["depth"], args["dim"], args["num_heads"], args["grid"], args["num_codes"]) == (
+        48,
+        4096,
+        64,
+        [32, 32],
+        8192,
+    )
+    from vlp.models.ernie_vilg import ERNIEViLG
+
+    with torch.device("meta"):  # 10B parameters: built on the meta device, no memory
+        model = ERNIEViLG(**args)
+    assert model.patterns[:4] == ["row", "row", "column", "row"] and model.patterns[-1] == "conv"
+    billions = sum(p.numel() for p in model.parameters()) / 1e9
+    assert 9.0 < billions < 11.0, billions
