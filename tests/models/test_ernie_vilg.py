@@ -163,3 +163,16 @@ def test_bad_inputs_name_the_field() -> None:
         ERNIEViLG(vocab_size=10, num_codes=4, grid=(2, 2), dim=8, depth=1, num_heads=2).map_to_codebook(
             torch.randn(1, 4, 8)
         )
+
+
+@pytest.mark.parametrize("direction", ["text_to_image", "image_to_text"])
+def test_blocked_sparse_layers_equal_the_dense_mask_reference(direction: str) -> None:
+    text, mask, codes = inputs()
+    outs = []
+    for implementation in ("blocked", "dense"):
+        model = tiny(None, implementation=implementation).train()
+        out = model(text, mask, codes, direction).states
+        out.square().mean().backward()
+        outs.append((out.detach(), model.blocks[1].attn.qkv.weight.grad))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-6)

@@ -163,3 +163,18 @@ def test_prediction_repeats_with_its_seed() -> None:
     assert torch.equal(first[2], again[2])
     assert first[0].shape == (4, 2, 3, parts.IMAGE, parts.IMAGE)
     assert float(first[0].min()) >= 0.0 and float(first[0].max()) <= 1.0
+
+
+def test_activation_checkpointing_gives_the_same_gradients() -> None:
+    batch = parts.batches(1)[0]
+    grads = []
+    for checkpointing in (False, True):
+        task = parts.ernie_task(activation_checkpointing=checkpointing)
+        assert task.model.activation_checkpointing is checkpointing
+        task.train()
+        outputs = task.forward_model(batch)
+        coded = task.with_codes(batch)
+        loss = sum(obj(outputs[obj.view], coded).loss for obj in task.active_objectives.values())
+        loss.backward()
+        grads.append(task.model.blocks[0].attn.qkv.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])

@@ -85,6 +85,8 @@ class ERNIEViLGTask(ObjectiveTask):
         predict_dir: where ``predict`` writes its PNG grids and ``captions.jsonl``.
         num_candidates, temperature, top_k, top_p: text→image sampling in ``predict``.
         predict_seed: seeds the sampling generator (per batch and process), so predictions repeat.
+        activation_checkpointing: ``True``/``False`` sets :attr:`ERNIEViLG.activation_checkpointing`
+            (blocks recompute their activations in backward); ``None`` keeps the model's setting.
         Others: as :class:`~vlp.tasks.base.ObjectiveTask`.
     """
 
@@ -109,10 +111,14 @@ class ERNIEViLGTask(ObjectiveTask):
         predict_seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model, objectives, *args, **kwargs)
-        self.hparams.pop("vqgan", None)  # a module, not a hyperparameter
         if not isinstance(model, ERNIEViLG):
             raise ValueError(f"model must be an ERNIEViLG, got {type(model).__name__}")
+        # the base class switches TransformerEncoders; ERNIEViLG keeps its own blocks and switch
+        checkpointing = kwargs.pop("activation_checkpointing", None)
+        if checkpointing is not None:
+            model.activation_checkpointing = checkpointing
+        super().__init__(model, objectives, *args, **kwargs)
+        self.hparams.pop("vqgan", None)  # a module, not a hyperparameter
         for name, objective in self.objectives.items():
             if objective.view not in VIEWS:
                 raise ValueError(
