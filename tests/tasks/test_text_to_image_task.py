@@ -178,3 +178,20 @@ def test_activation_checkpointing_gives_the_same_gradients() -> None:
         loss.backward()
         grads.append(task.model.blocks[0].attn.qkv.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_checkpoint_loads_weights_only_and_strictly(tmp_path: Path) -> None:
+    task = parts.ernie_task()
+    data = Fixed(parts.batches(1), parts.batches(1, seed=5))
+    trainer = Trainer(
+        accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(task, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert "vqgan" not in checkpoint["hyper_parameters"]
+    fresh = parts.ernie_task(seed=9)
+    fresh.load_state_dict(checkpoint["state_dict"])  # strict: model, VQGAN and all
+    for name, value in task.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[name], value, msg=name)

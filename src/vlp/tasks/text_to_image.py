@@ -118,7 +118,8 @@ class ERNIEViLGTask(ObjectiveTask):
         if checkpointing is not None:
             model.activation_checkpointing = checkpointing
         super().__init__(model, objectives, *args, **kwargs)
-        self.hparams.pop("vqgan", None)  # a module, not a hyperparameter
+        for saved in (self.hparams, self._hparams_initial):  # a module, not a hyperparameter
+            saved.pop("vqgan", None)
         for name, objective in self.objectives.items():
             if objective.view not in VIEWS:
                 raise ValueError(
