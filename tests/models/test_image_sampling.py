@@ -150,3 +150,32 @@ def test_generate_images_ranks_its_candidates_by_the_scorer() -> None:
         scorer=lambda codes, ids, m: (codes == 0).sum(1).float(),
     )  # fmt: skip
     assert torch.equal(most_zeros.best_index, (out.codes == 0).sum(2).argmax(1))
+
+
+def test_a_memorised_pairing_is_generated_back_in_both_directions() -> None:
+    """Train both directions on three (caption, image) pairs; near-greedy sampling must return each
+    caption's image and greedy / beam captioning each image's caption (the slots training reads are the
+    ones generation reads)."""
+    model = tiny().train()
+    g = torch.Generator().manual_seed(5)
+    images = torch.randint(0, CODES, (3, 9), generator=g)
+    captions = torch.tensor([[BOS, 4, 5, EOS], [BOS, 6, 7, EOS], [BOS, 8, 9, EOS]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        t2i = model(captions, None, images, "text_to_image").image_states
+        i2t = model(captions, None, images, "image_to_text").text_states[:, :-1]
+        loss = torch.nn.functional.cross_entropy(model.image_logits(t2i).flatten(0, 1), images.flatten())
+        loss = loss + torch.nn.functional.cross_entropy(
+            model.text_logits(i2t).flatten(0, 1), captions[:, 1:].flatten()
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    sampled = sample_image_codes(
+        model, captions, temperature=0.05, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(sampled, images)
+    for beams in (1, 2):
+        out = caption_images(model, images, BOS, EOS, 0, max_len=6, num_beams=beams)
+        assert torch.equal(out.sequences[:, :4], captions)
