@@ -195,3 +195,16 @@ def test_checkpoint_loads_weights_only_and_strictly(tmp_path: Path) -> None:
     fresh.load_state_dict(checkpoint["state_dict"])  # strict: model, VQGAN and all
     for name, value in task.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[name], value, msg=name)
+
+
+def test_end_to_end_trains_and_validates_under_bf16_autocast() -> None:
+    task = parts.ernie_task(end_to_end=True)
+    trainer = Trainer(
+        accelerator="cpu", precision="bf16-mixed", max_steps=3, limit_val_batches=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(task, datamodule=Fixed(parts.batches(1) * 3, parts.batches(1, seed=5)))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    for name in ("train/t2i_loss", "train/i2t_loss", "train/recon_loss", "val/cider"):
+        assert name in metrics and metrics[name] == metrics[name], name  # present and not NaN
+    assert len(task.predictions) == 4
