@@ -92,10 +92,13 @@ class VectorQuantizer(nn.Module):
             weight = self.embedding.weight.detach().clone()
             del self.embedding.weight
             self.embedding.register_buffer("weight", weight)
-            # cluster_size starts at 1 (not 0): a code nobody uses keeps its vector instead of being
-            # divided by the smoothing epsilon.
-            self.register_buffer("cluster_size", torch.ones(num_codes))
-            self.register_buffer("embed_avg", weight.clone())
+            # code = embed_avg / cluster_size. Without restarts the statistics start at one use of each
+            # initial code (an unused code keeps its vector instead of being divided by the smoothing
+            # epsilon); with restarts at zero use, so every code the first batch leaves unused is
+            # restarted at an encoder output on the first step (a data-dependent initialisation).
+            initial = 0.0 if dead_code_threshold > 0 else 1.0
+            self.register_buffer("cluster_size", torch.full((num_codes,), initial))
+            self.register_buffer("embed_avg", weight * initial)
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         batch, channels, h, w = z.shape

@@ -1,0 +1,201 @@
+"""VQGANTask: trains a :class:`~vlp.models.vqgan.VQGAN` with a PatchGAN discriminator (two optimisers).
+
+Manual optimisation. Each training step runs the autoencoder once and the discriminator three times:
+on the reconstruction with its weights detached (the generator's GAN loss, which must not train the
+discriminator), and on the real images and the detached reconstruction (the discriminator's loss).
+Generator and discriminator losses are then summed into **one** backward pass: every parameter gets
+exactly its own loss's gradient (the generator loss cannot reach the discriminator's weights, the
+discriminator loss cannot reach the autoencoder), so this equals taming's two passes while every
+parameter takes part in the single gradient reduction DDP and FSDP2 do per step. Then both optimisers
+step.
+
+Lightning counts every optimiser step in ``global_step``: with a discriminator, ``trainer.max_steps``
+is twice the number of batches (the recipes say so). ``disc_start`` and the schedule count batches.
+
+Logged: ``train/{loss,l1,codebook,commitment,g_loss,d_weight,disc_loss,logits_real,logits_fake,perplexity}``
+and at every validation ``val/l1`` (mean absolute error in [-1, 1] pixels), ``val/psnr`` (per image
+over [0, 1] pixels, averaged), ``val/perplexity`` and ``val/code_usage`` (over the whole validation,
+every process), ``val/loss`` (reconstruction + codebook terms).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from torch import Tensor
+from torchmetrics import MeanMetric
+from torchmetrics.image import PeakSignalNoiseRatio
+
+from vlp.datamodules.schema import Batch
+from vlp.metrics.codebook import CodebookUsage, usage_from_counts
+from vlp.models.patchgan import NLayerDiscriminator
+from vlp.models.vqgan import CONFIG_KEY, VQGAN
+from vlp.objectives.vq import VQGANLoss
+from vlp.tasks.optim import linear_warmup_decay
+
+
+class VQGANTask(LightningModule):
+    """Autoencoder + optional discriminator, trained with :class:`~vlp.objectives.vq.VQGANLoss`.
+
+    Args:
+        model: the VQGAN.
+        loss: the losses (its ``ema`` must match the quantizer's).
+        discriminator: the PatchGAN; ``None`` trains a plain VQ-VAE (one optimiser).
+        lr, disc_lr: Adam learning rates of the autoencoder and the discriminator (``disc_lr`` defaults to ``lr``).
+        betas: Adam betas (taming: 0.5, 0.9).
+        warmup: linear warm-up, a fraction of the batches when < 1, else a number of batches.
+        end_lr_ratio: linear decay after warm-up down to this fraction of the rate (1.0: constant).
+    """
+
+    def __init__(
+        self,
+        model: VQGAN,
+        loss: VQGANLoss,
+        discriminator: NLayerDiscriminator | None = None,
+        lr: float = 1e-4,
+        disc_lr: float | None = None,
+        betas: tuple[float, float] = (0.5, 0.9),
+        warmup: float = 0.0,
+        end_lr_ratio: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if loss.ema != model.quantize.ema:
+            raise ValueError(
+                f"VQGANTask: loss.ema={loss.ema} but the model's quantizer has ema={model.quantize.ema}"
+            )
+        self.save_hyperparameters(ignore=["model", "loss", "discriminator"])
+        self.automatic_optimization = False
+        self.model = model
+        self.loss = loss
+        self.discriminator = discriminator
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
+        self.val_l1 = MeanMetric()
+        self.usage = CodebookUsage(model.num_codes)
+
+    @property
+    def num_optimizers(self) -> int:
+        return 1 if self.discriminator is None else 2
+
+    @property
+    def batch_step(self) -> int:
+        """Batches trained so far (Lightning's ``global_step`` counts each optimiser's steps)."""
+        return self.global_step // self.num_optimizers
+
+    @staticmethod
+    def pixels(batch: Batch) -> Tensor:
+        if batch.pixels is None:
+            raise ValueError("VQGANTask: batch.pixels is None; the data module must provide images")
+        return batch.pixels
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        if len(batch) == 0:
+            return None
+        pixels = self.pixels(batch)
+        step = self.batch_step
+        out = self.model(pixels)
+        disc = self.discriminator
+        logits_gen = disc(out.reconstruction, frozen=True) if disc is not None else None
+        generator = self.loss.generator(
+            pixels, out.reconstruction, out.z_e, out.codes, logits_gen, self.model.last_layer, step
+        )
+        total = generator.loss
+        logs = dict(generator.logs)
+        if disc is not None:
+            discriminated = self.loss.discriminator(
+                disc(pixels.detach()), disc(out.reconstruction.detach()), step
+            )
+            total = total + discriminated.loss
+            logs |= discriminated.logs
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        self.manual_backward(total)
+        for optimizer in optimizers:
+            optimizer.step()
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            scheduler.step()
+        batch_size = len(batch)
+        self.log("train/loss", total.detach(), batch_size=batch_size, prog_bar=True)
+        logs["perplexity"] = usage_from_counts(
+            torch.bincount(out.ids.reshape(-1), minlength=self.model.num_codes).float()
+        )["perplexity"]
+        for name, value in logs.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+        return total.detach()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        if len(batch) == 0:
+            return
+        pixels = self.pixels(batch)
+        out = self.model(pixels)
+        reconstruction = out.reconstruction.clamp(-1.0, 1.0)
+        self.psnr.update((reconstruction + 1) / 2, (pixels + 1) / 2)
+        self.val_l1.update(F.l1_loss(reconstruction, pixels, reduction="none").mean(dim=(1, 2, 3)))
+        self.usage.update(out.ids)
+        generator = self.loss.generator(
+            pixels, out.reconstruction, out.z_e, out.codes, None, None, self.batch_step
+        )
+        self.log("val/loss", generator.loss, batch_size=len(batch), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        usage = self.usage.compute()  # summed over processes
+        self.log("val/psnr", self.psnr.compute(), prog_bar=True)
+        self.log("val/l1", self.val_l1.compute())
+        self.log("val/perplexity", usage["perplexity"])
+        self.log("val/code_usage", usage["code_usage"], prog_bar=True)
+        for metric in (self.psnr, self.val_l1, self.usage):
+            metric.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the VQGAN's constructor arguments, so :meth:`VQGAN.from_checkpoint` can rebuild it."""
+        checkpoint[CONFIG_KEY] = dict(self.model.config)
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``, shard the VQGAN and the discriminator with FSDP2 (each one root)."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            return
+        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.tensor import DTensor
+
+        from vlp.tasks.sharding import apply_fsdp2
+
+        if isinstance(self.model, FSDPModule):
+            return
+        mesh = self.device_mesh
+        if mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                f"ModelParallelStrategy mesh is {dict(zip(mesh.mesh_dim_names, mesh.shape))}, but vlp shards "
+                "over data_parallel only: set data_parallel_size to the number of processes and "
+                "tensor_parallel_size: 1 (configs/trainer/fsdp.yaml)"
+            )
+        roots = [self.model] + ([self.discriminator] if self.discriminator is not None else [])
+        apply_fsdp2(roots, mesh["data_parallel"], bf16=str(self.trainer.precision).startswith("bf16"))
+        outside = [n for n, p in self.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
+        if outside:
+            raise RuntimeError(
+                f"parameters outside the VQGAN and the discriminator were not sharded: {outside}"
+            )
+
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+        hp = self.hparams
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf") or total < self.num_optimizers:
+            raise ValueError("VQGANTask: set trainer.max_steps (streaming data has no length to schedule by)")
+        batches = int(total) // self.num_optimizers
+        warmup = int(hp.warmup * batches) if hp.warmup < 1 else int(hp.warmup)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizers = [torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas))]
+        if self.discriminator is not None:
+            disc_lr = hp.disc_lr if hp.disc_lr is not None else hp.lr
+            optimizers.append(
+                torch.optim.Adam(self.discriminator.parameters(), lr=disc_lr, betas=tuple(hp.betas))
+            )
+        schedulers = [linear_warmup_decay(opt, warmup, batches, hp.end_lr_ratio) for opt in optimizers]
+        return optimizers, schedulers
