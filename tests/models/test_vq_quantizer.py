@@ -77,7 +77,38 @@ def test_dead_codes_are_restarted_at_badly_served_inputs() -> None:
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="dead_code_threshold > 0 needs ema=True"):
         VectorQuantizer(4, 2, dead_code_threshold=0.5)
-    with pytest.raises(ValueError, match=r"dead_code_threshold must be in \[0, 1\)"):
-        VectorQuantizer(4, 2, ema=True, dead_code_threshold=1.5)
+    with pytest.raises(ValueError, match="dead_code_threshold must be >= 0"):
+        VectorQuantizer(4, 2, ema=True, dead_code_threshold=-1.0)
     with pytest.raises(ValueError, match="input has 3 channels, codes have 2"):
         VectorQuantizer(4, 2)(torch.zeros(1, 3, 2, 2))
+
+
+def test_with_restarts_the_first_step_initialises_every_code_from_the_data() -> None:
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(8, 2, ema=True, decay=0.9, dead_code_threshold=0.45)
+    inputs = torch.randn(20, 2) * 3
+    quantizer(as_map(inputs))
+    weight = quantizer.embedding.weight
+    # every code is now an input (restarted) or the mean of the inputs it took (used): none is left
+    # at its tiny random initialisation
+    assert (weight.norm(dim=1) > 0.05).all()
+    distances = torch.cdist(weight, inputs).min(dim=1).values
+    used = quantizer.cluster_size > 0.46  # 0.1 x count >= 0.5; restarted codes sit at 0.45
+    assert used.any() and not used.all()
+    assert torch.allclose(distances[~used], torch.zeros(int((~used).sum())), atol=1e-4)
+
+
+def test_a_restarted_code_nobody_picks_is_restarted_again_at_once() -> None:
+    quantizer = VectorQuantizer(2, 2, ema=True, decay=0.9, dead_code_threshold=1.0)
+    set_codes(quantizer, torch.tensor([[0.0, 0.0], [50.0, 50.0]]))
+    quantizer.cluster_size.fill_(5.0)
+    quantizer.embed_avg.copy_(quantizer.embedding.weight * 5.0)
+    quantizer(as_map(torch.tensor([[0.0, 0.0], [0.0, 0.1], [3.0, 3.0]])))
+    # code 1 went unused (5 * 0.9 = 4.5 >= 1: alive); decay it below the threshold
+    quantizer.cluster_size[1] = 0.5
+    quantizer(as_map(torch.tensor([[0.0, 0.0], [0.0, 0.1], [3.0, 3.0]])))
+    torch.testing.assert_close(quantizer.embedding.weight[1], torch.tensor([3.0, 3.0]), atol=1e-3, rtol=1e-3)
+    assert quantizer.cluster_size[1].item() == pytest.approx(1.0)  # restarted exactly at the threshold
+    quantizer(as_map(torch.tensor([[0.0, 0.0], [0.1, 0.0], [-4.0, 4.0]])))
+    # nobody picked it: dead again, restarted at the new worst-served input
+    torch.testing.assert_close(quantizer.embedding.weight[1], torch.tensor([-4.0, 4.0]), atol=1e-3, rtol=1e-3)

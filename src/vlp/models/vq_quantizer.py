@@ -52,7 +52,7 @@ class VectorQuantizer(nn.Module):
         decay: EMA decay.
         eps: Laplace smoothing of the EMA cluster sizes.
         dead_code_threshold: with ``ema``, restart codes whose EMA usage (assignments per global batch)
-            falls below this, in [0, 1); 0 disables restarts.
+            falls below this; 0 disables restarts.
     """
 
     def __init__(
@@ -73,11 +73,8 @@ class VectorQuantizer(nn.Module):
             raise ValueError(
                 "VectorQuantizer: dead_code_threshold > 0 needs ema=True (restarts rewrite the EMA statistics)"
             )
-        if not 0.0 <= dead_code_threshold < 1.0:
-            raise ValueError(
-                f"VectorQuantizer: dead_code_threshold must be in [0, 1) (a restarted code counts as used once), "
-                f"got {dead_code_threshold}"
-            )
+        if dead_code_threshold < 0:
+            raise ValueError(f"VectorQuantizer: dead_code_threshold must be >= 0, got {dead_code_threshold}")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"VectorQuantizer: decay must be in [0, 1), got {decay}")
         self.num_codes = num_codes
@@ -146,6 +143,11 @@ class VectorQuantizer(nn.Module):
         candidates = flat[picks]
         if _distributed():
             dist.broadcast(candidates, src=0)
-        # A restarted code counts as used once: it has ~log(threshold)/log(decay) steps to attract inputs.
-        self.cluster_size.copy_(torch.where(dead, torch.ones_like(self.cluster_size), self.cluster_size))
-        self.embed_avg.copy_(torch.where(dead[:, None], candidates, self.embed_avg))
+        # A restarted code starts exactly at the threshold (its vector = embed_avg / cluster_size is the
+        # candidate): unless inputs pick it in the next step it is dead again and restarted at a fresh
+        # input, so no code waits for many steps at a position the encoder has moved away from (Jukebox).
+        size = torch.full_like(self.cluster_size, self.dead_code_threshold)
+        self.cluster_size.copy_(torch.where(dead, size, self.cluster_size))
+        self.embed_avg.copy_(
+            torch.where(dead[:, None], candidates * self.dead_code_threshold, self.embed_avg)
+        )
