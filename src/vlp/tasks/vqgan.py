@@ -9,8 +9,10 @@ discriminator loss cannot reach the autoencoder), so this equals taming's two pa
 parameter takes part in the single gradient reduction DDP and FSDP2 do per step. Then both optimisers
 step.
 
-Lightning counts every optimiser step in ``global_step``: with a discriminator, ``trainer.max_steps``
-is twice the number of batches (the recipes say so). ``disc_start`` and the schedule count batches.
+Lightning counts every ``LightningOptimizer.step`` in ``global_step``; the discriminator's optimiser
+steps through the plain torch optimiser instead, so ``global_step``, ``max_steps``, ``fast_dev_run``,
+``disc_start`` and the schedule all count batches. (That step bypasses the precision plugin, which only
+matters for a gradient scaler: ``16-mixed`` on a GPU is refused; fp32 and bf16-mixed need none.)
 
 Logged: ``train/{loss,l1,codebook,commitment,g_loss,d_weight,disc_loss,logits_real,logits_fake,perplexity}``
 and at every validation ``val/l1`` (mean absolute error in [-1, 1] pixels), ``val/psnr`` (per image
@@ -75,14 +77,12 @@ class VQGANTask(LightningModule):
         self.val_l1 = MeanMetric()
         self.usage = CodebookUsage(model.num_codes)
 
-    @property
-    def num_optimizers(self) -> int:
-        return 1 if self.discriminator is None else 2
-
-    @property
-    def batch_step(self) -> int:
-        """Batches trained so far (Lightning's ``global_step`` counts each optimiser's steps)."""
-        return self.global_step // self.num_optimizers
+    def setup(self, stage: str) -> None:
+        if self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            raise ValueError(
+                f"VQGANTask: precision {self.trainer.precision} scales gradients, which the discriminator's "
+                "step does not unscale; use 32-true or bf16-mixed"
+            )
 
     @staticmethod
     def pixels(batch: Batch) -> Tensor:
@@ -94,7 +94,7 @@ class VQGANTask(LightningModule):
         if len(batch) == 0:
             return None
         pixels = self.pixels(batch)
-        step = self.batch_step
+        step = self.global_step
         out = self.model(pixels)
         disc = self.discriminator
         logits_gen = disc(out.reconstruction, frozen=True) if disc is not None else None
@@ -114,8 +114,9 @@ class VQGANTask(LightningModule):
         for optimizer in optimizers:
             optimizer.zero_grad()
         self.manual_backward(total)
-        for optimizer in optimizers:
-            optimizer.step()
+        optimizers[0].step()
+        for optimizer in optimizers[1:]:
+            optimizer.optimizer.step()  # not counted in global_step: one step per batch (see the module doc)
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             scheduler.step()
@@ -138,7 +139,7 @@ class VQGANTask(LightningModule):
         self.val_l1.update(F.l1_loss(reconstruction, pixels, reduction="none").mean(dim=(1, 2, 3)))
         self.usage.update(out.ids)
         generator = self.loss.generator(
-            pixels, out.reconstruction, out.z_e, out.codes, None, None, self.batch_step
+            pixels, out.reconstruction, out.z_e, out.codes, None, None, self.global_step
         )
         self.log("val/loss", generator.loss, batch_size=len(batch), sync_dist=True)
 
@@ -186,9 +187,9 @@ class VQGANTask(LightningModule):
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
         hp = self.hparams
         total = self.trainer.estimated_stepping_batches
-        if total == float("inf") or total < self.num_optimizers:
+        if total == float("inf") or total < 1:
             raise ValueError("VQGANTask: set trainer.max_steps (streaming data has no length to schedule by)")
-        batches = int(total) // self.num_optimizers
+        batches = int(total)
         warmup = int(hp.warmup * batches) if hp.warmup < 1 else int(hp.warmup)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizers = [torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas))]
