@@ -226,3 +226,29 @@ def test_load_backbone_after_freezing_ignores_step_counters() -> None:
     frozen.load_backbone(source.state_dict())  # has num_batches_tracked; frozen BatchNorm has no such buffer
     torch.testing.assert_close(frozen.backbone.bn1.running_var, source.bn1.running_var)
     torch.testing.assert_close(frozen.backbone.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
+
+
+def test_group_norm_normalises_each_images_tokens_over_their_positions() -> None:
+    """``norm_groups`` (Deformable DETR's input_proj): per image and group of channels the tokens have
+    mean 0 and variance 1 over positions (so their norm is about sqrt(dim), a LayerNorm'd word
+    embedding's), whatever else the batch holds; a tiny projection's tokens are not."""
+    torch.manual_seed(0)
+    normed = make_embedder(out_index=2, norm_groups=8).eval()
+    with torch.no_grad():
+        normed.input_proj.weight.mul_(0.1)  # raw tokens far below unit scale
+    pixels = torch.full((3, 3, 64, 64), -0.7)
+    pixels[0, :, 20:32, 40:52] = 0.9  # one small bright square on a plain background
+    pixels[1:] = torch.randn(2, 3, 64, 64)
+    out = normed(pixels).embeds.detach()  # [B, 64 positions, DIM]
+    groups = out.view(3, 64, 8, DIM // 8).transpose(1, 2).flatten(2)  # [B, groups, positions x channels]
+    torch.testing.assert_close(groups.mean(-1), torch.zeros(3, 8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        groups.var(-1, unbiased=False), torch.ones(3, 8), atol=5e-2, rtol=0
+    )  # up to eps (1e-5)
+    assert out.norm(dim=-1).mean() == pytest.approx(math.sqrt(DIM), rel=0.05)
+    normed.input_norm = None
+    assert normed(pixels).embeds.norm(dim=-1).mean() < 0.2 * math.sqrt(DIM)
+    normed.input_norm = nn.GroupNorm(8, DIM)
+    torch.testing.assert_close(normed(pixels[:1]).embeds, out[:1])  # per image: the batch does not matter
+    with pytest.raises(ValueError, match="norm_groups"):
+        CNNGridEmbedder(dim=DIM, backbone="resnet18", norm_groups=5)

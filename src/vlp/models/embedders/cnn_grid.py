@@ -46,6 +46,12 @@ class CNNGridEmbedder(VisualEmbedder):
             modules the features-only backbone drops (the classifier, later stages) are ignored; any
             other mismatch fails, naming the keys.
         temperature: of the sine positions (DETR: 10000).
+        norm_groups: a GroupNorm of that many groups after ``input_proj`` (Deformable DETR's
+            ``input_proj``: 1x1 conv + GroupNorm(32)); ``0``: none (DETR). Each image's tokens get mean 0
+            and variance 1 per group over their positions, so they enter the encoder at the scale of
+            LayerNorm'd word embeddings. A ResNet-18 trained from scratch gave shapes tokens of norm ~4
+            against the text's ~11 at width 128, and the detection classifier learnt next to nothing
+            (see benchmarks/RESULTS.md, E2E-VLP on shapes). The statistics include padded positions.
     """
 
     def __init__(
@@ -57,8 +63,11 @@ class CNNGridEmbedder(VisualEmbedder):
         pretrained: bool = False,
         init_from: str | None = None,
         temperature: float = 10000.0,
+        norm_groups: int = 0,
     ) -> None:
         super().__init__()
+        if norm_groups < 0 or (norm_groups and dim % norm_groups):
+            raise ValueError(f"norm_groups must be 0 or a divisor of dim={dim}, got {norm_groups}")
         if dim % 4:
             raise ValueError(
                 f"dim must be divisible by 4 for the 2-D sine positions (sin and cos per axis), got {dim}"
@@ -72,6 +81,7 @@ class CNNGridEmbedder(VisualEmbedder):
         self.channels = int(self.backbone.feature_info.channels()[-1])
         self.stride = int(self.backbone.feature_info.reduction()[-1])
         self.input_proj = nn.Conv2d(self.channels, dim, kernel_size=1)
+        self.input_norm = nn.GroupNorm(norm_groups, dim) if norm_groups else None
         if init_from is not None:
             self.load_backbone(load_state_dict_file(init_from), source=init_from)
         self.freeze_bn = freeze_bn
@@ -91,6 +101,8 @@ class CNNGridEmbedder(VisualEmbedder):
             pixels = pixels.masked_fill(~pixel_mask[:, None], 0.0)
         features = self.backbone(pixels)[-1]  # [B, C, h, w]
         x = self.input_proj(features)
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         h, w = x.shape[-2:]
         token_mask = cell_mask(pixel_mask, self.stride, (h, w))
         pos = sine_positions(token_mask, self.dim, self.temperature).to(x.dtype)
