@@ -61,3 +61,42 @@ def test_load_vit_embedding_resamples_positions_and_names_missing_keys() -> None
     del source["cls_token"]
     with pytest.raises(KeyError, match="cls_token"):
         emb.load_vit_embedding(source)
+
+
+def test_pre_norm_normalises_patch_plus_position_and_folds_the_positions_in() -> None:
+    """With ``pre_norm`` each token is LayerNorm(patch + position): zero mean, unit variance over the
+    features, the positions no longer returned apart; without it, nothing is normalised."""
+    torch.manual_seed(0)
+    plain = ViTPatchEmbedder(dim=16, patch_size=4, pos_grid=3).eval()
+    normed = ViTPatchEmbedder(dim=16, patch_size=4, pos_grid=3, pre_norm=True).eval()
+    normed.load_state_dict(
+        plain.state_dict() | {k: v for k, v in normed.state_dict().items() if "norm_pre" in k}
+    )
+    pixels = torch.randn(2, 3, 12, 12) * 3
+    raw, out = plain(pixels), normed(pixels)
+    assert out.pos is None and raw.pos is not None
+    torch.testing.assert_close(out.embeds, F.layer_norm(raw.embeds + raw.pos, (16,), eps=1e-6))
+    torch.testing.assert_close(out.embeds.mean(-1), torch.zeros(2, 10), atol=1e-5, rtol=0)
+    assert not torch.allclose(raw.embeds.mean(-1), torch.zeros(2, 10), atol=1e-2)
+    assert set(normed.state_dict()) - set(plain.state_dict()) == {"norm_pre.weight", "norm_pre.bias"}
+
+
+def test_pre_norm_keeps_padding_invariance_in_vilt() -> None:
+    from vlp.models.text import TextEmbedder
+    from vlp.models.transformer import TransformerEncoder
+    from vlp.models.vilt import ViLT
+
+    torch.manual_seed(0)
+    model = ViLT(
+        TextEmbedder(50, 16, 12), ViTPatchEmbedder(16, 4, 3, pre_norm=True), TransformerEncoder(16, 2, 2)
+    ).eval()
+    ids = torch.randint(5, 50, (1, 5))
+    image = torch.randn(1, 3, 8, 12)
+    out = model(ids, torch.ones(1, 5, dtype=torch.bool), image, torch.ones(1, 8, 12, dtype=torch.bool))
+    padded_pixels = torch.randn(1, 3, 16, 16)  # garbage in the padding
+    padded_pixels[..., :8, :12] = image
+    pixel_mask = torch.zeros(1, 16, 16, dtype=torch.bool)
+    pixel_mask[:, :8, :12] = True
+    padded = model(ids, torch.ones(1, 5, dtype=torch.bool), padded_pixels, pixel_mask)
+    torch.testing.assert_close(padded.pooled, out.pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded.text_states, out.text_states, atol=1e-5, rtol=1e-5)

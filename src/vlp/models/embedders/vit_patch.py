@@ -27,6 +27,13 @@ class ViTPatchEmbedder(VisualEmbedder):
         sample_at_eval: also sample patches in eval mode (official ViLT does; the default keeps all).
         init_from: a local timm-format ViT state dict (``.safetensors`` / ``.pth``) or a timm model
             name (downloaded by timm, never in tests) to take patch, [CLS] and position weights from.
+        pre_norm: a LayerNorm over ``patch + position`` (and [CLS] + its position) before the tokens
+            leave the embedder, as CLIP's ``ln_pre`` and timm's ``norm_pre``; the positions are then
+            folded into ``embeds`` and ``pos`` is ``None``. Off in official ViLT. From scratch it puts
+            the image tokens at the text tokens' scale (the text embedder ends in a LayerNorm): a raw
+            projection of 64-px shapes patches has a quarter of their spread, most of it one shared
+            background direction, and the tiny shapes ViLT then took far longer to compare text with
+            image (benchmarks/RESULTS.md, session 5).
     """
 
     def __init__(
@@ -38,6 +45,8 @@ class ViTPatchEmbedder(VisualEmbedder):
         sample_at_eval: bool = False,
         in_chans: int = 3,
         init_from: str | None = None,
+        pre_norm: bool = False,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -51,6 +60,7 @@ class ViTPatchEmbedder(VisualEmbedder):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + pos_grid * pos_grid, dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.norm_pre = nn.LayerNorm(dim, eps=norm_eps) if pre_norm else None
         if init_from is not None:
             self.load_vit_embedding(load_vit_state_dict(init_from), source=init_from)
 
@@ -75,10 +85,13 @@ class ViTPatchEmbedder(VisualEmbedder):
         cls = self.cls_token.to(embeds.dtype).expand(batch, -1, -1)
         cls_pos = self.pos_embed[:, :1].to(pos.dtype).expand(batch, -1, -1)
         real = torch.ones(batch, 1, dtype=torch.bool, device=mask.device)
+        tokens, positions = torch.cat([cls, embeds], 1), torch.cat([cls_pos, pos], 1)
+        if self.norm_pre is not None:
+            tokens, positions = self.norm_pre(tokens + positions), None
         return VisualTokens(
-            embeds=torch.cat([cls, embeds], 1),
+            embeds=tokens,
             mask=torch.cat([real, mask], 1),
-            pos=torch.cat([cls_pos, pos], 1),
+            pos=positions,
             grid=(h, w),
             num_prefix=1,
         )
@@ -122,6 +135,9 @@ class ViTPatchEmbedder(VisualEmbedder):
             self.patch_embed.proj.bias.copy_(state_dict["patch_embed.proj.bias"])
             self.cls_token.copy_(state_dict["cls_token"])
             self.pos_embed.copy_(pos)
+            if self.norm_pre is not None and "norm_pre.weight" in state_dict:
+                self.norm_pre.weight.copy_(state_dict["norm_pre.weight"])
+                self.norm_pre.bias.copy_(state_dict["norm_pre.bias"])
 
 
 def sample_patches(embeds: Tensor, pos: Tensor, mask: Tensor, keep: int) -> tuple[Tensor, Tensor, Tensor]:
