@@ -14,17 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from vlp.datamodules.schema import Batch
-from vlp.metrics.captioning import caption_scores
 from vlp.models.e2e_vlp import CaptionOutput
+from vlp.tasks.caption_evaluation import CaptionEvaluation
 from vlp.tasks.e2e_base import E2ETask, fsdp_gathered
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
 
-class CaptioningTask(E2ETask):
+class CaptioningTask(CaptionEvaluation, E2ETask):
     """Fine-tuning and evaluation of E2E-VLP captioning (data: :class:`~vlp.datamodules.e2e.E2EDataModule`
     with ``captioning: true``; val/test batches need ``references``).
 
@@ -65,8 +64,7 @@ class CaptioningTask(E2ETask):
         self.meteor = meteor
         tok = load_tokenizer(tokenizer)
         self.bos_id, self.eos_id, self.pad_id = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
-        self._predictions: dict[str, str] = {}
-        self._references: dict[str, list[str]] = {}
+        self.reset_captions()
 
     def forward_model(self, batch: Batch) -> dict[str, CaptionOutput]:
         if batch.caption_ids is None or batch.pixels is None:
@@ -94,59 +92,6 @@ class CaptioningTask(E2ETask):
 
     # --------------------------------------------------------------------------------- evaluation
 
-    def _evaluate(self, batch: Batch, stage: str) -> None:
-        if len(batch) == 0:
-            return
+    def evaluate_captions(self, batch: Batch, stage: str) -> None:
         self.compute_losses(batch, stage)
-        if batch.references is None:
-            raise ValueError("caption evaluation needs batch.references (every caption of each image)")
-        for key, caption, refs in zip(
-            batch.keys, self.generate(batch.pixels, batch.pixel_mask), batch.references
-        ):
-            self._predictions[key] = caption
-            self._references[key] = list(refs)
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_validation_epoch_start(self) -> None:
-        self._predictions, self._references = {}, {}
-
-    def on_test_epoch_start(self) -> None:
-        self._predictions, self._references = {}, {}
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test")
-
-    @property
-    def predictions(self) -> dict[str, str]:
-        """The captions decoded in the last evaluation epoch, by key: every process's once the epoch has
-        ended (they are gathered to be scored), this process's while it runs."""
-        return dict(self._predictions)
-
-    def _log_scores(self, stage: str) -> None:
-        predictions, references = self._predictions, self._references
-        scores: dict[str, float] | None = None
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            everyone: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(everyone, (predictions, references))
-            predictions = {k: v for p, _ in everyone for k, v in p.items()}
-            references = {k: v for _, r in everyone for k, v in r.items()}
-            self._predictions, self._references = predictions, references
-            shared: list[Any] = [None]
-            if dist.get_rank() == 0 and predictions:
-                shared[0] = caption_scores(predictions, references, self.meteor)
-            dist.broadcast_object_list(shared, src=0)
-            scores = shared[0]
-        elif predictions:
-            scores = caption_scores(predictions, references, self.meteor)
-        if scores is None:
-            return
-        for name, value in scores.items():
-            self.log(f"{stage}/{name}", value, sync_dist=False)  # the same on every process
+        self.record_captions(batch, self.generate(batch.pixels, batch.pixel_mask))

@@ -32,16 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from vlp.datamodules.schema import Batch
-from vlp.metrics.captioning import caption_scores
 from vlp.models.ernie_vilg import ERNIEViLG, ERNIEViLGOutput
 from vlp.models.image_sampling import caption_images, generate_images
 from vlp.objectives.base import Objective
 from vlp.objectives.reconstruction import ReconstructionObjective
 from vlp.tasks.base import ObjectiveTask
+from vlp.tasks.caption_evaluation import CaptionEvaluation
 from vlp.tasks.e2e_base import fsdp_gathered
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
@@ -65,7 +64,7 @@ def load_vqgan(vqgan: nn.Module | None, vqgan_checkpoint: str | None) -> nn.Modu
     return VQGAN.from_checkpoint(path)
 
 
-class ERNIEViLGTask(ObjectiveTask):
+class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
     """ERNIE-ViLG training, caption evaluation and image generation (module docstring).
 
     Data: batches with ``pixels`` (normalised to [-1, 1], the VQGAN's range), ``caption_ids`` /
@@ -159,8 +158,7 @@ class ERNIEViLGTask(ObjectiveTask):
         self.predict_seed = predict_seed
         tok = load_tokenizer(tokenizer)
         self.bos_id, self.eos_id, self.pad_id = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
-        self._predictions: dict[str, str] = {}
-        self._references: dict[str, list[str]] = {}
+        self.reset_captions()
 
     # ----------------------------------------------------------------------------------- set-up
 
@@ -267,60 +265,10 @@ class ERNIEViLGTask(ObjectiveTask):
 
     # -------------------------------------------------------------------------------- evaluation
 
-    def _evaluate(self, batch: Batch, stage: str) -> None:
-        if len(batch) == 0:
-            return
+    def evaluate_captions(self, batch: Batch, stage: str) -> None:
         batch = self.with_codes(batch)
         self.compute_losses(batch, stage)
-        if batch.references is None:
-            raise ValueError("caption evaluation needs batch.references (every caption of each image)")
-        for key, caption, refs in zip(
-            batch.keys, self.generate_captions(batch.image_codes), batch.references
-        ):
-            self._predictions[key] = caption
-            self._references[key] = list(refs)
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_validation_epoch_start(self) -> None:
-        self._predictions, self._references = {}, {}
-
-    def on_test_epoch_start(self) -> None:
-        self._predictions, self._references = {}, {}
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test")
-
-    @property
-    def predictions(self) -> dict[str, str]:
-        """The captions of the last evaluation epoch by key (every process's once it has ended)."""
-        return dict(self._predictions)
-
-    def _log_scores(self, stage: str) -> None:
-        predictions, references = self._predictions, self._references
-        scores: dict[str, float] | None = None
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            everyone: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(everyone, (predictions, references))
-            predictions = {k: v for p, _ in everyone for k, v in p.items()}
-            references = {k: v for _, r in everyone for k, v in r.items()}
-            self._predictions, self._references = predictions, references
-            shared: list[Any] = [None]
-            if dist.get_rank() == 0 and predictions:
-                shared[0] = caption_scores(predictions, references, self.meteor)
-            dist.broadcast_object_list(shared, src=0)
-            scores = shared[0]
-        elif predictions:
-            scores = caption_scores(predictions, references, self.meteor)
-        for name, value in (scores or {}).items():
-            self.log(f"{stage}/{name}", value, sync_dist=False)  # the same on every process
+        self.record_captions(batch, self.generate_captions(batch.image_codes))
 
     # -------------------------------------------------------------------------------- prediction
 
