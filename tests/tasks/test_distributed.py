@@ -14,11 +14,6 @@ references run here.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +22,7 @@ import distributed_run as run
 import pytest
 import torch
 from safetensors.torch import load_file
+from two_process_launch import Launch
 
 from vlp.models.transformer import Block, TransformerEncoder
 from vlp.zoo import consolidate_checkpoint, save_consolidated
@@ -34,47 +30,17 @@ from vlp.zoo import consolidate_checkpoint, save_consolidated
 pytestmark = pytest.mark.distributed
 
 SCRIPT = Path(__file__).with_name("distributed_run.py")
-LAUNCH_ENV_KEYS = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PL_GLOBAL_SEED")
 LOSS_TOL = {"rtol": 1e-5, "atol": 1e-5}  # fp32, different reduction order across processes
 WEIGHT_TOL = {"rtol": 1e-4, "atol": 2e-5}
-
-
-class Launch:
-    """``distributed_run.py MODE`` started in the background; :meth:`result` waits for it.
-
-    It runs in a session of its own, so :meth:`stop` ends the rank Lightning spawned as well.
-    """
-
-    def __init__(self, mode: str, workdir: Path) -> None:
-        self.mode, self.workdir = mode, workdir
-        self.out = workdir / f"{mode}.pt"
-        env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_KEYS}
-        env.update(PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
-        command = [sys.executable, str(SCRIPT), mode, "--out", str(self.out), "--workdir", str(workdir)]
-        with (workdir / "log.txt").open("w") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env, start_new_session=True
-            )
-
-    def result(self) -> dict[str, Any]:
-        try:
-            code = self.process.wait(timeout=600)
-        finally:
-            self.stop()
-        assert code == 0, (self.workdir / "log.txt").read_text()[-4000:]
-        return torch.load(self.out, weights_only=True)
-
-    def stop(self) -> None:
-        """End every process of the launch still running (rank 1 outlives a killed rank 0)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
 
 
 @pytest.fixture(scope="module")
 def launches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Launch]]:
     """Both 2-process runs start together: their start-up (imports, gloo) overlaps."""
-    started = {mode: Launch(mode, tmp_path_factory.mktemp(mode)) for mode in ("ddp", "fsdp")}
+    started = {}
+    for mode in ("ddp", "fsdp"):
+        workdir = tmp_path_factory.mktemp(mode)
+        started[mode] = Launch(SCRIPT, mode, workdir, extra=["--workdir", str(workdir)], timeout=600)
     yield started
     for launch in started.values():
         launch.stop()

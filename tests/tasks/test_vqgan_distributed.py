@@ -8,11 +8,6 @@ one codebook on every process. Both use two optimisers stepping after one shared
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,47 +17,22 @@ import pytest
 import torch
 import vqgan_distributed_run as vq
 from lightning import Trainer
+from two_process_launch import Launch
 
 pytestmark = [pytest.mark.distributed, pytest.mark.filterwarnings("ignore")]
 
 SCRIPT = Path(__file__).with_name("vqgan_distributed_run.py")
-LAUNCH_ENV_KEYS = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PL_GLOBAL_SEED")
 LOSS_TOL = {"rtol": 1e-5, "atol": 1e-5}
 # attention key biases get gradients that are float noise in exact arithmetic (softmax is shift-invariant):
 # they drift by ~2e-5 in five steps; unsynchronised ranks differ by far more
 WEIGHT_TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 
-class Launch:
-    """``vqgan_distributed_run.py MODE`` in the background, in a session of its own."""
-
-    def __init__(self, mode: str, workdir: Path) -> None:
-        self.workdir, self.out = workdir, workdir / f"{mode}.pt"
-        env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV_KEYS}
-        env.update(PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
-        command = [sys.executable, str(SCRIPT), mode, "--out", str(self.out)]
-        with (workdir / "log.txt").open("w") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env, start_new_session=True
-            )
-
-    def result(self) -> dict[str, Any]:
-        try:
-            code = self.process.wait(timeout=900)
-        finally:
-            self.stop()
-        assert code == 0, (self.workdir / "log.txt").read_text()[-4000:]
-        return torch.load(self.out, weights_only=True)
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-
 @pytest.fixture(scope="module")
 def launches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Launch]]:
-    started = {mode: Launch(mode, tmp_path_factory.mktemp(f"vqgan_{mode}")) for mode in ("ddp", "fsdp")}
+    started = {
+        mode: Launch(SCRIPT, mode, tmp_path_factory.mktemp(f"vqgan_{mode}")) for mode in ("ddp", "fsdp")
+    }
     yield started
     for launch in started.values():
         launch.stop()
