@@ -10,7 +10,7 @@ which is not the corpus score).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch.distributed as dist
@@ -29,6 +29,7 @@ class CaptionEvaluation:
 
     meteor: bool | None
     log: Any
+    evaluate_captions: Callable[[Batch, str], None]  # the task's: its losses, then record_captions
 
     def reset_captions(self) -> None:
         self._predictions: dict[str, str] = {}
@@ -41,9 +42,6 @@ class CaptionEvaluation:
         for key, caption, refs in zip(batch.keys, captions, batch.references):
             self._predictions[key] = caption
             self._references[key] = list(refs)
-
-    def evaluate_captions(self, batch: Batch, stage: str) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must define evaluate_captions(batch, stage)")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if len(batch):
