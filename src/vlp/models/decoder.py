@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import Tensor, nn
 
+from vlp.models.sdpa import sdpa
 from vlp.models.transformer import init_weights, key_padding_mask
 
 
@@ -80,9 +81,7 @@ class MultiHeadAttention(nn.Module):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         """SDPA over projected heads, then the output projection: ``[B, Nq, D]``."""
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0
-        )
+        out = sdpa(q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0)
         batch, _, length, _ = out.shape
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, length, self.dim)))
 

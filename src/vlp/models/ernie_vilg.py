@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from vlp.models.sdpa import sdpa
 from vlp.models.sparse_attention import Implementation, SparseSelfAttention
 from vlp.models.sparse_patterns import (
     DIRECTIONS,
@@ -359,7 +360,7 @@ class ERNIEViLG(nn.Module):
             values = torch.cat([cache.values[index], v], 2) if cache.values[index].numel() else v
             cache.keys[index], cache.values[index] = keys, values
             mask = cache.masks[attn.pattern.kind][:, :, start:stop, :stop]
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            out = sdpa(q, keys, values, attn_mask=mask)
             x = x + attn.proj(out.transpose(1, 2).reshape(batch, length, dim))
             x = x + block.mlp(block.norm2(x))
         cache.length = stop

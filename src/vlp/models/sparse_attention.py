@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from vlp.models.sdpa import sdpa
 from vlp.models.sparse_blocks import BlockPlan, Chunk, block_plan, padded
 from vlp.models.sparse_patterns import ImageTextLayout, PatternKind, SparsePattern, pattern_mask
 
@@ -61,12 +62,12 @@ def dense_pattern_attention(
         kernel_size=pattern.kernel_size,
     ).to(qkv.device)
     q, k, v = qkv.transpose(1, 3).unbind(2)  # [B, H, N, d] each
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p).transpose(1, 2)
+    return sdpa(q, k, v, attn_mask=mask, dropout_p=dropout_p).transpose(1, 2)
 
 
 def attend_text(q_text: Tensor, k_keys: Tensor, v_keys: Tensor, mask: Tensor, dropout_p: float) -> Tensor:
     """The text queries ``[B, T, H, d]`` over the keys they may see ``[B, K, H, d]`` → ``[B, T, H, d]``."""
-    out = F.scaled_dot_product_attention(
+    out = sdpa(
         q_text.transpose(1, 2),
         k_keys.transpose(1, 2),
         v_keys.transpose(1, 2),
@@ -89,7 +90,7 @@ def attend_blocks(
         return x.reshape(batch * blocks, x.shape[2], heads, head_dim).transpose(1, 2)
 
     mask = mask.expand(batch, *mask.shape[1:]).reshape(batch * blocks, 1, *mask.shape[2:])
-    out = F.scaled_dot_product_attention(
+    out = sdpa(
         heads_first(q_blocks),
         heads_first(k_blocks),
         heads_first(v_blocks),

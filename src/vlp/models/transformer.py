@@ -9,10 +9,11 @@ and official ViLT checkpoints map onto these blocks key by key.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from vlp.models.sdpa import sdpa
 
 
 def key_padding_mask(mask: Tensor) -> Tensor:
@@ -41,9 +42,7 @@ class Attention(nn.Module):
         # Views [B, H, N, d] into the [B, N, 3, H, d] projection. Unbinding dim 2 (not a permuted dim 0)
         # lets backward stack the three gradients straight into the projection's layout: one copy, not two.
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0
-        )
+        out = sdpa(q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, length, dim)))
 
 

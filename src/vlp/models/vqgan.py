@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlp.models.sdpa import sdpa
 from vlp.models.vq_quantizer import VectorQuantizer
 
 CONFIG_KEY = "vqgan_config"
@@ -67,7 +68,7 @@ class AttnBlock(nn.Module):
         q, k, v = (
             conv(y).reshape(batch, 1, channels, h * w).transpose(2, 3) for conv in (self.q, self.k, self.v)
         )
-        out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(C), as taming's
+        out = sdpa(q, k, v)  # scale 1/sqrt(C), as taming's
         return x + self.proj_out(out.transpose(2, 3).reshape(batch, channels, h, w))
 
 

@@ -45,9 +45,19 @@ def param_groups(
 
 
 def build_adamw(
-    groups: Iterable[dict], lr: float, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-8
+    groups: Iterable[dict],
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.98),
+    eps: float = 1e-8,
+    fused: bool = True,
 ) -> Optimizer:
-    return AdamW(list(groups), lr=lr, betas=betas, eps=eps)
+    """AdamW over ``groups``; ``fused`` runs one kernel over all parameters instead of a chain of ops.
+
+    The fused kernel exists on CPU and CUDA (and for FSDP2's DTensor parameters). On this 2-core CPU it
+    steps 8.0 M parameters in 7 ms against 38 ms for the ``foreach`` default (``benchmarks/RESULTS.md``),
+    which was a third of a bf16 training step of the default recipe. Same update rule either way.
+    """
+    return AdamW(list(groups), lr=lr, betas=betas, eps=eps, fused=fused)
 
 
 def linear_warmup_decay(
