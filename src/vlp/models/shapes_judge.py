@@ -1,0 +1,154 @@
+"""A small CNN that judges shapes images: which (colour, shape) objects are present, and how many objects.
+
+It is the referee of the generation metrics on the shapes data (:mod:`vlp.metrics.semantic`): an image
+matches a prompt when the judge finds every (colour, shape) the prompt names. It is a **presence
+classifier, not a box detector**: a multi-label head over every colour x shape pair (8 x 6 = 48 on
+shapes) plus a count head (0 .. ``max_objects``). That is all the semantic score asks ("is there a red
+circle?"), and it can be trained to near-perfect accuracy in minutes on one CPU thread, where the
+E2E-VLP detector reaches AP50 0.09 on the same data and would be no fair referee.
+
+Its penultimate features (global average + max pooling of the last conv stage, then one linear layer
+with ReLU, ``feature_dim`` wide) are the feature space of the shapes Fréchet distance
+(:meth:`ShapesJudge.feature_extractor` for :func:`vlp.metrics.fid.frechet_distance`).
+
+Pixels are normalised as every vlp batch is (mean = std = 0.5: [-1, 1]); the feature extractor takes
+[0, 1] images, the torchmetrics convention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vlp.datamodules.synth.shapes import COLOUR_NAMES, MAX_OBJECTS, SHAPES
+
+CONFIG_KEY = "shapes_judge_config"
+
+
+@dataclass
+class JudgeOutput:
+    features: Tensor  # [B, feature_dim], the Fréchet distance's feature space
+    presence_logits: Tensor  # [B, num_colours, num_shapes]
+    count_logits: Tensor  # [B, max_objects + 1]
+
+
+def conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ShapesJudge(nn.Module):
+    """Conv stages (two 3x3 conv + BatchNorm + ReLU each, stride 2 at the start of every stage but the
+    first), global average + max pooling, a ``feature_dim`` linear layer with ReLU, and two heads.
+
+    Args:
+        colours, shapes: the names the presence head ranges over (default: the shapes generator's).
+        channels: width of each stage; ``len(channels) - 1`` halvings of the resolution.
+        feature_dim: width of the penultimate features.
+        max_objects: the count head classifies 0 .. ``max_objects``.
+    """
+
+    def __init__(
+        self,
+        colours: list[str] | None = None,
+        shapes: list[str] | None = None,
+        channels: list[int] | None = None,
+        feature_dim: int = 128,
+        max_objects: int = MAX_OBJECTS,
+    ) -> None:
+        super().__init__()
+        self.colours = list(colours or COLOUR_NAMES)
+        self.shapes = list(shapes or SHAPES)
+        channels = list(channels or [16, 32, 64, 128])
+        if not channels or min(channels) < 1 or feature_dim < 1 or max_objects < 1:
+            raise ValueError(
+                f"channels, feature_dim and max_objects must be positive, got {channels}, {feature_dim}, {max_objects}"
+            )
+        for name, values in (("colours", self.colours), ("shapes", self.shapes)):
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{name} must be distinct names, got {values}")
+        self.config: dict[str, Any] = {
+            "colours": self.colours,
+            "shapes": self.shapes,
+            "channels": channels,
+            "feature_dim": feature_dim,
+            "max_objects": max_objects,
+        }
+        stages, cin = [], 3
+        for index, cout in enumerate(channels):
+            stages += [conv_block(cin, cout, 1 if index == 0 else 2), conv_block(cout, cout, 1)]
+            cin = cout
+        self.backbone = nn.Sequential(*stages)
+        self.project = nn.Sequential(nn.Linear(2 * cin, feature_dim), nn.ReLU(inplace=True))
+        self.presence_head = nn.Linear(feature_dim, len(self.colours) * len(self.shapes))
+        self.count_head = nn.Linear(feature_dim, max_objects + 1)
+        self.feature_dim = feature_dim
+
+    def features(self, pixels: Tensor) -> Tensor:
+        """Pixels ``[B, 3, H, W]`` in [-1, 1] → penultimate features ``[B, feature_dim]``."""
+        grid = self.backbone(pixels)
+        return self.project(torch.cat([grid.mean(dim=(2, 3)), grid.amax(dim=(2, 3))], dim=1))
+
+    def forward(self, pixels: Tensor) -> JudgeOutput:
+        features = self.features(pixels)
+        presence = self.presence_head(features).view(-1, len(self.colours), len(self.shapes))
+        return JudgeOutput(features, presence, self.count_head(features))
+
+    @torch.no_grad()
+    def present(self, pixels: Tensor, threshold: float = 0.5) -> Tensor:
+        """Bool ``[B, num_colours, num_shapes]``: which (colour, shape) objects the judge sees."""
+        return self(pixels).presence_logits.sigmoid() > threshold
+
+    def feature_extractor(self) -> JudgeFeatures:
+        """The features as a module over [0, 1] images, for :func:`vlp.metrics.fid.frechet_distance`."""
+        return JudgeFeatures(self)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, prefix: str = "judge.") -> ShapesJudge:
+        """The judge of a :class:`~vlp.tasks.shapes_judge.ShapesJudgeTask` checkpoint, in eval mode.
+
+        The architecture comes from the checkpoint's ``shapes_judge_config``, the weights from the keys
+        under ``prefix``; every key must match, or the error names those that do not.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"shapes judge checkpoint {path} not found: train one with "
+                "`python -m vlp fit --config configs/probe/shapes_judge.yaml` (a ShapesJudgeTask .ckpt)"
+            )
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint:
+            raise ValueError(f"{path}: no '{CONFIG_KEY}' entry; not a ShapesJudgeTask checkpoint")
+        judge = cls(**checkpoint[CONFIG_KEY])
+        state = {
+            k[len(prefix) :]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)
+        }
+        own = judge.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"{path}: judge weights do not match: missing {missing}, unexpected {unexpected}")
+        judge.load_state_dict(state)
+        return judge.eval()
+
+
+class JudgeFeatures(nn.Module):
+    """:meth:`ShapesJudge.features` of [0, 1] images (always in eval mode, no gradients)."""
+
+    def __init__(self, judge: ShapesJudge) -> None:
+        super().__init__()
+        self.judge = judge
+        self.num_features = judge.feature_dim
+
+    def train(self, mode: bool = True) -> JudgeFeatures:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        return self.judge.features(images * 2 - 1)
