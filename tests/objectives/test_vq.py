@@ -85,3 +85,21 @@ def test_discriminator_loss_counts_from_disc_start() -> None:
     assert loss.discriminator(real, fake, step=5).loss.item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="disc_loss must be"):
         VQGANLoss(disc_loss="wgan")  # type: ignore[arg-type]
+
+
+def test_mse_weight_adds_the_squared_error_and_pulls_hardest_on_the_largest_error() -> None:
+    pixels = torch.zeros(1, 1, 1, 4)
+    reconstruction = torch.tensor([[[[0.1, -0.1, 0.1, 1.0]]]], requires_grad=True)
+    l1 = (0.1 + 0.1 + 0.1 + 1.0) / 4
+    mse = (0.01 * 3 + 1.0) / 4
+    loss, logs = VQGANLoss(pixel_weight=1.0, mse_weight=2.0).reconstruction(pixels, reconstruction)
+    assert loss.item() == pytest.approx(l1 + 2.0 * mse)
+    assert logs["mse"].item() == pytest.approx(mse)
+    loss.backward()
+    grad = reconstruction.grad.flatten()
+    # L1 alone gives every pixel the same |gradient| 1/4; the squared error adds 4 * error / 4
+    torch.testing.assert_close(grad, torch.tensor([0.35, -0.35, 0.35, 1.25]))
+    plain, plain_logs = VQGANLoss().reconstruction(pixels, reconstruction)
+    assert plain.item() == pytest.approx(l1) and "mse" not in plain_logs
+    with pytest.raises(ValueError, match="mse_weight"):
+        VQGANLoss(mse_weight=-1.0)

@@ -1,7 +1,9 @@
 """VQGAN losses (taming-transformers' ``VQLPIPSWithDiscriminator``, split into functions and one module).
 
-* reconstruction: L1 in pixel space, plus an optional perceptual loss (any module ``(x, y) -> loss``;
-  LPIPS is the usual one, off by default because its weights cannot be downloaded here);
+* reconstruction: L1 in pixel space, optionally plus a squared error (``mse_weight``: PSNR is a squared
+  error, and on flat-coloured images L1's constant-size gradient lets the few large errors at object
+  edges wait behind the many small ones of the background) and an optional perceptual loss (any module
+  ``(x, y) -> loss``; LPIPS is the usual one, off by default because its weights cannot be downloaded here);
 * codebook: ``||sg(z_e) - e||²`` (not with an EMA codebook, which is not trained by gradient) plus the
   commitment ``β ||z_e - sg(e)||²`` (van den Oord et al. 2017). taming's default ``legacy`` form puts β
   on the codebook term instead; this is the paper's;
@@ -57,6 +59,7 @@ class VQGANLoss(nn.Module):
         ema: the quantizer's codebook is an EMA (no codebook term).
         codebook_weight: weight of codebook + commitment.
         pixel_weight: weight of the L1 reconstruction.
+        mse_weight: weight of a mean squared error added to it (0: taming's L1 only).
         perceptual: optional perceptual loss module ``(x, x̂) -> scalar or per-sample``; pluggable (LPIPS).
         perceptual_weight: its weight (taming: 1.0 with LPIPS).
         disc_weight: the GAN generator loss's weight (on top of the adaptive weight when ``adaptive``).
@@ -71,6 +74,7 @@ class VQGANLoss(nn.Module):
         ema: bool = False,
         codebook_weight: float = 1.0,
         pixel_weight: float = 1.0,
+        mse_weight: float = 0.0,
         perceptual: nn.Module | None = None,
         perceptual_weight: float = 1.0,
         disc_weight: float = 1.0,
@@ -81,10 +85,15 @@ class VQGANLoss(nn.Module):
         super().__init__()
         if disc_loss not in ("hinge", "vanilla"):
             raise ValueError(f"VQGANLoss: disc_loss must be 'hinge' or 'vanilla', got {disc_loss!r}")
+        if pixel_weight < 0 or mse_weight < 0:
+            raise ValueError(
+                f"VQGANLoss: pixel_weight and mse_weight must be >= 0, got {pixel_weight}, {mse_weight}"
+            )
         self.beta = beta
         self.ema = ema
         self.codebook_weight = codebook_weight
         self.pixel_weight = pixel_weight
+        self.mse_weight = mse_weight
         self.perceptual = perceptual
         self.perceptual_weight = perceptual_weight
         self.disc_weight = disc_weight
@@ -96,10 +105,14 @@ class VQGANLoss(nn.Module):
         return self.disc_weight > 0 and step >= self.disc_start
 
     def reconstruction(self, pixels: Tensor, reconstruction: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """``pixel_weight * L1 (+ perceptual_weight * perceptual)`` and its parts."""
+        """``pixel_weight * L1 (+ mse_weight * MSE) (+ perceptual_weight * perceptual)`` and its parts."""
         l1 = F.l1_loss(reconstruction, pixels)
         loss = self.pixel_weight * l1
         logs = {"l1": l1.detach()}
+        if self.mse_weight > 0:
+            mse = F.mse_loss(reconstruction, pixels)
+            loss = loss + self.mse_weight * mse
+            logs["mse"] = mse.detach()
         if self.perceptual is not None and self.perceptual_weight > 0:
             perceptual = self.perceptual(pixels, reconstruction).mean()
             loss = loss + self.perceptual_weight * perceptual
