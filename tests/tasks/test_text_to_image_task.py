@@ -208,3 +208,25 @@ def test_end_to_end_trains_and_validates_under_bf16_autocast() -> None:
     for name in ("train/t2i_loss", "train/i2t_loss", "train/recon_loss", "val/cider"):
         assert name in metrics and metrics[name] == metrics[name], name  # present and not NaN
     assert len(task.predictions) == 4
+
+
+def test_predict_with_a_judge_writes_caption_and_generation_metrics(tmp_path: Path) -> None:
+    from vlp.models.shapes_judge import CONFIG_KEY, ShapesJudge
+
+    judge = ShapesJudge(channels=[4, 8], feature_dim=8)
+    state = {f"judge.{k}": v for k, v in judge.state_dict().items()}
+    torch.save({CONFIG_KEY: judge.config, "state_dict": state}, tmp_path / "judge.ckpt")
+    task = parts.ernie_task(
+        predict_dir=str(tmp_path / "pred"), num_candidates=2, judge_checkpoint=str(tmp_path / "judge.ckpt")
+    )
+    data = Fixed(parts.batches(1), parts.batches(2, seed=5))
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.predict(task, datamodule=data)
+    metrics = json.loads((tmp_path / "pred" / "generation_metrics.json").read_text())
+    assert {"bleu_4", "cider", "rouge_l"} <= set(metrics["captions"])
+    generation = metrics["generation"]
+    # the tiny batches' prompts are random words: nothing to score, every prompt counted as unscored
+    assert generation["scored"] == 0 and generation["unscored"] == 8
+    assert generation["shapes_fd"] >= 0  # 8 generated images against the 8 real ones
+    assert metrics["judge_checkpoint"] == str(tmp_path / "judge.ckpt")
+    assert not any("judge" in key for key in task.state_dict())  # the judge stays out of checkpoints

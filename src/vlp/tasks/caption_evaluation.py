@@ -70,6 +70,11 @@ class CaptionEvaluation:
         return dict(self._predictions)
 
     def log_caption_scores(self, stage: str) -> None:
+        for name, value in (self.corpus_caption_scores() or {}).items():
+            self.log(f"{stage}/{name}", value, sync_dist=False)  # the same on every process
+
+    def corpus_caption_scores(self) -> dict[str, float] | None:
+        """The recorded captions (every process's) scored against their references; ``None`` without any."""
         predictions, references = self._predictions, self._references
         scores: dict[str, float] | None = None
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -85,5 +90,4 @@ class CaptionEvaluation:
             scores = shared[0]
         elif predictions:
             scores = caption_scores(predictions, references, self.meteor)
-        for name, value in (scores or {}).items():
-            self.log(f"{stage}/{name}", value, sync_dist=False)  # the same on every process
+        return scores

@@ -21,7 +21,11 @@ processes as :class:`~vlp.tasks.captioning.CaptioningTask` does.
 images are sampled (temperature, top-k, top-p; KV-cached), reranked by the model's own image→text
 likelihood of the prompt, decoded by the VQGAN and written as one PNG grid per batch (a row per prompt,
 candidates best first), with ``captions.jsonl`` holding each prompt, the candidates' scores and the
-caption generated for the batch's real image.
+caption generated for the batch's real image. At the end ``generation_metrics.json`` holds the caption
+metrics of those captions and, with ``judge_checkpoint`` (a shapes judge, ``configs/probe/shapes_judge.yaml``)
+and/or ``inception_weights``, the generation metrics of the best candidates against the batch's real images
+(:class:`~vlp.metrics.generation.GenerationEvaluation`: semantic score with its shuffled-prompt control and
+the real images' ceiling, shapes Fréchet distance, Inception FID).
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ import torch
 from torch import Tensor, nn
 
 from vlp.datamodules.schema import Batch
+from vlp.metrics.generation import GenerationEvaluation
 from vlp.models.ernie_vilg import ERNIEViLG, ERNIEViLGOutput
 from vlp.models.image_sampling import caption_images, generate_images
+from vlp.models.shapes_judge import ShapesJudge
 from vlp.objectives.base import Objective
 from vlp.objectives.reconstruction import ReconstructionObjective
 from vlp.tasks.base import ObjectiveTask
@@ -84,6 +90,9 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         predict_dir: where ``predict`` writes its PNG grids and ``captions.jsonl``.
         num_candidates, temperature, top_k, top_p: text→image sampling in ``predict``.
         predict_seed: seeds the sampling generator (per batch and process), so predictions repeat.
+        judge_checkpoint: a :class:`~vlp.tasks.shapes_judge.ShapesJudgeTask` checkpoint; ``predict`` then
+            reports the semantic score and shapes Fréchet distance of its images.
+        inception_weights: local path of the FID Inception weights; ``predict`` then reports the FID.
         activation_checkpointing: ``True``/``False`` sets :attr:`ERNIEViLG.activation_checkpointing`
             (blocks recompute their activations in backward); ``None`` keeps the model's setting.
         Others: as :class:`~vlp.tasks.base.ObjectiveTask`.
@@ -108,6 +117,8 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         top_k: int | None = None,
         top_p: float | None = None,
         predict_seed: int = 0,
+        judge_checkpoint: str | None = None,
+        inception_weights: str | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(model, ERNIEViLG):
@@ -156,6 +167,8 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
             top_p,
         )
         self.predict_seed = predict_seed
+        self.judge_checkpoint, self.inception_weights = judge_checkpoint, inception_weights
+        self.generation_evaluation: GenerationEvaluation | None = None  # built when predict starts
         tok = load_tokenizer(tokenizer)
         self.bos_id, self.eos_id, self.pad_id = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
         self.reset_captions()
@@ -272,6 +285,15 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
 
     # -------------------------------------------------------------------------------- prediction
 
+    def on_predict_epoch_start(self) -> None:
+        self.reset_captions()
+        self.generation_evaluation = None
+        if self.judge_checkpoint is not None or self.inception_weights is not None:
+            judge = (
+                None if self.judge_checkpoint is None else ShapesJudge.from_checkpoint(self.judge_checkpoint)
+            )
+            self.generation_evaluation = GenerationEvaluation(judge, self.inception_weights).to(self.device)
+
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         """Images for the batch's captions and captions for its images, written under ``predict_dir``."""
         from torchvision.utils import save_image
@@ -285,6 +307,8 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         if batch.pixels is not None or batch.image_codes is not None:
             codes = batch.image_codes if batch.image_codes is not None else self.encode_images(batch.pixels)
             captions = self.generate_captions(codes)
+            if batch.references is not None:
+                self.record_captions(batch, captions)
         self.predict_dir.mkdir(parents=True, exist_ok=True)
         grid_name = f"images_rank{self.global_rank}_batch{batch_idx:05d}.png"
         save_image(pixels.flatten(0, 1).float().cpu(), self.predict_dir / grid_name, nrow=pixels.shape[1])
@@ -305,7 +329,23 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         with (self.predict_dir / f"captions_rank{self.global_rank}.jsonl").open("a") as handle:
             for record in records:
                 handle.write(json.dumps(record) + "\n")
+        if self.generation_evaluation is not None:
+            real = None if batch.pixels is None else (batch.pixels.clamp(-1, 1) + 1) / 2
+            self.generation_evaluation.update(pixels[:, 0], prompts, real)
         return {"records": records}
+
+    def on_predict_epoch_end(self) -> None:
+        """Caption and generation metrics of the whole prediction into ``generation_metrics.json``."""
+        metrics: dict[str, Any] = {"captions": self.corpus_caption_scores()}
+        if self.generation_evaluation is not None:
+            metrics["generation"] = self.generation_evaluation.compute()
+            metrics.update(judge_checkpoint=self.judge_checkpoint, inception_weights=self.inception_weights)
+        if self.global_rank == 0:
+            self.predict_dir.mkdir(parents=True, exist_ok=True)
+            (self.predict_dir / "generation_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            print(
+                f"generation metrics ({self.predict_dir / 'generation_metrics.json'}): {json.dumps(metrics)}"
+            )
 
     # ----------------------------------------------------------------------------------- scaling
 
