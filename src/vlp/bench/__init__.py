@@ -9,6 +9,8 @@
 - ``sparse-attention``: ERNIE-ViLG's row / column / conv sparse attention and the paper's layer
   schedule against dense attention with the same masks, time and peak memory of forward + backward
   (:mod:`vlp.bench.sparse_attention`).
+- ``cpu-kernels``: SDPA's fused vs math CPU kernel in fp32 and bf16, and AdamW's for-loop / foreach /
+  fused step, the two choices behind vlp's CPU training speed (:mod:`vlp.bench.cpu_kernels`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "detection-loss": "vlp.bench.detection_loss",
     "vilt": "vlp.bench.vilt",
     "sparse-attention": "vlp.bench.sparse_attention",
+    "cpu-kernels": "vlp.bench.cpu_kernels",
 }
 
 

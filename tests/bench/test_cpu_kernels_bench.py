@@ -1,0 +1,36 @@
+"""``python -m vlp bench cpu-kernels`` at tiny sizes: it runs, checks agreement, and prints its table."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlp.bench.cpu_kernels import CpuKernelsConfig, measure_adamw
+from vlp.cli import main
+
+
+def test_bench_runs_and_ends_with_the_speedup_line(capsys: pytest.CaptureFixture[str]) -> None:
+    main(
+        [
+            "bench",
+            "cpu-kernels",
+            "--shapes=[[2, 2, 9, 8]]",
+            "--param_shapes=[[3, 4], [4]]",
+            "--steps=2",
+            "--warmup=1",
+        ]
+    )
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("bf16 attention math/flash speedup: ")
+    assert float(out[-1].split(": ")[1]) > 0
+    assert any(line.startswith("| [2, 2, 9, 8] | bf16 |") for line in out)
+    assert any(line.startswith("| fused |") for line in out)
+
+
+def test_adamw_implementations_agree_and_count_parameters() -> None:
+    numel, medians = measure_adamw(CpuKernelsConfig(param_shapes=[[5, 6], [6]], steps=1, warmup=0))
+    assert numel == 36 and set(medians) == {"for-loop", "foreach", "fused"}
+
+
+def test_bad_shape_is_named() -> None:
+    with pytest.raises(ValueError, match=r"shapes: \[2, 2, 3\]"):
+        CpuKernelsConfig(shapes=[[2, 2, 3]])
