@@ -72,3 +72,15 @@ def test_wrong_classes_score_zero() -> None:
 def test_shapes_are_checked() -> None:
     with pytest.raises(ValueError, match=r"expected logits \[B, Q, C\+1\]"):
         detections(torch.zeros(1, 2, 4), torch.zeros(1, 3, 4), SIZES)
+
+
+def test_sigmoid_scores_read_each_class_alone_and_not_the_no_object_column() -> None:
+    logits = torch.tensor([[[2.0, -1.0, 0.0, 9.0], [-3.0, -2.0, 1.0, -9.0]]])  # no-object column last
+    boxes = torch.rand(1, 2, 4) * 0.5 + 0.25
+    found = detections(logits, boxes, SIZES, scores="sigmoid")[0]
+    assert found["labels"].tolist() == [0, 2]
+    torch.testing.assert_close(found["scores"], torch.tensor([2.0, 1.0]).sigmoid())
+    # the softmax would have let the no-object column shrink the first query's score to almost nothing
+    assert detections(logits, boxes, SIZES)[0]["scores"][0] < 1e-3
+    with pytest.raises(ValueError, match="scores"):
+        detections(logits, boxes, SIZES, scores="relu")

@@ -5,6 +5,7 @@ agrees with teacher forcing; the visual embedder swaps (grid <-> patch) in the c
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from torch import nn
 from conftest import TINY_VOCAB
 from vlp.datamodules.schema import Batch, Targets
 from vlp.models.decoder import TransformerDecoder
-from vlp.models.e2e_vlp import E2EVLP, PosTransformerEncoder
+from vlp.models.e2e_vlp import E2EVLP, ObjectQueryOutput, PosTransformerEncoder, box_sine_embedding
 from vlp.models.embedders import CNNGridEmbedder, ViTPatchEmbedder
 from vlp.models.heads import DetectionHead, ITMHead, MLMHead
 from vlp.models.text import TextEmbedder
@@ -29,7 +30,12 @@ BOS, EOS, PAD = 1, 2, 0
 TINY_CNN = "test_resnet"
 
 
-def make_e2e(visual: str = "grid", every_layer: bool = True, tie_caption_head: bool = False) -> E2EVLP:
+def make_e2e(
+    visual: str = "grid",
+    every_layer: bool = True,
+    tie_caption_head: bool = False,
+    anchor_queries: bool = False,
+) -> E2EVLP:
     """Tiny parts; the grid comes from timm's ``test_resnet`` (0.4 M parameters, 96 channels at stride
     32), so a few dozen optimiser steps take seconds."""
     embedder = (
@@ -45,6 +51,7 @@ def make_e2e(visual: str = "grid", every_layer: bool = True, tie_caption_head: b
         TransformerDecoder(dim=DIM, depth=2, num_heads=4),
         num_queries=6,
         tie_caption_head=tie_caption_head,
+        anchor_queries=anchor_queries,
     )
 
 
@@ -133,6 +140,73 @@ def test_object_queries_feed_the_detection_objective_which_learns_a_fixed_batch(
 
     losses = train([*model.parameters(), *detection.parameters()], loss, steps=30, lr=3e-3)
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_anchored_queries_carry_their_reference_boxes_which_the_loss_trains() -> None:
+    torch.manual_seed(0)
+    model, batch = make_e2e(anchor_queries=True), fixed_batch()
+    detection = DetectionObjective(DetectionHead(DIM, num_classes=3, num_attributes=2))
+    fusion = model.encode(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+    decoded = model.detect(fusion)
+    assert isinstance(decoded, ObjectQueryOutput)
+    torch.testing.assert_close(decoded.reference_boxes, model.reference_boxes.expand(2, 4, 6, 4))
+    centres = model.reference_boxes.detach().sigmoid()
+    assert (centres[:, 2:] - 0.25).abs().max() < 1e-6 and centres[:, :2].std() > 0.1  # spread, 0.25 wide
+    detection(decoded, batch).loss.backward()
+    # the reference boxes are trained through the boxes (offsets) and the query positions (anchor MLP)
+    assert model.reference_boxes.grad.abs().min() > 0
+    assert model.anchor_pos[0].weight.grad.abs().sum() > 0
+    # moving one query's reference box moves that query's position: its states change
+    with torch.no_grad():
+        before = model.detect(fusion).query_states
+        model.reference_boxes[2, 0] += 1.0
+        after = model.detect(fusion).query_states
+    assert not torch.allclose(before[:, :, 2], after[:, :, 2])
+
+    def loss() -> torch.Tensor:
+        fusion = model.encode(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+        return detection(model.detect(fusion), batch).loss
+
+    losses = train([*model.parameters(), *detection.parameters()], loss, steps=30, lr=3e-3)
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_query_groups_train_apart_and_evaluation_runs_the_first_group_alone() -> None:
+    torch.manual_seed(0)
+    batch = fixed_batch()
+    grouped = E2EVLP(
+        TextEmbedder(vocab_size=TINY_VOCAB, dim=DIM, max_len=16),
+        CNNGridEmbedder(dim=DIM, backbone=TINY_CNN),
+        PosTransformerEncoder(dim=DIM, depth=2, num_heads=4),
+        TransformerDecoder(dim=DIM, depth=2, num_heads=4),
+        num_queries=3,
+        anchor_queries=True,
+        query_groups=2,
+    )
+    fusion = grouped.encode(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+    training = grouped.detect(fusion)
+    assert training.groups == 2 and training.query_states.shape == (2, 4, 6, DIM)
+    torch.testing.assert_close(training.reference_boxes[0, 0, :3], training.reference_boxes[0, 0, 3:])
+    # the groups do not see each other: changing group 1's queries leaves group 0's states as they were
+    with torch.no_grad():
+        grouped.query_embed.weight[3:] += 1.0
+    again = grouped.detect(fusion).query_states
+    torch.testing.assert_close(again[:, :, :3], training.query_states[:, :, :3])
+    assert not torch.allclose(again[:, :, 3:], training.query_states[:, :, 3:])
+    grouped.eval()
+    evaluated = grouped.detect(fusion)
+    assert evaluated.groups == 1 and evaluated.query_states.shape == (2, 4, 3, DIM)
+    torch.testing.assert_close(evaluated.query_states, training.query_states[:, :, :3])
+
+
+def test_box_sine_embedding_shares_the_grid_positions_phases() -> None:
+    boxes = torch.tensor([[0.25, 0.5, 0.1, 1.0]])
+    embedding = box_sine_embedding(boxes, 8)
+    assert embedding.shape == (1, 32)
+    angle = 2 * math.pi * 0.25  # cx at the lowest frequency (1): sin, cos of 2 pi cx
+    torch.testing.assert_close(embedding[0, :2], torch.tensor([math.sin(angle), math.cos(angle)]))
+    with pytest.raises(ValueError, match="even"):
+        box_sine_embedding(boxes, 7)
 
 
 def test_captions_feed_the_captioning_objective_which_learns_a_fixed_batch() -> None:

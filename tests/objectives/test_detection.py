@@ -1,9 +1,12 @@
 """Set criterion and detection objective: perfect predictions cost nothing, empty images are all
 "no object", the no-object weight and the box normalisation follow DETR, every layer is matched and
-supervised on its own, gradients reach the head, and a tiny head learns a fixed batch."""
+supervised on its own, gradients reach the head, and a tiny head learns a fixed batch. The focal class
+loss matches a hand computation and reads no no-object column; anchored boxes are offsets of their
+reference boxes, which the box losses' gradient reaches."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from vlp.datamodules.schema import Batch, Targets
+from vlp.models.e2e_vlp import ObjectQueryOutput
 from vlp.models.heads import DetectionHead
 from vlp.models.outputs import DecoderOutput, DetectionPredictions
 from vlp.objectives import DetectionObjective
@@ -302,3 +306,149 @@ def test_aux_loss_off_runs_the_head_on_the_last_layer_only() -> None:
 
 def test_no_object_weight_is_not_saved_in_the_state_dict() -> None:
     assert not any("class_weight" in key for key in make_objective().state_dict())
+
+
+# ------------------------------------------------------------------- focal loss and anchored boxes
+
+
+def sigmoid_matcher() -> HungarianMatcher:
+    return HungarianMatcher(scores="sigmoid")
+
+
+def confident_sigmoid_logits(targets: list[Targets], slots: list[torch.Tensor], queries: int) -> torch.Tensor:
+    """Every class off (-30) except each target's class on its slot (+30): ``[1, B, Q, C + 1]``."""
+    logits = torch.full((1, len(targets), queries, NUM_CLASSES + 1), -30.0)
+    for image, (target, slot) in enumerate(zip(targets, slots)):
+        logits[0, image, slot, target.labels] = 30.0
+    return logits
+
+
+def test_focal_loss_of_perfect_predictions_is_zero_and_boxes_cost_nothing() -> None:
+    torch.manual_seed(0)
+    targets = [make_targets(3), make_targets(0), make_targets(2)]
+    predictions, slots = perfect_predictions(targets)
+    logits = confident_sigmoid_logits(targets, slots, 6)
+    criterion = SetCriterion(NUM_CLASSES, class_loss="focal")
+    losses = criterion.losses(DetectionPredictions(logits, predictions.boxes), targets)
+    assert losses.l1.item() == 0.0 and losses.giou.item() == 0.0
+    assert losses.ce.item() < 1e-10
+    assert losses.class_accuracy.item() == 1.0 and losses.cardinality_error.item() == 0.0
+
+
+def test_focal_loss_matches_a_hand_computation() -> None:
+    torch.manual_seed(1)
+    targets = [make_targets(2), make_targets(1)]
+    predictions, slots = perfect_predictions(targets, queries=4)  # exact boxes: the matching is the slots
+    logits = torch.randn(1, 2, 4, NUM_CLASSES + 1)
+    alpha, gamma = 0.3, 1.5
+    criterion = SetCriterion(NUM_CLASSES, class_loss="focal", focal_alpha=alpha, focal_gamma=gamma)
+    criterion.matcher.cost_class = 0.0  # boxes alone decide: the matched queries are the slots
+    loss = criterion.losses(DetectionPredictions(logits, predictions.boxes), targets).ce.item()
+    expected = 0.0
+    for image, (target, slot) in enumerate(zip(targets, slots)):
+        wanted = {int(q): int(c) for q, c in zip(slot, target.labels)}
+        for query in range(4):
+            for cls in range(NUM_CLASSES):  # the no-object column is never read
+                p = 1 / (1 + math.exp(-logits[0, image, query, cls].item()))
+                if wanted.get(query) == cls:
+                    expected += -alpha * (1 - p) ** gamma * math.log(p)
+                else:
+                    expected += -(1 - alpha) * p**gamma * math.log(1 - p)
+    assert loss == pytest.approx(expected / 3, rel=1e-5)  # / 3 target boxes
+
+
+def test_focal_loss_ignores_the_no_object_column() -> None:
+    torch.manual_seed(2)
+    targets = [make_targets(2)]
+    predictions, _ = perfect_predictions(targets)
+    criterion = SetCriterion(NUM_CLASSES, class_loss="focal")
+    logits = torch.randn(1, 1, 6, NUM_CLASSES + 1, requires_grad=True)
+    criterion.losses(DetectionPredictions(logits, predictions.boxes), targets).ce.sum().backward()
+    assert logits.grad[..., -1].abs().max().item() == 0.0
+    assert logits.grad[..., :-1].abs().min().item() > 0.0
+
+
+def test_sigmoid_matcher_prefers_the_query_confident_of_the_target_class() -> None:
+    target = Targets(torch.tensor([[0.5, 0.5, 0.2, 0.2]]), torch.tensor([1]), torch.zeros(1, 0))
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 2)[None]  # two queries on the same box
+    logits = torch.full((1, 2, NUM_CLASSES + 1), -3.0)
+    logits[0, 0, 0] = 3.0  # query 0: confident of class 0
+    logits[0, 1, 1] = 3.0  # query 1: confident of class 1, the target's
+    logits[0, 0, -1] = 9.0  # the no-object column does not count against query 0
+    (rows, cols) = sigmoid_matcher()(logits, boxes, [target])[0]
+    assert rows.tolist() == [1] and cols.tolist() == [0]
+
+
+def test_a_matcher_of_the_other_scores_is_refused() -> None:
+    with pytest.raises(ValueError, match="scores='sigmoid'"):
+        SetCriterion(NUM_CLASSES, HungarianMatcher(), class_loss="focal")
+    with pytest.raises(ValueError, match="class_loss"):
+        SetCriterion(NUM_CLASSES, class_loss="hinge")
+
+
+def anchored_outputs(
+    head: DetectionHead, targets: list[Targets], queries: int = 6, layers: int = 2
+) -> tuple[ObjectQueryOutput, list[torch.Tensor]]:
+    """Random states and references; each target's slot has its box as the reference box."""
+    states = torch.randn(layers, len(targets), queries, head.input_dim)
+    boxes = torch.rand(layers, len(targets), queries, 4) * 0.2 + 0.4
+    slots = []
+    for image, target in enumerate(targets):
+        slot = torch.randperm(queries)[: len(target.labels)]
+        boxes[:, image, slot] = target.boxes
+        slots.append(slot)
+    return ObjectQueryOutput(query_states=states, reference_boxes=torch.logit(boxes)), slots
+
+
+def test_anchored_boxes_are_offsets_of_the_reference_boxes() -> None:
+    torch.manual_seed(3)
+    head = DetectionHead(16, NUM_CLASSES)
+    objective = DetectionObjective(head)
+    targets = [make_targets(2), make_targets(3)]
+    outputs, _ = anchored_outputs(head, targets)
+    offsets = head.bbox_embed(outputs.query_states)
+    torch.testing.assert_close(
+        objective.predict(outputs).boxes, (outputs.reference_boxes + offsets).sigmoid()
+    )
+    last = objective.predict(outputs, last_only=True)
+    torch.testing.assert_close(last.boxes, objective.predict(outputs).boxes[-1:])
+    torch.testing.assert_close(last.logits, head(outputs.query_states[-1:]).logits)
+    # a head whose offset is zero predicts the reference boxes: on the targets, the box losses vanish
+    torch.nn.init.zeros_(head.bbox_embed[-1].weight)
+    torch.nn.init.zeros_(head.bbox_embed[-1].bias)
+    losses = objective.criterion.losses(objective.predict(outputs), targets)
+    assert losses.l1.abs().max().item() < 1e-6 and losses.giou.abs().max().item() < 1e-6
+
+
+def test_gradient_of_the_box_losses_reaches_the_reference_boxes() -> None:
+    torch.manual_seed(4)
+    head = DetectionHead(16, NUM_CLASSES)
+    objective = DetectionObjective(head)
+    targets = [make_targets(2)]
+    outputs, _ = anchored_outputs(head, targets)
+    reference = (outputs.reference_boxes + 0.3).requires_grad_(True)  # off the targets
+    outputs = ObjectQueryOutput(outputs.query_states, reference)
+    objective(outputs, Batch(keys=["0"], targets=targets)).loss.backward()
+    assert reference.grad is not None and reference.grad.abs().sum().item() > 0
+
+
+def test_query_groups_are_each_matched_and_supervised_as_an_image_of_their_own() -> None:
+    torch.manual_seed(5)
+    head = DetectionHead(16, NUM_CLASSES, num_attributes=2)
+    objective = DetectionObjective(head)
+    targets = [make_targets(2, 2), make_targets(1, 2)]
+    states = torch.randn(2, 2, 3 * 4, 16)  # 3 groups of 4 queries
+    grouped = objective(ObjectQueryOutput(states, groups=3), Batch(keys=["a", "b"], targets=targets)).loss
+    # the same as 3 copies of each image, one per group, each with the group's 4 queries
+    alone = states.view(2, 2, 3, 4, 16).reshape(2, 6, 4, 16)
+    copies = [t for t in targets for _ in range(3)]
+    expected = objective(DecoderOutput(alone), Batch(keys=list("abcdef"), targets=copies)).loss
+    torch.testing.assert_close(grouped, expected)
+    # and each group alone is a DETR detector: its loss is what the mean over groups averages
+    each = [
+        objective(
+            DecoderOutput(states[:, :, 4 * g : 4 * g + 4]), Batch(keys=["a", "b"], targets=targets)
+        ).loss
+        for g in range(3)
+    ]
+    torch.testing.assert_close(grouped, torch.stack(each).mean())

@@ -37,17 +37,29 @@ def to_pixels(boxes: Tensor, sizes: Tensor) -> Tensor:
     return box_convert(boxes, "cxcywh", "xyxy") * scale
 
 
-def detections(logits: Tensor, boxes: Tensor, sizes: Tensor) -> list[dict[str, Tensor]]:
+def detections(
+    logits: Tensor, boxes: Tensor, sizes: Tensor, scores: str = "softmax"
+) -> list[dict[str, Tensor]]:
     """Last-layer ``logits [B, Q, C + 1]`` (no-object last) and ``boxes [B, Q, 4]`` → one dict of
-    ``boxes`` (pixel xyxy), ``scores`` and ``labels`` per image, as MeanAveragePrecision takes them."""
+    ``boxes`` (pixel xyxy), ``scores`` and ``labels`` per image, as MeanAveragePrecision takes them.
+
+    ``scores="sigmoid"`` (a head trained with the focal loss): each class's sigmoid, the no-object
+    column unread (Deformable DETR's ``PostProcess`` keeps the top query-class pairs; one per query here,
+    as with the softmax)."""
     if logits.ndim != 3 or boxes.shape != (*logits.shape[:2], 4) or sizes.shape != (logits.shape[0], 2):
         raise ValueError(
             f"expected logits [B, Q, C+1], boxes [B, Q, 4], sizes [B, 2]; got {tuple(logits.shape)}, "
             f"{tuple(boxes.shape)}, {tuple(sizes.shape)}"
         )
-    scores, labels = logits.float().softmax(-1)[..., :-1].max(-1)
+    if scores == "softmax":
+        probabilities = logits.float().softmax(-1)[..., :-1]
+    elif scores == "sigmoid":
+        probabilities = logits.float()[..., :-1].sigmoid()
+    else:
+        raise ValueError(f"scores must be 'softmax' or 'sigmoid', got {scores!r}")
+    confidence, labels = probabilities.max(-1)
     pixels = to_pixels(boxes.float(), sizes)
-    return [{"boxes": b, "scores": s, "labels": c} for b, s, c in zip(pixels, scores, labels)]
+    return [{"boxes": b, "scores": s, "labels": c} for b, s, c in zip(pixels, confidence, labels)]
 
 
 def ground_truth(targets: Sequence[Targets], sizes: Tensor) -> list[dict[str, Tensor]]:

@@ -254,6 +254,7 @@ class TransformerDecoder(nn.Module):
         padding_mask: Tensor | None = None,
         cache: DecoderCache | None = None,
         return_intermediate: bool = True,
+        query_mask: Tensor | None = None,
     ) -> Tensor:
         """Decode ``x [B, T, D]`` against ``memory [B, N, D]``.
 
@@ -265,6 +266,8 @@ class TransformerDecoder(nn.Module):
             padding_mask: ``[B, T_total]``, True on real positions of the decoded sequence (with a cache,
                 ``T_total`` counts the cached positions too).
             cache: decode incrementally: ``x`` holds only the new positions; the cache is updated in place.
+            query_mask: ``[T, T]`` bool, True where position ``i`` may attend to ``j`` in the self-attention
+                (object query groups kept apart); not with ``causal`` or ``padding_mask``.
         """
         if x.shape[-1] != self.dim or memory.shape[-1] != self.dim:
             raise ValueError(
@@ -274,7 +277,14 @@ class TransformerDecoder(nn.Module):
             raise ValueError(f"cache has {len(cache.layers)} layers, the decoder {self.depth}")
         length = x.shape[1]
         total = length + (cache.length if cache is not None else 0)
-        if causal:
+        if query_mask is not None:
+            if causal or padding_mask is not None or query_mask.shape != (length, total):
+                raise ValueError(
+                    f"query_mask must be [T, T] = {(length, total)} and without causal or padding_mask, "
+                    f"got {tuple(query_mask.shape)}, causal={causal}, padding_mask given: {padding_mask is not None}"
+                )
+            self_mask = query_mask.bool()
+        elif causal:
             self_mask = causal_mask(length, total, x.device, padding_mask)
         elif padding_mask is not None:
             self_mask = key_padding_mask(padding_mask.bool())

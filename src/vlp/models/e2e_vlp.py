@@ -17,6 +17,7 @@ Visual positions are a config choice, made by the encoder's class:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,53 @@ from vlp.models.heads import Pooler
 from vlp.models.outputs import DecoderOutput, FusionOutput
 from vlp.models.text import TextEmbedder
 from vlp.models.transformer import Block, TransformerEncoder, init_weights, key_padding_mask
+
+
+@dataclass
+class ObjectQueryOutput(DecoderOutput):
+    """:class:`DecoderOutput` of E2E-VLP's object queries, with what the detection objective must know
+    beyond DETR's states.
+
+    ``reference_boxes [L, B, Q, 4]`` (anchored queries, else ``None``) are ``cxcywh`` logits
+    (pre-sigmoid); the box a layer predicts is ``sigmoid(reference + head offset)`` (DAB-DETR).
+    ``groups``: the ``Q`` queries are that many independent groups of ``Q / groups`` (Group DETR, in
+    training), each matched to the targets on its own.
+    """
+
+    reference_boxes: Tensor | None = None
+    groups: int = 1
+
+
+def box_sine_embedding(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """DAB-DETR's sine embedding of normalised boxes ``[..., 4]``: ``[..., 4 * dim]``.
+
+    Each coordinate (cx, cy, w, h, in ``[0, 1]``) times 2π becomes ``dim`` interleaved ``sin, cos``
+    features over the frequencies of :func:`~vlp.models.embedders.cnn_grid.sine_positions` (the image
+    tokens' positions), so a reference centre and a grid cell at the same place share their phases.
+    """
+    if dim % 2:
+        raise ValueError(f"dim must be even (sin and cos pairs), got {dim}")
+    freq = torch.arange(dim, dtype=torch.float, device=boxes.device)
+    freq = temperature ** (2 * torch.div(freq, 2, rounding_mode="floor") / dim)
+    angles = boxes.float()[..., None] * (2 * math.pi) / freq  # [..., 4, dim]
+    features = torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+    return features.flatten(-2)
+
+
+def group_mask(size: int, groups: int, device: torch.device | None = None) -> Tensor:
+    """``[G * size, G * size]`` bool, True within each of ``groups`` consecutive blocks of ``size``
+    queries: the self-attention mask that keeps Group DETR's groups apart."""
+    group = torch.arange(groups * size, device=device) // size
+    return group[:, None] == group[None, :]
+
+
+def initial_reference_boxes(num_queries: int, size: float = 0.25, seed: int = 0) -> Tensor:
+    """``[Q, 4]`` reference-box logits: centres uniform in ``(0.05, 0.95)^2`` (DAB-DETR's random
+    reference points, from a fixed generator so the model seed does not move them), sides ``size``."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.rand(num_queries, 2, generator=generator) * 0.9 + 0.05
+    boxes = torch.cat([centres, torch.full((num_queries, 2), size)], dim=1)
+    return torch.logit(boxes)
 
 
 class PosBlock(Block):
@@ -147,6 +195,18 @@ class E2EVLP(nn.Module):
             is tied the same way; saves ``V x D`` parameters). Off by default: a weight shared by two
             modules cannot be sharded in two FSDP units.
         num_modality_types: modality-type embeddings (0 text, 1 image), as ViLT.
+        anchor_queries: each object query also gets a learned reference box (DAB-DETR): its position
+            in the decoder is an MLP of the box's sine embedding (instead of the learned query
+            embedding, which becomes the query's content, DETR's zeros), and the detection objective
+            predicts boxes as offsets of it, ``sigmoid(reference + offset)``. The queries then start
+            spread over the image and each is matched to the objects near its box, which DETR's
+            position-free queries have to learn. ``False``: DETR.
+        anchor_size: initial side of the reference boxes (normalised); the centres start uniform.
+        query_groups: Group DETR's one-to-many assignment: in training the decoder runs this many
+            groups of ``num_queries`` queries, which do not attend to each other, and each group is
+            matched to the targets one-to-one on its own, so every object supervises ``query_groups``
+            queries per step instead of one; evaluation runs the first group alone (the same model
+            and cost as ``query_groups=1``). The groups' reference boxes start alike. ``1``: DETR.
     """
 
     def __init__(
@@ -159,6 +219,9 @@ class E2EVLP(nn.Module):
         pooler: Pooler | None = None,
         tie_caption_head: bool = False,
         num_modality_types: int = 2,
+        anchor_queries: bool = False,
+        anchor_size: float = 0.25,
+        query_groups: int = 1,
     ) -> None:
         super().__init__()
         widths = {
@@ -172,7 +235,13 @@ class E2EVLP(nn.Module):
             raise ValueError(f"E2EVLP parts disagree on the model width: {widths}")
         if num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {num_queries}")
+        if query_groups < 1:
+            raise ValueError(f"query_groups must be >= 1, got {query_groups}")
+        if not 0 < anchor_size < 1:
+            raise ValueError(f"anchor_size must be in (0, 1), got {anchor_size}")
         self.dim = encoder.dim
+        self.num_queries = num_queries
+        self.query_groups = query_groups
         self.text_embedder = text_embedder
         self.visual_embedder = visual_embedder
         self.token_type_embeddings = nn.Embedding(num_modality_types, self.dim)
@@ -182,8 +251,20 @@ class E2EVLP(nn.Module):
         self.decoder = decoder
         self.query_embed: nn.Embedding | None = None
         self.caption_head: nn.Linear | None = None
+        self.reference_boxes: nn.Parameter | None = None
+        self.anchor_pos: nn.Sequential | None = None
         if decoder is not None:
-            self.query_embed = nn.Embedding(num_queries, self.dim)  # N(0, 1), as DETR
+            self.query_embed = nn.Embedding(num_queries * query_groups, self.dim)  # N(0, 1), as DETR
+            if anchor_queries:
+                if self.dim % 2:
+                    raise ValueError(f"anchor_queries needs an even model width, got {self.dim}")
+                boxes = initial_reference_boxes(num_queries, anchor_size).repeat(query_groups, 1)
+                self.reference_boxes = nn.Parameter(boxes)
+                # DAB-DETR's ref_point_head: 4 coordinates x D/2 sine features -> D
+                self.anchor_pos = nn.Sequential(
+                    nn.Linear(2 * self.dim, self.dim), nn.ReLU(), nn.Linear(self.dim, self.dim)
+                )
+                self.anchor_pos.apply(init_weights)
             vocab_size = text_embedder.word_embeddings.num_embeddings
             self.caption_head = nn.Linear(self.dim, vocab_size)
             init_weights(self.caption_head)
@@ -272,12 +353,35 @@ class E2EVLP(nn.Module):
             pos = torch.cat([torch.zeros_like(fusion.text_states), fusion.visual.pos.to(memory.dtype)], dim=1)
         return memory, mask, pos
 
-    def detect(self, fusion: FusionOutput) -> DecoderOutput:
-        """The object queries decoded against the memory: every layer's states, for DETR's aux losses."""
+    def detect(self, fusion: FusionOutput) -> ObjectQueryOutput:
+        """The object queries decoded against the memory: every layer's states, for DETR's aux losses,
+        with the reference boxes of anchored queries; in training, every query group."""
         memory, mask, pos = self.memory(fusion)
-        queries = self.query_embed.weight.to(memory.dtype)[None].expand(memory.shape[0], -1, -1)
-        states = self.decoder(torch.zeros_like(queries), memory, mask, query_pos=queries, memory_pos=pos)
-        return DecoderOutput(query_states=states)
+        batch = memory.shape[0]
+        groups = self.query_groups if self.training else 1
+        active = self.num_queries * groups
+        queries = self.query_embed.weight[:active].to(memory.dtype)[None].expand(batch, -1, -1)
+        query_mask = group_mask(self.num_queries, groups, memory.device) if groups > 1 else None
+        if self.reference_boxes is None:
+            states = self.decoder(
+                torch.zeros_like(queries),
+                memory,
+                mask,
+                query_pos=queries,
+                memory_pos=pos,
+                query_mask=query_mask,
+            )
+            return ObjectQueryOutput(query_states=states, groups=groups)
+        reference = self.reference_boxes[:active]
+        anchor = self.anchor_pos(box_sine_embedding(reference.sigmoid(), self.dim // 2).to(memory.dtype))
+        states = self.decoder(
+            queries, memory, mask, query_pos=anchor[None], memory_pos=pos, query_mask=query_mask
+        )
+        return ObjectQueryOutput(
+            query_states=states,
+            reference_boxes=reference[None, None].expand(*states.shape[:3], 4),
+            groups=groups,
+        )
 
     def decode_captions(
         self, fusion: FusionOutput, caption_ids: Tensor, caption_mask: Tensor | None = None

@@ -7,6 +7,7 @@ and each loss is computed for all layers in one go, then summed per layer with `
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,20 +15,25 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_convert
+from torchvision.ops import box_convert, sigmoid_focal_loss
 
 from vlp.datamodules.schema import Batch, Targets
+from vlp.models.e2e_vlp import ObjectQueryOutput
 from vlp.models.heads import DetectionHead
 from vlp.models.outputs import DecoderOutput, DetectionPredictions
 from vlp.objectives.base import Objective, ObjectiveOutput
 from vlp.objectives.matcher import Assignment, HungarianMatcher, box_giou, pad_targets
+
+CLASS_LOSSES = {"ce": "softmax", "focal": "sigmoid"}
+FOCAL_PRIOR = 0.01
+"""Class losses and the matcher scores (:data:`vlp.objectives.matcher.SCORES`) each goes with."""
 
 
 @dataclass
 class SetLosses:
     """Unweighted losses of every decoder layer (``[L]``, the last layer last) and last-layer figures."""
 
-    ce: Tensor  # class cross-entropy, no-object down-weighted, weighted mean over queries
+    ce: Tensor  # class loss: cross-entropy, no-object down-weighted, weighted mean over queries; or focal / boxes
     l1: Tensor  # L1 of matched cxcywh boxes, summed, / boxes
     giou: Tensor  # 1 - GIoU of matched boxes, summed, / boxes
     attribute: Tensor | None  # BCE over the attributes (mean over A) of matched boxes, summed, / boxes
@@ -53,10 +59,19 @@ class SetCriterion(nn.Module):
 
     Args:
         num_classes: object categories; the logits have one more column, "no object".
-        matcher: the assignment of queries to targets (default: costs class 1, L1 5, GIoU 2).
+        matcher: the assignment of queries to targets (default: costs class 1, L1 5, GIoU 2, with the
+            scores of ``class_loss``; a matcher of the other scores is refused).
         eos_coef: cross-entropy weight of the no-object class relative to the others.
-        ce_weight, bbox_weight, giou_weight, attribute_weight: multipliers of the four losses.
+        ce_weight, bbox_weight, giou_weight, attribute_weight: multipliers of the four losses
+            (``ce_weight`` multiplies the class loss, whichever it is).
         aux_loss: supervise every decoder layer (DETR's auxiliary losses); ``False``: the last only.
+        class_loss: ``"ce"`` (DETR): softmax cross-entropy over the classes and "no object", the
+            weighted mean over queries. ``"focal"`` (Deformable DETR): the sigmoid focal loss of every
+            query and class against one-hot targets (all zeros for unmatched queries; the no-object
+            column is not read), summed and divided by the number of target boxes. The focal loss
+            spends its gradient on the queries and classes that are still wrong, where the
+            cross-entropy of many easy no-object queries swamps the few matched ones.
+        focal_alpha, focal_gamma: of the focal loss (RetinaNet, Deformable DETR: 0.25, 2).
     """
 
     class_weight: Tensor
@@ -71,10 +86,24 @@ class SetCriterion(nn.Module):
         giou_weight: float = 2.0,
         attribute_weight: float = 1.0,
         aux_loss: bool = True,
+        class_loss: str = "ce",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if class_loss not in CLASS_LOSSES:
+            raise ValueError(f"class_loss must be one of {sorted(CLASS_LOSSES)}, got {class_loss!r}")
+        if not 0 <= focal_alpha <= 1 or focal_gamma < 0:
+            raise ValueError(
+                f"focal_alpha must be in [0, 1] and focal_gamma >= 0, got {focal_alpha}, {focal_gamma}"
+            )
+        scores = CLASS_LOSSES[class_loss]
+        if matcher is not None and matcher.scores != scores:
+            raise ValueError(
+                f"class_loss={class_loss!r} needs a matcher with scores={scores!r}, got {matcher.scores!r}"
+            )
         if eos_coef < 0 or min(ce_weight, bbox_weight, giou_weight, attribute_weight) < 0:
             raise ValueError(
                 "eos_coef and the loss weights must be >= 0, got "
@@ -82,7 +111,11 @@ class SetCriterion(nn.Module):
                 f"giou_weight={giou_weight}, attribute_weight={attribute_weight}"
             )
         self.num_classes = num_classes
-        self.matcher = matcher if matcher is not None else HungarianMatcher()
+        self.matcher = matcher if matcher is not None else HungarianMatcher(scores=scores)
+        self.class_loss_name = class_loss
+        self.scores = scores
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
         self.eos_coef = eos_coef
         self.weights = {
             "ce": ce_weight,
@@ -149,7 +182,10 @@ class SetCriterion(nn.Module):
             logits = logits.float()
             classes = torch.full((layers * batch, queries), self.num_classes, device=logits.device)
             classes[block, query] = padded.labels[image, target]  # unmatched queries: "no object"
-            ce = self.class_loss(logits, classes.view(layers, batch, queries))
+            if self.class_loss_name == "ce":
+                ce = self.class_loss(logits, classes.view(layers, batch, queries))
+            else:
+                ce = self.focal_loss(logits, classes.view(layers, batch, queries)) / num_boxes
 
             matched = boxes.float().flatten(0, 1)[block, query]  # [K, 4], K matched pairs of all layers
             goal = padded.boxes[image, target].float()
@@ -166,7 +202,7 @@ class SetCriterion(nn.Module):
             # the blocks run layer by layer, so the last layer's pairs are the last K / L
             last = slice(len(block) - len(block) // layers, len(block))
             accuracy, cardinality_error = matching_figures(
-                logits[-1], padded.labels, padded.counts, image[last], query[last], target[last]
+                logits[-1], padded.labels, padded.counts, image[last], query[last], target[last], self.scores
             )
 
         return SetLosses(
@@ -185,17 +221,37 @@ class SetCriterion(nn.Module):
         nll = F.cross_entropy(logits.flatten(0, 2), classes.flatten(), self.class_weight, reduction="none")
         return nll.view(layers, -1).sum(1) / self.class_weight[classes].view(layers, -1).sum(1)
 
+    def focal_loss(self, logits: Tensor, classes: Tensor) -> Tensor:
+        """Per layer ``[L]``: the sigmoid focal loss of ``logits [L, B, Q, C+1]`` without the no-object
+        column against one-hot ``classes [L, B, Q]`` (class ``C``, no object, is all zeros), summed."""
+        one_hot = F.one_hot(classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
+        loss = sigmoid_focal_loss(logits[..., :-1], one_hot, self.focal_alpha, self.focal_gamma)
+        return loss.flatten(1).sum(1)
+
 
 @torch.no_grad()
 def matching_figures(
-    logits: Tensor, labels: Tensor, counts: list[int], image: Tensor, query: Tensor, target: Tensor
+    logits: Tensor,
+    labels: Tensor,
+    counts: list[int],
+    image: Tensor,
+    query: Tensor,
+    target: Tensor,
+    scores: str = "softmax",
 ) -> tuple[Tensor, Tensor]:
     """One layer's class accuracy over its matched queries and its cardinality error (DETR's log):
-    the mean over images of ``|queries not predicting no-object - targets|``. No host sync."""
+    the mean over images of ``|queries predicting an object - targets|``; a query predicts an object
+    when its arg-max is not no-object (``scores="softmax"``) or a class's sigmoid passes 0.5
+    (``"sigmoid"``, whose arg-max is over the classes alone). No host sync."""
     no_object = logits.shape[-1] - 1
+    if scores == "sigmoid":
+        logits = logits[..., :no_object]
     correct = (logits[image, query].argmax(-1) == labels[image, target]).float().sum()
     accuracy = correct / max(len(image), 1)
-    predicted = (logits.argmax(-1) != no_object).sum(-1).float()
+    if scores == "sigmoid":
+        predicted = (logits.max(-1).values > 0).sum(-1).float()
+    else:
+        predicted = (logits.argmax(-1) != no_object).sum(-1).float()
     expected = torch.tensor(counts, dtype=torch.float, device=logits.device)
     return accuracy, (predicted - expected).abs().mean()
 
@@ -220,7 +276,8 @@ class DetectionObjective(Objective):
     Reads :class:`~vlp.models.outputs.DecoderOutput` (``query_states [L, B, Q, D]``) and
     ``batch.targets``. The loss sums the layers (DETR's auxiliary losses) and, per layer,
     ``ce_weight * CE + bbox_weight * L1 + giou_weight * (1 - GIoU) + attribute_weight * BCE``; the
-    attribute term is there when the head predicts attributes. See :class:`SetCriterion` for the args.
+    attribute term is there when the head predicts attributes. See :class:`SetCriterion` for the args;
+    with ``class_loss="focal"`` the head's class biases start at the log-odds of 0.01 (RetinaNet's prior).
     """
 
     view = "detection"
@@ -235,6 +292,9 @@ class DetectionObjective(Objective):
         giou_weight: float = 2.0,
         attribute_weight: float = 1.0,
         aux_loss: bool = True,
+        class_loss: str = "ce",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
         self.head = head
@@ -248,6 +308,47 @@ class DetectionObjective(Objective):
             giou_weight=giou_weight,
             attribute_weight=attribute_weight,
             aux_loss=aux_loss,
+            class_loss=class_loss,
+            focal_alpha=focal_alpha,
+            focal_gamma=focal_gamma,
+        )
+        if class_loss == "focal":
+            # RetinaNet's prior: every class starts at probability 0.01, not the sigmoid's 0.5, so the
+            # first steps are not spent pushing every query's every class down
+            nn.init.constant_(head.class_embed.bias, -math.log((1 - FOCAL_PRIOR) / FOCAL_PRIOR))
+
+    @property
+    def scores(self) -> str:
+        """How the head's logits become class scores (``"softmax"`` or ``"sigmoid"``), for evaluation."""
+        return self.criterion.scores
+
+    def predict(self, outputs: DecoderOutput, last_only: bool = False) -> DetectionPredictions:
+        """The head over every decoder layer's states (``last_only``: the last layer's, ``[1, B, Q]``).
+
+        Anchored queries (an :class:`~vlp.models.e2e_vlp.ObjectQueryOutput` with reference boxes)
+        predict boxes as offsets of their reference boxes, ``sigmoid(reference + bbox_embed(state))``
+        (DAB-DETR): the head's regression MLP gives the offset in logit space.
+        """
+        states = outputs.query_states
+        if states.ndim != 4 or states.shape[-1] != self.input_dim:
+            raise ValueError(
+                f"outputs.query_states must be [L, B, Q, D = {self.input_dim}], got {tuple(states.shape)}"
+            )
+        if last_only:
+            states = states[-1:]
+        if not isinstance(outputs, ObjectQueryOutput) or outputs.reference_boxes is None:
+            return self.head(states)
+        reference = outputs.reference_boxes[-1:] if last_only else outputs.reference_boxes
+        if reference.shape != (*states.shape[:3], 4):
+            raise ValueError(
+                f"outputs.reference_boxes must be [L, B, Q, 4] like the states {tuple(states.shape[:3])}, "
+                f"got {tuple(reference.shape)}"
+            )
+        head = self.head
+        return DetectionPredictions(
+            logits=head.class_embed(states),
+            boxes=(head.bbox_embed(states) + reference.to(states.dtype)).sigmoid(),
+            attribute_logits=head.attribute_embed(states) if head.attribute_embed is not None else None,
         )
 
     def forward(self, outputs: DecoderOutput, batch: Batch) -> ObjectiveOutput:
@@ -255,11 +356,28 @@ class DetectionObjective(Objective):
             raise ValueError(
                 "DetectionObjective needs batch.targets; enable detection targets in the data module"
             )
-        states = outputs.query_states
-        if states.ndim != 4 or states.shape[-1] != self.input_dim:
-            raise ValueError(
-                f"outputs.query_states must be [L, B, Q, D = {self.input_dim}], got {tuple(states.shape)}"
-            )
-        if not self.criterion.aux_loss:
-            states = states[-1:]  # the head need not run on layers nobody supervises
-        return self.criterion(self.head(states), batch.targets)
+        # without aux losses the head need not run on layers nobody supervises
+        predictions = self.predict(outputs, last_only=not self.criterion.aux_loss)
+        groups = outputs.groups if isinstance(outputs, ObjectQueryOutput) else 1
+        if groups == 1:
+            return self.criterion(predictions, batch.targets)
+        # Group DETR: each group is matched and supervised as an image of its own with the same targets
+        # (the losses, normalised by G times the boxes, are the mean over the groups)
+        targets = [target for target in batch.targets for _ in range(groups)]
+        return self.criterion(split_groups(predictions, groups), targets)
+
+
+def split_groups(predictions: DetectionPredictions, groups: int) -> DetectionPredictions:
+    """``[L, B, G * Q, ...]`` → ``[L, B * G, Q, ...]``: row ``b * G + g`` holds image ``b``'s group ``g``."""
+
+    def split(tensor: Tensor | None) -> Tensor | None:
+        if tensor is None:
+            return None
+        layers, batch, queries = tensor.shape[:3]
+        if queries % groups:
+            raise ValueError(f"{queries} queries do not split into {groups} groups")
+        return tensor.reshape(layers, batch * groups, queries // groups, *tensor.shape[3:])
+
+    return DetectionPredictions(
+        split(predictions.logits), split(predictions.boxes), split(predictions.attribute_logits)
+    )

@@ -23,6 +23,9 @@ from torchvision.ops import box_convert
 from vlp.datamodules.schema import Targets
 
 Assignment = tuple[Tensor, Tensor]  # (query indices, target indices), int64, one image
+SCORES = ("softmax", "sigmoid")
+"""How class logits become scores: a softmax over the classes and "no object" (DETR, cross-entropy),
+or a sigmoid per class with no no-object column read (Deformable DETR, focal loss)."""
 
 
 def box_giou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -112,21 +115,45 @@ class HungarianMatcher(nn.Module):
     """One-to-one assignment of queries to target boxes minimising DETR's matching cost (no gradient).
 
     Args:
-        cost_class: weight of the class term (minus the predicted probability of the target class).
+        cost_class: weight of the class term.
         cost_bbox: weight of the L1 distance between ``cxcywh`` boxes.
         cost_giou: weight of minus the generalized IoU.
+        scores: how the class term reads the logits. ``"softmax"`` (DETR): minus the softmax
+            probability of the target class over all columns, no-object included. ``"sigmoid"``
+            (Deformable DETR, to go with the focal loss): the focal loss of calling the query the target
+            class minus that of not calling it, ``alpha (1 - p)^gamma (-log p) - (1 - alpha) p^gamma
+            (-log(1 - p))`` with ``p`` the sigmoid of the target class's logit; the no-object column is
+            not read.
+        focal_alpha, focal_gamma: of the sigmoid cost.
     """
 
-    def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0) -> None:
+    def __init__(
+        self,
+        cost_class: float = 1.0,
+        cost_bbox: float = 5.0,
+        cost_giou: float = 2.0,
+        scores: str = "softmax",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
         super().__init__()
         if min(cost_class, cost_bbox, cost_giou) < 0 or cost_class == cost_bbox == cost_giou == 0:
             raise ValueError(
                 "HungarianMatcher costs must be >= 0 and not all 0, got "
                 f"cost_class={cost_class}, cost_bbox={cost_bbox}, cost_giou={cost_giou}"
             )
+        if scores not in SCORES:
+            raise ValueError(f"HungarianMatcher scores must be one of {SCORES}, got {scores!r}")
+        if not 0 <= focal_alpha <= 1 or focal_gamma < 0:
+            raise ValueError(
+                f"focal_alpha must be in [0, 1] and focal_gamma >= 0, got {focal_alpha}, {focal_gamma}"
+            )
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
+        self.scores = scores
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
 
     @torch.no_grad()
     def cost_matrix(self, logits: Tensor, boxes: Tensor, targets: PaddedTargets) -> Tensor:
@@ -139,7 +166,14 @@ class HungarianMatcher(nn.Module):
         *lead, batch, queries, classes = logits.shape
         num_targets = targets.labels.shape[1]
         index = targets.labels.clamp(0, classes - 2)[:, None, :].expand(*lead, batch, queries, num_targets)
-        class_cost = -logits.float().softmax(-1).gather(-1, index)
+        if self.scores == "softmax":
+            class_cost = -logits.float().softmax(-1).gather(-1, index)
+        else:
+            prob = logits.float().sigmoid().gather(-1, index)
+            alpha, gamma, eps = self.focal_alpha, self.focal_gamma, 1e-8
+            positive = alpha * (1 - prob) ** gamma * -(prob + eps).log()
+            negative = (1 - alpha) * prob**gamma * -(1 - prob + eps).log()
+            class_cost = positive - negative
         pred = boxes.float()
         goal = targets.boxes.float().expand(*lead, batch, num_targets, 4)
         bbox_cost = torch.cdist(pred, goal, p=1)

@@ -79,12 +79,11 @@ class DetectionTask(E2ETask):
             self.log(f"{stage}/{name}_loss", result.loss, batch_size=len(batch), sync_dist=True)
         self.log(f"{stage}/loss", total, batch_size=len(batch), sync_dist=True)
         with fsdp_gathered(self.detector):
-            predictions = self.detector.head(outputs.query_states[-1])
+            predictions = self.detector.predict(outputs, last_only=True)
         sizes = image_sizes(batch.pixel_mask)
         metric = self.val_map if stage == "val" else self.test_map
-        metric.update(
-            detections(predictions.logits, predictions.boxes, sizes), ground_truth(batch.targets, sizes)
-        )
+        found = detections(predictions.logits[0], predictions.boxes[0], sizes, self.detector.scores)
+        metric.update(found, ground_truth(batch.targets, sizes))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")

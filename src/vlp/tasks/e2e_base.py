@@ -25,8 +25,10 @@ import logging
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
+from torch.optim import Optimizer
 
 from vlp.tasks.base import ObjectiveTask
 
@@ -101,14 +103,17 @@ class E2ETask(ObjectiveTask):
         """Whether any view embeds text (encoder text or caption tokens)."""
         return bool(self.views_used() & {"mlm", "itm", "caption"})
 
-    def unused_modules(self) -> dict[str, nn.Module | None]:
-        """Name → module for the parts no active view reaches (``None`` entries are absent parts)."""
+    def unused_modules(self) -> dict[str, nn.Module | nn.Parameter | None]:
+        """Name → module (or parameter) for the parts no active view reaches (``None`` entries are
+        absent parts)."""
         views = self.views_used()
-        unused: dict[str, nn.Module | None] = {}
+        unused: dict[str, nn.Module | nn.Parameter | None] = {}
         if "itm" not in views:
             unused["model.pooler"] = self.model.pooler
         if "detection" not in views:
             unused["model.query_embed"] = self.model.query_embed
+            unused["model.reference_boxes"] = getattr(self.model, "reference_boxes", None)
+            unused["model.anchor_pos"] = getattr(self.model, "anchor_pos", None)
         if "caption" not in views:
             unused["model.caption_head"] = self.model.caption_head
         if not views & {"detection", "caption"}:
@@ -131,7 +136,7 @@ class E2ETask(ObjectiveTask):
             params[id(param)] = param
         frozen: set[str] = set()
         for key, aliases in names.items():
-            owners = [next((p for p in prefixes if a.startswith(p + ".")), None) for a in aliases]
+            owners = [next((p for p in prefixes if a == p or a.startswith(p + ".")), None) for a in aliases]
             if all(owner is not None for owner in owners):
                 params[key].requires_grad_(False)
                 frozen.update(owners)
@@ -140,6 +145,31 @@ class E2ETask(ObjectiveTask):
                 "vlp: %s freezes what no active objective reaches: %s", type(self).__name__, sorted(frozen)
             )
         return sorted(frozen)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as Lightning does, also with a fused AdamW under ``bf16-mixed``.
+
+        Lightning's mixed-precision plugin refuses to clip for an optimiser that "unscales its own
+        gradients" (the fused AdamW of :func:`~vlp.tasks.optim.build_adamw`), which matters only with a
+        gradient scaler: bf16 has none, its gradients are already the true ones, so they are clipped
+        here with the plugin's own (base-class) norm or value clipping. With a scaler, Lightning's check
+        stands.
+        """
+        plugin = self.trainer.precision_plugin
+        if not (isinstance(plugin, MixedPrecision) and plugin.scaler is None):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        if not gradient_clip_val or gradient_clip_val <= 0:
+            return
+        if gradient_clip_algorithm == "value":
+            plugin.clip_grad_by_value(optimizer, gradient_clip_val)
+        else:
+            plugin.clip_grad_by_norm(optimizer, gradient_clip_val)
 
     def configure_model(self) -> None:
         """FSDP2 (see :meth:`ObjectiveTask.configure_model`), then the decoding methods registered."""
