@@ -62,7 +62,7 @@ def test_recipe_combines_with_the_multi_process_trainer_configs(
     assert exit_info.value.code == 0, captured.err[-3000:]
     resolved = yaml.safe_load(captured.out)
     assert resolved["trainer"]["devices"] == 2
-    assert resolved["model"]["init_args"]["vqgan_checkpoint"] == "runs/vqgan_shapes/checkpoints/last.ckpt"
+    assert resolved["model"]["init_args"]["vqgan_checkpoint"] == "runs/vqgan_shapes_f4/checkpoints/last.ckpt"
 
 
 def test_recipe_without_the_vqgan_checkpoint_names_it(tmp_path: Path) -> None:

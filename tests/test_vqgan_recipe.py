@@ -1,4 +1,4 @@
-"""The VQGAN shapes recipe: it builds what it says (f = 8 on 64 px, 512 EMA codes with restarts), runs
+"""The VQGAN shapes recipe: it builds what it says (f = 4 on 64 px, 512 EMA codes with restarts), runs
 fast_dev_run through ``python -m vlp fit`` printing its metrics, and combines with the 2-process trainer
 configs."""
 
@@ -27,12 +27,13 @@ def shapes64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_recipe_builds_an_f8_vqgan_with_an_ema_codebook() -> None:
+def test_recipe_builds_an_f4_vqgan_with_an_ema_codebook_and_a_squared_error() -> None:
     cli = VLPCLI(args=["--config", str(RECIPE)], run=False)
     task = cli.model
     assert type(task).__name__ == "VQGANTask"
     model = task.model
-    assert model.downsample_factor == 8 and model.grid == (8, 8) and model.num_codes == 512
+    assert model.downsample_factor == 4 and model.grid == (16, 16) and model.num_codes == 512
+    assert task.loss.mse_weight > 0
     assert model.quantize.ema and model.quantize.dead_code_threshold > 0 and task.loss.ema
     assert task.discriminator is not None and task.loss.disc_start > 0
     assert cli.datamodule.image_size == 64
