@@ -51,7 +51,7 @@ def test_targets_are_the_colour_shape_pairs_and_the_object_count() -> None:
 def test_recipe_builds_the_judge_on_detection_batches() -> None:
     cli = VLPCLI(args=["--config", str(RECIPE)], run=False)
     assert isinstance(cli.model, ShapesJudgeTask)
-    assert cli.model.judge.presence_head.out_features == len(COLOUR_NAMES) * len(SHAPES)
+    assert cli.model.judge.cell_head.out_channels == len(COLOUR_NAMES) + len(SHAPES)
     assert cli.datamodule.detection and cli.datamodule.image_size == 64
 
 

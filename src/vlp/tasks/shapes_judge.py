@@ -3,7 +3,9 @@
 Targets come from each image's objects (:class:`~vlp.datamodules.schema.Targets`: category labels and
 the attribute multi-hot, whose colour columns give each object's colour), mapped through the data's
 ``vocab.json`` onto the judge's colour and shape names: a multi-hot over (colour, shape) pairs and the
-number of objects. Loss: binary cross-entropy over the pairs + cross-entropy over the count.
+number of objects. Loss: binary cross-entropy over the pairs, over the colours and over the shapes
+present (each summed over its labels, averaged over images) + ``count_weight`` x cross-entropy over the
+count.
 
 Logged per stage: ``{stage}/presence_loss``, ``count_loss``, ``loss``, and over the epoch
 ``{stage}/presence_f1`` (micro F1 over every image's pairs), ``presence_exact`` (share of images whose
@@ -98,7 +100,14 @@ class ShapesJudgeTask(LightningModule):
     def step(self, batch: Batch, stage: str) -> Tensor:
         presence, counts = self.targets(batch)
         output = self.judge(batch.pixels)
-        presence_loss = F.binary_cross_entropy_with_logits(output.presence_logits, presence)
+        presence_loss = sum(
+            F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(batch)
+            for logits, target in (
+                (output.presence_logits, presence),
+                (output.colour_logits, presence.amax(dim=2)),
+                (output.shape_logits, presence.amax(dim=1)),
+            )
+        )
         count_loss = F.cross_entropy(output.count_logits, counts)
         loss = presence_loss + self.count_weight * count_loss
         size, sync = len(batch), stage != "train"
