@@ -18,7 +18,18 @@ log = logging.getLogger("vlp")
 
 
 class VLPCLI(LightningCLI):
-    """LightningCLI that prints the final validation metrics of a fit."""
+    """LightningCLI that prints the final validation metrics of a fit, and takes only weights from
+    ``--ckpt_path``.
+
+    Lightning re-applies the hyperparameters saved in a ``--ckpt_path`` checkpoint over the parsed
+    configuration, so evaluation settings given on the command line (``--model.init_args.predict_dir``,
+    ``num_beams``, ``judge_checkpoint`` ...) would be silently replaced by the training run's. A vlp
+    recipe is the whole configuration (its tasks save only such settings, never the model's structure),
+    so here the recipe and the command line decide and the checkpoint gives the weights and the state.
+    """
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's hook that merges the checkpoint's hyperparameters into the config: not done."""
 
     def after_fit(self) -> None:
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}

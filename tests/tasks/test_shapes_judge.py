@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from vlp.cli import VLPCLI, main
+from vlp.cli import VLPCLI, main, run_lightning
 from vlp.datamodules.schema import Batch, Targets
 from vlp.datamodules.synth.shapes import COLOUR_NAMES, SHAPES
 from vlp.models.shapes_judge import ShapesJudge
@@ -63,6 +63,13 @@ def test_recipe_fits_through_the_cli_and_its_checkpoint_loads_as_a_judge(
     checkpoint["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
     override = tmp_path / "override.yaml"
     override.write_text(yaml.safe_dump({"trainer": {"callbacks": [checkpoint]}}))
+    data_args = [
+        f"--data.init_args.root={tiny_shapes}",
+        "--data.init_args.image_size=32",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.eval_batch_size=4",
+        "--data.init_args.num_workers=0",
+    ]
     main(
         [
             "fit",
@@ -74,16 +81,18 @@ def test_recipe_fits_through_the_cli_and_its_checkpoint_loads_as_a_judge(
             "--trainer.val_check_interval=2",
             f"--trainer.default_root_dir={tmp_path}",
             f"--trainer.logger.init_args.save_dir={tmp_path}",
-            f"--data.init_args.root={tiny_shapes}",
-            "--data.init_args.image_size=32",
-            "--data.init_args.batch_size=4",
-            "--data.init_args.eval_batch_size=4",
-            "--data.init_args.num_workers=0",
+            *data_args,
         ]
     )
     out = capsys.readouterr().out
     for name in ("val/presence_f1", "val/presence_exact", "val/count_acc", "val/presence_loss"):
         assert name in out, out
+    # evaluation settings on the command line win over those saved in the checkpoint (vlp.cli.VLPCLI)
+    validate = run_lightning([
+        "validate", "--config", str(RECIPE), "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt"),
+        "--model.init_args.count_weight=0.25", "--trainer.logger=false", *data_args,
+    ])  # fmt: skip
+    assert validate.model.count_weight == 0.25
     judge = ShapesJudge.from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert not judge.training and judge.colours == list(COLOUR_NAMES)
     present = judge.present(torch.zeros(2, 3, 32, 32))
