@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def test_targets_are_the_colour_shape_pairs_and_the_object_count() -> None:
-    task = ShapesJudgeTask(ShapesJudge(channels=[4, 8], feature_dim=8))
+    task = ShapesJudgeTask(ShapesJudge(channels=[4, 8], count_hidden=8))
     # the data's own orders differ from the judge's: the maps go through the names
     categories = ["hexagon", "circle", "square", "triangle", "diamond", "star"]
     attributes = ["small", "large", *reversed(COLOUR_NAMES)]

@@ -213,7 +213,7 @@ def test_end_to_end_trains_and_validates_under_bf16_autocast() -> None:
 def test_predict_with_a_judge_writes_caption_and_generation_metrics(tmp_path: Path) -> None:
     from vlp.models.shapes_judge import CONFIG_KEY, ShapesJudge
 
-    judge = ShapesJudge(channels=[4, 8], feature_dim=8)
+    judge = ShapesJudge(channels=[4, 8], count_hidden=8)
     state = {f"judge.{k}": v for k, v in judge.state_dict().items()}
     torch.save({CONFIG_KEY: judge.config, "state_dict": state}, tmp_path / "judge.ckpt")
     task = parts.ernie_task(

@@ -15,9 +15,10 @@ over 500 steps of batch 64: a red square beside a blue circle pools to the same 
 blue square beside a red circle.) The colour and shape presences (maxima over cells of their own scores)
 are trained too.
 
-Its penultimate features (global average + max pooling of the last conv stage, then one linear layer
-with ReLU, ``feature_dim`` wide; the count head reads them) are the feature space of the shapes Fréchet
-distance (:meth:`ShapesJudge.feature_extractor` for :func:`vlp.metrics.fid.frechet_distance`).
+Its features, the global average and maximum of the last conv stage (``2 x channels[-1]`` wide; the
+presence head reads that stage cell by cell, the count head through one hidden layer), are the feature
+space of the shapes Fréchet distance (:meth:`ShapesJudge.feature_extractor` for
+:func:`vlp.metrics.fid.frechet_distance`).
 
 Pixels are normalised as every vlp batch is (mean = std = 0.5: [-1, 1]); the feature extractor takes
 [0, 1] images, the torchmetrics convention.
@@ -39,7 +40,7 @@ CONFIG_KEY = "shapes_judge_config"
 
 @dataclass
 class JudgeOutput:
-    features: Tensor  # [B, feature_dim], the Fréchet distance's feature space
+    features: Tensor  # [B, 2 * channels[-1]], the Fréchet distance's feature space
     presence_logits: Tensor  # [B, num_colours, num_shapes]
     count_logits: Tensor  # [B, max_objects + 1]
     colour_logits: Tensor | None = None  # [B, num_colours], any object of that colour
@@ -56,14 +57,14 @@ def conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 class ShapesJudge(nn.Module):
     """Conv stages (two 3x3 conv + BatchNorm + ReLU each, stride 2 at the start of every stage but the
-    first), then the per-cell presence head and, over global average + max pooling, a ``feature_dim``
-    linear layer with ReLU and the count head (module docstring).
+    first), then the per-cell presence head and, over the global average + max pooling of the grid (the
+    features), the count head: a ``count_hidden`` layer with ReLU and a linear layer (module docstring).
 
     Args:
         colours, shapes: the names the presence head ranges over (default: the shapes generator's).
         channels: width of each stage; ``len(channels) - 1`` halvings of the resolution (the default
             three stages leave a 16x16 grid of 64 channels at 64 px, each cell seeing 23 px).
-        feature_dim: width of the penultimate features.
+        count_hidden: width of the count head's hidden layer.
         max_objects: the count head classifies 0 .. ``max_objects``.
     """
 
@@ -72,16 +73,16 @@ class ShapesJudge(nn.Module):
         colours: list[str] | None = None,
         shapes: list[str] | None = None,
         channels: list[int] | None = None,
-        feature_dim: int = 128,
+        count_hidden: int = 128,
         max_objects: int = MAX_OBJECTS,
     ) -> None:
         super().__init__()
         self.colours = list(colours or COLOUR_NAMES)
         self.shapes = list(shapes or SHAPES)
         channels = list(channels or [16, 32, 64])
-        if not channels or min(channels) < 1 or feature_dim < 1 or max_objects < 1:
+        if not channels or min(channels) < 1 or count_hidden < 1 or max_objects < 1:
             raise ValueError(
-                f"channels, feature_dim and max_objects must be positive, got {channels}, {feature_dim}, {max_objects}"
+                f"channels, count_hidden and max_objects must be positive, got {channels}, {count_hidden}, {max_objects}"
             )
         for name, values in (("colours", self.colours), ("shapes", self.shapes)):
             if not values or len(set(values)) != len(values):
@@ -90,7 +91,7 @@ class ShapesJudge(nn.Module):
             "colours": self.colours,
             "shapes": self.shapes,
             "channels": channels,
-            "feature_dim": feature_dim,
+            "count_hidden": count_hidden,
             "max_objects": max_objects,
         }
         stages, cin = [], 3
@@ -98,17 +99,19 @@ class ShapesJudge(nn.Module):
             stages += [conv_block(cin, cout, 1 if index == 0 else 2), conv_block(cout, cout, 1)]
             cin = cout
         self.backbone = nn.Sequential(*stages)
-        self.project = nn.Sequential(nn.Linear(2 * cin, feature_dim), nn.ReLU(inplace=True))
         self.cell_head = nn.Conv2d(cin, len(self.colours) + len(self.shapes), 1)
         self.pair_bias = nn.Parameter(torch.tensor(-4.0))  # pairs start rare, as they are
-        self.count_head = nn.Linear(feature_dim, max_objects + 1)
-        self.feature_dim = feature_dim
+        self.count_head = nn.Sequential(
+            nn.Linear(2 * cin, count_hidden), nn.ReLU(inplace=True), nn.Linear(count_hidden, max_objects + 1)
+        )
+        self.feature_dim, self.max_objects = 2 * cin, max_objects
 
-    def pooled(self, grid: Tensor) -> Tensor:
-        return self.project(torch.cat([grid.mean(dim=(2, 3)), grid.amax(dim=(2, 3))], dim=1))
+    @staticmethod
+    def pooled(grid: Tensor) -> Tensor:
+        return torch.cat([grid.mean(dim=(2, 3)), grid.amax(dim=(2, 3))], dim=1)
 
     def features(self, pixels: Tensor) -> Tensor:
-        """Pixels ``[B, 3, H, W]`` in [-1, 1] → penultimate features ``[B, feature_dim]``."""
+        """Pixels ``[B, 3, H, W]`` in [-1, 1] → features ``[B, feature_dim]`` (module docstring)."""
         return self.pooled(self.backbone(pixels))
 
     def forward(self, pixels: Tensor) -> JudgeOutput:

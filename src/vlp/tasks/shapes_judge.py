@@ -93,7 +93,7 @@ class ShapesJudgeTask(LightningModule):
             known = (shapes >= 0) & (target.attributes[:, colour_columns].sum(dim=1) > 0)
             presence[row, colours[known], shapes[known]] = 1.0
             counts[row] = len(target.labels)
-        return presence, counts.clamp(max=judge.count_head.out_features - 1)
+        return presence, counts.clamp(max=judge.max_objects)
 
     # --------------------------------------------------------------------------------- training
 
