@@ -95,8 +95,9 @@ def test_recipe_fits_through_the_cli_and_its_checkpoint_loads_as_a_judge(
     assert validate.model.count_weight == 0.25
     judge = ShapesJudge.from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert not judge.training and judge.colours == list(COLOUR_NAMES)
-    present = judge.present(torch.zeros(2, 3, 32, 32))
-    assert present.shape == (2, len(COLOUR_NAMES), len(SHAPES)) and present.dtype == torch.bool
+    output = judge(torch.zeros(2, 3, 32, 32))
+    assert output.presence_logits.shape == (2, len(COLOUR_NAMES), len(SHAPES))
+    assert output.count_logits.shape == (2, judge.max_objects + 1)
     features = judge.feature_extractor()(torch.rand(3, 3, 32, 32))
     assert features.shape == (3, judge.feature_dim)
 

@@ -124,11 +124,6 @@ class ShapesJudge(nn.Module):
             features, pairs, self.count_head(features), colour.amax(dim=(2, 3)), shape.amax(dim=(2, 3))
         )
 
-    @torch.no_grad()
-    def present(self, pixels: Tensor, threshold: float = 0.5) -> Tensor:
-        """Bool ``[B, num_colours, num_shapes]``: which (colour, shape) objects the judge sees."""
-        return self(pixels).presence_logits.sigmoid() > threshold
-
     def feature_extractor(self) -> JudgeFeatures:
         """The features as a module over [0, 1] images, for :func:`vlp.metrics.fid.frechet_distance`."""
         return JudgeFeatures(self)
