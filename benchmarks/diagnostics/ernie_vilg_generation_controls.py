@@ -83,11 +83,13 @@ def main() -> None:
             images += len(real)
     results = {name: evaluation.compute() for name, evaluation in rows.items()}
     print(f"{images} test prompts ({args.batches} batches), judge {args.judge}")
-    print("| images | semantic score | shuffled prompts | count acc | shapes FD |\n|---|---|---|---|---|")
+    print(
+        "| images | semantic score | shuffled prompts | count acc (prompts) | shapes FD |\n|---|---|---|---|---|"
+    )
     for name, r in results.items():
         print(
             f"| {name} | {r['semantic_score']:.3f} | {r['semantic_score_shuffled']:.3f} | "
-            f"{r.get('count_acc', float('nan')):.3f} | {r['shapes_fd']:.3f} |"
+            f"{r.get('count_acc', float('nan')):.3f} ({r.get('counted', 0):.0f}) | {r['shapes_fd']:.3f} |"
         )
     if args.out:
         Path(args.out).write_text(json.dumps({"images": images, "rows": results}, indent=2) + "\n")

@@ -80,7 +80,8 @@ class SemanticScore(Metric):
 
     ``update(present [N, C, S] bool, prompts, counts [N] | None)``; ``compute()`` returns
     ``semantic_score``, ``scored`` and ``unscored`` (prompts naming no colour or shape) and, when counts
-    were given for prompts that state one, ``count_acc``. Summed over processes.
+    were given for prompts that state one, ``count_acc`` over those ``counted`` prompts. Summed over
+    processes.
 
     Args:
         colours, shapes: the judge's names, in the order of its presence grid.
@@ -119,4 +120,5 @@ class SemanticScore(Metric):
         }
         if self.count_total > 0:
             result["count_acc"] = self.count_correct.float() / self.count_total
+            result["counted"] = self.count_total
         return result
