@@ -70,3 +70,16 @@ def test_counts_must_match_and_a_feature_space_is_required() -> None:
         evaluation.update(torch.rand(3, 3, C, S), ["a", "b"])
     with pytest.raises(ValueError, match="a judge, inception_weights, or both"):
         GenerationEvaluation()
+
+
+def test_the_distance_is_computed_in_full_precision_under_bf16_autocast() -> None:
+    images, prompts = scene_images(16)
+    shifted = (images + 0.3).clamp(0, 1)
+    evaluation = GenerationEvaluation(GridJudge())
+    evaluation.update(shifted, prompts, images)
+    reference = evaluation.compute()["shapes_fd"]
+    evaluation.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        evaluation.update(shifted.bfloat16(), prompts, images.bfloat16())
+    assert evaluation.compute()["shapes_fd"] == pytest.approx(reference, rel=1e-2)
+    assert evaluation.distances["shapes_fd"].compute().dtype == torch.float32

@@ -71,14 +71,20 @@ class GenerationEvaluation:
 
     @torch.no_grad()
     def update(self, generated: Tensor, prompts: Sequence[str], real: Tensor | None = None) -> None:
-        """One generated image per prompt, and optionally the real images of the prompts, in [0, 1]."""
+        """One generated image per prompt, and optionally the real images of the prompts, in [0, 1].
+
+        Runs in fp32 whatever autocast is on (under bf16 the distance would come back rounded to bf16).
+        """
+        with torch.autocast(generated.device.type, enabled=False):
+            self._update(generated.float(), list(prompts), None if real is None else real.float())
+
+    def _update(self, generated: Tensor, prompts: list[str], real: Tensor | None) -> None:
         if len(generated) != len(prompts) or (real is not None and len(real) != len(prompts)):
             raise ValueError(
                 f"{len(generated)} generated images, {len(prompts)} prompts"
                 + ("" if real is None else f", {len(real)} real images")
                 + ": one of each per prompt"
             )
-        prompts = list(prompts)
         if self.judge is not None:
             present, counts = self.judge_images(generated)
             self.semantic["generated"].update(present, prompts, counts)
