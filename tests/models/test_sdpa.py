@@ -1,45 +1,91 @@
-"""vlp.models.sdpa: the math backend is pinned for bf16 on CPU, and the result is SDPA's either way."""
+"""vlp.models.sdpa: the explicit bf16 CPU path computes SDPA's attention, masks included."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from vlp.models.sdpa import sdpa, uses_math_backend
+from vlp.models.sdpa import explicit_attention, sdpa, uses_explicit_path
 
 
-def _qkv(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _qkv(dtype: torch.dtype, length: int = 7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 7, 8, generator=gen).to(dtype) for _ in range(3))
+    return tuple(torch.randn(2, 3, length, 8, generator=gen).to(dtype) for _ in range(3))  # type: ignore[return-value]
+
+
+def _padding_mask() -> torch.Tensor:
     mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
     mask[1, ..., 5:] = False
-    return q, k, v, mask
+    return mask
 
 
-def test_backend_choice() -> None:
-    assert uses_math_backend(torch.zeros(1, dtype=torch.bfloat16))
-    assert uses_math_backend(torch.zeros(1, dtype=torch.float16))
-    assert not uses_math_backend(torch.zeros(1))
+def test_path_choice() -> None:
+    assert uses_explicit_path(torch.zeros(1, dtype=torch.bfloat16))
+    assert uses_explicit_path(torch.zeros(1, dtype=torch.float16))
+    assert not uses_explicit_path(torch.zeros(1))
 
 
 def test_fp32_is_sdpa_exactly() -> None:
-    q, k, v, mask = _qkv(torch.float32)
+    q, k, v = _qkv(torch.float32)
+    mask = _padding_mask()
     torch.testing.assert_close(sdpa(q, k, v, attn_mask=mask), F.scaled_dot_product_attention(q, k, v, mask))
 
 
+@pytest.mark.parametrize(
+    "mask_kind", ["none", "padding", "causal", "float", "empty_row"], ids=lambda kind: f"mask={kind}"
+)
+def test_explicit_path_equals_sdpa_in_fp32(mask_kind: str) -> None:
+    """Run in fp32 the explicit formula must give SDPA's output to float rounding, for every mask form."""
+    q, k, v = _qkv(torch.float32)
+    kwargs: dict = {}
+    if mask_kind == "padding":
+        kwargs["attn_mask"] = _padding_mask()
+    elif mask_kind == "causal":
+        kwargs["is_causal"] = True
+    elif mask_kind == "float":
+        kwargs["attn_mask"] = torch.randn(2, 1, 7, 7, generator=torch.Generator().manual_seed(1))
+    elif mask_kind == "empty_row":
+        mask = torch.ones(2, 1, 7, 7, dtype=torch.bool)
+        mask[0, 0, 3] = False  # query 3 of sample 0 may attend to nothing: SDPA gives zeros
+        kwargs["attn_mask"] = mask
+    expected = F.scaled_dot_product_attention(q, k, v, **kwargs)
+    torch.testing.assert_close(explicit_attention(q, k, v, **kwargs), expected, atol=1e-6, rtol=1e-5)
+
+
 def test_bf16_matches_fp32_reference_and_masks_padding() -> None:
-    q, k, v, mask = _qkv(torch.bfloat16)
+    q, k, v = _qkv(torch.bfloat16)
+    mask = _padding_mask()
     out = sdpa(q, k, v, attn_mask=mask)
     assert out.dtype == torch.bfloat16
     reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), mask)
     torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)
-    # a masked key's value does not reach the output
     v2 = v.clone()
-    v2[1, :, 5:] = 100.0
+    v2[1, :, 5:] = 100.0  # a masked key's value does not reach the output
     torch.testing.assert_close(sdpa(q, k, v2, attn_mask=mask)[1], out[1])
 
 
-def test_bf16_gradients_flow() -> None:
-    q, k, v, mask = (t.requires_grad_() if t.dtype != torch.bool else t for t in _qkv(torch.bfloat16))
-    sdpa(q, k, v, attn_mask=mask, is_causal=False).float().square().sum().backward()
-    assert all(t.grad is not None and torch.isfinite(t.grad.float()).all() for t in (q, k, v))
+def test_causal_bf16_ignores_later_keys() -> None:
+    q, k, v = _qkv(torch.bfloat16)
+    out = sdpa(q, k, v, is_causal=True)
+    k2, v2 = k.clone(), v.clone()
+    k2[..., 4:, :] += 5.0
+    v2[..., 4:, :] -= 7.0
+    torch.testing.assert_close(sdpa(q, k2, v2, is_causal=True)[..., :4, :], out[..., :4, :])
+
+
+def test_bf16_gradients_match_fp32() -> None:
+    q, k, v = (t.requires_grad_() for t in _qkv(torch.bfloat16))
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    mask = _padding_mask()
+    sdpa(q, k, v, attn_mask=mask).float().square().sum().backward()
+    F.scaled_dot_product_attention(q32, k32, v32, mask).square().sum().backward()
+    for low, high in ((q, q32), (k, k32), (v, v32)):
+        torch.testing.assert_close(low.grad.float(), high.grad, atol=0.1, rtol=0.05)
+
+
+def test_dropout_is_applied_in_training_only_when_asked() -> None:
+    q, k, v = _qkv(torch.bfloat16)
+    torch.manual_seed(0)
+    dropped = sdpa(q, k, v, dropout_p=0.5)
+    assert not torch.equal(dropped, sdpa(q, k, v))
