@@ -1,5 +1,8 @@
 import pytest
 import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.plugins.precision import MixedPrecision
+from torch.utils.data import DataLoader
 
 from conftest import TINY_DIM, TINY_VOCAB, make_tiny_vilt
 from vlp.datamodules.schema import Batch
@@ -110,3 +113,48 @@ def test_an_objective_reading_an_unknown_view_is_refused() -> None:
 
     with pytest.raises(ValueError, match=r"objectives\.lm.*captioning"):
         PretrainTask(make_tiny_vilt(), {"lm": CaptionLM(ITMHead(TINY_DIM))})
+
+
+class _After(Callback):
+    """Records the total gradient norm after Lightning's clipping step (on_before_optimizer_step runs first)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_train_batch_end(self, trainer: Trainer, task: LightningModule, *args: object) -> None:
+        grads = [p.grad.float().norm() for p in task.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack(grads))))
+
+
+@pytest.mark.parametrize(
+    ("precision", "fused"), [("bf16-mixed", True), ("32-true", True), ("16-mixed+scaler", False)]
+)
+def test_gradient_clipping_works_in_every_precision(precision: str, fused: bool) -> None:
+    """The fused AdamW is used unless a GradScaler steps the optimiser (16-mixed), and clipping applies in all.
+
+    Lightning's mixed-precision plugin refuses to clip for a fused optimiser; ObjectiveTask clips bf16
+    gradients itself (no scaler) and builds the non-fused AdamW under a scaler.
+    """
+    torch.manual_seed(0)
+    task = make_task(lr=1e-3, warmup=0)
+    batch = fixed_batch()
+    after = _After()
+    # Lightning gives 16-mixed a GradScaler on CUDA only; the plugin with a scaler is the GPU fp16 case
+    scaled = precision == "16-mixed+scaler"
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu")) if scaled else None
+    trainer = Trainer(
+        accelerator="cpu",
+        precision=None if scaled else precision,
+        plugins=[plugin] if scaled else None,
+        gradient_clip_val=0.01,
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[after],
+    )
+    trainer.fit(task, train_dataloaders=DataLoader([batch, batch], batch_size=None))
+    assert task.optimizers().optimizer.defaults["fused"] is fused
+    assert len(after.norms) == 2 and max(after.norms) <= 0.01 * 1.001

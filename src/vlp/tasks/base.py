@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 from lightning import LightningModule
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from vlp.datamodules.schema import Batch
 from vlp.models.transformer import TransformerEncoder
@@ -194,10 +196,41 @@ class ObjectiveTask(LightningModule, ABC):
         if outside:  # nothing would average their gradients across ranks
             raise RuntimeError(f"parameters outside the model and objectives were not sharded: {outside}")
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as Lightning does, also with the fused AdamW under ``bf16-mixed``.
+
+        Lightning's mixed-precision plugin refuses to clip for an optimiser that "unscales its own
+        gradients" (the fused AdamW of :func:`~vlp.tasks.optim.build_adamw`), which matters only with a
+        gradient scaler: bf16 has none, its gradients are already the true ones, so they are clipped
+        here with the plugin's own norm or value clipping. With a scaler (``16-mixed``) the optimiser is
+        not fused (:meth:`configure_optimizers`), so Lightning's own path applies.
+        """
+        plugin = self.trainer.precision_plugin
+        if not (isinstance(plugin, MixedPrecision) and plugin.scaler is None):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        if not gradient_clip_val or gradient_clip_val <= 0:
+            return
+        if gradient_clip_algorithm == "value":
+            plugin.clip_grad_by_value(optimizer, gradient_clip_val)
+        else:
+            plugin.clip_grad_by_norm(optimizer, gradient_clip_val)
+
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        optimizer = build_adamw(
-            param_groups(self, hp.lr, hp.weight_decay, hp.lr_multipliers), hp.lr, tuple(hp.betas), hp.eps
+        plugin = self.trainer.precision_plugin
+        scaled = isinstance(plugin, MixedPrecision) and plugin.scaler is not None
+        optimizer = build_adamw(  # a GradScaler (16-mixed) steps the non-fused AdamW, so Lightning can clip
+            param_groups(self, hp.lr, hp.weight_decay, hp.lr_multipliers),
+            hp.lr,
+            tuple(hp.betas),
+            hp.eps,
+            fused=not scaled,
         )
         total = int(self.trainer.estimated_stepping_batches)
         if total <= 0 or total == float("inf"):

@@ -25,10 +25,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
-from torch.optim import Optimizer
 
 from vlp.tasks.base import ObjectiveTask
 
@@ -145,31 +143,6 @@ class E2ETask(ObjectiveTask):
                 "vlp: %s freezes what no active objective reaches: %s", type(self).__name__, sorted(frozen)
             )
         return sorted(frozen)
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: Optimizer,
-        gradient_clip_val: int | float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """Clip as Lightning does, also with a fused AdamW under ``bf16-mixed``.
-
-        Lightning's mixed-precision plugin refuses to clip for an optimiser that "unscales its own
-        gradients" (the fused AdamW of :func:`~vlp.tasks.optim.build_adamw`), which matters only with a
-        gradient scaler: bf16 has none, its gradients are already the true ones, so they are clipped
-        here with the plugin's own (base-class) norm or value clipping. With a scaler, Lightning's check
-        stands.
-        """
-        plugin = self.trainer.precision_plugin
-        if not (isinstance(plugin, MixedPrecision) and plugin.scaler is None):
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-            return
-        if not gradient_clip_val or gradient_clip_val <= 0:
-            return
-        if gradient_clip_algorithm == "value":
-            plugin.clip_grad_by_value(optimizer, gradient_clip_val)
-        else:
-            plugin.clip_grad_by_norm(optimizer, gradient_clip_val)
 
     def configure_model(self) -> None:
         """FSDP2 (see :meth:`ObjectiveTask.configure_model`), then the decoding methods registered."""
