@@ -15,7 +15,7 @@ from vlp.datamodules.schema import Batch
 from vlp.models.transformer import TransformerEncoder
 from vlp.objectives.base import Objective
 from vlp.tasks.init_from import InitReport, load_matching, log_report, read_checkpoint, resolve_checkpoint
-from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups
+from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups, schedule_steps
 from vlp.tasks.rng import CHECKPOINT_KEY, gather_rng_states, restore_rank_rng_state
 
 
@@ -232,11 +232,6 @@ class ObjectiveTask(LightningModule, ABC):
             hp.eps,
             fused=not scaled,
         )
-        total = int(self.trainer.estimated_stepping_batches)
-        if total <= 0 or total == float("inf"):
-            raise ValueError(
-                "set trainer.max_steps (streaming data has no length to derive the schedule from)"
-            )
-        warmup = int(hp.warmup * total) if hp.warmup < 1 else int(hp.warmup)
+        total, warmup = schedule_steps(self.trainer, hp.warmup)
         scheduler = linear_warmup_decay(optimizer, warmup, total, hp.end_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 from torch.optim import AdamW, Optimizer
@@ -58,6 +59,16 @@ def build_adamw(
     which was a third of a bf16 training step of the default recipe. Same update rule either way.
     """
     return AdamW(list(groups), lr=lr, betas=betas, eps=eps, fused=fused)
+
+
+def schedule_steps(trainer: Any, warmup: float) -> tuple[int, int]:
+    """``(total steps, warm-up steps)`` of a run: ``warmup`` is a fraction of the total when < 1, else a
+    number of steps. Streaming data has no length, so the total is ``trainer.max_steps``."""
+    total = trainer.estimated_stepping_batches
+    if total == float("inf") or total < 1:
+        raise ValueError("set trainer.max_steps (streaming data has no length to derive the schedule from)")
+    total = int(total)
+    return total, int(warmup * total) if warmup < 1 else int(warmup)
 
 
 def linear_warmup_decay(

@@ -24,7 +24,7 @@ from torchmetrics import SumMetric
 
 from vlp.datamodules.schema import Batch
 from vlp.models.shapes_judge import CONFIG_KEY, ShapesJudge
-from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups
+from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups, schedule_steps
 
 
 class ShapesJudgeTask(LightningModule):
@@ -159,11 +159,6 @@ class ShapesJudgeTask(LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         optimizer = build_adamw(param_groups(self.judge, hp.lr, hp.weight_decay), hp.lr)
-        total = int(self.trainer.estimated_stepping_batches)
-        if total <= 0 or total == float("inf"):
-            raise ValueError(
-                "set trainer.max_steps (streaming data has no length to derive the schedule from)"
-            )
-        warmup = int(hp.warmup * total) if hp.warmup < 1 else int(hp.warmup)
+        total, warmup = schedule_steps(self.trainer, hp.warmup)
         scheduler = linear_warmup_decay(optimizer, warmup, total, hp.end_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

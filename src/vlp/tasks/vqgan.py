@@ -36,7 +36,7 @@ from vlp.metrics.codebook import CodebookUsage, usage_from_counts
 from vlp.models.patchgan import NLayerDiscriminator
 from vlp.models.vqgan import CONFIG_KEY, VQGAN
 from vlp.objectives.vq import VQGANLoss
-from vlp.tasks.optim import linear_warmup_decay
+from vlp.tasks.optim import linear_warmup_decay, schedule_steps
 
 
 class VQGANTask(LightningModule):
@@ -186,11 +186,7 @@ class VQGANTask(LightningModule):
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
         hp = self.hparams
-        total = self.trainer.estimated_stepping_batches
-        if total == float("inf") or total < 1:
-            raise ValueError("VQGANTask: set trainer.max_steps (streaming data has no length to schedule by)")
-        batches = int(total)
-        warmup = int(hp.warmup * batches) if hp.warmup < 1 else int(hp.warmup)
+        batches, warmup = schedule_steps(self.trainer, hp.warmup)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizers = [torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas))]
         if self.discriminator is not None:
