@@ -10,7 +10,7 @@ import e2e_parts as parts
 import pytest
 import torch
 from finetune_parts import train_steps
-from lightning import Callback, LightningDataModule, Trainer
+from lightning import LightningDataModule, Trainer
 from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
 
@@ -171,39 +171,6 @@ def test_detection_learns_a_fixed_batch_and_validation_logs_its_map() -> None:
         assert metrics[f"val/{name}"] == pytest.approx(float(expected[name]), abs=1e-6), name
     assert metrics["val/map_large"] == -1.0  # 64 px images: every box is below 96 x 96 pixels
     assert "val/detection_loss" in metrics
-
-
-class GradientNorms(Callback):
-    """The total gradient norm after each step (Lightning zeroes gradients only at the next step)."""
-
-    def __init__(self) -> None:
-        self.norms: list[float] = []
-
-    def on_train_batch_end(self, trainer: Trainer, task: Any, *args: Any) -> None:
-        grads = [p.grad for p in task.parameters() if p.grad is not None]
-        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
-
-
-def test_bf16_mixed_clips_gradients_with_the_fused_adamw() -> None:
-    # Lightning's mixed-precision plugin refuses to clip for a fused optimiser (it assumes a scaler)
-    task = parts.detection_task()
-    batch = parts.e2e_batches(1, size=4)[0]
-    norms = GradientNorms()
-    run = Trainer(
-        accelerator="cpu",
-        precision="bf16-mixed",
-        gradient_clip_val=0.01,
-        max_steps=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[norms],
-    )
-    run.fit(task, datamodule=Fixed([batch], [batch]))
-    assert task.optimizers().optimizer.defaults["fused"]
-    assert len(norms.norms) == 2 and max(norms.norms) == pytest.approx(0.01, rel=1e-3)
 
 
 def test_detection_without_text_freezes_the_text_embedder_and_ignores_the_text() -> None:
