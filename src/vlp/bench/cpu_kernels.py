@@ -32,10 +32,10 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vlp.models.sdpa import explicit_attention
+from vlp.tasks.optim import ADAMW_IMPLEMENTATIONS
 
 ATTENTION = ("flash", "math", "explicit")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-ADAMW = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
 @dataclass
@@ -144,7 +144,7 @@ def measure_adamw(config: CpuKernelsConfig) -> tuple[int, dict[str, float]]:
     initial = [torch.randn(*s, generator=gen) for s in shapes]
     grads = [torch.randn(*s, generator=gen) for s in shapes]
     sides = {}
-    for name, kwargs in ADAMW.items():
+    for name, kwargs in ADAMW_IMPLEMENTATIONS.items():
         params = [torch.nn.Parameter(p.clone()) for p in initial]
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlp.bench.scaling import cpu_name
+from vlp.tasks.optim import ADAMW_IMPLEMENTATIONS
 
 Precision = Literal["fp32", "bf16"]
 Side = Literal["vlp", "transformers"]
@@ -361,13 +362,12 @@ def build_sides(config: ViltBenchConfig) -> tuple[VlpSide, TransformersSide]:
 
 def make_optimizer(module: nn.Module, config: ViltBenchConfig) -> torch.optim.Optimizer:
     """The same AdamW on both sides, one group, in the implementation ``config.adamw`` names."""
-    implementation = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
     return torch.optim.AdamW(
         module.parameters(),
         lr=config.lr,
         betas=(0.9, 0.98),
         weight_decay=0.01,
-        **implementation[config.adamw],
+        **ADAMW_IMPLEMENTATIONS[config.adamw],
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from lightning import LightningModule
-from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -17,6 +17,11 @@ from vlp.objectives.base import Objective
 from vlp.tasks.init_from import InitReport, load_matching, log_report, read_checkpoint, resolve_checkpoint
 from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups, schedule_steps
 from vlp.tasks.rng import CHECKPOINT_KEY, gather_rng_states, restore_rank_rng_state
+
+
+def has_grad_scaler(plugin: Precision) -> bool:
+    """Whether a GradScaler steps the optimiser (``16-mixed`` on CUDA); bf16 and fp32 have none."""
+    return isinstance(plugin, MixedPrecision) and plugin.scaler is not None
 
 
 class ObjectiveTask(LightningModule, ABC):
@@ -211,7 +216,7 @@ class ObjectiveTask(LightningModule, ABC):
         not fused (:meth:`configure_optimizers`), so Lightning's own path applies.
         """
         plugin = self.trainer.precision_plugin
-        if not (isinstance(plugin, MixedPrecision) and plugin.scaler is None):
+        if not isinstance(plugin, MixedPrecision) or has_grad_scaler(plugin):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         if not gradient_clip_val or gradient_clip_val <= 0:
@@ -223,14 +228,12 @@ class ObjectiveTask(LightningModule, ABC):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        plugin = self.trainer.precision_plugin
-        scaled = isinstance(plugin, MixedPrecision) and plugin.scaler is not None
         optimizer = build_adamw(  # a GradScaler (16-mixed) steps the non-fused AdamW, so Lightning can clip
             param_groups(self, hp.lr, hp.weight_decay, hp.lr_multipliers),
             hp.lr,
             tuple(hp.betas),
             hp.eps,
-            fused=not scaled,
+            fused=not has_grad_scaler(self.trainer.precision_plugin),
         )
         total, warmup = schedule_steps(self.trainer, hp.warmup)
         scheduler = linear_warmup_decay(optimizer, warmup, total, hp.end_lr_ratio)
