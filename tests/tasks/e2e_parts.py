@@ -40,9 +40,10 @@ NUM_ATTRIBUTES = 2
 BOXES = 2
 
 
-def tiny_e2e(seed: int | None = 0, decoder: bool = True, visual: str = "grid") -> E2EVLP:
+def tiny_e2e(seed: int | None = 0, decoder: bool = True, visual: str = "grid", **model_kwargs: Any) -> E2EVLP:
     """``visual="patch"``: ViT patches instead of the CNN grid, for runs that must not depend on how a
-    batch is split (the CNN's BatchNorm normalises by the statistics of each process's rows)."""
+    batch is split (the CNN's BatchNorm normalises by the statistics of each process's rows).
+    ``model_kwargs``: further :class:`E2EVLP` arguments (``anchor_queries``, ``query_groups`` ...)."""
     if seed is not None:
         torch.manual_seed(seed)
     embedder = (
@@ -56,6 +57,7 @@ def tiny_e2e(seed: int | None = 0, decoder: bool = True, visual: str = "grid") -
         PosTransformerEncoder(dim=DIM, depth=2, num_heads=4),
         TransformerDecoder(dim=DIM, depth=2, num_heads=4) if decoder else None,
         num_queries=5,
+        **model_kwargs,
     )
 
 
@@ -63,8 +65,10 @@ def detection_objective() -> DetectionObjective:
     return DetectionObjective(DetectionHead(DIM, NUM_CLASSES, NUM_ATTRIBUTES))
 
 
-def pretrain_task(seed: int | None = 0, visual: str = "grid", **kwargs: Any) -> E2EPretrainTask:
-    model = tiny_e2e(seed, visual=visual)
+def pretrain_task(
+    seed: int | None = 0, visual: str = "grid", model_kwargs: dict[str, Any] | None = None, **kwargs: Any
+) -> E2EPretrainTask:
+    model = tiny_e2e(seed, visual=visual, **(model_kwargs or {}))
     objectives = {
         "mlm": MLMObjective(MLMHead(DIM, vocab_size=VOCAB)),
         "itm": ITMObjective(ITMHead(DIM)),

@@ -37,6 +37,36 @@ def test_pretraining_learns_a_fixed_batch_in_every_view() -> None:
     assert task.frozen == []  # every part is reached by some view
 
 
+def test_pretraining_trains_anchored_query_groups_and_evaluates_the_first_group() -> None:
+    # the shapes pre-training builds the detection recipe's model: anchored queries (DAB-DETR) in 3
+    # groups (Group DETR), so the detection fine-tuning can start from its checkpoint
+    task = parts.pretrain_task(model_kwargs={"anchor_queries": True, "query_groups": 3})
+    batch = parts.e2e_batches(1)[0]
+    queries = task.model.num_queries
+    outputs = task.forward_model(batch)
+    assert outputs["detection"].groups == 3 and outputs["detection"].query_states.shape[2] == 3 * queries
+    task.compute_losses(batch, "train").backward()
+    # every group's query embeddings and reference boxes get a gradient (DDP-safe), and so does the
+    # anchor MLP; nothing is frozen
+    assert task.frozen == []
+    assert (task.model.query_embed.weight.grad.abs().sum(-1) > 0).all()
+    assert (task.model.reference_boxes.grad.abs().sum(-1) > 0).all()
+    no_grad = [n for n, p in task.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+    task.zero_grad()
+
+    def detection_loss() -> float:
+        with torch.no_grad():
+            return task.objectives["detection"](task.forward_model(batch)["detection"], batch).loss.item()
+
+    first = detection_loss()
+    train_steps(task, [batch], steps=35, lr=2e-3)
+    assert detection_loss() < 0.8 * first
+    task.eval()
+    evaluated = task.forward_model(batch)["detection"]
+    assert evaluated.groups == 1 and evaluated.query_states.shape[2] == queries
+
+
 def test_pretraining_runs_only_the_views_with_a_weight() -> None:
     task = parts.pretrain_task(loss_weights={"mlm": 1.0, "itm": 0.0, "detection": 1.0, "caption": 0.0})
     outputs = task.forward_model(parts.e2e_batches(1)[0])
