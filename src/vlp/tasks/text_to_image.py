@@ -83,7 +83,8 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
             :class:`~vlp.objectives.ReconstructionObjective`) and ``image_to_text``
             (:class:`~vlp.objectives.ImageToTextLM`).
         vqgan, vqgan_checkpoint: the VQGAN module, or the path of a ``VQGANTask`` checkpoint.
-        train_decoder: end to end, let the reconstruction loss train the VQGAN decoder too (DDP only).
+        train_decoder: end to end, let the reconstruction loss train the VQGAN decoder (and
+            ``post_quant_conv``) too; one process or DDP, not FSDP2 (the VQGAN is kept whole there).
         tokenizer: decodes captions; its ``[CLS]``/``[SEP]``/``[PAD]`` are BOS/EOS/padding.
         num_beams, length_penalty, max_caption_len: image→text decoding (greedy when ``num_beams=1``).
         meteor: score METEOR (``None``: when Java is available).
