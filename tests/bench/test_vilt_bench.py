@@ -82,9 +82,10 @@ def test_both_sides_train_identically_from_copied_weights() -> None:
     torch.testing.assert_close(first[config.dim : 2 * config.dim], key, rtol=1e-5, atol=1e-6)
 
 
-def test_flop_counts_differ_by_the_mlm_positions_and_attention_recompute() -> None:
-    """transformers' MLM head runs on every text position, vlp's on the labelled ones; SDPA's
-    backward recomputes the scores (one more ``q @ k^T``), which the count must include."""
+def test_flop_counts_differ_by_the_mlm_positions_last_layer_rows_and_attention_recompute() -> None:
+    """transformers' MLM head runs on every text position, vlp's on the labelled ones; vlp's last layer
+    computes only the rows the heads read; SDPA's backward recomputes the scores (one more
+    ``q @ k^T``), which the count must include."""
     config = replace(TINY, depth=2, batch_size=2)
     vlp, hf = build_sides(config)
     batch = make_batch(config, config.batch_size, seed=1)
@@ -96,7 +97,12 @@ def test_flop_counts_differ_by_the_mlm_positions_and_attention_recompute() -> No
     skipped_rows = b * config.text_len - b * config.num_masked
     mlm = 3 * 2 * skipped_rows * (d * d + d * v)  # forward + 2 backward matmuls, dense + decoder
     recompute = config.depth * 2 * b * config.tokens**2 * d
-    assert flops["transformers"] - flops["vlp"] == mlm - recompute
+    # last layer, per row not read (all but [CLS] and the labelled ones): no query projection, output
+    # projection or MLP (2d^2 + 2d^2 + 2 * 2 * d * 4d forward, x3 with backward), and no attention
+    # row (q k^T and p v forward, 4 matmuls backward, SDPA's recompute of q k^T: 7 x 2Nd)
+    unread = b * (config.tokens - config.num_masked - 1)
+    last_layer = unread * (3 * 20 * d * d + 7 * 2 * config.tokens * d)
+    assert flops["transformers"] - flops["vlp"] == mlm - recompute + last_layer
 
 
 def test_memory_probe_reports_the_step_inside_the_peak() -> None:

@@ -1,6 +1,6 @@
 import torch
 
-from vlp.models.transformer import Attention, TransformerEncoder, key_padding_mask
+from vlp.models.transformer import Attention, TransformerEncoder, key_padding_mask, row_index
 
 
 def reference_attention(attn: Attention, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -43,3 +43,62 @@ def test_activation_checkpointing_gives_same_outputs_and_gradients() -> None:
     torch.testing.assert_close(out_plain, out_ckpt)
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def _rows_case() -> tuple[TransformerEncoder, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(dim=16, depth=3, num_heads=2).eval()
+    x = torch.randn(2, 7, 16)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    wanted = torch.tensor([[1, 0, 1, 0, 0, 0, 0], [1, 0, 0, 1, 0, 1, 1]], dtype=torch.bool)
+    return encoder, x, mask, wanted
+
+
+def test_row_index_lists_wanted_rows_in_order_and_pads() -> None:
+    wanted = torch.tensor([[1, 0, 1, 0], [0, 1, 1, 1]], dtype=torch.bool)
+    index, valid = row_index(wanted)
+    assert index.tolist() == [[0, 2, 0], [1, 2, 3]]
+    assert valid.tolist() == [[True, True, False], [True, True, True]]
+
+
+def test_last_layer_rows_equal_the_full_pass_and_its_gradients() -> None:
+    """Computing only some rows in the last layer changes neither those rows nor any gradient they get."""
+    encoder, x, mask, wanted = _rows_case()
+    index, valid = row_index(wanted)
+    full = encoder(x, key_padding_mask(mask))
+    rows = encoder(x, key_padding_mask(mask), rows=index)
+    assert rows.shape == (2, 4, 16)
+    expected = full.gather(1, index[..., None].expand(-1, -1, 16))
+    torch.testing.assert_close(rows[valid], expected[valid], atol=1e-6, rtol=1e-5)
+
+    weights = torch.randn(2, 4, 16) * valid[..., None]  # a loss that reads only the valid rows
+    encoder.zero_grad()
+    (rows * weights).sum().backward()
+    grads_rows = {name: p.grad.clone() for name, p in encoder.named_parameters()}
+    encoder.zero_grad()
+    (expected * weights).sum().backward()
+    for name, p in encoder.named_parameters():
+        torch.testing.assert_close(grads_rows[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_last_layer_rows_with_a_per_query_mask() -> None:
+    """A full ``[B, 1, N, N]`` mask (causal here) is cut to the computed rows' own mask rows."""
+    encoder, x, _, wanted = _rows_case()
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()[None, None].expand(2, 1, 7, 7)
+    index, valid = row_index(wanted)
+    full = encoder(x, causal)
+    rows = encoder(x, causal, rows=index)
+    expected = full.gather(1, index[..., None].expand(-1, -1, 16))
+    torch.testing.assert_close(rows[valid], expected[valid], atol=1e-6, rtol=1e-5)
+
+
+def test_last_layer_rows_under_activation_checkpointing() -> None:
+    encoder, x, mask, wanted = _rows_case()
+    encoder.activation_checkpointing = True
+    encoder.train()
+    index, valid = row_index(wanted)
+    rows = encoder(x.requires_grad_(), key_padding_mask(mask), rows=index)
+    expected = encoder(x, key_padding_mask(mask)).gather(1, index[..., None].expand(-1, -1, 16))
+    torch.testing.assert_close(rows[valid], expected[valid], atol=1e-6, rtol=1e-5)
+    rows[valid].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -59,3 +59,21 @@ def test_parts_of_different_width_are_refused() -> None:
 
 def test_tiny_vilt_fixture_builds() -> None:
     assert make_tiny_vilt().dim == TINY_DIM
+
+
+def test_text_rows_compute_only_the_rows_read(tiny_vilt: ViLT) -> None:
+    """With ``text_rows`` the asked rows and the pooled [CLS] equal the full pass; the rest are NaN."""
+    tiny_vilt.eval()
+    ids = torch.randint(5, TINY_VOCAB, (2, 6))
+    text_mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2], dtype=torch.bool)
+    image = torch.randn(2, 3, 32, 32)
+    rows = torch.tensor([[0, 1, 0, 0, 1, 0], [0, 0, 1, 0, 0, 0]], dtype=torch.bool)
+    full = tiny_vilt(ids, text_mask, image)
+    part = tiny_vilt(ids, text_mask, image, text_rows=rows)
+    torch.testing.assert_close(part.text_states[rows], full.text_states[rows], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(part.pooled, full.pooled, atol=1e-5, rtol=1e-5)
+    not_read = ~rows
+    not_read[:, 0] = False  # [CLS] is computed for the pooler
+    assert part.text_states[not_read].isnan().all() and part.image_states.isnan().all()
+    with pytest.raises(ValueError, match="text_rows"):
+        tiny_vilt(ids, text_mask, image, text_rows=rows[0])

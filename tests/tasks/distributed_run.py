@@ -232,7 +232,7 @@ def evaluate(task: RecordingTask, batch: Batch) -> dict[str, Tensor]:
     """Eval-mode outputs on one batch, through each FSDP root's own ``forward``."""
     task.eval()
     views = task.forward_model(batch)
-    result = {"pooled": views["itm"].pooled.float(), "text_states": views["mlm"].text_states.float()}
+    result = {"pooled": views["itm"].pooled.float(), "text_states": views["itm"].text_states.float()}
     for name, objective in task.objectives.items():
         result[f"{name}_loss"] = objective(views[objective.view], batch).loss.float()
     task.train()

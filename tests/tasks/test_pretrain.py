@@ -94,7 +94,10 @@ def test_views_mlm_reads_masked_text_with_own_image_itm_clean_text_with_paired_i
         mlm = model(batch.mlm_text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
         index = batch.itm_image_index
         itm = model(batch.text_ids, batch.text_mask, batch.pixels[index], batch.pixel_mask[index])
-    torch.testing.assert_close(outputs["mlm"].text_states, mlm.text_states)
+    read = batch.mlm_labels != -100  # the MLM view computes the labelled rows (and [CLS]) only
+    torch.testing.assert_close(outputs["mlm"].text_states[read], mlm.text_states[read])
+    torch.testing.assert_close(outputs["mlm"].pooled, mlm.pooled)
+    torch.testing.assert_close(outputs["itm"].text_states, itm.text_states)
     torch.testing.assert_close(outputs["itm"].pooled, itm.pooled)
     assert not torch.allclose(outputs["itm"].pooled, outputs["mlm"].pooled)
 
@@ -158,3 +161,36 @@ def test_gradient_clipping_works_in_every_precision(precision: str, fused: bool)
     trainer.fit(task, train_dataloaders=DataLoader([batch, batch], batch_size=None))
     assert task.optimizers().optimizer.defaults["fused"] is fused
     assert len(after.norms) == 2 and max(after.norms) <= 0.01 * 1.001
+
+
+def test_mlm_view_computes_only_labelled_rows_with_the_same_loss_and_gradients() -> None:
+    """The MLM view's last layer runs for the labelled rows and [CLS] only; loss and gradients match the
+    full pass (ViLT is asked without ``text_rows``), and the unread rows are NaN."""
+    torch.manual_seed(0)
+    task = make_task().eval()
+    batch = fixed_batch()
+    assert set(task.mlm_view_rows(batch)) == {"text_rows"}
+    pruned = task.forward_model(batch)["mlm"]
+    assert pruned.text_states[:, 3].isnan().all()  # unlabelled, not [CLS]
+    loss = task.compute_losses(batch, "train")
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in task.named_parameters() if p.grad is not None}
+    task.zero_grad()
+    task.mlm_view_rows = lambda batch: {}  # type: ignore[method-assign]
+    full_loss = task.compute_losses(batch, "train")
+    full_loss.backward()
+    torch.testing.assert_close(loss, full_loss, atol=1e-6, rtol=1e-5)
+    for name, p in task.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_wpa_on_the_mlm_view_would_get_every_row() -> None:
+    """An objective that does not declare labelled-row reading keeps the full pass."""
+
+    class ImageReadingMLM(MLMObjective):
+        reads_only_labelled_text = False
+
+    task = PretrainTask(make_tiny_vilt(), {"mlm": ImageReadingMLM(MLMHead(TINY_DIM, vocab_size=TINY_VOCAB))})
+    assert task.mlm_view_rows(fixed_batch()) == {}
+    assert not task.forward_model(fixed_batch())["mlm"].image_states.isnan().any()

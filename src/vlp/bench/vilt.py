@@ -6,7 +6,9 @@ backward, an AdamW step (``torch.optim.AdamW``, one group, the same settings on 
 by default as transformers' ``Trainer`` uses it).
 
 - **vlp**: :class:`~vlp.models.vilt.ViLT` with :class:`~vlp.objectives.MLMObjective` (the MLM head
-  runs on the labelled positions only) and :class:`~vlp.objectives.ITMObjective`.
+  runs on the labelled positions only) and :class:`~vlp.objectives.ITMObjective`, as
+  :class:`~vlp.tasks.PretrainTask` runs them: the last layer computes only the rows the two heads
+  read (the labelled text rows and [CLS], ``ViLT(text_rows=...)``); below it every row is computed.
 - **transformers**: ``ViltForMaskedLM``'s ``ViltModel`` and ``ViltMLMHead`` used as its ``forward``
   uses them (logits at every text position, ``CrossEntropyLoss`` over them), plus an ITM
   ``nn.Linear`` on the pooler output.
@@ -257,7 +259,13 @@ class VlpSide(nn.Module):
 
     def losses(self, batch: Any) -> tuple[Tensor, Tensor]:
         """(MLM loss, ITM loss) of one pass over ``batch``, a :class:`~vlp.datamodules.schema.Batch`."""
-        outputs = self.model(batch.mlm_text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+        outputs = self.model(
+            batch.mlm_text_ids,
+            batch.text_mask,
+            batch.pixels,
+            batch.pixel_mask,
+            text_rows=batch.mlm_labels != -100,
+        )
         return self.mlm(outputs, batch).loss, self.itm(outputs, batch).loss
 
     def itm_logits(self, batch: Any) -> Tensor:

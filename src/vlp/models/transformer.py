@@ -9,6 +9,7 @@ and official ViLT checkpoints map onto these blocks key by key.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -36,7 +37,11 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+        """``[B, N, D]`` → ``[B, N, D]``; with ``rows`` (``[B, K]`` indices) only those rows' outputs,
+        ``[B, K, D]``: every row is still a key and a value, but queries are projected for ``rows`` only."""
+        if rows is not None:
+            return self.forward_rows(x, attn_mask, rows)
         batch, length, dim = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads)
         # Views [B, H, N, d] into the [B, N, 3, H, d] projection. Unbinding dim 2 (not a permuted dim 0)
@@ -44,6 +49,22 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
         out = sdpa(q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, length, dim)))
+
+    def forward_rows(self, x: Tensor, attn_mask: Tensor | None, rows: Tensor) -> Tensor:
+        batch, length, dim = x.shape
+        heads, head_dim = self.num_heads, dim // self.num_heads
+        weight, bias = self.qkv.weight, self.qkv.bias
+        queries = x.gather(1, rows[..., None].expand(-1, -1, dim))
+        q = F.linear(queries, weight[:dim], None if bias is None else bias[:dim])
+        kv = F.linear(x, weight[dim:], None if bias is None else bias[dim:])
+        q = q.view(batch, -1, heads, head_dim).transpose(1, 2)
+        k, v = (t.transpose(1, 2) for t in kv.view(batch, length, 2, heads, head_dim).unbind(2))
+        if attn_mask is not None and attn_mask.shape[-2] > 1:  # a per-query mask: keep the rows' own
+            full = attn_mask.expand(batch, attn_mask.shape[1], length, attn_mask.shape[-1])
+            index = rows[:, None, :, None].expand(-1, full.shape[1], -1, full.shape[-1])
+            attn_mask = full.gather(2, index)
+        out = sdpa(q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, -1, dim)))
 
 
 class Block(nn.Module):
@@ -67,8 +88,13 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask))
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+        """``[B, N, D]`` → ``[B, N, D]``, or only the rows ``rows`` (``[B, K]`` indices) names, ``[B, K, D]``."""
+        if rows is None:  # (subclasses with another attention module use this path only)
+            x = x + self.drop_path(self.attn(self.norm1(x), attn_mask))
+        else:
+            residual = x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
+            x = residual + self.drop_path(self.attn(self.norm1(x), attn_mask, rows))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -98,13 +124,32 @@ class TransformerEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.apply(init_weights)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        for block in self.blocks:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+        """``[B, N, D]`` → ``[B, N, D]``.
+
+        ``rows`` (``[B, K]`` indices, e.g. from :func:`row_index`) asks for those rows of the output only,
+        ``[B, K, D]``. The rows below the last layer are all needed (they are its keys and values), but
+        the last layer's query projection, attention output, MLP and the final norm then run for ``K``
+        rows instead of ``N``: for MLM, which reads the ~15 % masked text rows and ``[CLS]``, that is
+        most of a layer's work saved (official ViLT and transformers compute every row).
+        """
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            args = (x, attn_mask) if rows is None or i < last else (x, attn_mask, rows)
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, attn_mask, use_reentrant=False)
+                x = checkpoint(block, *args, use_reentrant=False)
             else:
-                x = block(x, attn_mask)
+                x = block(*args)
         return self.norm(x)
+
+
+def row_index(wanted: Tensor) -> tuple[Tensor, Tensor]:
+    """``[B, N]`` bool → (``[B, K]`` indices of the True rows, in order, ``[B, K]`` valid), ``K`` the
+    largest count in the batch; a sample with fewer rows is padded with its first row's index."""
+    count = int(wanted.sum(1).max())
+    order = wanted.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :count]
+    valid = wanted.gather(1, order)
+    return torch.where(valid, order, order[:, :1]), valid
 
 
 def init_weights(module: nn.Module) -> None:

@@ -9,7 +9,7 @@ from vlp.models.embedders.base import VisualEmbedder
 from vlp.models.heads import Pooler
 from vlp.models.outputs import FusionOutput
 from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder, key_padding_mask
+from vlp.models.transformer import TransformerEncoder, key_padding_mask, row_index
 
 
 class ViLT(nn.Module):
@@ -53,13 +53,25 @@ class ViLT(nn.Module):
         pixels: Tensor,
         pixel_mask: Tensor | None = None,
         image_token_type: int = 1,
+        text_rows: Tensor | None = None,
     ) -> FusionOutput:
+        """Fuse ``[text; image]``.
+
+        ``text_rows`` (``[B, L]`` bool) says which text rows of the output the caller will read (MLM:
+        the masked positions). Then the last layer computes only those rows and ``[CLS]`` (the pooler's),
+        and every other row of ``text_states`` and ``image_states`` is NaN, so that reading one fails
+        loudly instead of silently using a stale state.
+        """
         text = self.text_embedder(text_ids) + self.token_type_embeddings.weight[0]
         visual = self.visual_embedder(pixels, pixel_mask)
         image = visual.embeds if visual.pos is None else visual.embeds + visual.pos
         image = image + self.token_type_embeddings.weight[image_token_type]
         mask = torch.cat([text_mask.bool(), visual.mask], dim=1)
-        states = self.encoder(torch.cat([text, image.to(text.dtype)], dim=1), key_padding_mask(mask))
+        tokens = torch.cat([text, image.to(text.dtype)], dim=1)
+        if text_rows is None:
+            states = self.encoder(tokens, key_padding_mask(mask))
+        else:
+            states = self.fuse_rows(tokens, mask, text_rows)
         length = text_ids.shape[1]
         return FusionOutput(
             text_states=states[:, :length],
@@ -69,3 +81,17 @@ class ViLT(nn.Module):
             pooled=self.pooler(states),
             visual=visual,
         )
+
+    def fuse_rows(self, tokens: Tensor, mask: Tensor, text_rows: Tensor) -> Tensor:
+        """The encoder's output at ``[CLS]`` and ``text_rows``, NaN elsewhere (see :meth:`forward`)."""
+        batch, length, dim = tokens.shape
+        if text_rows.dim() != 2 or text_rows.shape[0] != batch or text_rows.shape[1] > length:
+            raise ValueError(f"text_rows must be [B, L] for the batch's text, got {tuple(text_rows.shape)}")
+        wanted = torch.zeros(batch, length, dtype=torch.bool, device=tokens.device)
+        wanted[:, : text_rows.shape[1]] = text_rows.bool()
+        wanted[:, 0] = True  # [CLS], read by the pooler
+        index, valid = row_index(wanted)
+        packed = self.encoder(tokens, key_padding_mask(mask), rows=index)
+        samples = torch.arange(batch, device=tokens.device)[:, None].expand_as(index)
+        states = packed.new_full((batch, length, dim), float("nan"))
+        return states.index_put((samples[valid], index[valid]), packed[valid])

@@ -26,10 +26,13 @@ class Objective(nn.Module, metaclass=ABCMeta):
     ``view`` names the forward pass it reads when a task runs several over one batch (pre-training runs
     ``"mlm"``, masked text with each sample's own image, and ``"itm"``, clean text with the ITM pairing,
     as official ViLT does); ``None`` means the task's single pass.
+    ``reads_only_labelled_text`` declares that it reads nothing of its view but the pooled ``[CLS]`` and
+    the text rows with an MLM label; a task may then have the last layer compute only those rows.
     """
 
     input_dim: int
     view: ClassVar[str | None] = None
+    reads_only_labelled_text: ClassVar[bool] = False
 
     @abstractmethod
     def forward(self, outputs: Any, batch: Batch) -> ObjectiveOutput: ...

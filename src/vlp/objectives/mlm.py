@@ -14,6 +14,7 @@ class MLMObjective(Objective):
     """Cross-entropy on the masked positions only; the vocabulary head sees ``[M, D]``, not ``[B, L, D]``."""
 
     view = "mlm"
+    reads_only_labelled_text = True
 
     def __init__(self, head: MLMHead) -> None:
         super().__init__()

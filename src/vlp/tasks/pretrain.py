@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor
+
 from vlp.datamodules.schema import Batch
 from vlp.models.outputs import FusionOutput
+from vlp.models.vilt import ViLT
 from vlp.tasks.base import ObjectiveTask
 
 VIEWS = ("mlm", "itm")
@@ -29,6 +32,16 @@ class PretrainTask(ObjectiveTask):
                     f"PretrainTask runs {list(VIEWS)}"
                 )
 
+    def mlm_view_rows(self, batch: Batch) -> dict[str, Tensor]:
+        """``text_rows`` for the MLM view when everything reading it reads only the labelled text rows
+        and [CLS] (MLM alone does): the last layer then computes ~15 % of the text rows, not every row."""
+        readers = [o for o in self.active_objectives.values() if o.view == "mlm"]
+        if batch.mlm_labels is None or not isinstance(self.model, ViLT):
+            return {}  # (MLMObjective names the missing labels)
+        if not all(o.reads_only_labelled_text for o in readers):
+            return {}
+        return {"text_rows": batch.mlm_labels != -100}
+
     def forward_model(self, batch: Batch) -> dict[str, FusionOutput]:
         views = {objective.view for objective in self.active_objectives.values()}
         outputs = {}
@@ -37,7 +50,13 @@ class PretrainTask(ObjectiveTask):
                 raise ValueError(
                     "the MLM view needs batch.mlm_text_ids; enable MLM masking in the data module"
                 )
-            outputs["mlm"] = self.model(batch.mlm_text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+            outputs["mlm"] = self.model(
+                batch.mlm_text_ids,
+                batch.text_mask,
+                batch.pixels,
+                batch.pixel_mask,
+                **self.mlm_view_rows(batch),
+            )
         if "itm" in views:
             if batch.itm_image_index is None:
                 raise ValueError(
