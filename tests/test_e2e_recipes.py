@@ -1,7 +1,7 @@
 """The E2E-VLP shapes recipes: they parse, the pre-training builds the detection recipe's model
-(anchored query groups, GroupNorm), captioning, VQA and detection load every pre-trained key they have,
-each runs fast_dev_run through the CLI and prints its metrics, and each combines with the 2-process
-trainer configs."""
+(anchored query groups, GroupNorm), captioning, VQA and detection start from it and load every
+pre-trained model key they have, each runs fast_dev_run through the CLI and prints its metrics, and
+each combines with the 2-process trainer configs."""
 
 from __future__ import annotations
 
@@ -58,10 +58,10 @@ def shapes64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-FROM_PRETRAINING = [n for n in RECIPES if n not in ("pretrain", "detection")]
+FROM_PRETRAINING = [n for n in RECIPES if n != "pretrain"]
 
 
-@pytest.mark.parametrize("name", [*FROM_PRETRAINING, "detection"])
+@pytest.mark.parametrize("name", FROM_PRETRAINING)
 def test_fine_tuning_recipe_loads_every_pretrained_model_key_it_has(name: str, pretrained: Path) -> None:
     # the pre-training builds the fine-tuning recipes' model: GroupNorm after the grid's projection,
     # 12 anchored object queries in 3 groups, so nothing of the model is new
@@ -70,10 +70,11 @@ def test_fine_tuning_recipe_loads_every_pretrained_model_key_it_has(name: str, p
     assert f"vlp.tasks.{type(cli.model).__name__}" == task_class
     report = cli.model.init_report
     assert [key for key in report.new if key.startswith("model.")] == []
-    if name in FROM_PRETRAINING:
-        assert yaml.safe_load(recipe(name).read_text())["model"]["init_args"]["init_from"].startswith(
-            "runs/e2e_shapes_pretrain/"
-        )
+    # benchmarks/RESULTS.md (issue 5): detection from the pre-training is ahead of random weights at
+    # every validated step (AP50 0.981 against 0.928 at 1500), so every fine-tuning recipe starts from it
+    assert yaml.safe_load(recipe(name).read_text())["model"]["init_args"]["init_from"].startswith(
+        "runs/e2e_shapes_pretrain/"
+    )
     if name == "vqa":  # encoder only: the decoder, queries and caption head are dropped
         assert any(key.startswith("model.decoder.") for key in report.dropped)
         assert cli.model.model.decoder is None
