@@ -53,10 +53,12 @@ class Attention(nn.Module):
     def forward_rows(self, x: Tensor, attn_mask: Tensor | None, rows: Tensor) -> Tensor:
         batch, length, dim = x.shape
         heads, head_dim = self.num_heads, dim // self.num_heads
-        weight, bias = self.qkv.weight, self.qkv.bias
+        # split, not two slices: its backward is one cat, where each slice's would fill a [3D, D] zeros
+        q_weight, kv_weight = self.qkv.weight.split([dim, 2 * dim])
+        q_bias, kv_bias = (None, None) if self.qkv.bias is None else self.qkv.bias.split([dim, 2 * dim])
         queries = x.gather(1, rows[..., None].expand(-1, -1, dim))
-        q = F.linear(queries, weight[:dim], None if bias is None else bias[:dim])
-        kv = F.linear(x, weight[dim:], None if bias is None else bias[dim:])
+        q = F.linear(queries, q_weight, q_bias)
+        kv = F.linear(x, kv_weight, kv_bias)
         q = q.view(batch, -1, heads, head_dim).transpose(1, 2)
         k, v = (t.transpose(1, 2) for t in kv.view(batch, length, 2, heads, head_dim).unbind(2))
         if attn_mask is not None and attn_mask.shape[-2] > 1:  # a per-query mask: keep the rows' own

@@ -68,30 +68,34 @@ class ViLT(nn.Module):
         image = image + self.token_type_embeddings.weight[image_token_type]
         mask = torch.cat([text_mask.bool(), visual.mask], dim=1)
         tokens = torch.cat([text, image.to(text.dtype)], dim=1)
+        length = text_ids.shape[1]
         if text_rows is None:
             states = self.encoder(tokens, key_padding_mask(mask))
+            text_states, image_states = states[:, :length], states[:, length:]
         else:
-            states = self.fuse_rows(tokens, mask, text_rows)
-        length = text_ids.shape[1]
+            text_states, image_states = self.fuse_rows(tokens, mask, text_rows)
         return FusionOutput(
-            text_states=states[:, :length],
-            image_states=states[:, length:],
+            text_states=text_states,
+            image_states=image_states,
             text_mask=mask[:, :length],
             image_mask=mask[:, length:],
-            pooled=self.pooler(states),
+            pooled=self.pooler(text_states),
             visual=visual,
         )
 
-    def fuse_rows(self, tokens: Tensor, mask: Tensor, text_rows: Tensor) -> Tensor:
-        """The encoder's output at ``[CLS]`` and ``text_rows``, NaN elsewhere (see :meth:`forward`)."""
+    def fuse_rows(self, tokens: Tensor, mask: Tensor, text_rows: Tensor) -> tuple[Tensor, Tensor]:
+        """(text states, image states): the encoder's output at ``[CLS]`` and ``text_rows``, NaN
+        elsewhere (see :meth:`forward`); the image states are one NaN broadcast, not a filled tensor."""
         batch, length, dim = tokens.shape
-        if text_rows.dim() != 2 or text_rows.shape[0] != batch or text_rows.shape[1] > length:
+        text_length = text_rows.shape[-1]
+        if text_rows.dim() != 2 or text_rows.shape[0] != batch or text_length > length:
             raise ValueError(f"text_rows must be [B, L] for the batch's text, got {tuple(text_rows.shape)}")
-        wanted = torch.zeros(batch, length, dtype=torch.bool, device=tokens.device)
-        wanted[:, : text_rows.shape[1]] = text_rows.bool()
+        wanted = text_rows.bool().clone()
         wanted[:, 0] = True  # [CLS], read by the pooler
         index, valid = row_index(wanted)
         packed = self.encoder(tokens, key_padding_mask(mask), rows=index)
         samples = torch.arange(batch, device=tokens.device)[:, None].expand_as(index)
-        states = packed.new_full((batch, length, dim), float("nan"))
-        return states.index_put((samples[valid], index[valid]), packed[valid])
+        text = packed.new_full((batch, text_length, dim), float("nan"))
+        text = text.index_put((samples[valid], index[valid]), packed[valid])
+        image = packed.new_full((), float("nan")).expand(batch, length - text_length, dim)
+        return text, image
