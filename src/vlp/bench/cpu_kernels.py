@@ -2,8 +2,8 @@
 
 1. **Attention.** Forward + backward of ``F.scaled_dot_product_attention`` with PyTorch's fused CPU
    kernel (``FLASH_ATTENTION``, what SDPA picks on CPU) and with its unfused ``MATH`` backend, and of
-   vlp's explicit path (:func:`vlp.models.sdpa.explicit_attention`: matmuls in the inputs' dtype, fp32
-   softmax), in fp32 and bf16, at the default shapes recipe's size (batch 32, 4 heads, 46 tokens, head
+   vlp's explicit path (:func:`vlp.models.sdpa.explicit_attention`: matmuls and softmax in the inputs'
+   dtype), in fp32 and bf16, at the default shapes recipe's size (batch 32, 4 heads, 46 tokens, head
    width 32) and at ViLT-B/32's (batch 8, 12 heads, 185 tokens, head width 64), with a key-padding
    mask. :func:`vlp.models.sdpa.sdpa` takes the explicit path for bf16/fp16 on CPU because of these.
 2. **AdamW implementation.** One optimiser step over the parameters of the default recipe's model

@@ -79,8 +79,8 @@ def sdpa(
     """``F.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal)``.
 
     On CPU a boolean mask that allows everything (a batch with no padding) is dropped first: applying it
-    is a pass over every score, forward and backward, that changes nothing. (On CUDA the check would
-    cost a device sync, so there the mask is passed as given.)
+    is a pass over every score that changes nothing. (On CUDA the check would cost a device sync, so
+    there the mask is passed as given.)
     """
     if (
         attn_mask is not None
