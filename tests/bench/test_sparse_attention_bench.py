@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vlp.bench import sparse_attention
-from vlp.bench.sparse_attention import SparseAttentionConfig, make_layout, peak_memory
+from vlp.bench.sparse_attention import SparseAttentionConfig, make_layout, make_setups, peak_memory, step
 from vlp.cli import main
 
 TINY = [
@@ -69,11 +69,28 @@ def test_bench_runs_end_to_end_and_prints_speedup_and_memory_last(
         ("row", "1", "blocked"), ("row", "1", "dense"),
         ("column", "1", "blocked"), ("column", "1", "dense"),
         ("conv", "1", "blocked"), ("conv", "1", "dense"),
-        ("schedule", "4", "blocked"), ("schedule", "4", "dense"), ("schedule", "4", "dense (math)"),
+        ("schedule", "4", "blocked"), ("schedule", "4", "blocked (qkv kept)"), ("schedule", "4", "dense"),
+        ("schedule", "4", "dense (checkpointed)"), ("schedule", "4", "dense (math)"),
     ]  # fmt: skip
     assert all(row[5] == "1.00x" for row in rows if row[2] == "dense")
+    assert re.fullmatch(r"against dense \(checkpointed\): speedup \d+\.\d\d, memory \d+\.\d\d", lines[-3])
     assert "schedule = row, row, column, conv" in printed and "33 tokens" in printed
     assert out.read_text().strip() == printed.strip()
+
+
+def test_schedule_rows_keep_what_they_claim() -> None:
+    """Peaks of one step of the schedule rows: regenerating qkv keeps less than keeping it (by most of
+    the layers' qkv), and checkpointing dense keeps less than dense."""
+    config = SparseAttentionConfig(dim=64, num_heads=4, text_len=8, grid=8, depth=4)
+    layout = make_layout(config)
+    x = torch.randn(config.batch_size, layout.length, config.dim)
+    peaks = {}
+    for setup in make_setups(config):
+        if setup.name == "schedule" and setup.attention != "dense (math)":
+            peaks[setup.attention] = peak_memory(lambda s=setup: step(s, x, layout))
+    qkv_bytes = 3 * x.nbytes  # one layer's fused projection, fp32
+    assert peaks["blocked (qkv kept)"] - peaks["blocked"] > 2 * qkv_bytes
+    assert peaks["dense"] - peaks["dense (checkpointed)"] > 2 * qkv_bytes
 
 
 def test_config_is_checked() -> None:

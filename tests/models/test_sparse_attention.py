@@ -92,12 +92,14 @@ def test_recomputed_backward_redraws_the_same_dropout(project: bool) -> None:
     assert not torch.allclose(other, results[0][0])  # dropout really drew something
 
 
-@pytest.mark.parametrize("recompute", [True, False])
-def test_module_blocked_equals_dense_with_parameter_gradients(recompute: bool) -> None:
+@pytest.mark.parametrize(("recompute", "recompute_qkv"), [(True, True), (True, False), (False, False)])
+def test_module_blocked_equals_dense_with_parameter_gradients(recompute: bool, recompute_qkv: bool) -> None:
     layout = padded_layout(4, (4, 4), "text_to_image", True)
     x = torch.randn(2, layout.length, 16)
     for kind in ["row", "column", "conv", "dense"]:
-        blocked = SparseSelfAttention(16, 2, kind, kernel_size=3, recompute=recompute)
+        blocked = SparseSelfAttention(
+            16, 2, kind, kernel_size=3, recompute=recompute, recompute_qkv=recompute_qkv
+        )
         dense = SparseSelfAttention(16, 2, kind, kernel_size=3, implementation="dense")
         dense.load_state_dict(blocked.state_dict())
         outs = []
@@ -108,6 +110,90 @@ def test_module_blocked_equals_dense_with_parameter_gradients(recompute: bool) -
         torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
         for (name, a), b in zip(blocked.named_parameters(), dense.parameters()):
             torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5, msg=f"{kind} {name}")
+
+
+def layer_step(
+    module: SparseSelfAttention, x: torch.Tensor, layout: ImageTextLayout, bf16: bool, x_grad: bool
+) -> list[torch.Tensor]:
+    """Output, input gradient (if asked) and every parameter gradient of one seeded forward + backward."""
+    module.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(x_grad)
+    torch.manual_seed(11)  # the dropout draws
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = module(x, layout)
+    upstream = torch.linspace(-1, 1, out.numel()).view_as(out)
+    (out.float() * upstream).sum().backward()
+    return [out.detach()] + ([x.grad] if x_grad else []) + [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_regenerating_qkv_in_backward_gives_the_kept_graphs_gradients(kind: str, direction: str) -> None:
+    """``recompute_qkv`` against keeping ``qkv`` (``recompute_qkv=False``) and against no recomputation
+    at all: outputs, the input's and every parameter's gradient, with padding, attention dropout, under
+    bf16 autocast (backward outside it), with and without the qkv bias or an input gradient."""
+    cases = itertools.product([0.0, 0.4], [False, True], [(True, True), (False, False)])
+    for dropout, bf16, (qkv_bias, x_grad) in cases:
+        layout = padded_layout(5, (4, 5), direction, source_first=direction == "text_to_image")
+        torch.manual_seed(0)
+        module = SparseSelfAttention(16, 2, kind, kernel_size=3, qkv_bias=qkv_bias, attn_drop=dropout)
+        x = torch.randn(2, layout.length, 16, generator=torch.Generator().manual_seed(1))
+        results = {}
+        for name, recompute, recompute_qkv in [
+            ("regenerated", True, True),
+            ("kept", True, False),
+            ("graph", False, False),
+        ]:
+            module.recompute, module.recompute_qkv = recompute, recompute_qkv
+            results[name] = layer_step(module, x, layout, bf16, x_grad)
+        case = f"dropout={dropout} bf16={bf16} qkv_bias={qkv_bias} x_grad={x_grad}"
+        assert results["regenerated"][0].dtype == (torch.bfloat16 if bf16 else torch.float32)
+        assert all(g.dtype == torch.float32 for g in results["regenerated"][1:])
+        # against the graph kept whole, bf16 rounds differently through the output projection, which the
+        # recomputing backward (either way) applies chunk by chunk, its weight gradient summed in fp32
+        tolerances = {"kept": 1e-6, "graph": 5e-2 if bf16 else 1e-5}
+        for other, tolerance in tolerances.items():
+            for index, (a, b) in enumerate(zip(results["regenerated"], results[other])):
+                torch.testing.assert_close(
+                    a,
+                    b,
+                    atol=tolerance,
+                    rtol=tolerance,
+                    msg=lambda m, c=f"{case} vs {other} tensor {index}": f"{c}: {m}",
+                )
+        if dropout and not bf16:
+            torch.manual_seed(12)
+            with torch.no_grad():
+                other = module(x, layout)
+            assert not torch.allclose(other, results["graph"][0])  # dropout really drew something
+
+
+@pytest.mark.parametrize("recompute_qkv", [True, False])
+def test_a_layer_regenerating_qkv_keeps_its_input_and_the_masks_only(recompute_qkv: bool) -> None:
+    """Bytes autograd saves for backward, parameters aside: the input and the small masks with
+    ``recompute_qkv``; the input and the fused ``qkv`` (three times the input) without."""
+    layout = padded_layout(6, (8, 8), "text_to_image", True)
+    module = SparseSelfAttention(128, 4, "row", recompute_qkv=recompute_qkv)
+    parameters = {p.data_ptr() for p in module.parameters()}
+    saved: dict[int, torch.Tensor] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.data_ptr() not in parameters:
+            saved[tensor.data_ptr()] = tensor
+        return tensor
+
+    x = torch.randn(2, layout.length, 128, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = module(x, layout)
+    floats = sum(t.nbytes for t in saved.values() if t.is_floating_point())
+    masks = sum(t.nbytes for t in saved.values() if t.dtype == torch.bool)
+    if recompute_qkv:
+        assert floats == x.nbytes
+        assert masks < x.nbytes / 4
+    else:
+        assert floats == 4 * x.nbytes  # x for the qkv projection, qkv for the attention
+    out.sum().backward()
+    assert x.grad is not None and module.qkv.weight.grad is not None
 
 
 def perturbed_outputs(module: nn.Module, layout: ImageTextLayout, later: slice) -> tuple[torch.Tensor, ...]:

@@ -4,17 +4,29 @@ What runs: stacks of :class:`~vlp.models.sparse_attention.SparseSelfAttention` l
 projection, attention, output projection; ``x = x + attn(x)`` per layer, no MLP or norm, so the figure
 is the attention layer) over ``text_len`` text tokens and a ``grid x grid`` image, batch
 ``batch_size``, fp32, in the direction given (default text→image: text = source, image = causal
-target). Every second sample has its last quarter of text padded. Setups, each blocked and dense:
+target). Every second sample has its last quarter of text padded. Setups:
 
-- ``row``, ``column``, ``conv``: one layer of that pattern;
+- ``row``, ``column``, ``conv``: one layer of that pattern, blocked and dense;
 - ``schedule``: ``depth`` layers of the paper's schedule
-  (:func:`~vlp.models.sparse_patterns.ernie_vilg_schedule`; depth 4: row, row, column, conv).
+  (:func:`~vlp.models.sparse_patterns.ernie_vilg_schedule`; depth 4: row, row, column, conv), in every
+  row below.
 
-"dense" is the same module and weights with ``implementation="dense"``: one SDPA call with the full
-``[B, 1, N, N]`` mask of the same pattern (on CPU torch picks its fused flash kernel, which keeps no
-``[N, N]`` scores; only the mask is quadratic). With ``--math_reference`` the schedule also runs dense
-on SDPA's math backend, which materialises the scores as 2021 attention did (the paper's baseline);
-that row is context, not the reference of the last two lines.
+The rows (the ``attention`` column), all with the same weights:
+
+- ``blocked``: :class:`~vlp.models.sparse_attention.SparseSelfAttention` as it is built by default:
+  the blocked kernels, backward attends again chunk by chunk and regenerates the fused ``qkv`` from the
+  layer input (``recompute=True, recompute_qkv=True``), so a layer keeps its input and the small masks;
+- ``blocked (qkv kept)`` (schedule only): the same with ``recompute_qkv=False``: a layer also keeps
+  ``qkv`` (three times its input), and backward skips the ``qkv`` matmul; the price of that option;
+- ``dense``: ``implementation="dense"``: one SDPA call with the full ``[B, 1, N, N]`` mask of the same
+  pattern (on CPU torch picks its fused flash kernel, which keeps no ``[N, N]`` scores; only the mask is
+  quadratic), autograd keeping what it keeps (input, ``qkv``, the output, the projection's input, the
+  mask as float, the log-sum-exp). The reference of the ``vs dense`` columns and of the last two lines;
+- ``dense (checkpointed)`` (schedule only): the dense layers, each wrapped in
+  ``torch.utils.checkpoint.checkpoint(use_reentrant=False)``: dense given the same recompute trick (a
+  layer keeps its input; backward runs its forward again), what dense pays in time for blocked's memory;
+- ``dense (math)`` (schedule only, with ``--math_reference``): dense on SDPA's math backend, which
+  materialises the scores as 2021 attention did (the paper's baseline); context.
 
 Before timing, blocked and dense outputs of every setup must agree (same weights, same input), else the
 run stops. One step is forward + backward of ``sum(out)`` from a fresh input; steps of all setups are
@@ -25,7 +37,8 @@ began (every CPU allocation goes through torch's allocator and is recorded), so 
 input are not counted and the figure does not depend on how glibc keeps freed pages.
 
 The last two lines are ``speedup: S`` (dense schedule's median time ÷ blocked schedule's) and
-``memory: M`` (blocked schedule's peak ÷ dense schedule's peak).
+``memory: M`` (blocked schedule's peak ÷ dense schedule's peak); the line before them gives the same two
+ratios against ``dense (checkpointed)``.
 
 Threads: the blocked kernels run some tens of small parallel regions per layer where dense runs one
 big SDPA call. On a host whose cores other processes also use, OpenMP's spinning barrier waits make
@@ -49,6 +62,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import checkpoint
 
 from vlp.models.sparse_attention import DEFAULT_CHUNKS, SparseSelfAttention
 from vlp.models.sparse_blocks import DEFAULT_BLOCK
@@ -96,15 +110,23 @@ class SparseAttentionConfig:
 
 
 class AttentionStack(nn.Module):
-    """``x = x + layer(x, layout)`` for each layer: the attention layers alone, residual between them."""
+    """``x = x + layer(x, layout)`` for each layer: the attention layers alone, residual between them.
 
-    def __init__(self, layers: list[SparseSelfAttention]) -> None:
+    ``checkpointed``: each ``layer(x, layout)`` runs under ``torch.utils.checkpoint.checkpoint``
+    (non-reentrant), keeping its input only and running again in backward.
+    """
+
+    def __init__(self, layers: list[SparseSelfAttention], checkpointed: bool = False) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.checkpointed = checkpointed
 
     def forward(self, x: Tensor, layout: ImageTextLayout) -> Tensor:
         for layer in self.layers:
-            x = x + layer(x, layout)
+            if self.checkpointed and torch.is_grad_enabled():
+                x = x + checkpoint(layer, x, layout, use_reentrant=False)
+            else:
+                x = x + layer(x, layout)
         return x
 
 
@@ -130,7 +152,8 @@ def make_layout(config: SparseAttentionConfig) -> ImageTextLayout:
 
 
 def make_setups(config: SparseAttentionConfig) -> list[Setup]:
-    """Blocked and dense stacks (same weights) per single pattern and for the paper's schedule."""
+    """Blocked and dense stacks (same weights) per single pattern and for the paper's schedule; for the
+    schedule also blocked keeping ``qkv``, checkpointed dense and (``math_reference``) math dense."""
     torch.manual_seed(config.seed)
     schedules = {kind: [kind] for kind in SINGLE_PATTERNS}
     schedules["schedule"] = ernie_vilg_schedule(config.depth)
@@ -145,8 +168,20 @@ def make_setups(config: SparseAttentionConfig) -> list[Setup]:
         dense = copy.deepcopy(blocked)
         for layer in dense.layers:
             layer.implementation = "dense"
-        setups += [Setup(name, blocked, "blocked"), Setup(name, dense, "dense")]
-        if name == "schedule" and config.math_reference:
+        if name != "schedule":
+            setups += [Setup(name, blocked, "blocked"), Setup(name, dense, "dense")]
+            continue
+        kept = copy.deepcopy(blocked)
+        for layer in kept.layers:
+            layer.recompute_qkv = False
+        checkpointed = AttentionStack(list(dense.layers), checkpointed=True)  # the dense stack's layers
+        setups += [
+            Setup(name, blocked, "blocked"),
+            Setup(name, kept, "blocked (qkv kept)"),
+            Setup(name, dense, "dense"),
+            Setup(name, checkpointed, "dense (checkpointed)"),
+        ]
+        if config.math_reference:
             setups.append(Setup(name, dense, "dense (math)", lambda: sdpa_kernel(SDPBackend.MATH)))
     return setups
 
@@ -241,8 +276,8 @@ def markdown(
         f"({config.text_len} text, the last {padded} padded in every second sample, + "
         f"{config.grid}x{config.grid} image), {config.direction.replace('_', ' ')}, fp32; conv window "
         f"{config.kernel_size}x{config.kernel_size}; blocks {DEFAULT_BLOCK} (rows / columns / tile side), "
-        f"blocked backward recomputes the attention in {DEFAULT_CHUNKS} chunks of blocks (a layer keeps "
-        f"its input and qkv); "
+        f"blocked backward recomputes the attention in {DEFAULT_CHUNKS} chunks of blocks and regenerates "
+        f"qkv from the layer input (a layer keeps its input; with qkv kept, its input and qkv); "
         f"schedule = {', '.join(ernie_vilg_schedule(config.depth))}. "
         f"One step = forward + backward; median of {config.steps} interleaved steps per setup after "
         f"{config.warmup} warm-up round(s). Peak = most tensor bytes live during one step (torch.profiler "
@@ -264,10 +299,13 @@ def markdown(
             f"{1000 * quartiles[0]:.0f}-{1000 * quartiles[2]:.0f} | {medians[dense] / medians[index]:.2f}x | "
             f"{peaks[index] / 2**20:.1f} | {peaks[index] / peaks[dense]:.2f} |"
         )
-    blocked = next(i for i, s in enumerate(setups) if s.name == "schedule" and s.attention == "blocked")
-    dense = reference["schedule"]
+    schedule = {s.attention: i for i, s in enumerate(setups) if s.name == "schedule"}
+    blocked, dense = schedule["blocked"], schedule["dense"]
+    checkpointed = schedule["dense (checkpointed)"]
     lines += [
         "",
+        f"against dense (checkpointed): speedup {medians[checkpointed] / medians[blocked]:.2f}, "
+        f"memory {peaks[blocked] / peaks[checkpointed]:.2f}",
         f"speedup: {medians[dense] / medians[blocked]:.2f}",
         f"memory: {peaks[blocked] / peaks[dense]:.2f}",
     ]
