@@ -120,3 +120,65 @@ def test_paper_config_describes_the_paper_model() -> None:
     assert model.patterns[:4] == ["row", "row", "column", "row"] and model.patterns[-1] == "conv"
     billions = sum(p.numel() for p in model.parameters()) / 1e9
     assert 9.0 < billions < 11.0, billions
+
+
+ITM_RECIPE = CONFIGS / "ernie_vilg/shapes_itm_reranker.yaml"
+ITM_SCORER = CONFIGS / "ernie_vilg/shapes_itm_reranker_scorer.yaml"
+
+
+def test_the_reranker_part_is_the_itm_recipes_model_and_head() -> None:
+    recipe = yaml.safe_load(ITM_RECIPE.read_text())
+    scorer = yaml.safe_load(ITM_SCORER.read_text())
+    task = recipe["model"]["init_args"]
+    assert recipe["model"]["class_path"] == "vlp.tasks.PretrainTask"
+    assert set(task["objectives"]) == {"mlm", "itm"} and task["loss_weights"] == {"mlm": 1.0, "itm": 1.0}
+    assert scorer["init_args"]["model"] == task["model"]
+    assert scorer["init_args"]["head"] == task["objectives"]["itm"]["init_args"]["head"]
+    dirpath = recipe["trainer"]["callbacks"][0]["init_args"]["dirpath"]
+    assert scorer["init_args"]["checkpoint"] == f"{dirpath}/last.ckpt"
+    # its codes are the generator's: the VQGAN recipe's architecture and the ERNIE-ViLG recipe's checkpoint
+    embedder = task["model"]["init_args"]["visual_embedder"]["init_args"]
+    vqgan = yaml.safe_load((CONFIGS / "vqgan/shapes_vqgan.yaml").read_text())["model"]["init_args"]["model"]
+    assert embedder["vqgan"] == vqgan
+    ernie = yaml.safe_load(RECIPE.read_text())["model"]["init_args"]
+    assert embedder["checkpoint"] == ernie["vqgan_checkpoint"]
+
+
+def test_itm_recipe_trains_and_its_checkpoint_reranks_through_the_cli(
+    vqgan_checkpoint: Path, shapes64: Path, tmp_path: Path
+) -> None:
+    recipe = yaml.safe_load(ITM_RECIPE.read_text())
+    recipe["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp_path / "itm")
+    (tmp_path / "itm.yaml").write_text(yaml.safe_dump(recipe))
+    embedder_checkpoint = "model.init_args.visual_embedder.init_args.checkpoint"
+    main(
+        [
+            "fit", "--config", str(tmp_path / "itm.yaml"),
+            f"--model.init_args.{embedder_checkpoint}={vqgan_checkpoint}",
+            "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
+            f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--data.init_args.root={shapes64}", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
+        ]
+    )  # fmt: skip
+    itm_checkpoint = tmp_path / "itm" / "last.ckpt"
+    assert itm_checkpoint.is_file()
+    pred = tmp_path / "pred"
+    main(
+        [
+            "predict", "--config", str(RECIPE),
+            f"--model.init_args.vqgan_checkpoint={vqgan_checkpoint}",
+            "--model.init_args.meteor=false", "--model.init_args.max_caption_len=8",
+            "--model.init_args.num_candidates=2", f"--model.init_args.predict_dir={pred}",
+            f"--model.init_args.reranker={ITM_SCORER}",
+            f"--model.init_args.reranker.init_args.checkpoint={itm_checkpoint}",
+            f"--model.init_args.reranker.init_args.{embedder_checkpoint}={vqgan_checkpoint}",
+            f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+            f"--data.init_args.root={shapes64}", "--data.init_args.batch_size=4",
+            "--data.init_args.eval_batch_size=4", "--data.init_args.num_workers=0",
+        ]
+    )  # fmt: skip
+    assert json.loads((pred / "generation_metrics.json").read_text())["reranker"] == "itm"
+    records = [json.loads(line) for line in (pred / "captions_rank0.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(len(r["candidate_scores"]) == 2 for r in records)
+    assert all(max(r["candidate_scores"]) <= 0 for r in records)  # ITM log-probabilities, best first
+    assert all(r["candidate_scores"] == sorted(r["candidate_scores"], reverse=True) for r in records)

@@ -14,6 +14,12 @@ from lightning import LightningDataModule, Trainer
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from vlp.models.embedders import VQTokenEmbedder
+from vlp.models.heads import ITMHead
+from vlp.models.itm_scorer import ITMScorer
+from vlp.models.text import TextEmbedder
+from vlp.models.transformer import TransformerEncoder
+from vlp.models.vilt import ViLT
 from vlp.objectives import ImageToTextLM, TextToImageLM
 from vlp.tasks.text_to_image import ERNIEViLGTask
 
@@ -230,3 +236,99 @@ def test_predict_with_a_judge_writes_caption_and_generation_metrics(tmp_path: Pa
     assert generation["shapes_fd"] >= 0  # 8 generated images against the 8 real ones
     assert metrics["judge_checkpoint"] == str(tmp_path / "judge.ckpt")
     assert not any("judge" in key for key in task.state_dict())  # the judge stays out of checkpoints
+
+
+def tiny_reranker(seed: int = 0, vqgan_seed: int = 1) -> ITMScorer:
+    """A random ViLT over the task's VQGAN codes (``parts.tiny_vqgan(vqgan_seed)``) with an ITM head."""
+    torch.manual_seed(seed)
+    model = ViLT(
+        TextEmbedder(vocab_size=parts.VOCAB, dim=parts.DIM, max_len=12),
+        VQTokenEmbedder(parts.tiny_vqgan(vqgan_seed), dim=parts.DIM),
+        TransformerEncoder(dim=parts.DIM, depth=2, num_heads=4),
+    )
+    scorer = ITMScorer(model, ITMHead(parts.DIM))
+    torch.nn.init.normal_(scorer.head.fc.weight, std=1.0)  # spread the random scores
+    return scorer
+
+
+def test_an_itm_reranker_ranks_the_same_candidates_by_its_match_probability(tmp_path: Path) -> None:
+    reranker = tiny_reranker()
+    task = parts.ernie_task(num_candidates=3, predict_dir=str(tmp_path / "pred"), reranker=reranker).eval()
+    own = parts.ernie_task(num_candidates=3).eval()  # same seed: same generator weights
+    batch = parts.batches(1)[0]
+    _, scores, codes = task.generate_images(
+        batch.caption_ids, batch.caption_mask, torch.Generator().manual_seed(1)
+    )
+    ids, mask = batch.caption_ids.repeat_interleave(3, 0), batch.caption_mask.repeat_interleave(3, 0)
+    torch.testing.assert_close(scores.flatten(), reranker(codes.flatten(0, 1), ids, mask))
+    assert torch.equal(scores, scores.sort(dim=1, descending=True).values)  # best (highest ITM score) first
+    _, _, own_codes = own.generate_images(
+        batch.caption_ids, batch.caption_mask, torch.Generator().manual_seed(1)
+    )
+    # the same candidates, in another order: the reranker changes the choice, not the samples
+    for row in range(4):
+        assert sorted(map(tuple, codes[row].tolist())) == sorted(map(tuple, own_codes[row].tolist()))
+    assert not torch.equal(codes[:, 0], own_codes[:, 0])  # here it picks differently for some prompt
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.predict(task, datamodule=Fixed(parts.batches(1), parts.batches(1, seed=5)))
+    metrics = json.loads((tmp_path / "pred" / "generation_metrics.json").read_text())
+    assert metrics["reranker"] == "itm"
+    records = [
+        json.loads(line) for line in (tmp_path / "pred" / "captions_rank0.jsonl").read_text().splitlines()
+    ]
+    assert all(max(r["candidate_scores"]) <= 0 for r in records)  # log-probabilities of a match
+
+
+def test_checkpoints_leave_the_reranker_out_and_load_strictly_with_one(tmp_path: Path) -> None:
+    data = Fixed(parts.batches(1), parts.batches(1, seed=5))
+    kwargs = dict(
+        accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    for name, reranker in (("plain", None), ("with", tiny_reranker())):
+        task = parts.ernie_task(reranker=reranker)
+        trainer = Trainer(**kwargs)
+        trainer.fit(task, datamodule=data)
+        trainer.save_checkpoint(tmp_path / f"{name}.ckpt")
+        checkpoint = torch.load(tmp_path / f"{name}.ckpt", weights_only=True)
+        assert not any(k.startswith("reranker.") for k in checkpoint["state_dict"]), name
+        assert "reranker" not in checkpoint["hyper_parameters"]
+    # a generator trained without a reranker predicts with one: its weights load strictly, the reranker's stay
+    reranker = tiny_reranker(seed=4)
+    before = {k: v.clone() for k, v in reranker.state_dict().items()}
+    fresh = parts.ernie_task(seed=9, num_candidates=2, predict_dir=str(tmp_path / "pred"), reranker=reranker)
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).predict(
+        fresh, datamodule=data, ckpt_path=tmp_path / "plain.ckpt"
+    )
+    trained = torch.load(tmp_path / "plain.ckpt", weights_only=True)["state_dict"]
+    for key, value in trained.items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)
+    for key, value in before.items():
+        torch.testing.assert_close(fresh.reranker.state_dict()[key], value, msg=key)
+    bad = dict(trained, **{"reranker.head.fc.bias": torch.zeros(2)})
+    with pytest.raises(KeyError, match="never saves them"):
+        fresh.on_load_checkpoint({"state_dict": bad})
+
+
+def test_a_reranker_over_other_codes_is_refused() -> None:
+    torch.manual_seed(0)
+    other = ViLT(
+        TextEmbedder(vocab_size=parts.VOCAB, dim=parts.DIM, max_len=12),
+        VQTokenEmbedder(
+            parts.VQGAN(
+                resolution=32,
+                ch=8,
+                ch_mult=(1, 1, 2),
+                num_res_blocks=1,
+                attn_resolutions=(),
+                z_channels=8,
+                num_codes=parts.NUM_CODES,
+                code_dim=4,
+                norm_groups=4,
+            ),
+            dim=parts.DIM,
+        ),
+        TransformerEncoder(dim=parts.DIM, depth=1, num_heads=4),
+    )
+    with pytest.raises(ValueError, match=r"the reranker reads 16 codes on a \(8, 8\) grid"):
+        parts.ernie_task(reranker=ITMScorer(other, ITMHead(parts.DIM)))

@@ -19,7 +19,8 @@ processes as :class:`~vlp.tasks.captioning.CaptioningTask` does.
 
 **Prediction** (``python -m vlp predict``): for each prompt (the batch's captions) ``num_candidates``
 images are sampled (temperature, top-k, top-p; KV-cached), reranked by the model's own image→text
-likelihood of the prompt, decoded by the VQGAN and written as one PNG grid per batch (a row per prompt,
+likelihood of the prompt (or, with a ``reranker``, by an ITM head's match probability:
+:class:`~vlp.models.itm_scorer.ITMScorer`), decoded by the VQGAN and written as one PNG grid per batch (a row per prompt,
 candidates best first), with ``captions.jsonl`` holding each prompt, the candidates' scores and the
 caption generated for the batch's real image. At the end ``generation_metrics.json`` holds the caption
 metrics of those captions and, with ``judge_checkpoint`` (a shapes judge, ``configs/probe/shapes_judge.yaml``)
@@ -42,6 +43,7 @@ from vlp.datamodules.schema import Batch
 from vlp.metrics.generation import GenerationEvaluation
 from vlp.models.ernie_vilg import ERNIEViLG, ERNIEViLGOutput
 from vlp.models.image_sampling import caption_images, generate_images
+from vlp.models.itm_scorer import ITMScorer
 from vlp.models.shapes_judge import ShapesJudge
 from vlp.objectives.base import Objective
 from vlp.objectives.reconstruction import ReconstructionObjective
@@ -94,6 +96,10 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         judge_checkpoint: a :class:`~vlp.tasks.shapes_judge.ShapesJudgeTask` checkpoint; ``predict`` then
             reports the semantic score and shapes Fréchet distance of its images.
         inception_weights: local path of the FID Inception weights; ``predict`` then reports the FID.
+        reranker: ranks ``predict``'s candidates by its ITM match probability instead of the model's own
+            image→text likelihood (a frozen part with its own weights, e.g.
+            ``configs/ernie_vilg/shapes_itm_reranker_scorer.yaml``). It is not trained and not saved in
+            this task's checkpoints; loading one restores the reranker as constructed.
         activation_checkpointing: ``True``/``False`` sets :attr:`ERNIEViLG.activation_checkpointing`
             (blocks recompute their activations in backward); ``None`` keeps the model's setting.
         Others: as :class:`~vlp.tasks.base.ObjectiveTask`.
@@ -120,6 +126,7 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         predict_seed: int = 0,
         judge_checkpoint: str | None = None,
         inception_weights: str | None = None,
+        reranker: ITMScorer | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(model, ERNIEViLG):
@@ -131,6 +138,7 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         super().__init__(model, objectives, *args, **kwargs)
         for saved in (self.hparams, self._hparams_initial):  # a module, not a hyperparameter
             saved.pop("vqgan", None)
+            saved.pop("reranker", None)
         for name, objective in self.objectives.items():
             if objective.view not in VIEWS:
                 raise ValueError(
@@ -157,6 +165,9 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         if not self.end_to_end and model.to_codebook is not None:
             model.to_codebook.requires_grad_(False)  # nothing reaches it (DDP refuses unused parameters)
         self.vqgan.eval()
+        self.reranker = reranker
+        if reranker is not None:
+            self.check_reranker(reranker)
         self.tokenizer_name = tokenizer
         self.num_beams, self.length_penalty, self.max_caption_len = num_beams, length_penalty, max_caption_len
         self.meteor = meteor
@@ -186,6 +197,16 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         if self.end_to_end and model.code_dim != vqgan.code_dim:
             raise ValueError(
                 f"end to end: model.code_dim ({model.code_dim}) must be the VQGAN's code_dim ({vqgan.code_dim})"
+            )
+
+    def check_reranker(self, reranker: ITMScorer) -> None:
+        model = self.model
+        if not isinstance(reranker, ITMScorer):
+            raise ValueError(f"reranker must be an ITMScorer, got {type(reranker).__name__}")
+        if reranker.num_codes != model.num_codes or tuple(reranker.grid) != tuple(model.grid):
+            raise ValueError(
+                f"the reranker reads {reranker.num_codes} codes on a {tuple(reranker.grid)} grid, the model "
+                f"generates {model.num_codes} on {tuple(model.grid)}: its VQGAN must be the task's"
             )
 
     @property
@@ -267,7 +288,7 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         with fsdp_gathered(self.model):
             sampled = generate_images(
                 self.model, text_ids, text_mask, self.num_candidates,
-                self.temperature, self.top_k, self.top_p, generator,
+                self.temperature, self.top_k, self.top_p, generator, scorer=self.reranker,
             )  # fmt: skip
         order = sampled.scores.argsort(dim=1, descending=True)
         codes = sampled.codes.gather(1, order[..., None].expand_as(sampled.codes))
@@ -341,6 +362,7 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         if self.generation_evaluation is not None:
             metrics["generation"] = self.generation_evaluation.compute()
             metrics.update(judge_checkpoint=self.judge_checkpoint, inception_weights=self.inception_weights)
+        metrics["reranker"] = "self (image->text likelihood)" if self.reranker is None else "itm"
         if self.global_rank == 0:
             self.predict_dir.mkdir(parents=True, exist_ok=True)
             (self.predict_dir / "generation_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -348,11 +370,32 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
                 f"generation metrics ({self.predict_dir / 'generation_metrics.json'}): {json.dumps(metrics)}"
             )
 
+    # ------------------------------------------------------------------------------- checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The reranker is a fixed part with its own checkpoint: its weights are not saved here."""
+        super().on_save_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("reranker.")]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint holds no reranker weights (:meth:`on_save_checkpoint`): the reranker keeps the ones
+        it was built with, so strict loading checks every other key as usual."""
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict")
+        if self.reranker is None or state is None:
+            return
+        if any(k.startswith("reranker.") for k in state):
+            raise KeyError("the checkpoint holds 'reranker.*' weights; ERNIEViLGTask never saves them")
+        state.update({f"reranker.{k}": v for k, v in self.reranker.state_dict().items()})
+
     # ----------------------------------------------------------------------------------- scaling
 
     def configure_model(self) -> None:
         """FSDP2 as :meth:`ObjectiveTask.configure_model` for the model and objectives; the frozen VQGAN
-        is not sharded: rank 0's copy is broadcast and every process keeps it whole."""
+        is not sharded: rank 0's copy is broadcast and every process keeps it whole (the frozen reranker,
+        loaded from the same file on every process, is kept whole too)."""
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
@@ -381,7 +424,7 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         outside = [
             name
             for name, p in self.named_parameters()
-            if not isinstance(p, DTensor) and not name.startswith("vqgan.")
+            if not isinstance(p, DTensor) and not name.startswith(("vqgan.", "reranker."))
         ]
         if outside:
             raise RuntimeError(f"parameters outside the model and objectives were not sharded: {outside}")
