@@ -82,6 +82,65 @@ def test_causal_bf16_ignores_later_keys() -> None:
     torch.testing.assert_close(sdpa(q, k2, v2, is_causal=True)[..., :4, :], out[..., :4, :])
 
 
+def _mask_kwargs(mask_kind: str, length: int = 7) -> dict:
+    if mask_kind == "padding":
+        return {"attn_mask": _padding_mask()}
+    if mask_kind == "causal":
+        return {"is_causal": True}
+    if mask_kind == "causal_and_padding":
+        return {"attn_mask": _padding_mask(), "is_causal": True}
+    if mask_kind == "float":
+        return {"attn_mask": torch.randn(2, 1, length, length, generator=torch.Generator().manual_seed(1))}
+    if mask_kind == "empty_row":
+        mask = torch.ones(2, 1, length, length, dtype=torch.bool)
+        mask[0, 0, 3] = False
+        return {"attn_mask": mask}
+    return {}
+
+
+@pytest.mark.parametrize(
+    "mask_kind",
+    ["none", "padding", "causal", "causal_and_padding", "float", "empty_row"],
+    ids=lambda kind: f"mask={kind}",
+)
+def test_explicit_backward_equals_sdpa_gradients_in_fp64(mask_kind: str) -> None:
+    """ExplicitAttention's hand-written backward against autograd through SDPA, at fp64 precision,
+    with q, k, v non-contiguous views of one projection (as the transformer passes them)."""
+    gen = torch.Generator().manual_seed(2)
+    qkv = torch.randn(2, 7, 3, 3, 8, generator=gen, dtype=torch.float64)
+    weights = torch.randn(2, 3, 7, 8, generator=gen, dtype=torch.float64)
+    kwargs = _mask_kwargs(mask_kind)
+    if "attn_mask" in kwargs and kwargs["attn_mask"].is_floating_point():
+        kwargs["attn_mask"] = kwargs["attn_mask"].double()
+    reference_kwargs = kwargs
+    if mask_kind == "causal_and_padding":  # SDPA takes one or the other: give it both as one mask
+        reference_kwargs = {"attn_mask": torch.ones(7, 7, dtype=torch.bool).tril() & _padding_mask()}
+    grads = []
+    for attend, arguments in (
+        (explicit_attention, kwargs),
+        (F.scaled_dot_product_attention, reference_kwargs),
+    ):
+        leaf = qkv.clone().requires_grad_()
+        q, k, v = (t.transpose(1, 2) for t in leaf.unbind(2))
+        out = attend(q, k, v, **arguments)
+        (out * weights).sum().backward()
+        grads.append((out.detach(), leaf.grad))
+    (out, grad), (expected_out, expected_grad) = grads
+    torch.testing.assert_close(out, expected_out, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(grad, expected_grad, atol=1e-12, rtol=1e-10)
+    if mask_kind == "empty_row":  # the row that attends to nothing passes no gradient to any key
+        assert torch.equal(out[0, :, 3], torch.zeros_like(out[0, :, 3]))
+
+
+def test_explicit_backward_leaves_masked_keys_without_gradient() -> None:
+    q, k, v = (t.requires_grad_() for t in _qkv(torch.bfloat16))
+    mask = _padding_mask()
+    sdpa(q, k, v, attn_mask=mask).float().square().sum().backward()
+    assert torch.equal(k.grad[1, :, 5:], torch.zeros_like(k.grad[1, :, 5:]))
+    assert torch.equal(v.grad[1, :, 5:], torch.zeros_like(v.grad[1, :, 5:]))
+    assert k.grad[0, :, 5:].abs().sum() > 0
+
+
 def test_bf16_gradients_match_fp32() -> None:
     q, k, v = (t.requires_grad_() for t in _qkv(torch.bfloat16))
     q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))

@@ -15,10 +15,12 @@ gives zeros (as SDPA does), not NaN.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 _REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -42,30 +44,112 @@ def explicit_attention(
     accumulates in fp32 internally, so its bf16 output equals an fp32 softmax rounded to bf16 (the
     rounding the second matmul's input needs anyway) up to the last bit in ~1e-5 of the entries, at a
     quarter of the cost of converting the scores to fp32 and back. The mask is added to the scores in
-    place as a 0 / -inf bias, which costs one pass forward and nothing backward.
+    place as a 0 / -inf bias, which costs one pass forward and nothing backward. Without dropout, and
+    when query, key and value share their batch dimensions, forward and backward are
+    :class:`ExplicitAttention`'s.
     """
     scale = 1.0 / math.sqrt(query.shape[-1])
+    bias, no_key = additive_mask(query, key, attn_mask, is_causal)
+    same_batch = query.shape[:-2] == key.shape[:-2] == value.shape[:-2]
+    if dropout_p == 0.0 and same_batch and (bias is None or not bias.requires_grad):
+        return ExplicitAttention.apply(query, key, value, bias, no_key, scale)
     scores = torch.matmul(query * scale, key.transpose(-2, -1))
+    if bias is not None:
+        scores = scores + bias if bias.requires_grad else scores.add_(bias)
+    probs = torch.softmax(scores, dim=-1)
+    if no_key is not None:  # rows with no allowed key: zeros, as SDPA gives, instead of NaN
+        probs = probs.masked_fill(no_key, 0.0)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, p=dropout_p)
+    return torch.matmul(probs, value)
+
+
+def additive_mask(
+    query: Tensor, key: Tensor, attn_mask: Tensor | None, is_causal: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """SDPA's mask arguments as one bias to add to the scores (``None``: nothing to add), in the
+    query's dtype, and the query rows that may attend to no key at all (``[..., N, 1]`` bool, ``None``
+    when every row has one)."""
     allowed = None
     if is_causal:
         length, keys = query.shape[-2], key.shape[-2]  # top-left aligned, as SDPA's is_causal
         allowed = torch.ones(length, keys, dtype=torch.bool, device=query.device).tril()
+    bias = None
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             allowed = attn_mask if allowed is None else allowed & attn_mask
         else:
-            scores.add_(attn_mask.to(scores.dtype))
+            bias = attn_mask.to(query.dtype)
+    no_key = None
     if allowed is not None:
-        bias = torch.zeros(allowed.shape, dtype=scores.dtype, device=scores.device)
-        scores.add_(bias.masked_fill_(~allowed, float("-inf")))
-    probs = torch.softmax(scores, dim=-1)
-    if allowed is not None:
+        blocked = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
+        blocked.masked_fill_(~allowed, float("-inf"))
+        bias = blocked if bias is None else bias + blocked
         has_key = allowed.any(dim=-1, keepdim=True)
-        if not bool(has_key.all()):  # rows with no allowed key: zeros, as SDPA gives, instead of NaN
-            probs = probs.masked_fill(~has_key, 0.0)
-    if dropout_p > 0.0:
-        probs = F.dropout(probs, p=dropout_p)
-    return torch.matmul(probs, value)
+        if not bool(has_key.all()):
+            no_key = ~has_key
+    return bias, no_key
+
+
+class ExplicitAttention(torch.autograd.Function):
+    """``softmax(q k^T * scale + bias) v`` over ``[..., N, d]`` inputs with the same batch dimensions,
+    as three batched matmuls forward and four backward; it keeps q, k, v and the probabilities.
+
+    Autograd's version of the same formula also pays a pass scaling q forward and one scaling its
+    gradient backward, and copies of the transposed operands of its 4-D matmuls; here the scale rides
+    in the matmuls (``baddbmm``'s ``alpha``) and every matmul reads the ``[batch, N, d]`` operands kept
+    from the forward. Query rows in ``no_key`` (``[..., N, 1]``, they may attend to nothing) give zero
+    outputs and gradients, as SDPA's rows do.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        bias: Tensor | None,
+        no_key: Tensor | None,
+        scale: float,
+    ) -> Tensor:
+        batch, length, keys = query.shape[:-2], query.shape[-2], key.shape[-2]
+        q, k, v = (t.reshape(-1, *t.shape[-2:]) for t in (query, key, value))
+        scores = torch.baddbmm(q.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=scale)
+        scores = scores.view(*batch, length, keys)
+        if bias is not None:
+            scores.add_(bias)
+        probs = torch.softmax(scores, dim=-1)
+        if no_key is not None:
+            probs.masked_fill_(no_key, 0.0)
+        ctx.scale = scale
+        ctx.shapes = (query.shape, key.shape, value.shape)
+        ctx.save_for_backward(q, k, v, probs)
+        return torch.bmm(probs.view(-1, length, keys), v).view(*batch, length, v.shape[-1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, probs = ctx.saved_tensors
+        query_shape, key_shape, value_shape = ctx.shapes
+        length, keys = probs.shape[-2:]
+        grad = grad.reshape(-1, length, grad.shape[-1]).to(v.dtype)
+        flat_probs = probs.view(-1, length, keys)
+        grad_query = grad_key = grad_value = None
+        if ctx.needs_input_grad[2]:
+            grad_value = torch.bmm(flat_probs.transpose(1, 2), grad).view(value_shape)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            grad_probs = torch.bmm(grad, v.transpose(1, 2)).view_as(probs)
+            # rows of zero probability (masked keys, rows in no_key) get zero score gradients
+            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+            grad_scores = grad_scores.view(-1, length, keys)
+            empty = grad_scores.new_empty(())
+            if ctx.needs_input_grad[0]:
+                grad_query = torch.baddbmm(empty, grad_scores, k, beta=0.0, alpha=ctx.scale).view(query_shape)
+            if ctx.needs_input_grad[1]:
+                grad_key = torch.baddbmm(
+                    empty, grad_scores.transpose(1, 2), q, beta=0.0, alpha=ctx.scale
+                ).view(key_shape)
+        return grad_query, grad_key, grad_value, None, None, None
 
 
 def sdpa(
