@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from vlp.allocator import configure_from_env
+
 log = logging.getLogger("vlp")
 
 
@@ -95,6 +97,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    configure_from_env()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args and args[0] in COMMANDS:
         COMMANDS[args[0]](args[1:])

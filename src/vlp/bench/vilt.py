@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlp.allocator import ENV_VAR, configure_from_env, is_active
 from vlp.bench.scaling import cpu_name
 from vlp.tasks.optim import ADAMW_IMPLEMENTATIONS
 
@@ -576,7 +577,8 @@ def memory_worker(side: Side, precision: Precision, config: ViltBenchConfig) -> 
 
 def run_memory(side: Side, precision: Precision, config: ViltBenchConfig, timeout: float) -> dict[str, float]:
     """:func:`memory_worker` in a fresh ``python -m vlp.bench.vilt --memory_worker`` process."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(config.threads)}
+    # the same malloc settings as this process (vlp.allocator), whatever the environment says
+    env = {**os.environ, "OMP_NUM_THREADS": str(config.threads), ENV_VAR: "1" if is_active() else "0"}
     command = [
         sys.executable, "-m", "vlp.bench.vilt", "--memory_worker", side, "--precision", precision,
         "--config_json", json.dumps(asdict(config)),
@@ -639,6 +641,7 @@ def _run(config: ViltBenchConfig, timeout: float, log: Callable[[str], None]) ->
         "parameters": parameters,
         "threads": torch.get_num_threads(),
         "device": cpu_name(),
+        "keep_freed_memory": is_active(),
     }
 
 
@@ -664,7 +667,12 @@ def markdown(config: ViltBenchConfig, report: dict[str, Any], command: str) -> s
         f"{params['vlp']:.1f} M (vlp) / {params['transformers']:.1f} M (transformers) parameters; "
         f"{config.steps} timed steps each after {config.warmup} warm-up, interleaved, medians; "
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"torch threads {report['threads']}, {report['device']}."
+        f"torch threads {report['threads']}, {report['device']}; glibc malloc "
+        + (
+            "keeps freed memory (vlp.allocator, both models: one process)."
+            if report.get("keep_freed_memory")
+            else "as configured by default (VLP_KEEP_FREED_MEMORY=0 or not glibc)."
+        )
     )
     lines = [
         f"`{command}`",
@@ -737,6 +745,7 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--config_json", required=True)
     args = parser.parse_args(argv)
     config = ViltBenchConfig(**json.loads(args.config_json))
+    configure_from_env()
     print(json.dumps(memory_worker(args.memory_worker, args.precision, config)))
 
 
