@@ -5,7 +5,8 @@ output head, divided by ``temperature`` and filtered by :func:`filter_logits` (t
 with ``torch.multinomial`` on an optional ``torch.Generator``. ``num_candidates`` images are drawn per
 prompt and ranked by a scorer: by default the model's own image→text log-likelihood of the prompt
 given each candidate (:func:`prompt_log_likelihood`, ERNIE-ViLG's and CogView's self-reranking); any
-``scorer(codes, text_ids, text_mask) -> [M]`` (an ITM head, CLIP) may replace it. With
+``scorer(codes, text_ids, text_mask) -> [M]`` may replace it: an ITM head
+(:class:`vlp.models.itm_scorer.ITMScorer`, a ViLT over the same codes), CLIP. With
 ``use_cache`` each new code costs one incremental step (:meth:`ERNIEViLG.extend`); without it every
 step runs the full sequence (the reference the cache is tested against: same seed, same codes).
 
