@@ -92,14 +92,14 @@ def additive_mask(
 
 
 class ExplicitAttention(torch.autograd.Function):
-    """``softmax(q k^T * scale + bias) v`` over ``[..., N, d]`` inputs with the same batch dimensions,
-    as three batched matmuls forward and four backward; it keeps q, k, v and the probabilities.
+    """``softmax((q * scale) k^T + bias) v`` over ``[..., N, d]`` inputs with the same batch dimensions,
+    as two batched matmuls forward and four backward; it keeps the scaled q, k, v and the probabilities.
 
-    Autograd's version of the same formula also pays a pass scaling q forward and one scaling its
-    gradient backward, and copies of the transposed operands of its 4-D matmuls; here the scale rides
-    in the matmuls (``baddbmm``'s ``alpha``) and every matmul reads the ``[batch, N, d]`` operands kept
-    from the forward. Query rows in ``no_key`` (``[..., N, 1]``, they may attend to nothing) give zero
-    outputs and gradients, as SDPA's rows do.
+    It computes exactly what autograd computes through the same formula (same kernels, same roundings:
+    a test checks the outputs and gradients bit for bit), without autograd's copies of the transposed
+    operands of its 4-D matmuls and of the expanded and reshaped views around them: every matmul here
+    reads the ``[batch, N, d]`` operands kept from the forward. Query rows in ``no_key`` (``[..., N, 1]``,
+    they may attend to nothing) give zero outputs and gradients, as SDPA's rows do.
     """
 
     @staticmethod
@@ -113,9 +113,9 @@ class ExplicitAttention(torch.autograd.Function):
         scale: float,
     ) -> Tensor:
         batch, length, keys = query.shape[:-2], query.shape[-2], key.shape[-2]
-        q, k, v = (t.reshape(-1, *t.shape[-2:]) for t in (query, key, value))
-        scores = torch.baddbmm(q.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=scale)
-        scores = scores.view(*batch, length, keys)
+        q = (query * scale).reshape(-1, length, query.shape[-1])  # scaled before the matmul, as autograd's
+        k, v = (t.reshape(-1, *t.shape[-2:]) for t in (key, value))
+        scores = torch.bmm(q, k.transpose(1, 2)).view(*batch, length, keys)
         if bias is not None:
             scores.add_(bias)
         probs = torch.softmax(scores, dim=-1)
@@ -142,13 +142,10 @@ class ExplicitAttention(torch.autograd.Function):
             # rows of zero probability (masked keys, rows in no_key) get zero score gradients
             grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
             grad_scores = grad_scores.view(-1, length, keys)
-            empty = grad_scores.new_empty(())
             if ctx.needs_input_grad[0]:
-                grad_query = torch.baddbmm(empty, grad_scores, k, beta=0.0, alpha=ctx.scale).view(query_shape)
-            if ctx.needs_input_grad[1]:
-                grad_key = torch.baddbmm(
-                    empty, grad_scores.transpose(1, 2), q, beta=0.0, alpha=ctx.scale
-                ).view(key_shape)
+                grad_query = torch.bmm(grad_scores, k).mul_(ctx.scale).view(query_shape)
+            if ctx.needs_input_grad[1]:  # q is the scaled query
+                grad_key = torch.bmm(grad_scores.transpose(1, 2), q).view(key_shape)
         return grad_query, grad_key, grad_value, None, None, None
 
 
