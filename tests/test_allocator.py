@@ -37,8 +37,11 @@ glibc_only = pytest.mark.skipif(
 )
 
 
-def _child(setting: str) -> dict:
-    env = {**os.environ, ENV_VAR: setting, "OMP_NUM_THREADS": "1"}
+def _child(setting: str | None) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop(ENV_VAR, None)
+    if setting is not None:
+        env[ENV_VAR] = setting
     done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -51,6 +54,10 @@ def test_kept_memory_is_reused_without_page_faults() -> None:
     pages = 4 * (2359296 + 1179648 + 589824) * 4 // 4096  # 14336
     assert default["faults"] > pages // 2  # glibc unmapped or trimmed them: their pages fault again
     assert kept["faults"] < pages // 20  # the freed pages were reused
+
+
+def test_it_is_off_unless_asked_for() -> None:
+    assert not _child(None)["active"]
 
 
 def test_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,13 @@ page faults and 0.05-0.9 s of kernel time in a ~5 s step (either model, varying 
 :func:`keep_freed_memory` sets ``M_MMAP_MAX = 0`` (every block comes from the heap) and the largest
 ``M_TRIM_THRESHOLD`` (the heap is not trimmed), so freed pages stay mapped and the next step reuses them
 without a fault: what jemalloc or tcmalloc do, which PyTorch's CPU performance guide recommends. The
-process's peak memory is unchanged, but its resident size no longer falls after a peak. ``python -m
-vlp`` applies it at start-up (:func:`configure_from_env`) unless ``VLP_KEEP_FREED_MEMORY=0``.
+process's peak memory is unchanged, but its resident size no longer falls after a peak.
+
+It is opt-in: ``VLP_KEEP_FREED_MEMORY=1 python -m vlp ...`` (:func:`configure_from_env`, called at
+start-up). The page faults go (``benchmarks/diagnostics/vilt_step_page_faults.py``), but in ``bench vilt``
+at 2 threads it did not make vlp's step faster: one run each way on the idle machine gave vlp 2455 ms
+with it and 2381 ms without in bf16 (transformers 2754 and 2828 ms), within run-to-run spread
+(``benchmarks/RESULTS.md``), so the default stays glibc's own.
 """
 
 from __future__ import annotations
@@ -49,8 +54,8 @@ def keep_freed_memory() -> bool:
 
 
 def configure_from_env() -> bool:
-    """:func:`keep_freed_memory` unless ``VLP_KEEP_FREED_MEMORY`` is ``0``; whether it is now on."""
-    value = os.environ.get(ENV_VAR, "1").strip()
+    """:func:`keep_freed_memory` if ``VLP_KEEP_FREED_MEMORY`` is ``1`` (default ``0``); whether it is now on."""
+    value = os.environ.get(ENV_VAR, "0").strip()
     if value not in ("0", "1"):
         raise ValueError(f"{ENV_VAR} must be 0 or 1, got {value!r}")
     return value == "1" and keep_freed_memory()

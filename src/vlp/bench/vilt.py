@@ -671,7 +671,7 @@ def markdown(config: ViltBenchConfig, report: dict[str, Any], command: str) -> s
         + (
             "keeps freed memory (vlp.allocator, both models: one process)."
             if report.get("keep_freed_memory")
-            else "as configured by default (VLP_KEEP_FREED_MEMORY=0 or not glibc)."
+            else "with its default settings (VLP_KEEP_FREED_MEMORY unset or 0)."
         )
     )
     lines = [
