@@ -52,8 +52,9 @@ def test_kept_memory_is_reused_without_page_faults() -> None:
     default, kept = _child("0"), _child("1")
     assert not default["active"] and kept["active"]
     pages = 4 * (2359296 + 1179648 + 589824) * 4 // 4096  # 14336
-    assert default["faults"] > pages // 2  # glibc unmapped or trimmed them: their pages fault again
-    assert kept["faults"] < pages // 20  # the freed pages were reused
+    # glibc's default usually unmaps or trims these buffers, so that their pages fault again (it depends
+    # on its dynamic thresholds, so the default's count is not asserted); kept, the freed pages are reused
+    assert kept["faults"] < pages // 20
 
 
 def test_it_is_off_unless_asked_for() -> None:
