@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from vlp.models.embedders.vq_tokens import VQTokenEmbedder
 from vlp.models.heads import ITMHead
+from vlp.models.state_check import check_state_matches
 from vlp.models.transformer import key_padding_mask
 from vlp.models.vilt import ViLT
 
@@ -93,18 +94,7 @@ class ITMScorer(nn.Module):
         mine = {MODEL_PREFIX + k: v for k, v in self.model.state_dict().items()}
         mine.update({HEAD_PREFIX + k: v for k, v in self.head.state_dict().items()})
         theirs = {k: v for k, v in state.items() if k.startswith((MODEL_PREFIX, HEAD_PREFIX))}
-        missing = sorted(set(mine) - set(theirs))
-        unexpected = sorted(set(theirs) - set(mine))
-        shapes = [
-            f"{k}: {tuple(theirs[k].shape)} in the checkpoint vs {tuple(mine[k].shape)}"
-            for k in sorted(set(mine) & set(theirs))
-            if theirs[k].shape != mine[k].shape
-        ]
-        if missing or unexpected or shapes:
-            raise KeyError(
-                f"{file}: ITM reranker weights do not match the configured model: missing {missing}, "
-                f"unexpected {unexpected}, shape mismatches {shapes}"
-            )
+        check_state_matches(mine, theirs, f"{file}: ITM reranker weights and the configured model")
         cut = len(MODEL_PREFIX)
         self.model.load_state_dict({k[cut:]: v for k, v in theirs.items() if k.startswith(MODEL_PREFIX)})
         cut = len(HEAD_PREFIX)

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from vlp.datamodules.synth.shapes import COLOUR_NAMES, MAX_OBJECTS, SHAPES
+from vlp.models.state_check import check_state_matches
 
 CONFIG_KEY = "shapes_judge_config"
 
@@ -148,10 +149,7 @@ class ShapesJudge(nn.Module):
         state = {
             k[len(prefix) :]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)
         }
-        own = judge.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise KeyError(f"{path}: judge weights do not match: missing {missing}, unexpected {unexpected}")
+        check_state_matches(judge.state_dict(), state, f"{path}: judge weights")
         judge.load_state_dict(state)
         return judge.eval()
 

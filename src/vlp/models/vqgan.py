@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlp.models.sdpa import sdpa
+from vlp.models.state_check import check_state_matches
 from vlp.models.vq_quantizer import VectorQuantizer
 
 CONFIG_KEY = "vqgan_config"
@@ -373,17 +374,5 @@ class VQGAN(nn.Module):
 
     def load_vqgan_state(self, state: dict[str, Tensor], source: str) -> None:
         """Load every key strictly; a missing, unexpected or mis-shaped key is an error naming it."""
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        shapes = [
-            f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-            for k in sorted(set(own) & set(state))
-            if state[k].shape != own[k].shape
-        ]
-        if missing or unexpected or shapes:
-            raise KeyError(
-                f"{source}: VQGAN weights do not match: missing {missing}, unexpected {unexpected}, "
-                f"shape mismatches {shapes}"
-            )
+        check_state_matches(self.state_dict(), state, f"{source}: VQGAN weights")
         self.load_state_dict(state)
