@@ -1,19 +1,28 @@
 # vlp — the whole set-up is `make fit` then `make test` on a fresh clone.
+# `make install` installs the exact versions of requirements.lock (then vlp itself, editable);
+# `make lock` re-resolves pyproject.toml's ranges into that file.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RECIPE ?= configs/vilt/shapes_pretrain.yaml
 
-.PHONY: install fit test test-all lint format clean
+.PHONY: install lock fit test test-all lint format clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -r requirements.lock
+	$(PY) -m pip install --no-deps -e .
 	touch $(STAMP)
+
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install pip-tools
+	$(PY) -m piptools compile --resolver=backtracking --extra dev --strip-extras --upgrade \
+	  --no-emit-index-url --no-emit-find-links -c requirements/lock-constraints.txt \
+	  -o requirements.lock pyproject.toml
 
 fit: $(STAMP)
 	$(PY) -m vlp fit --config $(RECIPE)
