@@ -84,8 +84,11 @@ def captioning_task(seed: int | None = 0, visual: str = "grid", **kwargs: Any) -
     return CaptioningTask(tiny_e2e(seed, visual=visual), {"caption": CaptioningObjective()}, **kwargs)
 
 
-def detection_task(seed: int | None = 0, visual: str = "grid", **kwargs: Any) -> DetectionTask:
-    return DetectionTask(tiny_e2e(seed, visual=visual), {"detection": detection_objective()}, **kwargs)
+def detection_task(
+    seed: int | None = 0, visual: str = "grid", model_kwargs: dict[str, Any] | None = None, **kwargs: Any
+) -> DetectionTask:
+    model = tiny_e2e(seed, visual=visual, **(model_kwargs or {}))
+    return DetectionTask(model, {"detection": detection_objective()}, **kwargs)
 
 
 def e2e_batches(steps: int = 1, size: int = 8, seed: int = 11) -> list[Batch]:
