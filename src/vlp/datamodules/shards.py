@@ -244,6 +244,16 @@ class ShardDataModule(L.LightningDataModule):
     def test_dataloader(self) -> StreamLoader:
         return self._loader(self.test_split, train=False)
 
+    def predict_dataloader(self) -> Any:
+        """``predict`` reads the test split, as ``test`` does, behind a plain ``DataLoader`` over its
+        batches: Lightning's predict loop rebuilds a ``DataLoader`` with a batch-index sampler, which the
+        stream loader does not take."""
+        from torch.utils.data import DataLoader
+
+        from vlp.datamodules.text_to_image import Batches
+
+        return DataLoader(Batches(self._loader(self.test_split, train=False)), batch_size=None)
+
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Tally skipped samples (main process) and, in training, record the batch as consumed.
 

@@ -16,6 +16,7 @@ from vlp.models.transformer import TransformerEncoder
 from vlp.objectives.base import Objective
 from vlp.tasks.init_from import InitReport, load_matching, log_report, read_checkpoint, resolve_checkpoint
 from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups, schedule_steps
+from vlp.tasks.predict_files import PredictionWriter
 from vlp.tasks.rng import CHECKPOINT_KEY, gather_rng_states, restore_rank_rng_state
 
 
@@ -24,7 +25,7 @@ def has_grad_scaler(plugin: Precision) -> bool:
     return isinstance(plugin, MixedPrecision) and plugin.scaler is not None
 
 
-class ObjectiveTask(LightningModule, ABC):
+class ObjectiveTask(PredictionWriter, LightningModule, ABC):
     """A model plus a dict of objectives; the loss is ``sum(weight * objective.loss)``.
 
     Args:
@@ -42,6 +43,8 @@ class ObjectiveTask(LightningModule, ABC):
         init_from: start from another run's weights (a checkpoint path or glob, see
             :mod:`vlp.tasks.init_from`): keys are matched by name, and which were loaded, newly
             initialised or dropped is logged and kept in :attr:`init_report`.
+        predict_dir: where ``predict`` writes its files (:mod:`vlp.tasks.predict_files`); ``None``:
+            ``<trainer.default_root_dir>/predictions``.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class ObjectiveTask(LightningModule, ABC):
         lr_multipliers: dict[str, float] | None = None,
         activation_checkpointing: bool | None = None,
         init_from: str | None = None,
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "objectives"])
@@ -75,6 +79,7 @@ class ObjectiveTask(LightningModule, ABC):
                 )
         self.model = model
         self.objectives = nn.ModuleDict(objectives)
+        self.predict_dir = predict_dir
         self._saved_rng_states: list[dict[str, Any]] | None = None
         self.loss_weights = {name: float(weights.get(name, 1.0)) for name in objectives}
         if all(w == 0 for w in self.loss_weights.values()):

@@ -11,6 +11,7 @@ once on the first process and the scores shared, so every process logs the same 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from vlp.datamodules.schema import Batch
 from vlp.models.e2e_vlp import CaptionOutput
 from vlp.tasks.caption_evaluation import CaptionEvaluation
 from vlp.tasks.e2e_base import E2ETask, fsdp_gathered
+from vlp.tasks.predict_files import Row, write_jsonl
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
 
@@ -35,9 +37,13 @@ class CaptioningTask(CaptionEvaluation, E2ETask):
         max_caption_len: decoded tokens, BOS and EOS included (at most the text embedder's ``max_len``).
         meteor: score METEOR; ``None``: when Java is available.
         Others: as :class:`~vlp.tasks.base.ObjectiveTask`; the objectives must read the ``"caption"`` view.
+
+    ``predict`` writes ``captions.jsonl`` under ``predict_dir``: one line per image, ``{"key", "caption"}``,
+    decoded with the settings above.
     """
 
     VIEWS = ("caption",)
+    PREDICT_FILES = ("captions.jsonl",)
 
     def __init__(
         self,
@@ -95,3 +101,14 @@ class CaptioningTask(CaptionEvaluation, E2ETask):
     def evaluate_captions(self, batch: Batch, stage: str) -> None:
         self.compute_losses(batch, stage)
         self.record_captions(batch, self.generate(batch.pixels, batch.pixel_mask))
+
+    # --------------------------------------------------------------------------------- prediction
+
+    def predict_rows(self, batch: Batch, batch_idx: int) -> list[Row]:
+        if batch.pixels is None:
+            raise ValueError("CaptioningTask.predict needs batch.pixels")
+        captions = self.generate(batch.pixels, batch.pixel_mask)
+        return [{"key": key, "caption": caption} for key, caption in zip(batch.keys, captions)]
+
+    def write_predictions(self, rows: list[Row], folder: Path) -> list[Path]:
+        return [write_jsonl(folder / "captions.jsonl", rows)]

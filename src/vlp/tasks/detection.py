@@ -6,19 +6,35 @@ loss (:class:`~vlp.objectives.DetectionObjective`). Validation and test also fee
 layer's predictions to a COCO-style mAP (:mod:`vlp.metrics.detection`) and log ``val/map`` (AP at IoU
 0.50:0.95), ``val/map_50``, ``val/map_75``, ``val/map_small|medium|large`` and ``val/mar_100``.
 torchmetrics gathers the detections of every process before computing.
+
+``predict`` writes three files under ``predict_dir``:
+
+* ``detections.json``, COCO's results format: ``[{"image_id", "category_id", "bbox": [x, y, w, h],
+  "score"}]``, every query of the last decoder layer as one detection (its most probable category and
+  that probability, as the mAP above counts them; COCO's evaluation keeps up to 100 per image). Boxes are
+  in pixels of the image as the model saw it (after the data module's resize, padding excluded),
+  clipped to it;
+* ``image_ids.json``: COCO ``images`` entries ``[{"id", "key", "width", "height"}]``: ``image_id`` ``i``
+  is the ``i``-th sample key in sorted order, and ``width``/``height`` are the size the boxes refer to
+  (scale by the original size over these to get boxes on the original image);
+* ``categories.json``: ``[{"id", "name"}]``: ``category_id`` is the index in ``vocab.json``'s
+  ``categories`` (0-based, the data module's label index).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+from torchvision.ops import box_convert
 
 from vlp.datamodules.schema import Batch
 from vlp.metrics.detection import detections, ground_truth, image_sizes, map_figures, mean_average_precision
 from vlp.models.outputs import DecoderOutput
 from vlp.objectives.detection import DetectionObjective
 from vlp.tasks.e2e_base import E2ETask, fsdp_gathered
+from vlp.tasks.predict_files import Row, vocab_list, write_json
 
 
 class DetectionTask(E2ETask):
@@ -32,6 +48,7 @@ class DetectionTask(E2ETask):
     """
 
     VIEWS = ("detection",)
+    PREDICT_FILES = ("detections.json", "image_ids.json", "categories.json")
 
     def __init__(self, *args: Any, use_text: bool = True, **kwargs: Any) -> None:
         self.use_text = use_text  # read by uses_text() inside super().__init__
@@ -44,6 +61,7 @@ class DetectionTask(E2ETask):
                 )
         self.val_map = mean_average_precision()
         self.test_map = mean_average_precision()
+        self._categories: list[str] = []
 
     def uses_text(self) -> bool:
         return self.use_text
@@ -103,3 +121,61 @@ class DetectionTask(E2ETask):
         for name, value in map_figures(metric.compute()).items():
             self.log(f"{stage}/{name}", value, sync_dist=False)  # computed over every process's detections
         metric.reset()
+
+    # --------------------------------------------------------------------------------- prediction
+
+    def on_predict_start(self) -> None:
+        super().on_predict_start()
+        self._categories = vocab_list(self.trainer, "categories", "detection categories")
+        classes = self.detector.head.num_classes
+        if classes != len(self._categories):
+            raise ValueError(
+                f"the detection head predicts {classes} categories but the data's vocab.json lists "
+                f"{len(self._categories)}: predict with the vocab.json the task was trained on"
+            )
+
+    @torch.no_grad()
+    def predict_rows(self, batch: Batch, batch_idx: int) -> list[Row]:
+        """One row per image: its key, the size its boxes refer to and its detections."""
+        if batch.pixels is None:
+            raise ValueError("DetectionTask.predict needs batch.pixels")
+        outputs = self.forward_model(batch)
+        with fsdp_gathered(self.detector):
+            predictions = self.detector.predict(outputs, last_only=True)
+        if batch.pixel_mask is None:
+            sizes = torch.tensor([batch.pixels.shape[-2:]] * len(batch), device=batch.pixels.device)
+        else:
+            sizes = image_sizes(batch.pixel_mask)
+        found = detections(predictions.logits[0], predictions.boxes[0], sizes, self.detector.scores)
+        rows = []
+        for key, (height, width), image in zip(batch.keys, sizes.tolist(), found):
+            boxes = image["boxes"].clone()
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+            boxes = box_convert(boxes, "xyxy", "xywh")
+            rows.append(
+                {
+                    "key": key,
+                    "width": width,
+                    "height": height,
+                    "detections": [
+                        {"category_id": label, "bbox": box, "score": score}
+                        for label, box, score in zip(
+                            image["labels"].tolist(), boxes.tolist(), image["scores"].tolist()
+                        )
+                    ],
+                }
+            )
+        return rows
+
+    def write_predictions(self, rows: list[Row], folder: Path) -> list[Path]:
+        images = [
+            {"id": i, "key": r["key"], "width": r["width"], "height": r["height"]} for i, r in enumerate(rows)
+        ]
+        results = [{"image_id": i, **found} for i, r in enumerate(rows) for found in r["detections"]]
+        categories = [{"id": i, "name": name} for i, name in enumerate(self._categories)]
+        return [
+            write_json(folder / "detections.json", results),
+            write_json(folder / "image_ids.json", images),
+            write_json(folder / "categories.json", categories),
+        ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -10,6 +11,7 @@ from torch import Tensor
 from vlp.datamodules.schema import Batch
 from vlp.models.embedders.base import VisualTokens
 from vlp.tasks.e2e_base import E2ETask
+from vlp.tasks.predict_files import Row, itm_rows, write_jsonl
 
 
 class E2EPretrainTask(E2ETask):
@@ -27,9 +29,13 @@ class E2EPretrainTask(E2ETask):
     Each objective's weight is a real multiplier; 0 skips it, its view and its passes, and freezes what
     only it reaches (:mod:`vlp.tasks.e2e_base`). A step with all four views costs three encoder passes
     over one CNN pass: the images are embedded once and every view reads those tokens (ITM's reordered).
+
+    ``predict`` writes ``itm_scores.jsonl`` as :class:`~vlp.tasks.pretrain.PretrainTask` does (each
+    sample's caption with its own image; it needs the ITM objective active).
     """
 
     VIEWS = ("mlm", "itm", "detection", "caption")
+    PREDICT_FILES = ("itm_scores.jsonl",)
 
     def forward_model(self, batch: Batch) -> dict[str, Any]:
         views = self.views_used()
@@ -68,6 +74,12 @@ class E2EPretrainTask(E2ETask):
             image_only = self.model(None, None, None, visual=visual)
             outputs["caption"] = self.model.decode_captions(image_only, batch.caption_ids, batch.caption_mask)
         return outputs
+
+    def predict_rows(self, batch: Batch, batch_idx: int) -> list[Row]:
+        return itm_rows(self, batch)
+
+    def write_predictions(self, rows: list[Row], folder: Path) -> list[Path]:
+        return [write_jsonl(folder / "itm_scores.jsonl", rows)]
 
 
 def select_tokens(visual: VisualTokens, index: Tensor) -> VisualTokens:

@@ -8,6 +8,7 @@ after growth the right image is embedded exactly as an image was in pre-training
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +16,10 @@ from torch import Tensor, nn
 
 from vlp.datamodules.schema import Batch
 from vlp.models.outputs import FusionOutput
+from vlp.objectives.nlvr2 import NLVR2Objective
 from vlp.tasks.base import ObjectiveTask
+from vlp.tasks.e2e_base import fsdp_gathered
+from vlp.tasks.predict_files import Row, active_objective, batch_texts, write_jsonl
 
 MODALITY_TABLE = "token_type_embeddings"
 MODALITY_KEY = f"model.{MODALITY_TABLE}.weight"
@@ -51,7 +55,14 @@ class NLVR2Task(ObjectiveTask):
     The model may come with 2 modality types (as pre-trained; grown here, before ``init_from`` loads) or
     3. A pre-training checkpoint's 2-row table is grown the same way when it is loaded, which the
     ``init_from`` report lists under "adapted".
+
+    ``predict`` writes ``nlvr2_predictions.jsonl`` under ``predict_dir``: one line per pair sample,
+    ``{"identifier": <sample key>, "statement", "prediction": true/false, "probability_true"}``, the
+    classifier's probability that the statement is true (``prediction`` is its arg-max, as accuracy counts).
     """
+
+    PREDICT_FILES = ("nlvr2_predictions.jsonl",)
+    PREDICT_ORDER = "identifier"
 
     def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
         grow_modality_types(model)
@@ -80,3 +91,20 @@ class NLVR2Task(ObjectiveTask):
             batch.text_ids, batch.text_mask, batch.pixels_right, batch.pixel_mask_right, image_token_type=2
         )
         return left, right
+
+    @torch.no_grad()
+    def predict_rows(self, batch: Batch, batch_idx: int) -> list[Row]:
+        objective = active_objective(self, NLVR2Objective, "true/false labels")
+        statements = batch_texts(batch)
+        left, right = self.forward_model(batch)
+        with fsdp_gathered(objective):
+            logits = objective.head(torch.cat([left.pooled, right.pooled], dim=-1)).float()
+        predictions = (logits.argmax(-1) == 1).tolist()
+        probabilities = logits.softmax(-1)[:, 1].tolist()
+        return [
+            {"identifier": key, "statement": text, "prediction": label, "probability_true": p}
+            for key, text, label, p in zip(batch.keys, statements, predictions, probabilities)
+        ]
+
+    def write_predictions(self, rows: list[Row], folder: Path) -> list[Path]:
+        return [write_jsonl(folder / "nlvr2_predictions.jsonl", rows)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -10,6 +11,7 @@ from vlp.datamodules.schema import Batch
 from vlp.models.outputs import FusionOutput
 from vlp.models.vilt import ViLT
 from vlp.tasks.base import ObjectiveTask
+from vlp.tasks.predict_files import Row, itm_rows, write_jsonl
 
 VIEWS = ("mlm", "itm")
 
@@ -21,7 +23,13 @@ class PretrainTask(ObjectiveTask):
     view (ITM, WPA) is the unmasked text with the image ``batch.itm_image_index`` names (another sample's
     for a negative). Masked words would otherwise hide exactly what ITM has to compare, and negatives
     would teach MLM nothing. With both kinds of objective active a step costs two encoder passes.
+
+    ``predict`` writes ``itm_scores.jsonl`` under ``predict_dir``: one line per sample,
+    ``{"key", "caption", "match_probability"}``, the ITM head's probability that the sample's caption
+    (the one the batch holds) matches its own image.
     """
+
+    PREDICT_FILES = ("itm_scores.jsonl",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -66,3 +74,9 @@ class PretrainTask(ObjectiveTask):
             pixel_mask = None if batch.pixel_mask is None else batch.pixel_mask[index]
             outputs["itm"] = self.model(batch.text_ids, batch.text_mask, batch.pixels[index], pixel_mask)
         return outputs
+
+    def predict_rows(self, batch: Batch, batch_idx: int) -> list[Row]:
+        return itm_rows(self, batch)
+
+    def write_predictions(self, rows: list[Row], folder: Path) -> list[Path]:
+        return [write_jsonl(folder / "itm_scores.jsonl", rows)]

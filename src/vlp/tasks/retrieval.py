@@ -10,6 +10,10 @@ Evaluation (validation and test) scores every text of the split against every im
 Each process keeps the batches it read (on the CPU), the processes exchange them at the end of the
 epoch, every process scores an equal share of the pairs, and the shares are gathered back. Every
 image is thus held by every process: cap the cost with the trainer's ``limit_val_batches``.
+
+``predict`` scores every text against every image of the predict split the same way and writes
+``rankings.json`` under ``predict_dir`` (see :func:`rankings`): for each caption its ``predict_top_k``
+best images, for each image its ``predict_top_k`` best captions, with the rank head's scores.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from vlp.metrics.retrieval import retrieval_recall, score_pair_range
 from vlp.models.outputs import FusionOutput
 from vlp.objectives.retrieval import RetrievalObjective
 from vlp.tasks.base import ObjectiveTask
+from vlp.tasks.predict_files import batch_texts, gather_rows, write_json
 
 
 class RetrievalTask(ObjectiveTask):
@@ -37,9 +42,12 @@ class RetrievalTask(ObjectiveTask):
         recall_at: the ``K`` of the logged recall@K.
         itm_source: ``init_from`` builds each retrieval head missing from the checkpoint from the
             "match" row of the checkpoint's ``objectives.<itm_source>`` ITM head (``None``: do not).
+        predict_top_k: how many images per caption and captions per image ``predict`` writes.
         Others: as :class:`~vlp.tasks.base.ObjectiveTask`. The objectives must be
             :class:`~vlp.objectives.RetrievalObjective`.
     """
+
+    PREDICT_FILES = ("rankings.json",)
 
     def __init__(
         self,
@@ -48,12 +56,13 @@ class RetrievalTask(ObjectiveTask):
         eval_chunk_size: int = 256,
         recall_at: tuple[int, ...] = (1, 5, 10),
         itm_source: str | None = "itm",
+        predict_top_k: int = 10,
         **kwargs: Any,
     ) -> None:
-        if negatives < 1 or eval_chunk_size < 1 or not recall_at or min(recall_at) < 1:
+        if negatives < 1 or eval_chunk_size < 1 or not recall_at or min(recall_at) < 1 or predict_top_k < 1:
             raise ValueError(
-                f"negatives, eval_chunk_size and recall_at must be positive, got {negatives}, "
-                f"{eval_chunk_size}, {recall_at}"
+                f"negatives, eval_chunk_size, recall_at and predict_top_k must be positive, got {negatives}, "
+                f"{eval_chunk_size}, {recall_at}, {predict_top_k}"
             )
         self._itm_source = itm_source  # read by adapt_init_state, which runs inside super().__init__
         super().__init__(*args, **kwargs)
@@ -66,7 +75,9 @@ class RetrievalTask(ObjectiveTask):
         self.negatives = negatives
         self.eval_chunk_size = eval_chunk_size
         self.recall_at = tuple(recall_at)
+        self.predict_top_k = predict_top_k
         self._eval_batches: list[dict[str, Tensor]] = []
+        self._predict_texts: list[tuple[list[str], list[str]]] = []
 
     def adapt_init_state(self, state: dict[str, Tensor]) -> dict[str, str]:
         """Each retrieval head not in the checkpoint starts from its ITM head's match row (row 1)."""
@@ -170,6 +181,35 @@ class RetrievalTask(ObjectiveTask):
         for name, value in retrieval_recall(scores, pool["text_image_index"], self.recall_at).items():
             self.log(f"{stage}/{name}", value, sync_dist=False)  # identical on every process
 
+    # --------------------------------------------------------------------------------- prediction
+
+    def on_predict_start(self) -> None:
+        super().on_predict_start()
+        self._eval_batches = []
+        self._predict_texts = []
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> None:
+        """Keep the batch (as evaluation does) with its image keys and caption texts; scored at the end."""
+        if len(batch) == 0:
+            return
+        self._predict_texts.append((list(batch.keys), batch_texts(batch)))
+        self._keep(batch)
+
+    def on_predict_epoch_end(self) -> None:
+        """Every process scores its share of all pairs; the first writes ``rankings.json``."""
+        pool = gather_eval_pool(self._eval_batches)  # the same on every process
+        texts = gather_rows(self._predict_texts)  # first process only; the pool's order: rank, then batch
+        self._eval_batches, self._predict_texts = [], []
+        result: dict[str, Any] = {"top_k": self.predict_top_k, "text_to_image": [], "image_to_text": []}
+        if pool is not None:
+            scores = self.score_all(pool)  # every process takes part
+            if texts is not None:
+                keys = [key for batch_keys, _ in texts for key in batch_keys]
+                captions = [text for _, batch_captions in texts for text in batch_captions]
+                result = rankings(scores, pool["text_image_index"], keys, captions, self.predict_top_k)
+        if texts is not None:
+            write_json(self.predict_path / "rankings.json", result)
+
     @torch.no_grad()
     def score_pairs(self, pool: dict[str, Tensor], text_index: Tensor, image_index: Tensor) -> Tensor:
         """Matching scores ``[C]`` of the given (text, image) pairs of ``pool``."""
@@ -245,3 +285,54 @@ def gather_eval_pool(batches: list[dict[str, Tensor]]) -> dict[str, Tensor] | No
         "text_mask": torch.cat(text_masks),
         "text_image_index": torch.cat(owners),
     }
+
+
+def rankings(
+    scores: Tensor, text_image: Tensor, keys: list[str], captions: list[str], top_k: int
+) -> dict[str, Any]:
+    """The top-``top_k`` lists of a ``[T, N]`` score matrix, both ways, as ``rankings.json`` holds them::
+
+        {"top_k": k,
+         "text_to_image": [{"caption", "image": <its own image key>, "top": [{"image", "score"}, ...]}, ...],
+         "image_to_text": [{"image", "top": [{"text": <index in text_to_image>, "caption", "score"}, ...]}, ...]}
+
+    Images are listed by key, texts by their image's key and then in stored order, so the file does not
+    depend on how the split was read; ties keep that order. ``score`` is the rank head's matching score
+    (higher = better match; not a probability).
+    """
+    if scores.shape != (len(captions), len(keys)) or text_image.shape != (len(captions),):
+        raise ValueError(
+            f"scores {tuple(scores.shape)} must be [texts = {len(captions)}, images = {len(keys)}] "
+            f"with one image per text, got {tuple(text_image.shape)}"
+        )
+    owners = text_image.tolist()
+    image_order = sorted(range(len(keys)), key=lambda i: keys[i])
+    text_order = sorted(range(len(captions)), key=lambda t: (keys[owners[t]], t))
+    scores = scores.float().cpu()[text_order][:, image_order]
+    image_keys = [keys[i] for i in image_order]
+    texts = [captions[t] for t in text_order]
+    k_images, k_texts = min(top_k, len(image_keys)), min(top_k, len(texts))
+    by_text = scores.sort(dim=1, descending=True, stable=True)
+    by_image = scores.sort(dim=0, descending=True, stable=True)
+    text_to_image = [
+        {
+            "caption": texts[t],
+            "image": keys[owners[text_order[t]]],
+            "top": [
+                {"image": image_keys[i], "score": s}
+                for i, s in zip(by_text.indices[t, :k_images].tolist(), by_text.values[t, :k_images].tolist())
+            ],
+        }
+        for t in range(len(texts))
+    ]
+    image_to_text = [
+        {
+            "image": image_keys[n],
+            "top": [
+                {"text": t, "caption": texts[t], "score": s}
+                for t, s in zip(by_image.indices[:k_texts, n].tolist(), by_image.values[:k_texts, n].tolist())
+            ],
+        }
+        for n in range(len(image_keys))
+    ]
+    return {"top_k": top_k, "text_to_image": text_to_image, "image_to_text": image_to_text}

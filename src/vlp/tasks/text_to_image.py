@@ -20,13 +20,14 @@ processes as :class:`~vlp.tasks.captioning.CaptioningTask` does.
 **Prediction** (``python -m vlp predict``): for each prompt (the batch's captions) ``num_candidates``
 images are sampled (temperature, top-k, top-p; KV-cached), reranked by the model's own image→text
 likelihood of the prompt (or, with a ``reranker``, by an ITM head's match probability:
-:class:`~vlp.models.itm_scorer.ITMScorer`), decoded by the VQGAN and written as one PNG grid per batch (a row per prompt,
-candidates best first), with ``captions.jsonl`` holding each prompt, the candidates' scores and the
-caption generated for the batch's real image. At the end ``generation_metrics.json`` holds the caption
-metrics of those captions and, with ``judge_checkpoint`` (a shapes judge, ``configs/probe/shapes_judge.yaml``)
-and/or ``inception_weights``, the generation metrics of the best candidates against the batch's real images
-(:class:`~vlp.metrics.generation.GenerationEvaluation`: semantic score with its shuffled-prompt control and
-the real images' ceiling, shapes Fréchet distance, Inception FID).
+:class:`~vlp.models.itm_scorer.ITMScorer`), decoded by the VQGAN and written as one PNG grid per batch and
+process (a row per prompt, candidates best first), with ``captions_rank<r>.jsonl`` (one per process) holding
+each prompt, the candidates' scores and the caption generated for the batch's real image. At the end
+``generation_metrics.json`` holds the caption metrics of those captions and, with ``judge_checkpoint`` (a
+shapes judge, ``configs/probe/shapes_judge.yaml``) and/or ``inception_weights``, the generation metrics of the
+best candidates against the batch's real images (:class:`~vlp.metrics.generation.GenerationEvaluation`:
+semantic score with its shuffled-prompt control and the real images' ceiling, shapes Fréchet distance,
+Inception FID).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from vlp.objectives.reconstruction import ReconstructionObjective
 from vlp.tasks.base import ObjectiveTask
 from vlp.tasks.caption_evaluation import CaptionEvaluation
 from vlp.tasks.e2e_base import fsdp_gathered
+from vlp.tasks.predict_files import write_json, write_png
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
 VIEWS = ("text_to_image", "image_to_text")
@@ -90,7 +92,9 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         tokenizer: decodes captions; its ``[CLS]``/``[SEP]``/``[PAD]`` are BOS/EOS/padding.
         num_beams, length_penalty, max_caption_len: image→text decoding (greedy when ``num_beams=1``).
         meteor: score METEOR (``None``: when Java is available).
-        predict_dir: where ``predict`` writes its PNG grids and ``captions.jsonl``.
+        predict_dir: where ``predict`` writes its PNG grids, ``captions_rank<r>.jsonl`` and
+            ``generation_metrics.json`` (one grid per batch and process, one captions file per process);
+            ``None``: ``<trainer.default_root_dir>/predictions``.
         num_candidates, temperature, top_k, top_p: text→image sampling in ``predict``.
         predict_seed: seeds the sampling generator (per batch and process), so predictions repeat.
         judge_checkpoint: a :class:`~vlp.tasks.shapes_judge.ShapesJudgeTask` checkpoint; ``predict`` then
@@ -105,6 +109,8 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         Others: as :class:`~vlp.tasks.base.ObjectiveTask`.
     """
 
+    PREDICT_FILES = ("images_rank*_batch*.png", "captions_rank*.jsonl", "generation_metrics.json")
+
     def __init__(
         self,
         model: ERNIEViLG,
@@ -118,7 +124,6 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         length_penalty: float = 0.0,
         max_caption_len: int = 30,
         meteor: bool | None = None,
-        predict_dir: str = "predictions",
         num_candidates: int = 4,
         temperature: float = 1.0,
         top_k: int | None = None,
@@ -171,7 +176,6 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         self.tokenizer_name = tokenizer
         self.num_beams, self.length_penalty, self.max_caption_len = num_beams, length_penalty, max_caption_len
         self.meteor = meteor
-        self.predict_dir = Path(predict_dir)
         self.num_candidates, self.temperature, self.top_k, self.top_p = (
             num_candidates,
             temperature,
@@ -318,8 +322,6 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
         """Images for the batch's captions and captions for its images, written under ``predict_dir``."""
-        from torchvision.utils import save_image
-
         if batch.caption_ids is None or batch.caption_mask is None:
             raise ValueError("predict needs batch.caption_ids and batch.caption_mask (the prompts)")
         generator = torch.Generator(device=batch.caption_ids.device)
@@ -331,9 +333,9 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
             captions = self.generate_captions(codes)
             if batch.references is not None:
                 self.record_captions(batch, captions)
-        self.predict_dir.mkdir(parents=True, exist_ok=True)
+        folder = self.predict_path
         grid_name = f"images_rank{self.global_rank}_batch{batch_idx:05d}.png"
-        save_image(pixels.flatten(0, 1).float().cpu(), self.predict_dir / grid_name, nrow=pixels.shape[1])
+        write_png(folder / grid_name, pixels.flatten(0, 1), nrow=pixels.shape[1])
         prompts = load_tokenizer(self.tokenizer_name).batch_decode(
             batch.caption_ids.cpu(), skip_special_tokens=True
         )
@@ -348,7 +350,7 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
             }
             for row, (key, prompt) in enumerate(zip(batch.keys, prompts))
         ]
-        with (self.predict_dir / f"captions_rank{self.global_rank}.jsonl").open("a") as handle:
+        with (folder / f"captions_rank{self.global_rank}.jsonl").open("a") as handle:
             for record in records:
                 handle.write(json.dumps(record) + "\n")
         if self.generation_evaluation is not None:
@@ -364,11 +366,8 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
             metrics.update(judge_checkpoint=self.judge_checkpoint, inception_weights=self.inception_weights)
         metrics["reranker"] = "self (image->text likelihood)" if self.reranker is None else "itm"
         if self.global_rank == 0:
-            self.predict_dir.mkdir(parents=True, exist_ok=True)
-            (self.predict_dir / "generation_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            print(
-                f"generation metrics ({self.predict_dir / 'generation_metrics.json'}): {json.dumps(metrics)}"
-            )
+            path = write_json(self.predict_path / "generation_metrics.json", metrics, indent=2)
+            print(f"generation metrics ({path}): {json.dumps(metrics)}")
 
     # ------------------------------------------------------------------------------- checkpoints
 

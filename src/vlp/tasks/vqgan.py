@@ -18,10 +18,16 @@ Logged: ``train/{loss,l1,codebook,commitment,g_loss,d_weight,disc_loss,logits_re
 and at every validation ``val/l1`` (mean absolute error in [-1, 1] pixels), ``val/psnr`` (per image
 over [0, 1] pixels, averaged), ``val/perplexity`` and ``val/code_usage`` (over the whole validation,
 every process), ``val/loss`` (reconstruction + codebook terms).
+
+``predict`` writes under ``predict_dir``, per batch and process, ``reconstructions_rank<r>_batch<i>.png``
+(the originals in the top row, their reconstructions below, in the batch's order) and, from every process
+at the end, ``reconstructions.jsonl``: ``{"key", "grid": <PNG file>, "column", "psnr"}`` per image
+(PSNR in dB over the image's real pixels in [0, 1]).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,9 +43,10 @@ from vlp.models.patchgan import NLayerDiscriminator
 from vlp.models.vqgan import CONFIG_KEY, VQGAN
 from vlp.objectives.vq import VQGANLoss
 from vlp.tasks.optim import linear_warmup_decay, schedule_steps
+from vlp.tasks.predict_files import PredictionWriter, Row, write_jsonl, write_png
 
 
-class VQGANTask(LightningModule):
+class VQGANTask(PredictionWriter, LightningModule):
     """Autoencoder + optional discriminator, trained with :class:`~vlp.objectives.vq.VQGANLoss`.
 
     Args:
@@ -50,7 +57,11 @@ class VQGANTask(LightningModule):
         betas: Adam betas (taming: 0.5, 0.9).
         warmup: linear warm-up, a fraction of the batches when < 1, else a number of batches.
         end_lr_ratio: linear decay after warm-up down to this fraction of the rate (1.0: constant).
+        predict_dir: where ``predict`` writes its grids and ``reconstructions.jsonl`` (module docstring);
+            ``None``: ``<trainer.default_root_dir>/predictions``.
     """
+
+    PREDICT_FILES = ("reconstructions_rank*_batch*.png", "reconstructions.jsonl")
 
     def __init__(
         self,
@@ -62,6 +73,7 @@ class VQGANTask(LightningModule):
         betas: tuple[float, float] = (0.5, 0.9),
         warmup: float = 0.0,
         end_lr_ratio: float = 1.0,
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         if loss.ema != model.quantize.ema:
@@ -76,6 +88,7 @@ class VQGANTask(LightningModule):
         self.psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
         self.val_l1 = MeanMetric()
         self.usage = CodebookUsage(model.num_codes)
+        self.predict_dir = predict_dir
 
     def setup(self, stage: str) -> None:
         if self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None:
@@ -151,6 +164,30 @@ class VQGANTask(LightningModule):
         self.log("val/code_usage", usage["code_usage"], prog_bar=True)
         for metric in (self.psnr, self.val_l1, self.usage):
             metric.reset()
+
+    @torch.no_grad()
+    def predict_rows(self, batch: Batch, batch_idx: int) -> list[Row]:
+        """Write the batch's grid (originals above reconstructions); one row per image."""
+        pixels = self.pixels(batch)
+        original = ((pixels.float().clamp(-1, 1) + 1) / 2).cpu()
+        reconstruction = ((self.model(pixels).reconstruction.float().clamp(-1, 1) + 1) / 2).cpu()
+        name = f"reconstructions_rank{self.global_rank}_batch{batch_idx:05d}.png"
+        write_png(self.predict_path / name, torch.cat([original, reconstruction]), nrow=len(batch))
+        if batch.pixel_mask is None:
+            real = torch.ones(original.shape[0], *original.shape[2:])
+        else:
+            real = batch.pixel_mask.float().cpu()
+        squared = ((reconstruction - original) ** 2).sum(dim=1)  # [B, H, W], summed over channels
+        mse = (squared * real).sum(dim=(1, 2)) / (3 * real.sum(dim=(1, 2)))
+        # data range 1; at most 100 dB, since JSON has no infinity for a perfect reconstruction
+        psnr = (-10 * torch.log10(mse.clamp(min=1e-10))).tolist()
+        return [
+            {"key": key, "grid": name, "column": column, "psnr": value}
+            for column, (key, value) in enumerate(zip(batch.keys, psnr))
+        ]
+
+    def write_predictions(self, rows: list[Row], folder: Path) -> list[Path]:
+        return [write_jsonl(folder / "reconstructions.jsonl", rows)]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the VQGAN's constructor arguments, so :meth:`VQGAN.from_checkpoint` can rebuild it."""
