@@ -25,7 +25,7 @@ lock:
 	  -o requirements.lock pyproject.toml
 
 fit: $(STAMP)
-	$(PY) -m vlp fit --config $(RECIPE)
+	$(PY) -m vlp fit --config $(RECIPE) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

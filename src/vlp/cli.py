@@ -1,27 +1,66 @@
-"""Command line: ``python -m vlp {fit,validate,test,predict} --config X.yaml`` plus tool commands.
+"""Command line: ``python -m vlp <command> [options]``; ``python -m vlp --help`` lists every command.
 
-Training commands are Lightning's own ``LightningCLI`` in omegaconf parser mode with subclass mode for
-model and data, so ``--print_config`` shows the resolved recipe and a misspelt key or a wrong type
-fails before any work starts, naming the key. Tool commands (``data`` ...) are dispatched first.
+- ``fit|validate|test|predict --config RECIPE.yaml``: Lightning's own ``LightningCLI`` (:class:`VLPCLI`) in
+  omegaconf parser mode with subclass mode for model and data, so ``--print_config`` shows the resolved recipe
+  and a misspelt key or a wrong type fails before any work starts, naming the key. Options are never
+  abbreviated (``--trainer.max_step`` is refused, not taken as ``max_steps``). Before anything runs, the
+  data is checked against the model (:mod:`vlp.checks`).
+- ``data``, ``zoo``, ``bench``: tool commands, dispatched before Lightning.
+
+A user error (a bad recipe, value, data folder or checkpoint; :mod:`vlp.errors` says which errors count)
+prints one line, ``vlp: error: ...``, and exits with status 2. ``--traceback`` anywhere on the command line
+(removed before parsing) or ``VLP_DEBUG=1`` prints the full traceback instead.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
+import pydoc
 import sys
-from collections.abc import Callable, Sequence
+import traceback
+from argparse import ArgumentError
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
-from lightning import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+import yaml
+from lightning import Callback, LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vlp.allocator import configure_from_env
+from vlp.errors import UserError, debug_requested, is_user_error, unwrap
 
 log = logging.getLogger("vlp")
 
+PROG = "python -m vlp"
+HELP_FLAGS = ("-h", "--help")
+TRACEBACK_FLAG = "--traceback"
+LIGHTNING_COMMANDS: dict[str, str] = {
+    "fit": "train a recipe: fit --config RECIPE.yaml [--config more.yaml] [--trainer.max_steps=100]",
+    "validate": "run a recipe's validation loop, e.g. on a checkpoint: --ckpt_path CKPT",
+    "test": "run a recipe's test loop",
+    "predict": "run a recipe's predictions (captions, generated images, ...)",
+}
+
+
+class FirstBatch(Callback):
+    """Records that a run's first batch has started: errors before it are about the set-up
+    (:func:`vlp.errors.is_user_error`)."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def _start(self, *args: Any) -> None:
+        self.started = True
+
+    on_train_batch_start = on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _start
+
 
 class VLPCLI(LightningCLI):
-    """LightningCLI that prints the final validation metrics of a fit, and takes only weights from
-    ``--ckpt_path``.
+    """LightningCLI that refuses abbreviated options, turns parse errors into one-line
+    :class:`~vlp.errors.UserError` s, checks the data against the model once both are built, prints the
+    final validation metrics of a fit, and takes only weights from ``--ckpt_path``.
 
     Lightning re-applies the hyperparameters saved in a ``--ckpt_path`` checkpoint over the parsed
     configuration, so evaluation settings given on the command line (``--model.init_args.predict_dir``,
@@ -30,8 +69,36 @@ class VLPCLI(LightningCLI):
     so here the recipe and the command line decide and the checkpoint gives the weights and the state.
     """
 
+    def __init__(self, *args: Any, parser_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        # Subcommand parsers inherit allow_abbrev and exit_on_error from the main parser (jsonargparse).
+        parser_kwargs = {"prog": PROG, "allow_abbrev": False, "exit_on_error": False, **(parser_kwargs or {})}
+        super().__init__(*args, parser_kwargs=parser_kwargs, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Lightning's parsing, without its warning that both ``args`` and ``sys.argv`` are given (``main``
+        passes the command line minus its own ``--traceback``), and with a parse error as a one-line
+        :class:`~vlp.errors.UserError`."""
+        try:
+            if isinstance(args, dict):
+                self.config = parser.parse_object(args)
+            else:
+                self.config = parser.parse_args(args)
+        except ArgumentError as error:
+            given = sys.argv[1:] if args is None else [] if isinstance(args, dict) else list(args)
+            command = given[0] if given and given[0] in getattr(self, "_subcommand_parsers", {}) else None
+            options = _option_strings(self._subcommand_parsers[command] if command else parser)
+            help_command = " ".join(filter(None, [PROG, command, "--help"]))
+            raise UserError(describe_parse_error(error, given, options, help_command)) from error
+
     def _parse_ckpt_path(self) -> None:
         """Lightning's hook that merges the checkpoint's hyperparameters into the config: not done."""
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """Check the data against the model (:mod:`vlp.checks`) once both are built, before the trainer."""
+        from vlp.checks import check_data_fits_model
+
+        check_data_fits_model(self.model, self.datamodule)
+        return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
@@ -41,7 +108,8 @@ class VLPCLI(LightningCLI):
                 print(f"  {name:<28s} {metrics[name]:.4f}")
 
 
-def run_lightning(args: Sequence[str]) -> VLPCLI:
+def run_lightning(args: Sequence[str], first_batch: FirstBatch | None = None) -> VLPCLI:
+    """``fit|validate|test|predict``; ``first_batch`` is added to the trainer's callbacks."""
     return VLPCLI(
         LightningModule,
         LightningDataModule,
@@ -49,25 +117,230 @@ def run_lightning(args: Sequence[str]) -> VLPCLI:
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [first_batch]} if first_batch is not None else None,
         args=list(args),
         auto_configure_optimizers=False,
     )
 
 
+# ---- parse errors ------------------------------------------------------------------------------------
+
+
+def describe_parse_error(
+    error: ArgumentError,
+    args: Sequence[str],
+    options: Iterable[str] = (),
+    help_command: str = f"{PROG} --help",
+) -> str:
+    """One line for a jsonargparse error: where (file or command line), the key, the problem, a fix.
+
+    jsonargparse reports a problem deep in a recipe as a chain of exceptions, one per level
+    (``Parser key "model"`` -> ``Problem with given class_path 'vlp.models.vilt.ViLT'`` -> ...); the
+    key path is read off that chain and the problem is its innermost exception.
+    """
+    links = _chain(error)
+    problem = links[-1]
+    path, class_path = _key_path(links)
+    key = ".".join(path)
+    text = _first_line(problem)
+    if isinstance(problem, yaml.YAMLError):
+        return _yaml_error(problem, _config_files(args))
+    if text.startswith("unrecognized arguments: "):
+        given = text.removeprefix("unrecognized arguments: ").split()
+        hint = _did_you_mean(given[0].split("=", 1)[0], options) if given else ""
+        return f"command line: unknown option {' '.join(given)}{hint}; `{help_command}` lists the options"
+    if text.startswith("Option '") and text.endswith("' is not accepted"):
+        name = text.removeprefix("Option '").removesuffix("' is not accepted")
+        full = ".".join([*path, name]) if path else name
+        hint = _did_you_mean(name, _class_arguments(class_path)) if class_path else ""
+        owner = f"; {class_path} has no argument '{name}'" if class_path else ""
+        return f"{_where(full, args)}: unknown key {full}{hint}{owner}"
+    if text.startswith("the following arguments are required: "):
+        names = text.removeprefix("the following arguments are required: ").split(", ")
+        command = f"{args[0]}." if args and args[0] in LIGHTNING_COMMANDS else ""
+        keys = [".".join([*path, name]).removeprefix(command) for name in names]
+        fix = "" if _config_files(args) else "; give a recipe with --config RECIPE.yaml"
+        return f"{_where(keys[0], args)}: no value for {', '.join(keys)}{fix}"
+    if path == ["config"]:
+        return f"--config: {text}"
+    if path and path[-1] == "init_args" and class_path:  # the class itself: its path or its import
+        key = ".".join(path[:-1])
+        return f"{_where(key, args)}: {key}: class_path '{class_path}': {text}"
+    if not key:
+        return text
+    return f"{_where(key, args)}: {key}: {text}"
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and its causes, outermost first, each message once (jsonargparse re-raises a parser's
+    error unchanged at every level it passes)."""
+    links: list[BaseException] = []
+    link: BaseException | None = error
+    while link is not None and len(links) < 100:
+        if not links or str(link) != str(links[-1]):
+            links.append(link)
+        link = link.__cause__
+    return links
+
+
+def _key_path(links: Sequence[BaseException]) -> tuple[list[str], str | None]:
+    """The recipe key a chain of jsonargparse errors leads to, and the last class_path on the way."""
+    path: list[str] = []
+    class_path = None
+    for link in links:
+        text = _first_line(link)
+        if text.startswith('Parser key "'):
+            path.append(text.removeprefix('Parser key "').split('"', 1)[0])
+        elif text.startswith("Problem with given class_path '"):
+            class_path = text.removeprefix("Problem with given class_path '").split("'", 1)[0]
+            path.append("init_args")
+    return path, class_path
+
+
+def _first_line(error: BaseException) -> str:
+    return _text(error).strip().split("\n", 1)[0].strip()
+
+
+def _text(error: BaseException) -> str:
+    """An exception's message (a ``KeyError``'s without the quotes ``str`` adds)."""
+    return str(error.args[0]) if isinstance(error, KeyError) and len(error.args) == 1 else str(error)
+
+
+def _config_files(args: Sequence[str]) -> list[str]:
+    """The ``--config`` / ``-c`` files of a command line, in order."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.removeprefix("--config="))
+    return files
+
+
+def _where(key: str, args: Sequence[str]) -> str:
+    """Where ``key``'s value came from: the last of the command line's options and ``--config`` files
+    that sets it (later ones override earlier ones); ``recipe`` when none does."""
+    option = f"--{key}"
+    source = "recipe" if _config_files(args) else "command line"
+    for i, arg in enumerate(args):
+        if arg == option or arg.startswith(option + "="):
+            source = "command line"
+        elif arg in ("--config", "-c") and i + 1 < len(args) and _file_sets(args[i + 1], key):
+            source = args[i + 1]
+        elif arg.startswith("--config=") and _file_sets(arg.removeprefix("--config="), key):
+            source = arg.removeprefix("--config=")
+    return source
+
+
+def _file_sets(file: str, key: str) -> bool:
+    """The YAML file sets the dotted ``key``."""
+    try:
+        value: Any = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True
+
+
+def _yaml_error(problem: yaml.YAMLError, files: Sequence[str]) -> str:
+    """A YAML syntax error as ``FILE:LINE:COLUMN: ...``; jsonargparse parses the file's text, so the
+    error itself does not name the file: the first given file that does not load is the one."""
+    for file in files:
+        try:
+            yaml.safe_load(Path(file).read_text(encoding="utf-8"))
+        except OSError:
+            continue
+        except yaml.YAMLError as own:
+            return f"{file}{_yaml_position(own)}: not valid YAML: {_yaml_problem(own)}"
+    return f"command line: a value is not valid YAML: {_yaml_problem(problem)}"
+
+
+def _yaml_position(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    problem = getattr(error, "problem", None)
+    if problem is None:
+        return _first_line(error)
+    context, mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and mark is not None:
+        return f"{problem} ({context} at line {mark.line + 1}, column {mark.column + 1})"
+    return f"{problem} ({context})" if context else str(problem)
+
+
+def _class_arguments(class_path: str) -> list[str]:
+    """The arguments jsonargparse accepts for a class (including those its ``**kwargs`` pass on)."""
+    from jsonargparse import ArgumentParser
+
+    cls = pydoc.locate(class_path)
+    if not isinstance(cls, type):
+        return []
+    parser = ArgumentParser(exit_on_error=False)
+    try:
+        parser.add_class_arguments(cls, fail_untyped=False)
+        return list(parser.get_defaults().keys())
+    except (TypeError, ValueError, ArgumentError):
+        return []
+
+
+def _option_strings(parser: Any) -> list[str]:
+    return [option for option in getattr(parser, "_option_string_actions", {}) if option.startswith("--")]
+
+
+def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the closest candidate, or nothing."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+# ---- tool commands -----------------------------------------------------------------------------------
+
+DATA_HELP = f"""usage: {PROG} data synth shapes --out DIR [--config.resolution 64 --config.train_samples N ...]
+
+Write a dataset as webdataset shards.
+
+commands:
+  synth shapes   the seeded shapes scenes (images, captions, boxes, QA, image pairs) into DIR
+
+`{PROG} data synth shapes --help` lists its options."""
+
+
 def run_data(args: Sequence[str]) -> None:
-    """``python -m vlp data synth shapes --out DIR [--resolution 64 --train_samples N ...]``."""
+    """``python -m vlp data synth shapes --out DIR [--config.resolution 64 --config.train_samples N ...]``."""
+    args = list(args)
+    if args[:2] == ["synth", "shapes"]:
+        synth_shapes(args[2:])
+        return
+    if not args or args == ["synth"] or any(arg in HELP_FLAGS for arg in args):
+        print_help(DATA_HELP, asked=any(arg in HELP_FLAGS for arg in args))
+    raise UserError(
+        f"unknown data command {' '.join(args[:2])!r}; the data command is `{PROG} data synth shapes`"
+    )
+
+
+def synth_shapes(args: Sequence[str]) -> None:
     from jsonargparse import ArgumentParser
 
     from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
 
     parser = ArgumentParser(
-        prog="python -m vlp data synth shapes", description="Write the shapes dataset as shards."
+        prog=f"{PROG} data synth shapes",
+        description="Write the shapes dataset as shards.",
+        allow_abbrev=False,
+        exit_on_error=False,
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_class_arguments(ShapesConfig, "config", as_group=False)
-    if list(args[:2]) != ["synth", "shapes"]:
-        raise SystemExit("usage: python -m vlp data synth shapes --out DIR [options]  (see --help)")
-    cfg = parser.parse_args(list(args[2:]))
+    try:
+        cfg = parser.parse_args(list(args))
+    except ArgumentError as error:
+        options, help_command = _option_strings(parser), f"{PROG} data synth shapes --help"
+        raise UserError(describe_parse_error(error, list(args), options, help_command)) from error
     config = ShapesConfig(**cfg.config.as_dict())
     stats = write_shapes(cfg.out, config)
     for split, info in stats["splits"].items():
@@ -75,31 +348,102 @@ def run_data(args: Sequence[str]) -> None:
 
 
 def run_bench(args: Sequence[str]) -> None:
-    """``python -m vlp bench scaling [options]``: see :mod:`vlp.bench`."""
+    """``python -m vlp bench <name> [options]``: see :mod:`vlp.bench`."""
     from vlp.bench import main as bench_main
 
     bench_main(args)
 
 
 def run_zoo(args: Sequence[str]) -> None:
-    """``python -m vlp zoo convert-vilt [options]``: see :mod:`vlp.zoo.commands`."""
+    """``python -m vlp zoo <command> [options]``: see :mod:`vlp.zoo.commands`."""
     from vlp.zoo.commands import main as zoo_main
 
     zoo_main(args)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], object]] = {
-    "data": run_data,
-    "bench": run_bench,
-    "zoo": run_zoo,
+COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], object]]] = {
+    "data": ("write datasets as webdataset shards: data synth shapes --out DIR", run_data),
+    "zoo": ("convert published weights: zoo convert-vilt --from hf --to vlp SRC DST", run_zoo),
+    "bench": ("benchmarks side by side with peer implementations: bench vilt, bench scaling, ...", run_bench),
 }
 
 
+# ---- top level ---------------------------------------------------------------------------------------
+
+
+def top_level_help() -> str:
+    summaries = {**LIGHTNING_COMMANDS, **{name: summary for name, (summary, _) in COMMANDS.items()}}
+    lines = [f"  {name:<10s} {summary}" for name, summary in summaries.items()]
+    return "\n".join(
+        [
+            f"usage: {PROG} <command> [options] [--traceback]",
+            "",
+            "vlp: vision-language pre-training (ViLT, E2E-VLP, ERNIE-ViLG) on PyTorch Lightning.",
+            "",
+            "commands:",
+            *lines,
+            "",
+            f"`{PROG} <command> --help` lists a command's options. An error in a recipe, a value, the data or a",
+            "checkpoint prints one line and exits with status 2; add --traceback (or set VLP_DEBUG=1) for the",
+            "full traceback.",
+        ]
+    )
+
+
+def print_help(text: str, asked: bool) -> None:
+    """Help asked for (``--help``): on stdout, exit 0. Help instead of a missing command: stderr, exit 2."""
+    print(text, file=sys.stdout if asked else sys.stderr)
+    raise SystemExit(0 if asked else 2)
+
+
+def dispatch(args: list[str], first_batch: FirstBatch) -> None:
+    if not args or args[0] in HELP_FLAGS:
+        print_help(top_level_help(), asked=bool(args))
+    command = args[0]
+    if command in COMMANDS:
+        COMMANDS[command][1](args[1:])
+    elif command in LIGHTNING_COMMANDS:
+        run_lightning(args, first_batch)
+    else:
+        names = [*LIGHTNING_COMMANDS, *COMMANDS]
+        what = "expected a command before the option" if command.startswith("-") else "unknown command"
+        hint = _did_you_mean(command, names)
+        raise UserError(f"{what} {command!r}{hint}; the commands are {', '.join(names)} (`{PROG} --help`)")
+
+
+def report_user_error(error: BaseException, full_traceback: bool) -> None:
+    """Print a user error: its traceback when asked for, else one line naming the class being built when
+    it came from a recipe's constructor."""
+    if full_traceback:
+        traceback.print_exception(error)
+        return
+    cause = unwrap(error)
+    built = _class_being_built(cause) if cause is not error else None
+    print(f"vlp: error: {built + ': ' if built else ''}{_text(cause)}", file=sys.stderr)
+
+
+def _class_being_built(error: BaseException) -> str | None:
+    """The class whose constructor raised ``error`` (the outermost ``__init__`` on its traceback)."""
+    tb = error.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self") if tb.tb_frame.f_code.co_name == "__init__" else None
+        if owner is not None:
+            return f"{type(owner).__module__}.{type(owner).__qualname__}"
+        tb = tb.tb_next
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = [arg for arg in given if arg != TRACEBACK_FLAG]
+    full_traceback = len(args) < len(given) or debug_requested()
     configure_from_env()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args and args[0] in COMMANDS:
-        COMMANDS[args[0]](args[1:])
-        return
-    run_lightning(args)
+    first_batch = FirstBatch()
+    try:
+        dispatch(args, first_batch)
+    except Exception as error:
+        if not is_user_error(error, setting_up=not first_batch.started):
+            raise
+        report_user_error(error, full_traceback)
+        raise SystemExit(2) from None

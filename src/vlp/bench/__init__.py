@@ -16,7 +16,10 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Sequence
+
+from vlp.errors import UserError
 
 BENCHMARKS: dict[str, str] = {
     "scaling": "vlp.bench.scaling",
@@ -25,10 +28,32 @@ BENCHMARKS: dict[str, str] = {
     "sparse-attention": "vlp.bench.sparse_attention",
     "cpu-kernels": "vlp.bench.cpu_kernels",
 }
+SUMMARIES: dict[str, str] = {
+    "scaling": "training samples/s with 1 process, 2-process DDP and 2-process FSDP2",
+    "detection-loss": "DETR's matcher + set loss, vlp against transformers",
+    "vilt": "ViLT-B/32 training and inference, vlp against transformers, fp32 and bf16",
+    "sparse-attention": "ERNIE-ViLG's sparse attention against dense attention, time and memory",
+    "cpu-kernels": "SDPA's CPU kernels and AdamW's step implementations, fp32 and bf16",
+}
+HELP = "\n".join(
+    [
+        "usage: python -m vlp bench <name> [options]",
+        "",
+        "Benchmarks; every published figure is in benchmarks/RESULTS.md.",
+        "",
+        "benchmarks:",
+        *[f"  {name:<17s} {SUMMARIES[name]}" for name in BENCHMARKS],
+        "",
+        "`python -m vlp bench <name> --help` lists a benchmark's options.",
+    ]
+)
 
 
 def main(args: Sequence[str]) -> None:
-    """Run the benchmark named by ``args[0]`` with the remaining arguments."""
-    if not args or args[0] not in BENCHMARKS:
-        raise SystemExit(f"usage: python -m vlp bench {{{','.join(BENCHMARKS)}}} [options]  (see --help)")
+    """Run the benchmark named by ``args[0]`` with the remaining arguments; help for none or ``--help``."""
+    if not args or args[0] in ("-h", "--help"):
+        print(HELP, file=sys.stdout if args else sys.stderr)
+        raise SystemExit(0 if args else 2)
+    if args[0] not in BENCHMARKS:
+        raise UserError(f"unknown benchmark {args[0]!r}; the benchmarks are {', '.join(BENCHMARKS)}")
     importlib.import_module(BENCHMARKS[args[0]]).main(list(args[1:]))
