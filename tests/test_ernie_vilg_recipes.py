@@ -65,10 +65,14 @@ def test_recipe_combines_with_the_multi_process_trainer_configs(
     assert resolved["model"]["init_args"]["vqgan_checkpoint"] == "runs/vqgan_shapes_f4/checkpoints/last.ckpt"
 
 
-def test_recipe_without_the_vqgan_checkpoint_names_it(tmp_path: Path) -> None:
+def test_recipe_without_the_vqgan_checkpoint_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     missing = tmp_path / "nowhere.ckpt"
-    with pytest.raises((FileNotFoundError, ValueError), match=r"vqgan_checkpoint .*nowhere\.ckpt not found"):
+    with pytest.raises(SystemExit) as exit_info:  # a user error: one line, exit status 2 (vlp.errors)
         main(["fit", "--config", str(RECIPE), f"--model.init_args.vqgan_checkpoint={missing}"])
+    assert exit_info.value.code == 2
+    assert f"vqgan_checkpoint {missing} not found" in capsys.readouterr().err
 
 
 def test_recipe_runs_fast_dev_run_and_predicts(
