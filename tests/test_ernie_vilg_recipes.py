@@ -88,6 +88,7 @@ def test_recipe_runs_fast_dev_run_and_predicts(
         f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
         f"--data.init_args.root={shapes64}",
+        "--data.init_args.synth=null",
         "--data.init_args.batch_size=4",
         "--data.init_args.eval_batch_size=4",
         "--data.init_args.num_workers=0",
@@ -162,6 +163,7 @@ def test_itm_recipe_trains_and_its_checkpoint_reranks_through_the_cli(
             "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
             f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
             f"--data.init_args.root={shapes64}", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
+            "--data.init_args.synth=null",
         ]
     )  # fmt: skip
     itm_checkpoint = tmp_path / "itm" / "last.ckpt"
@@ -178,7 +180,7 @@ def test_itm_recipe_trains_and_its_checkpoint_reranks_through_the_cli(
             f"--model.init_args.reranker.init_args.{embedder_checkpoint}={vqgan_checkpoint}",
             f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
             f"--data.init_args.root={shapes64}", "--data.init_args.batch_size=4",
-            "--data.init_args.eval_batch_size=4", "--data.init_args.num_workers=0",
+            "--data.init_args.eval_batch_size=4", "--data.init_args.num_workers=0", "--data.init_args.synth=null",
         ]
     )  # fmt: skip
     assert json.loads((pred / "generation_metrics.json").read_text())["reranker"] == "itm"

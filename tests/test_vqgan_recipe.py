@@ -73,6 +73,7 @@ def test_recipe_runs_fast_dev_run_and_prints_its_metrics(
             f"--trainer.default_root_dir={tmp_path}",
             f"--trainer.logger.init_args.save_dir={tmp_path}",
             f"--data.init_args.root={shapes64}",
+            "--data.init_args.synth=null",
             "--data.init_args.batch_size=4",
             "--data.init_args.eval_batch_size=4",
             "--data.init_args.num_workers=0",

@@ -65,6 +65,7 @@ def test_recipe_fits_through_the_cli_and_its_checkpoint_loads_as_a_judge(
     override.write_text(yaml.safe_dump({"trainer": {"callbacks": [checkpoint]}}))
     data_args = [
         f"--data.init_args.root={tiny_shapes}",
+        "--data.init_args.synth=null",
         "--data.init_args.image_size=32",
         "--data.init_args.batch_size=4",
         "--data.init_args.eval_batch_size=4",

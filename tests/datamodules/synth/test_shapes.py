@@ -11,6 +11,7 @@ import io
 import json
 import math
 import re
+import socket
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from PIL import Image
 from vlp.datamodules.synth import shapes
 from vlp.datamodules.synth.shapes import (
     ShapesConfig,
+    ShapesFolderError,
     captions_for,
     pair_statement,
     questions_for,
@@ -530,15 +532,103 @@ def test_crashed_run_leaves_nothing_ready(tmp_path: Path, monkeypatch: pytest.Mo
     assert list(tmp_path.iterdir()) == []
 
 
-def test_rewrite_replaces_existing_dataset(tmp_path: Path) -> None:
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """``relative path -> (mtime_ns, sha256)`` of every file and folder under ``root``."""
+    return {
+        str(path.relative_to(root)): (
+            path.stat().st_mtime_ns,
+            hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "",
+        )
+        for path in sorted([root, *root.rglob("*")])
+    }
+
+
+def test_matching_folder_is_reused_without_rewriting(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    small = replace(SMALL_CONFIG, train_samples=5, val_samples=2)
+    stats = write_shapes(out, SMALL_CONFIG)
+    before = snapshot(out)
+    assert write_shapes(out, SMALL_CONFIG) == stats
+    assert snapshot(out) == before
+    stamp = json.loads((out / shapes.STAMP).read_text())
+    assert stamp["complete"] is True and stamp["config"] == asdict(SMALL_CONFIG)
+
+
+def test_user_folder_without_stamp_is_never_touched(tmp_path: Path) -> None:
+    """A folder of someone's own shards (a tar, no stamp) is not deleted or written to."""
+    mine = tmp_path / "mydata"
+    (mine / "train").mkdir(parents=True)
+    (mine / "train" / "shard-000000.tar").write_bytes(b"my own shard")
+    before = snapshot(mine)
+    with pytest.raises(ShapesFolderError, match=r"no \.vlp-shapes\.json stamp") as info:
+        write_shapes(
+            mine, SMALL_CONFIG, root_setting="data.init_args.root", synth_setting="data.init_args.synth"
+        )
+    message = str(info.value)
+    assert (
+        str(mine) in message and "data.init_args.synth: null" in message and "data.init_args.root" in message
+    )
+    assert snapshot(mine) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata"]  # no staging folder left either
+
+
+def test_folder_of_other_settings_is_refused_listing_the_differences(tmp_path: Path) -> None:
+    out = tmp_path / "out"
     write_shapes(out, SMALL_CONFIG)
-    stats = write_shapes(out, small)
-    assert shapes_ready(out)
-    assert stats["splits"]["train"] == {"samples": 5, "shards": 1}
-    assert json.loads((out / "stats.json").read_text()) == stats
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+    before = snapshot(out)
+    other = replace(SMALL_CONFIG, train_samples=5, samples_per_shard=4)
+    with pytest.raises(ShapesFolderError) as info:
+        write_shapes(out, other)
+    message = str(info.value)
+    assert "train_samples: 40 in the folder, 5 asked" in message
+    assert "samples_per_shard: 16 in the folder, 4 asked" in message
+    assert "val_samples" not in message and "--out" in message
+    assert snapshot(out) == before
+
+
+def test_unstamped_folder_written_by_the_generator_is_recognised(tmp_path: Path) -> None:
+    """A folder generated before folders were stamped: its stats.json records the settings."""
+    out = tmp_path / "out"
+    write_shapes(out, SMALL_CONFIG)
+    (out / shapes.STAMP).unlink()
+    before = snapshot(out)
+    write_shapes(out, SMALL_CONFIG)
+    with pytest.raises(ShapesFolderError, match="seed: 3 in the folder, 4 asked"):
+        write_shapes(out, replace(SMALL_CONFIG, seed=4))
+    assert snapshot(out) == before
+
+
+def test_empty_and_interrupted_folders_are_generated(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_shapes(empty, SMALL_CONFIG)
+    assert shapes_ready(empty)
+    interrupted = tmp_path / "interrupted"
+    (interrupted / "train").mkdir(parents=True)
+    (interrupted / "train" / "shard-000000.tar").write_bytes(b"half written")
+    stamp = {"generator": shapes.GENERATOR, "format_version": 1, "complete": False, "config": {}}
+    (interrupted / shapes.STAMP).write_text(json.dumps(stamp))
+    assert shapes.shapes_folder_state(interrupted).kind == "incomplete"
+    write_shapes(interrupted, SMALL_CONFIG)
+    assert digests(interrupted) == digests(empty)
+
+
+def test_staging_folder_of_a_dead_process_is_removed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    dead = tmp_path / "out.vlp-tmp-99999999"  # no such process
+    dead.mkdir()
+    stamp = {
+        "generator": shapes.GENERATOR,
+        "format_version": 1,
+        "complete": False,
+        "config": {},
+        "host": socket.gethostname(),
+        "pid": 99999999,
+    }
+    (dead / shapes.STAMP).write_text(json.dumps(stamp))
+    unrelated = tmp_path / "out.vlp-tmp-unstamped"
+    unrelated.mkdir()
+    write_shapes(out, SMALL_CONFIG)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.vlp-tmp-unstamped"]
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,11 @@ Output layout (ordinary webdataset shards, read by the same code path as any oth
     out/pairs_{train,val,test}/shard-000000.tar      left.png + right.png + json {"statement", "label", ...}
     out/vocab.json                                   categories, attributes, answers, ...
     out/stats.json                                   samples and shards per split, generator config
+    out/.vlp-shapes.json                             the generator's stamp: format version, config, complete
+
+The generator only ever writes into a folder it owns (:func:`write_shapes`): a new or empty folder, or one
+carrying its stamp. A folder with anything else in it is never written to or deleted, and a stamped
+folder written with other settings is reported, setting by setting, rather than reused or replaced.
 """
 
 from __future__ import annotations
@@ -20,17 +25,21 @@ import functools
 import io
 import itertools
 import json
+import logging
 import math
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import webdataset as wds
 from PIL import Image, ImageDraw
+
+from vlp.errors import UserError
 
 __all__ = [
     "COLOURS",
@@ -42,11 +51,14 @@ __all__ = [
     "RELATIONS",
     "SHAPES",
     "SIZES",
+    "STAMP",
     "STYLES",
     "Background",
+    "FolderState",
     "Scene",
     "ShapeObject",
     "ShapesConfig",
+    "ShapesFolderError",
     "captions_for",
     "object_side",
     "outline_width",
@@ -56,6 +68,7 @@ __all__ = [
     "render_scene",
     "sample_scene",
     "scene_record",
+    "shapes_folder_state",
     "shapes_ready",
     "vocabulary",
     "write_shapes",
@@ -85,6 +98,13 @@ RELATIONS: dict[str, str] = {
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
 IMAGE_SPLITS: tuple[str, ...] = ("train", "val", "test")
 PAIR_SPLITS: tuple[str, ...] = ("pairs_train", "pairs_val", "pairs_test")
+STAMP = ".vlp-shapes.json"
+"""The generator's stamp file in a folder it wrote: the only kind of folder it replaces or completes."""
+FORMAT_VERSION = 1
+"""Version of what the generator writes for a config; a change of output makes old folders differ."""
+GENERATOR = "vlp.datamodules.synth.shapes"
+
+log = logging.getLogger(__name__)
 
 MAX_OBJECTS = 4
 SMALL_FRACTION = 0.18  # side of a small object / image side: 12 px at 64 px
@@ -120,16 +140,17 @@ Box = tuple[float, float, float, float]
 
 @dataclass(frozen=True)
 class ShapesConfig:
-    """What :func:`write_shapes` generates; recorded in ``stats.json``."""
+    """What :func:`write_shapes` generates; recorded in ``stats.json`` and the stamp. The defaults are the
+    settings of the recipes' ``data/shapes64`` folder."""
 
     resolution: int = 64
     train_samples: int = 20000
-    val_samples: int = 1000
-    test_samples: int = 1000
-    pair_train_samples: int = 5000
-    pair_val_samples: int = 500
-    pair_test_samples: int = 500
-    samples_per_shard: int = 1000
+    val_samples: int = 1024
+    test_samples: int = 1024
+    pair_train_samples: int = 4000
+    pair_val_samples: int = 512
+    pair_test_samples: int = 512
+    samples_per_shard: int = 512
     seed: int = 0
     textured_background_prob: float = 0.3
 
@@ -880,36 +901,239 @@ def _write_dataset(root: Path, config: ShapesConfig) -> dict[str, Any]:
     return stats
 
 
-def _replace_directory(source: Path, target: Path) -> None:
-    """Rename ``source`` to ``target``; an existing ``target`` is moved aside first and deleted after."""
-    if not target.exists():
-        source.rename(target)
+class ShapesFolderError(UserError):
+    """A folder the shapes generator may not write into (someone else's) or reuse (other settings)."""
+
+
+@dataclass(frozen=True)
+class FolderState:
+    """What :func:`shapes_folder_state` finds at a path."""
+
+    kind: Literal["absent", "empty", "complete", "incomplete", "foreign", "not_a_folder"]
+    config: dict[str, Any] | None = None  # the generator settings recorded in the folder
+    format_version: int | None = None
+
+    def differences(self, config: ShapesConfig) -> list[tuple[str, Any, Any]]:
+        """``(setting, value in the folder, value asked)`` for every setting that differs."""
+        recorded = {**(self.config or {}), "format_version": self.format_version}
+        asked = {**asdict(config), "format_version": FORMAT_VERSION}
+        return [
+            (name, recorded.get(name), asked.get(name))
+            for name in [*asked, *sorted(set(recorded) - set(asked))]
+            if recorded.get(name) != asked.get(name)
+        ]
+
+
+def _read_stamp(path: Path) -> dict[str, Any] | None:
+    """The stamp's content when it is one of this generator's, else None."""
+    try:
+        stamp = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stamp, dict) or stamp.get("generator") != GENERATOR:
+        return None
+    if not isinstance(stamp.get("config"), dict) or not isinstance(stamp.get("format_version"), int):
+        return None
+    return stamp
+
+
+def _unstamped_config(root: Path) -> dict[str, Any] | None:
+    """The config of a complete folder written before the generator stamped its folders: a ``vocab.json``
+    and a ``stats.json`` with ``splits`` and a ``config`` holding exactly the generator's settings."""
+    try:
+        stats = json.loads((root / "stats.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (root / "vocab.json").is_file() or not isinstance(stats, dict) or "splits" not in stats:
+        return None
+    config = stats.get("config")
+    names = {f.name for f in fields(ShapesConfig)}
+    return config if isinstance(config, dict) and set(config) == names else None
+
+
+def shapes_folder_state(out_dir: str | Path) -> FolderState:
+    """Whether ``out_dir`` is absent, an empty folder, a shapes folder (complete or interrupted, with the
+    settings it was written with), or something else (``foreign``: never written to or deleted)."""
+    root = Path(out_dir)
+    if not root.exists():
+        return FolderState("absent")
+    if not root.is_dir():
+        return FolderState("not_a_folder")
+    if (root / STAMP).exists():
+        stamp = _read_stamp(root / STAMP)
+        if stamp is None:
+            return FolderState("foreign")
+        kind = "complete" if stamp.get("complete") is True else "incomplete"
+        return FolderState(kind, stamp["config"], stamp["format_version"])
+    if not any(root.iterdir()):
+        return FolderState("empty")
+    unstamped = _unstamped_config(root)
+    if unstamped is not None:
+        return FolderState("complete", unstamped, FORMAT_VERSION)
+    return FolderState("foreign")
+
+
+def shapes_ready(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` holds a completely written shapes dataset (any settings)."""
+    return shapes_folder_state(out_dir).kind == "complete"
+
+
+def _write_stamp(root: Path, config: ShapesConfig, complete: bool) -> None:
+    """Write the stamp atomically; an incomplete one also names the writing process."""
+    stamp: dict[str, Any] = {
+        "generator": GENERATOR,
+        "format_version": FORMAT_VERSION,
+        "complete": complete,
+        "config": asdict(config),
+    }
+    if not complete:
+        stamp.update(host=socket.gethostname(), pid=os.getpid())
+    partial = root / f"{STAMP}.partial"
+    _write_json(partial, stamp)
+    partial.replace(root / STAMP)
+
+
+def _staging_prefix(target: Path) -> str:
+    return f"{target.name}.vlp-tmp-"
+
+
+def _remove_dead_staging(target: Path) -> None:
+    """Delete staging folders of interrupted generations into ``target``: siblings named
+    ``<target>.vlp-tmp-<pid>`` whose stamp says incomplete and names a process of this host that is gone."""
+    if not target.parent.is_dir():
         return
-    retired = target.with_name(f"{target.name}.old-{os.getpid()}")
-    target.rename(retired)
-    source.rename(target)
-    shutil.rmtree(retired)
+    host = socket.gethostname()
+    for folder in target.parent.glob(f"{_staging_prefix(target)}*"):
+        stamp = _read_stamp(folder / STAMP)
+        if stamp is None or stamp.get("complete") is not False or stamp.get("host") != host:
+            continue
+        pid = stamp.get("pid")
+        if isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+            log.info("vlp: removing %s, left by an interrupted shapes generation", folder)
+            shutil.rmtree(folder)
 
 
-def write_shapes(out_dir: str | Path, config: ShapesConfig = DEFAULT_CONFIG) -> dict[str, Any]:
-    """Generate the dataset into ``out_dir`` (replacing what is there) and return its stats.
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    Everything is written into a sibling ``<out_dir>.tmp-<pid>`` that is renamed into place only once
-    complete, so a crashed run never leaves a directory that :func:`shapes_ready` accepts.
+
+def _generated_entries(root: Path) -> list[Path]:
+    names = [*IMAGE_SPLITS, *PAIR_SPLITS, "vocab.json", "stats.json", f"{STAMP}.partial", STAMP]
+    return [root / name for name in names if (root / name).exists()]
+
+
+def _clear_incomplete(root: Path) -> None:
+    """Remove what an interrupted generation wrote into ``root`` (its stamp says so); anything else in
+    the folder is kept and stops the generation."""
+    for path in _generated_entries(root):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    others = sorted(p.name for p in root.iterdir())
+    if others:
+        raise ShapesFolderError(
+            f"{root} held an interrupted shapes generation and also {others[:5]}, which the generator did "
+            "not write: move them out of the folder, then run again"
+        )
+
+
+def _folder_error(
+    root: Path, state: FolderState, config: ShapesConfig, root_setting: str, synth_setting: str | None
+) -> ShapesFolderError:
+    """The error for a folder the generator may not use, naming the settings to change."""
+    as_is = (
+        f"set {synth_setting}: null (--{synth_setting}=null) to train on the shards in it as they are"
+        if synth_setting
+        else None
+    )
+    if state.kind == "not_a_folder":
+        return ShapesFolderError(f"{root} exists and is not a folder: set {root_setting} to a folder")
+    if state.kind == "foreign":
+        options = [as_is, f"set {root_setting} to a new folder to generate the shapes dataset there"]
+        return ShapesFolderError(
+            f"{root} is not empty and has no {STAMP} stamp: the shapes generator did not write it, and vlp "
+            "never writes into such a folder or deletes it.\n" + _options(options)
+        )
+    changes = "".join(
+        f"\n  {name}: {old!r} in the folder, {new!r} asked" for name, old, new in state.differences(config)
+    )
+    options = [
+        f"set {root_setting} to another folder to generate these settings there",
+        f"delete {root} yourself to regenerate it",
+        as_is,
+    ]
+    return ShapesFolderError(
+        f"{root} holds the shapes dataset generated with other settings:{changes}\n"
+        "vlp neither reuses it nor deletes it. " + _options(options)
+    )
+
+
+def _options(options: list[str | None]) -> str:
+    """``options`` as one sentence: "A, or b."."""
+    text = ", or ".join(o for o in options if o)
+    return text[:1].upper() + text[1:] + "."
+
+
+def _read_stats(root: Path) -> dict[str, Any]:
+    """A complete folder's ``stats.json``, splits in the order they are generated."""
+    stats = json.loads((root / "stats.json").read_text(encoding="utf-8"))
+    order = [*IMAGE_SPLITS, *PAIR_SPLITS]
+    splits = stats.get("splits", {})
+    stats["splits"] = dict(
+        sorted(splits.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+    )
+    return stats
+
+
+def write_shapes(
+    out_dir: str | Path,
+    config: ShapesConfig = DEFAULT_CONFIG,
+    *,
+    root_setting: str = "--out",
+    synth_setting: str | None = None,
+) -> dict[str, Any]:
+    """Make ``out_dir`` hold the shapes dataset of ``config`` and return its stats.
+
+    A complete folder with these settings is reused as it is (nothing is written). A new or empty folder,
+    or one holding an interrupted generation (its stamp says incomplete), is generated: everything is
+    written into a sibling ``<out_dir>.vlp-tmp-<pid>`` that is renamed into place only once complete and
+    stamped, so a crash never leaves a folder that :func:`shapes_ready` accepts. Any other folder raises
+    :class:`ShapesFolderError` naming ``root_setting`` (and ``synth_setting``, the setting that turns
+    generation off) and, for a shapes folder of other settings, each difference; nothing is deleted.
     """
-    target = Path(out_dir).resolve()
-    staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    target = Path(out_dir).expanduser().resolve()
+    state = shapes_folder_state(target)
+    if state.kind == "complete" and not state.differences(config):
+        log.info("vlp: %s already holds the shapes dataset with these settings; nothing written", target)
+        return _read_stats(target)
+    if state.kind not in ("absent", "empty", "incomplete"):
+        raise _folder_error(target, state, config, root_setting, synth_setting)
+    _remove_dead_staging(target)
+    staging = target.with_name(f"{_staging_prefix(target)}{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
+        staging.mkdir(parents=True)
+        _write_stamp(staging, config, complete=False)
         stats = _write_dataset(staging, config)
-        _replace_directory(staging, target)
+        _write_stamp(staging, config, complete=True)
+        if state.kind == "incomplete":
+            _clear_incomplete(target)
+        try:
+            staging.rename(target)  # replaces an empty folder
+        except OSError:
+            now = shapes_folder_state(target)  # another process finished first?
+            if now.kind == "complete" and not now.differences(config):
+                shutil.rmtree(staging)
+                return _read_stats(target)
+            raise _folder_error(target, now, config, root_setting, synth_setting) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return stats
-
-
-def shapes_ready(out_dir: str | Path) -> bool:
-    """Whether ``out_dir`` holds a completely written dataset."""
-    root = Path(out_dir)
-    return (root / "stats.json").is_file() and (root / "vocab.json").is_file()
