@@ -129,15 +129,6 @@ def test_unreadable_shard_is_reported_by_name(four_shards: Path, caplog: pytest.
     assert Counter(keys) == Counter(f"v{s}-{i}" for s in (0, 1, 3) for i in range(3))
 
 
-def test_too_few_shards_for_the_workers(tmp_path: Path) -> None:
-    write_dataset(tmp_path, {"train": keyed_shards("t", 1, 4), "val": keyed_shards("v", 1, 4)})
-    dm = datamodule(tmp_path, num_workers=2)
-    with pytest.raises(ValueError, match=r"1 shard\(s\) for 1 rank\(s\) x 2 loader worker\(s\)"):
-        dm.train_dataloader()
-    with pytest.raises(ValueError, match="num_workers <= 1"):
-        dm.val_dataloader()
-
-
 def test_resampled_epoch_has_the_requested_length(four_shards: Path) -> None:
     dm = datamodule(four_shards, num_workers=0, resampled=True, epoch_samples=10)
     loader = dm.train_dataloader()
@@ -186,3 +177,17 @@ def test_synth_generates_the_dataset_once(tmp_path: Path, caplog: pytest.LogCapt
     assert dm.vocab
     batches = list(dm.train_dataloader())
     assert sum(len(b) for b in batches) == 8 and sum(b.num_skipped for b in batches) == 0
+
+
+def test_synth_never_touches_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    """Pointing a recipe with a ``synth`` block at one's own shards stops the run, naming the setting."""
+    write_dataset(tmp_path / "mydata", {"train": keyed_shards("t", 1, 2)})
+    before = {p: p.read_bytes() for p in (tmp_path / "mydata").rglob("*") if p.is_file()}
+    dm = ShardDataModule(str(tmp_path / "mydata"), synth=ShapesConfig(resolution=32, train_samples=4))
+    with pytest.raises(
+        ValueError, match=r"data\.init_args\.synth: null \(--data\.init_args\.synth=null\)"
+    ) as info:
+        dm.prepare_data()
+    assert str(tmp_path / "mydata") in str(info.value) and "data.init_args.root" in str(info.value)
+    assert {p: p.read_bytes() for p in (tmp_path / "mydata").rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata"]

@@ -116,3 +116,101 @@ def test_loader_is_an_iterable_without_length(tmp_path: Path) -> None:
     assert isinstance(loader, StreamLoader)
     with pytest.raises(TypeError):
         len(loader)
+
+
+def epoch_keys(loader: StreamLoader) -> tuple[list[str], int]:
+    """The keys one pass yields and its number of batches."""
+    batches = list(loader)
+    return [key for batch in batches for key in batch.keys], len(batches)
+
+
+FEW_SHARDS = [
+    # (shard sizes, ranks): every layout is read by 2 requested workers per rank
+    pytest.param([12], 1, id="1-shard-2-workers"),
+    pytest.param([12], 2, id="1-shard-2-ranks-x-2-workers"),
+    pytest.param([8, 8, 8], 2, id="3-shards-2-ranks-x-2-workers"),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("sizes", "world_size"), FEW_SHARDS)
+def test_fewer_shards_than_readers_read_every_sample_once(
+    tmp_path: Path, sizes: list[int], world_size: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A valid dataset is never refused for having few shards: fewer workers read it, ranks share the
+    shards they cannot split, every sample is read exactly once per epoch, every rank runs as many batches."""
+    write_dataset(tmp_path, {"train": shards_of(sizes), "val": shards_of(sizes, prefix="v")})
+    expected = {"train": Counter(f"t{s}-{i}" for s, n in enumerate(sizes) for i in range(n))}
+    expected["val"] = Counter(f"v{s}-{i}" for s, n in enumerate(sizes) for i in range(n))
+    with caplog.at_level(logging.INFO, logger="vlp"):
+        modules = [datamodule(tmp_path, rank, world_size, num_workers=2) for rank in range(world_size)]
+        train = [dm.train_dataloader() for dm in modules]
+        val = [dm.val_dataloader() for dm in modules]
+    assert f"shard(s) for {world_size} rank(s) x 2 reader(s)" in caplog.text  # one line says how it is read
+    for loaders, split in ((train, "train"), (train, "train"), (val, "val"), (val, "val")):
+        passes = [epoch_keys(loader) for loader in loaders]
+        assert Counter(key for keys, _ in passes for key in keys) == expected[split]
+        assert len({count for _, count in passes}) == 1  # the ranks run the same number of batches
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("sizes", "world_size"), FEW_SHARDS)
+@pytest.mark.parametrize("stop", [1, 3])
+def test_resume_with_fewer_shards_than_readers(
+    tmp_path: Path, sizes: list[int], world_size: int, stop: int
+) -> None:
+    """The consumed position of each rank restores its batches exactly when shards are shared."""
+    write_dataset(tmp_path, {"train": shards_of(sizes), "val": shards_of([2])})
+    options = {"num_workers": 2, "randaugment": True, "seed": 1}
+    for rank in range(world_size):
+        loader = datamodule(tmp_path, rank, world_size, **options).train_dataloader()
+        uninterrupted = list(loader) + list(loader)
+        first = datamodule(tmp_path, rank, world_size, **options).train_dataloader()
+        seen: list[Batch] = []
+        iterator = iter(first)
+        for batch in iterator:
+            first.consumed(batch)
+            seen.append(batch)
+            if len(seen) == stop:
+                next(iterator, None)  # prefetched, never used
+                break
+        second = datamodule(tmp_path, rank, world_size, **options).train_dataloader()
+        second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+        resumed = seen + list(second)
+        while len(resumed) < len(uninterrupted):
+            resumed += list(second)
+        assert_same_batches(resumed, uninterrupted)
+
+
+def test_a_shared_shard_is_counted_as_it_is_read(tmp_path: Path) -> None:
+    """The counts the ranks are equalised with match what each rank's readers yield."""
+    write_dataset(tmp_path, {"train": shards_of([7, 5, 3])})
+    for rank in range(2):
+        dm = datamodule(tmp_path, rank, 2, num_workers=2)
+        stream = dm.stream("train", train=True)
+        workers = stream.workers_for(2)
+        for epoch in range(3):
+            stream.epoch = epoch
+            read = sum(len(list(stream.raw_samples(epoch, w, workers))) for w in range(workers))
+            counted = sum(
+                item.count(n)
+                for w in range(workers)
+                for item in stream.worker_items(epoch, w, workers)
+                for url, n in zip(stream.urls, stream.sample_counts or [], strict=True)
+                if url == item.url
+            )
+            assert read == counted
+
+
+def test_evaluation_is_equalised_only_when_the_model_is_sharded(tmp_path: Path) -> None:
+    """One val shard of 5 samples over 2 ranks, batches of 2: rank 0 keeps 3 samples (2 batches), rank 1
+    keeps 2 (1 batch). Under DDP every sample is evaluated; under FSDP (a collective in every forward)
+    both ranks run 1 batch."""
+    write_dataset(tmp_path, {"train": shards_of([4]), "val": shards_of([5], prefix="v")})
+    for sharded, expected in ((False, [2, 1]), (True, [1, 1])):
+        counts = []
+        for rank in range(2):
+            dm = datamodule(tmp_path, rank, 2, num_workers=0, eval_batch_size=2)
+            dm._sharded_model = lambda sharded=sharded: sharded  # type: ignore[method-assign]
+            counts.append(len(list(dm.val_dataloader())))
+        assert counts == expected

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from vlp.datamodules.collate import DecodedSample, PretrainCollator, SkippedSample
 from vlp.datamodules.schema import Batch, Targets
-from vlp.datamodules.shards import SampleDecoder, ShardDataModule
+from vlp.datamodules.shards import MAX_IMAGE_PIXELS, SampleDecoder, ShardDataModule
 from vlp.datamodules.synth.shapes import ShapesConfig
 from vlp.tokenizers import BUNDLED
 
@@ -101,8 +101,9 @@ class ObjectDecoder(SampleDecoder):
         transform: Callable[[Image.Image], Tensor],
         categories: Sequence[str],
         attributes: Sequence[str] = (),
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> None:
-        super().__init__(transform)
+        super().__init__(transform, max_image_pixels=max_image_pixels)
         self.categories = {name: i for i, name in enumerate(categories)}
         self.attributes = {name: i for i, name in enumerate(attributes)}
 
@@ -204,6 +205,7 @@ class E2EDataModule(ShardDataModule):
         resampled: bool = False,
         epoch_samples: int | None = None,
         seed: int = 0,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> None:
         super().__init__(
             root=root,
@@ -229,6 +231,7 @@ class E2EDataModule(ShardDataModule):
             resampled=resampled,
             epoch_samples=epoch_samples,
             seed=seed,
+            max_image_pixels=max_image_pixels,
         )
         if shuffle_eval_images and not shuffle_images:
             raise ValueError("shuffle_eval_images=True needs shuffle_images=True (it extends that control)")
@@ -250,9 +253,12 @@ class E2EDataModule(ShardDataModule):
 
     def decoder(self, transform: Callable[[Image.Image], Tensor]) -> SampleDecoder:
         if not self.detection:
-            return SampleDecoder(transform)
+            return SampleDecoder(transform, max_image_pixels=self.max_image_pixels)
         return ObjectDecoder(
-            transform, self.vocab_list("categories", required=True), self.vocab_list("attributes", False)
+            transform,
+            self.vocab_list("categories", required=True),
+            self.vocab_list("attributes", False),
+            max_image_pixels=self.max_image_pixels,
         )
 
     def collator(self, train: bool) -> E2ECollator:

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from vlp.datamodules.collate import SkippedSample, pad_images, process_seed
 from vlp.datamodules.schema import Batch
-from vlp.datamodules.shards import ShardDataModule
+from vlp.datamodules.shards import MAX_IMAGE_PIXELS, ShardDataModule
 from vlp.datamodules.synth.shapes import ShapesConfig
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
@@ -139,6 +139,7 @@ class FinetuneDataModule(ShardDataModule):
         resampled: bool = False,
         epoch_samples: int | None = None,
         seed: int = 0,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> None:
         super().__init__(
             root=root,
@@ -160,6 +161,7 @@ class FinetuneDataModule(ShardDataModule):
             resampled=resampled,
             epoch_samples=epoch_samples,
             seed=seed,
+            max_image_pixels=max_image_pixels,
         )
         self.blank_images = blank_images
 

@@ -18,7 +18,8 @@ from torch import Tensor
 from vlp.datamodules.collate import SkippedSample
 from vlp.datamodules.finetune import FinetuneCollator, FinetuneDataModule
 from vlp.datamodules.schema import Batch
-from vlp.datamodules.shards import IMAGE_EXTENSIONS, decode_image
+from vlp.datamodules.shards import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, decode_image, image_failure
+from vlp.datamodules.tar_reader import SKIP
 
 LABELS = {True: 1, False: 0, "true": 1, "false": 0}
 
@@ -37,11 +38,16 @@ class DecodedPair:
 class PairDecoder:
     """Raw pair sample -> :class:`DecodedPair`, or a :class:`SkippedSample` naming what is wrong."""
 
-    def __init__(self, transform: Callable[[Image.Image], Tensor]) -> None:
+    def __init__(
+        self, transform: Callable[[Image.Image], Tensor], max_image_pixels: int | None = MAX_IMAGE_PIXELS
+    ) -> None:
         self.transform = transform
+        self.max_image_pixels = max_image_pixels
 
     def __call__(self, sample: dict[str, Any]) -> DecodedPair | SkippedSample:
         key = str(sample.get("__key__", "?"))
+        if SKIP in sample:
+            return SkippedSample(key, str(sample[SKIP]))
         images = {}
         for side in ("left", "right"):
             data = next(
@@ -62,10 +68,10 @@ class PairDecoder:
         if not isinstance(statement, str) or not statement.strip() or label is None:
             return SkippedSample(key, "json needs a 'statement' string and a true/false 'label'")
         try:
-            left, right = (decode_image(images[side]) for side in ("left", "right"))
+            left, right = (decode_image(images[side], self.max_image_pixels) for side in ("left", "right"))
         # PIL signals corrupt data with many exception types (OSError, SyntaxError, ValueError, ...).
         except Exception as exn:
-            return SkippedSample(key, f"image decode failed: {type(exn).__name__}: {exn}")
+            return SkippedSample(key, image_failure(exn))
         return DecodedPair(key, self.transform(left), self.transform(right), statement.strip(), label)
 
 
@@ -108,7 +114,7 @@ class PairDataModule(FinetuneDataModule):
         super().__init__(root, train_split=train_split, val_split=val_split, test_split=test_split, **kwargs)
 
     def decoder(self, transform: Callable[[Image.Image], Tensor]) -> PairDecoder:
-        return PairDecoder(transform)
+        return PairDecoder(transform, self.max_image_pixels)
 
     def collator(self, train: bool) -> PairCollator:
         return PairCollator(**self.collator_args())

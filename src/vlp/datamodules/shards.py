@@ -1,7 +1,7 @@
 """Webdataset shards as a LightningDataModule for MLM + ITM pre-training.
 
 A dataset folder holds one subfolder of ``*.tar`` shards per split and a ``vocab.json``. Every split is
-read as a :class:`~vlp.datamodules.stream.ShardStream` (webdataset's tar reader; shard shuffle, split by
+read as a :class:`~vlp.datamodules.stream.ShardStream` (tar reader, shard shuffle, split by
 rank and by worker, sample shuffle, decode, collation with
 :class:`~vlp.datamodules.collate.PretrainCollator`) behind a :class:`~vlp.datamodules.stream.StreamLoader`.
 All randomness is a function of ``(seed, epoch, rank, worker, position)``: without resampling one epoch
@@ -9,11 +9,14 @@ covers every sample exactly once across ranks and workers, and a run resumed fro
 with exactly the batches an uninterrupted run would have seen (the position is saved by Lightning's
 stateful-loader hooks).
 
-Decoding runs in the loader workers and never raises for a bad sample: a corrupt image, a missing or
-unreadable json, or a sample without captions becomes a :class:`~vlp.datamodules.collate.SkippedSample`
-that the collator counts into ``Batch.num_skipped``; the DataModule keeps the running total in
+Decoding runs in the loader workers and never raises for a bad sample: a corrupt or oversized image, a
+missing or unreadable json, a sample without captions, a duplicate key or a sample cut off by a truncated
+shard becomes a :class:`~vlp.datamodules.collate.SkippedSample` that the collator counts into
+``Batch.num_skipped`` and logs with its key and reason; the DataModule keeps the running total in
 :attr:`ShardDataModule.num_skipped` (tallied in ``on_before_batch_transfer``, in the main process). A
-shard that cannot be read is reported by name and the stream goes on with the next one.
+shard that cannot be read is reported by name and the stream goes on with the next one
+(:mod:`vlp.datamodules.tar_reader`). Images of any mode (greyscale, 16-bit, CMYK, with transparency)
+are converted to 8-bit RGB with their colours kept.
 """
 
 from __future__ import annotations
@@ -22,18 +25,21 @@ import io
 import json
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from PIL import Image
 from torch import Tensor
 
 from vlp.datamodules.collate import DecodedSample, PretrainCollator, SkippedSample
 from vlp.datamodules.schema import Batch
-from vlp.datamodules.stream import ShardStream, StreamLoader, local_sample_counts
-from vlp.datamodules.synth.shapes import ShapesConfig, shapes_ready, write_shapes
+from vlp.datamodules.stream import ShardStream, StreamLoader, local_sample_counts, shared_shards
+from vlp.datamodules.synth.shapes import ShapesConfig, shapes_folder_state, write_shapes
+from vlp.datamodules.tar_reader import SKIP
 from vlp.datamodules.transforms import ViltTransform
 from vlp.tokenizers import BUNDLED
 
@@ -41,47 +47,61 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+MAX_IMAGE_PIXELS = 89_478_485
+"""Default ``max_image_pixels``: PIL's own decompression-bomb threshold (about 9459 x 9459)."""
 
 
-def shard_error_handler(exn: Exception) -> bool:
-    """webdataset handler: report a shard that cannot be opened or read, naming it, and go on.
-
-    webdataset appends the shard's URL to the exception's ``args`` when opening or expanding it fails.
-    """
-    shard = next((a for a in reversed(exn.args) if isinstance(a, str) and a.endswith(SHARD_SUFFIXES)), None)
-    log.warning(
-        "vlp: cannot read shard %s: %s: %s; going on with the next shard",
-        shard or "(unknown)",
-        type(exn).__name__,
-        exn.args[0] if exn.args else exn,
-    )
-    return True
+def text_caption(txt: bytes) -> str:
+    """An img2dataset ``txt`` caption: UTF-8 (a byte-order mark is dropped); a ``ValueError`` naming the
+    first byte that is not, since text in another encoding would train on garbled words."""
+    try:
+        return txt.decode("utf-8-sig").strip()
+    except UnicodeDecodeError as exn:
+        raise ValueError(
+            f"txt caption is not UTF-8 text (byte {txt[exn.start]:#04x} at position {exn.start})"
+        ) from None
 
 
 def sample_captions(annotation: dict[str, Any], txt: bytes | None) -> list[str]:
-    """Non-empty captions from the json, else the img2dataset ``txt`` caption, else none."""
-    captions = annotation.get("captions") or []
-    if isinstance(captions, str):
-        captions = [captions]
-    found = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
-    if not found and txt:
-        text = txt.decode("utf-8", errors="replace").strip()
-        found = [text] if text else []
-    return found
+    """Non-empty captions: the json's ``captions`` (a list, or one string), else its ``caption`` (as
+    img2dataset writes it), else the ``txt`` file; none when all are missing or empty. A ``txt`` that is
+    read and is not UTF-8 raises a ``ValueError`` (see :func:`text_caption`)."""
+    for field in ("captions", "caption"):
+        captions = annotation.get(field) or []
+        if isinstance(captions, str):
+            captions = [captions]
+        if not isinstance(captions, list):
+            continue
+        found = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
+        if found:
+            return found
+    text = text_caption(txt) if txt else ""
+    return [text] if text else []
 
 
 class SampleDecoder:
-    """Raw webdataset sample -> :class:`DecodedSample`, or a :class:`SkippedSample` saying why not.
+    """Raw sample -> :class:`DecodedSample`, or a :class:`SkippedSample` saying why not.
 
     Runs in loader workers; picklable. Never raises for bad data, so one corrupt sample costs one sample.
+    An image larger than ``max_image_pixels`` (width x height, read from its header before anything is
+    decoded) is skipped, so a decompression bomb costs nothing; ``None`` lifts vlp's limit (PIL's own,
+    twice ``PIL.Image.MAX_IMAGE_PIXELS``, still applies).
     """
 
-    def __init__(self, transform: Callable[[Image.Image], Tensor], require_captions: bool = True) -> None:
+    def __init__(
+        self,
+        transform: Callable[[Image.Image], Tensor],
+        require_captions: bool = True,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+    ) -> None:
         self.transform = transform
         self.require_captions = require_captions
+        self.max_image_pixels = max_image_pixels
 
     def __call__(self, sample: dict[str, Any]) -> DecodedSample | SkippedSample:
         key = str(sample.get("__key__", "?"))
+        if SKIP in sample:
+            return SkippedSample(key, str(sample[SKIP]))
         image_bytes = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
         if image_bytes is None:
             return SkippedSample(key, f"no image ({'/'.join(IMAGE_EXTENSIONS)})")
@@ -93,14 +113,17 @@ class SampleDecoder:
             return SkippedSample(key, f"unreadable json: {exn}")
         if not isinstance(annotation, dict):
             return SkippedSample(key, "json is not an object")
-        captions = sample_captions(annotation, sample.get("txt"))
-        if self.require_captions and not captions:
-            return SkippedSample(key, "no captions")
         try:
-            image = decode_image(image_bytes)
+            captions = sample_captions(annotation, sample.get("txt"))
+        except ValueError as exn:
+            return SkippedSample(key, str(exn))
+        if self.require_captions and not captions:
+            return SkippedSample(key, "no caption (json 'captions' / 'caption' and txt missing or empty)")
+        try:
+            image = decode_image(image_bytes, self.max_image_pixels)
         # PIL signals corrupt data with many exception types (OSError, SyntaxError, ValueError, ...).
         except Exception as exn:
-            return SkippedSample(key, f"image decode failed: {type(exn).__name__}: {exn}")
+            return SkippedSample(key, image_failure(exn))
         return DecodedSample(
             key=key,
             image=self.transform(image),
@@ -110,11 +133,48 @@ class SampleDecoder:
         )
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Fully decode image bytes to an RGB PIL image (uint8), so corrupt data fails here."""
-    with Image.open(io.BytesIO(data)) as image:
+class ImageTooLarge(ValueError):
+    """An image with more pixels than the decoder's ``max_image_pixels``."""
+
+
+def image_failure(exn: Exception) -> str:
+    """The skip reason for an image that could not be decoded."""
+    if isinstance(exn, ImageTooLarge | Image.DecompressionBombError):
+        return f"image too large: {exn}"
+    return f"image decode failed: {type(exn).__name__}: {exn}"
+
+
+def decode_image(data: bytes, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Fully decode image bytes to an RGB PIL image (uint8), so corrupt data fails here.
+
+    The size is checked against ``max_pixels`` from the header, before the pixels are decoded. Any mode
+    becomes 8-bit RGB with its colours kept (:func:`to_rgb`).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked just below
+        image = Image.open(io.BytesIO(data))
+    with image:
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise ImageTooLarge(
+                f"{image.width}x{image.height} = {image.width * image.height} pixels, more than "
+                f"max_image_pixels={max_pixels}"
+            )
         image.load()
-        return image.convert("RGB")
+        return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of any PIL mode: 16-bit and 32-bit greyscale scaled to 8 bits (PIL's ``convert`` would
+    clip them to white), transparent pixels composited over black, CMYK and palettes converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        grey = np.asarray(image).astype(np.int64)
+        grey8 = (np.clip(grey, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(grey8, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def _synth_command(root: Path) -> str:
@@ -125,11 +185,17 @@ class ShardDataModule(L.LightningDataModule):
     """Pre-training batches (:class:`~vlp.datamodules.schema.Batch` with MLM + ITM) from webdataset shards.
 
     Args:
-        root: dataset folder with one subfolder of ``*.tar`` shards per split and a ``vocab.json``.
+        root: dataset folder with one subfolder of ``*.tar`` shards per split and, for tasks that classify
+            over categories, attributes or answers, a ``vocab.json`` listing them.
         train_split, val_split, test_split: subfolder names of the splits.
-        synth: when set, ``prepare_data`` generates the shapes dataset into ``root`` unless it is there.
+        synth: the shapes generator's settings: ``prepare_data`` generates the shapes dataset into ``root``
+            when ``root`` is absent or empty, and reuses it when the generator wrote it with these settings.
+            Any other folder stops the run with an error naming the setting to change: set ``synth: null``
+            (``--data.init_args.synth=null``) to read your own shards, which vlp never writes into or deletes.
         batch_size: training batch size per rank; ``eval_batch_size`` for val/test (defaults to it).
-        num_workers: DataLoader workers; without resampling each needs at least one shard of its own.
+        num_workers: DataLoader workers per rank. A split with fewer shards than ranks x workers is read by
+            fewer workers (logged), and shards fewer than the ranks are read by every rank, each keeping
+            its share of the samples: every sample is read once per epoch with any number of shards.
         image_size, patch_size, randaugment: the image transform (:class:`~vlp.datamodules.transforms.ViltTransform`);
             RandAugment applies to training only.
         max_text_len, tokenizer, mlm_probability, whole_word_masking, itm: see
@@ -145,7 +211,10 @@ class ShardDataModule(L.LightningDataModule):
             with ``resampled``; without it, several ranks run as many batches as the smallest rank has
             (counted from the local shards' headers, the rest logged as left out), so that every rank runs
             the same number of batches.
-        seed: seeds the shard and sample shuffles and the collator.
+        seed: seeds the shard and sample shuffles and the collator. Validation and test batches (order,
+            ITM negatives, MLM masks, any random choice) depend on it alone: they are the same on every pass.
+        max_image_pixels: images with more pixels (width x height, read from the header) are skipped as
+            too large before they are decoded (a decompression-bomb guard); ``None`` lifts the limit.
     """
 
     def __init__(
@@ -173,8 +242,11 @@ class ShardDataModule(L.LightningDataModule):
         resampled: bool = False,
         epoch_samples: int | None = None,
         seed: int = 0,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> None:
         super().__init__()
+        if max_image_pixels is not None and max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be positive or None, got {max_image_pixels}")
         if resampled and epoch_samples is None:
             raise ValueError(
                 "resampled=True streams endlessly: set epoch_samples (samples per rank and epoch)"
@@ -208,20 +280,26 @@ class ShardDataModule(L.LightningDataModule):
         self.resampled = resampled
         self.epoch_samples = epoch_samples
         self.seed = seed
+        self.max_image_pixels = max_image_pixels
         self.vocab: dict[str, Any] = {}
         self.num_skipped = 0
         self._train_loader: StreamLoader | None = None
 
     def prepare_data(self) -> None:
-        """Generate the shapes dataset when ``synth`` is set and ``root`` does not hold it yet."""
-        if self.synth is None or shapes_ready(self.root):
+        """With ``synth`` set, generate the shapes dataset into ``root`` or check that it holds it (see
+        ``synth``); a folder the generator did not write raises, naming the settings to change."""
+        if self.synth is None:
             return
-        total = sum(self.synth.split_sizes().values())
-        log.info("vlp: shapes dataset not found at %s, generating it (%d samples) ...", self.root, total)
-        write_shapes(self.root, self.synth)
+        if shapes_folder_state(self.root).kind in ("absent", "empty", "incomplete"):
+            total = sum(self.synth.split_sizes().values())
+            log.info("vlp: shapes dataset not found at %s, generating it (%d samples) ...", self.root, total)
+        write_shapes(
+            self.root, self.synth, root_setting="data.init_args.root", synth_setting="data.init_args.synth"
+        )
 
     def setup(self, stage: str | None = None) -> None:
-        """Check the dataset folder and load ``vocab.json`` into :attr:`vocab`."""
+        """Check the dataset folder and load its ``vocab.json`` (optional: captions-only data needs none)
+        into :attr:`vocab`."""
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"dataset folder {self.root} does not exist; write one with `{_synth_command(self.root)}` "
@@ -229,11 +307,17 @@ class ShardDataModule(L.LightningDataModule):
             )
         vocab_path = self.root / "vocab.json"
         if not vocab_path.is_file():
-            raise FileNotFoundError(
-                f"{vocab_path} not found: a dataset folder carries a vocab.json beside its split folders "
-                f"(`{_synth_command(self.root)}` writes a complete one; {{}} will do for captions-only data)"
-            )
-        self.vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+            if self._world()[0] == 0:
+                log.info("vlp: %s has no vocab.json: no category, attribute or answer lists", self.root)
+            self.vocab = {}
+            return
+        try:
+            vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+        except ValueError as exn:
+            raise ValueError(f"{vocab_path} is not readable json: {exn}") from None
+        if not isinstance(vocab, dict):
+            raise ValueError(f"{vocab_path} must hold a json object of lists, got {type(vocab).__name__}")
+        self.vocab = vocab
 
     def train_dataloader(self) -> StreamLoader:
         return self._loader(self.train_split, train=True)
@@ -284,23 +368,13 @@ class ShardDataModule(L.LightningDataModule):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
-    def _check_shard_count(self, split: str, num_shards: int, train: bool) -> None:
-        """Without resampling, every rank's every worker must own a shard, or samples would be missed.
+    def _sharded_model(self) -> bool:
+        """Whether the trainer's strategy shards the model (FSDP): every forward pass is then a collective,
+        so evaluation too must run the same number of batches on every rank."""
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
-        (With fewer shards than readers, a plain webdataset pipeline leaves some workers empty and, across
-        ranks, can hang in the first collective; here it is an error before any work starts.)
-        """
-        if train and self.resampled:
-            return
-        _, world_size = self._world()
-        workers = max(1, self.num_workers)
-        if num_shards // world_size < workers:
-            raise ValueError(
-                f"split {split!r} in {self.root} has {num_shards} shard(s) for {world_size} rank(s) x "
-                f"{workers} loader worker(s); every worker reads whole shards, so it needs at least "
-                f"{world_size * workers} shards: write more, smaller shards or set num_workers <= "
-                f"{max(num_shards // world_size, 0)}"
-            )
+        strategy = None if self.trainer is None else self.trainer.strategy
+        return isinstance(strategy, FSDPStrategy | ModelParallelStrategy | DeepSpeedStrategy)
 
     def _worker_batches(self) -> int | None:
         """Per-worker batches per epoch from ``epoch_samples`` (per rank), rounded up to whole batches."""
@@ -310,12 +384,19 @@ class ShardDataModule(L.LightningDataModule):
         return math.ceil(self.epoch_samples / (workers * self.batch_size))
 
     def stream(self, split: str, train: bool) -> ShardStream:
-        """The split's :class:`~vlp.datamodules.stream.ShardStream` for this rank."""
+        """The split's :class:`~vlp.datamodules.stream.ShardStream` for this rank.
+
+        With several ranks and no resampling, the local shards' samples are counted so that every rank
+        runs the same number of batches: in training, and in evaluation when the model is sharded (each
+        forward pass is a collective). Otherwise evaluation reads every sample, and a rank may run a batch
+        more than another (harmless under DDP).
+        """
         urls = self.shards(split)
-        self._check_shard_count(split, len(urls), train)
         rank, world_size = self._world()
         resampled = train and self.resampled
-        counts = local_sample_counts(urls) if train and world_size > 1 and not resampled else None
+        counts = None
+        if world_size > 1 and not resampled and (train or self._sharded_model()):
+            counts = local_sample_counts(urls)
         transform = ViltTransform(self.image_size, self.patch_size, randaugment=train and self.randaugment)
         return ShardStream(
             urls,
@@ -329,13 +410,12 @@ class ShardDataModule(L.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world_size=world_size,
-            shard_handler=shard_error_handler,
             sample_counts=counts,
         )
 
     def decoder(self, transform: Callable[[Image.Image], Tensor]) -> Callable[[dict[str, Any]], Any]:
         """Raw sample -> what the collator takes, or a skip marker (task data modules decode QA, pairs)."""
-        return SampleDecoder(transform)
+        return SampleDecoder(transform, max_image_pixels=self.max_image_pixels)
 
     def collator(self, train: bool) -> Callable[..., Batch]:
         return PretrainCollator(
@@ -365,10 +445,40 @@ class ShardDataModule(L.LightningDataModule):
         return words
 
     def _loader(self, split: str, train: bool) -> StreamLoader:
+        """The split's loader; evaluation loaders (``train=False``) repeat the same batches every pass."""
         stream = self.stream(split, train)
+        workers = self._reader_workers(split, stream)
         loader = StreamLoader(
-            stream, num_workers=self.num_workers, equalise_ranks=stream.sample_counts is not None
+            stream,
+            num_workers=workers,
+            equalise_ranks=stream.sample_counts is not None,
+            repeat=not train,
         )
         if train:
             self._train_loader = loader
         return loader
+
+    def _reader_workers(self, split: str, stream: ShardStream) -> int:
+        """Loader workers for ``split``: ``num_workers``, or fewer when its shards cannot occupy them all
+        (logged once, by rank 0, with how shards are shared when they are fewer than the ranks)."""
+        readers = max(1, self.num_workers)  # 0 workers: the main process reads
+        workers = stream.workers_for(readers)
+        shared = 0 if stream.resampled else shared_shards(len(stream.urls), stream.world_size, workers)
+        if (workers < readers or shared) and stream.rank == 0:
+            fewer = f": reading it with {workers} worker(s) per rank" if workers < readers else ""
+            sharing = (
+                f"; {shared} shard(s) are read by every rank, each keeping 1 sample in {stream.world_size}"
+                if shared
+                else ""
+            )
+            log.info(
+                "vlp: split %r of %s has %d shard(s) for %d rank(s) x %d reader(s)%s%s",
+                split,
+                self.root,
+                len(stream.urls),
+                stream.world_size,
+                readers,
+                fewer,
+                sharing,
+            )
+        return 0 if self.num_workers == 0 else workers

@@ -5,13 +5,22 @@ cannot be restarted mid-epoch and see the same samples again (its maintainers ad
 Here every random choice is a function of its coordinates instead:
 
 * shard order: ``(seed, epoch)`` — identical in every rank and worker, so the split below is a
-  partition; shard ``i`` of the shuffled list goes to rank ``r`` and worker ``w`` when
-  ``i % (world * workers) == r * workers + w`` (resampled streams draw shards with replacement from
-  ``(seed, epoch, rank, worker)`` instead);
+  partition (resampled streams draw shards with replacement from ``(seed, epoch, rank, worker)``);
 * sample shuffle buffer: ``(seed, epoch, rank, worker)``;
 * per-sample transform randomness (RandAugment): ``(seed, epoch, rank, worker, sample index)``;
 * per-batch collation randomness (caption choice, ITM negatives, MLM masks):
   ``(seed, epoch, rank, worker, batch index)``.
+
+The split (:func:`rank_items`): the epoch's shard list is dealt out in rounds of ``ranks x workers``
+shards, shard ``i`` of a round to rank ``i // workers`` and worker ``i % workers``; the shards of the
+last, incomplete round go to the ranks in equal numbers, and the few left over (fewer than the ranks)
+are read by every rank, which keeps every ``ranks``-th sample of them (rank ``r`` the ``r``-th). So
+every sample is read exactly once per epoch and, with shards of equal size, every rank reads as many
+samples as the others, whatever the number of shards. A split with fewer shards than
+``ranks x workers`` is read by fewer workers (:func:`reader_workers`), so no worker is left idle.
+
+Evaluation streams (:class:`StreamLoader` with ``repeat``) read epoch 0 on every pass: the same
+batches every time, in every run with that seed, and after a resume.
 
 Each batch carries its ``position = (epoch, worker, index)``. :class:`StreamLoader` records the
 position of every batch the training loop actually consumed (Lightning prefetches one ahead, so the
@@ -22,11 +31,11 @@ rotates the workers so that the DataLoader's round-robin continues with the work
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
-import tarfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +45,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlp.datamodules.schema import Batch
+from vlp.datamodules.tar_reader import read_shard, shard_sample_count
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +69,59 @@ def seed_sample_rngs(seed: int) -> None:
     torch.default_generator.manual_seed(seed)
 
 
-def shard_sample_count(url: str) -> int:
-    """Number of samples (distinct keys) in a local tar shard, read from its headers only."""
-    keys: set[str] = set()
-    with tarfile.open(url) as tar:
-        for member in tar:
-            if member.isfile():
-                folder, _, name = member.name.rpartition("/")
-                keys.add(f"{folder}/{name.split('.', 1)[0]}")
-    return len(keys)
+@dataclass(frozen=True)
+class ShardItem:
+    """What one reader reads of a shard: every sample, or with ``keep = (modulus, remainder)`` the
+    samples whose index in the shard is ``remainder`` modulo ``modulus``."""
+
+    url: str
+    keep: tuple[int, int] | None = None
+
+    def count(self, samples: int) -> int:
+        """How many of a shard's ``samples`` this item reads."""
+        if self.keep is None:
+            return samples
+        modulus, remainder = self.keep
+        return len(range(remainder, samples, modulus))
+
+    def samples(self) -> Iterator[dict[str, Any]]:
+        """The raw samples this item reads."""
+        samples = read_shard(self.url)
+        if self.keep is None:
+            return samples
+        modulus, remainder = self.keep
+        return itertools.islice(samples, remainder, None, modulus)
+
+
+def rank_items(urls: Sequence[str], rank: int, world_size: int, workers: int) -> list[ShardItem]:
+    """What ``rank`` reads of the ordered shard list ``urls`` (see the module docstring); its worker
+    ``w`` reads items ``w, w + workers, ...``. The list has the same length on every rank."""
+    block = world_size * workers
+    full = len(urls) // block * block
+    items = [ShardItem(url) for i, url in enumerate(urls[:full]) if i % block // workers == rank]
+    rest = urls[full:]
+    share = len(rest) // world_size
+    items += [ShardItem(url) for url in rest[rank * share : (rank + 1) * share]]
+    shared = rest[world_size * share :]
+    keep = (world_size, rank) if world_size > 1 else None
+    items += [ShardItem(url, keep) for url in shared]
+    return items
+
+
+def reader_workers(num_shards: int, world_size: int, workers: int) -> int:
+    """Loader workers per rank for a split of ``num_shards`` shards (not resampled): ``workers``, or as
+    many as :func:`rank_items` gives a rank items to read when that is fewer."""
+    block = world_size * workers
+    rest = num_shards % block
+    per_rank = num_shards // block * workers + rest // world_size + rest % world_size
+    return max(1, min(workers, per_rank))
+
+
+def shared_shards(num_shards: int, world_size: int, workers: int) -> int:
+    """How many shards every rank reads (keeping a share of their samples) in :func:`rank_items`."""
+    if world_size == 1:
+        return 0
+    return num_shards % (world_size * workers) % world_size
 
 
 class ShardStream(IterableDataset):
@@ -75,7 +129,8 @@ class ShardStream(IterableDataset):
 
     Args:
         urls: shard paths or URLs.
-        decode: raw webdataset sample → what ``collate`` takes (never raises for bad data).
+        decode: raw sample (:func:`~vlp.datamodules.tar_reader.read_shard`) → what ``collate`` takes
+            (never raises for bad data).
         collate: ``(decoded samples, generator) → Batch``.
         batch_size: samples per batch; every batch but a worker's last consumes exactly this many
             raw samples, which is what makes skipping by count exact.
@@ -83,7 +138,6 @@ class ShardStream(IterableDataset):
         resampled: draw shards with replacement, endlessly; ``worker_batches`` must then be set.
         worker_batches: at most this many batches per worker and epoch.
         rank, world_size: this process's place among the data-parallel ranks.
-        shard_handler: webdataset handler for unreadable shards (report and go on).
         sample_counts: samples per shard (same order as ``urls``), when known; needed to give every
             rank the same number of batches without resampling (:meth:`common_batches`).
     """
@@ -102,12 +156,13 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        shard_handler: Callable[[Exception], bool] = wds.reraise_exception,
         sample_counts: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if resampled and worker_batches is None:
             raise ValueError("a resampled stream is endless: set worker_batches")
+        if not urls:
+            raise ValueError("a stream needs at least one shard")
         self.urls = list(urls)
         self.decode = decode
         self.collate = collate
@@ -119,7 +174,6 @@ class ShardStream(IterableDataset):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.shard_handler = shard_handler
         self.sample_counts = None if sample_counts is None else list(sample_counts)
         # Set by StreamLoader before each pass (workers receive a pickled copy at iterator creation).
         self.epoch = 0
@@ -133,19 +187,28 @@ class ShardStream(IterableDataset):
             random.Random(mixed_seed(self.seed, epoch)).shuffle(urls)
         return urls
 
-    def worker_shards(self, epoch: int, worker: int, num_workers: int, rank: int | None = None) -> list[str]:
-        """The shards logical ``worker`` of ``rank`` (default: this rank) reads in ``epoch`` (not resampled)."""
-        slot = (self.rank if rank is None else rank) * num_workers + worker
-        return self.shard_order(epoch)[slot :: self.world_size * num_workers]
+    def workers_for(self, num_workers: int) -> int:
+        """Loader workers per rank that have shards to read, of ``num_workers`` (all when resampled)."""
+        if self.resampled:
+            return max(1, num_workers)
+        return reader_workers(len(self.urls), self.world_size, max(1, num_workers))
+
+    def worker_items(
+        self, epoch: int, worker: int, num_workers: int, rank: int | None = None
+    ) -> list[ShardItem]:
+        """What logical ``worker`` of ``rank`` (default: this rank) reads in ``epoch`` (not resampled)."""
+        rank = self.rank if rank is None else rank
+        return rank_items(self.shard_order(epoch), rank, self.world_size, num_workers)[worker::num_workers]
 
     def rank_batches(self, epoch: int, rank: int, num_workers: int) -> int:
         """How many batches ``rank`` yields in ``epoch`` (needs :attr:`sample_counts`; not resampled)."""
         if self.sample_counts is None:
             raise ValueError("rank_batches needs the shards' sample_counts")
         counts = dict(zip(self.urls, self.sample_counts, strict=True))
+        items = rank_items(self.shard_order(epoch), rank, self.world_size, num_workers)
         total = 0
         for worker in range(num_workers):
-            samples = sum(counts[url] for url in self.worker_shards(epoch, worker, num_workers, rank))
+            samples = sum(item.count(counts[item.url]) for item in items[worker::num_workers])
             batches = -(-samples // self.batch_size)
             total += batches if self.worker_batches is None else min(batches, self.worker_batches)
         return total
@@ -154,19 +217,29 @@ class ShardStream(IterableDataset):
         """The number of batches every rank can run in ``epoch``: the smallest rank's."""
         return min(self.rank_batches(epoch, rank, num_workers) for rank in range(self.world_size))
 
-    def _shard_stream(self, epoch: int, worker: int, num_workers: int) -> Iterator[dict[str, str]]:
-        if self.resampled:
-            rng = random.Random(mixed_seed(self.seed, epoch, self.rank, worker, 1))
-            while True:
-                yield {"url": rng.choice(self.urls)}
-        else:
-            yield from ({"url": url} for url in self.worker_shards(epoch, worker, num_workers))
+    def _resampled_samples(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
+        """Samples of shards drawn with replacement, endlessly; an error when none can be read at all."""
+        rng = random.Random(mixed_seed(self.seed, epoch, self.rank, worker, 1))
+        limit = 10 * len(self.urls) + 10
+        barren = 0  # consecutive draws that gave no sample
+        while barren < limit:
+            read = 0
+            for sample in read_shard(rng.choice(self.urls)):
+                read += 1
+                yield sample
+            barren = 0 if read else barren + 1
+        raise RuntimeError(
+            f"no sample could be read from {limit} shards drawn in a row from {len(self.urls)} shards "
+            f"({self.urls[0]} ...): see the warnings naming each shard"
+        )
 
     def raw_samples(self, epoch: int, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
         """Undecoded samples of logical ``worker`` in this epoch, in their (shuffled) order."""
-        samples = wds.tarfile_to_samples(handler=self.shard_handler)(
-            self._shard_stream(epoch, worker, num_workers)
-        )
+        if self.resampled:
+            samples = self._resampled_samples(epoch, worker)
+        else:
+            items = self.worker_items(epoch, worker, num_workers)
+            samples = itertools.chain.from_iterable(item.samples() for item in items)
         if self.shuffle and self.shuffle_buffer > 1:
             rng = random.Random(mixed_seed(self.seed, epoch, self.rank, worker, 2))
             samples = wds.filters._shuffle(
@@ -216,9 +289,13 @@ class StreamLoader(DataLoader):
     smallest rank has, so that no rank waits forever in a collective; the samples left out are logged.
     :meth:`consumed` must be told about each batch the training loop used;
     :class:`~vlp.datamodules.shards.ShardDataModule` does it in ``on_before_batch_transfer``.
+    With ``repeat`` (evaluation) every ``iter()`` reads epoch 0 from its start, and a loaded state is
+    ignored: every pass yields the same batches.
     """
 
-    def __init__(self, dataset: ShardStream, num_workers: int = 0, equalise_ranks: bool = False) -> None:
+    def __init__(
+        self, dataset: ShardStream, num_workers: int = 0, equalise_ranks: bool = False, repeat: bool = False
+    ) -> None:
         super().__init__(
             dataset,
             batch_size=None,
@@ -231,11 +308,13 @@ class StreamLoader(DataLoader):
         )
         self.stream = dataset
         self.equalise_ranks = equalise_ranks
+        self.repeat = repeat
         self.epoch = -1
         self._consumed: dict[int, int] = {}
         self._next_worker = 0
         self._finished = False
         self._resume: dict[str, Any] | None = None
+        self._warned: set[int] = set()  # epochs whose left-out batches were logged
 
     @property
     def _workers(self) -> int:
@@ -246,7 +325,11 @@ class StreamLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Batch]:
         state, self._resume = self._resume, None
-        if state is not None and not state.get("finished", False):
+        if self.repeat:
+            self.epoch = 0
+            self._consumed = {}
+            self._next_worker = 0
+        elif state is not None and not state.get("finished", False):
             self.epoch = int(state["epoch"])
             self._consumed = {int(k): int(v) for k, v in state["consumed"].items()}
             self._next_worker = int(state["next_worker"])
@@ -264,7 +347,8 @@ class StreamLoader(DataLoader):
             return self._until_exhausted(iterator)
         common = self.stream.common_batches(self.epoch, self._workers)
         own = self.stream.rank_batches(self.epoch, self.stream.rank, self._workers)
-        if own > common and not already:
+        if own > common and not already and self.epoch not in self._warned:
+            self._warned.add(self.epoch)
             log.warning(
                 "vlp: epoch %d: rank %d has %d batches, the smallest rank %d; the last %d are left out so "
                 "that every rank runs the same number of steps (balance the shards to avoid this)",
@@ -301,10 +385,13 @@ class StreamLoader(DataLoader):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.repeat:
+            return
         if int(state["num_workers"]) != self._workers:
             raise ValueError(
                 f"the checkpoint's data position was saved with {state['num_workers']} loader worker(s) per "
-                f"rank, this run has {self._workers}: resume with data.num_workers={state['num_workers']}"
+                f"rank, this run reads the split with {self._workers}: resume with "
+                f"data.num_workers={state['num_workers']} (and the same shards and number of processes)"
             )
         self._resume = dict(state)
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from vlp.datamodules.collate import DecodedSample, SkippedSample
 from vlp.datamodules.finetune import FinetuneCollator, FinetuneDataModule
 from vlp.datamodules.schema import Batch
-from vlp.datamodules.shards import SampleDecoder
+from vlp.datamodules.shards import MAX_IMAGE_PIXELS, SampleDecoder
 
 
 def normalise_answer(answer: str) -> str:
@@ -59,8 +59,10 @@ def usable_questions(annotation: dict[str, Any]) -> list[dict[str, Any]]:
 class VQADecoder(SampleDecoder):
     """:class:`~vlp.datamodules.shards.SampleDecoder` for QA: captions optional, usable ``qa`` required."""
 
-    def __init__(self, transform: Callable[[Image.Image], Tensor]) -> None:
-        super().__init__(transform, require_captions=False)
+    def __init__(
+        self, transform: Callable[[Image.Image], Tensor], max_image_pixels: int | None = MAX_IMAGE_PIXELS
+    ) -> None:
+        super().__init__(transform, require_captions=False, max_image_pixels=max_image_pixels)
 
     def __call__(self, sample: dict[str, Any]) -> DecodedSample | SkippedSample:
         decoded = super().__call__(sample)
@@ -146,7 +148,7 @@ class VQADataModule(FinetuneDataModule):
         return answers
 
     def decoder(self, transform: Callable[[Image.Image], Tensor]) -> VQADecoder:
-        return VQADecoder(transform)
+        return VQADecoder(transform, self.max_image_pixels)
 
     def collator(self, train: bool) -> VQACollator:
         return VQACollator(
