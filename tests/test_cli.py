@@ -50,7 +50,6 @@ def test_fit_fast_dev_run_through_the_real_cli(tmp_path: Path) -> None:
         sys.executable, "-m", "vlp", "fit", "--config", RECIPE,
         "--trainer.fast_dev_run=2",
         f"--trainer.default_root_dir={tmp_path / 'runs'}",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
         f"--data.init_args.root={data}",
         "--data.init_args.synth.train_samples=64",
         "--data.init_args.synth.val_samples=32",

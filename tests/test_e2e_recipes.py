@@ -125,7 +125,6 @@ def test_recipe_runs_fast_dev_run_and_prints_its_metrics(
         "fit", "--config", str(recipe(name)),
         "--trainer.fast_dev_run=2",
         f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
         f"--data.init_args.root={shapes64}",
         "--data.init_args.synth=null",
         "--data.init_args.batch_size=4",

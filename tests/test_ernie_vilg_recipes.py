@@ -86,7 +86,6 @@ def test_recipe_runs_fast_dev_run_and_predicts(
         "--model.init_args.num_candidates=2",
         f"--model.init_args.predict_dir={tmp_path / 'pred'}",
         f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
         f"--data.init_args.root={shapes64}",
         "--data.init_args.synth=null",
         "--data.init_args.batch_size=4",
@@ -139,8 +138,8 @@ def test_the_reranker_part_is_the_itm_recipes_model_and_head() -> None:
     assert set(task["objectives"]) == {"mlm", "itm"} and task["loss_weights"] == {"mlm": 1.0, "itm": 1.0}
     assert scorer["init_args"]["model"] == task["model"]
     assert scorer["init_args"]["head"] == task["objectives"]["itm"]["init_args"]["head"]
-    dirpath = recipe["trainer"]["callbacks"][0]["init_args"]["dirpath"]
-    assert scorer["init_args"]["checkpoint"] == f"{dirpath}/last.ckpt"
+    run_dir = recipe["trainer"]["default_root_dir"]
+    assert scorer["init_args"]["checkpoint"] == f"{run_dir}/checkpoints/last.ckpt"
     # its codes are the generator's: the VQGAN recipe's architecture and the ERNIE-ViLG recipe's checkpoint
     embedder = task["model"]["init_args"]["visual_embedder"]["init_args"]
     vqgan = yaml.safe_load((CONFIGS / "vqgan/shapes_vqgan.yaml").read_text())["model"]["init_args"]["model"]
@@ -152,21 +151,18 @@ def test_the_reranker_part_is_the_itm_recipes_model_and_head() -> None:
 def test_itm_recipe_trains_and_its_checkpoint_reranks_through_the_cli(
     vqgan_checkpoint: Path, shapes64: Path, tmp_path: Path
 ) -> None:
-    recipe = yaml.safe_load(ITM_RECIPE.read_text())
-    recipe["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp_path / "itm")
-    (tmp_path / "itm.yaml").write_text(yaml.safe_dump(recipe))
     embedder_checkpoint = "model.init_args.visual_embedder.init_args.checkpoint"
     main(
         [
-            "fit", "--config", str(tmp_path / "itm.yaml"),
+            "fit", "--config", str(ITM_RECIPE),
             f"--model.init_args.{embedder_checkpoint}={vqgan_checkpoint}",
             "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
-            f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.default_root_dir={tmp_path / 'itm'}",
             f"--data.init_args.root={shapes64}", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
             "--data.init_args.synth=null",
         ]
     )  # fmt: skip
-    itm_checkpoint = tmp_path / "itm" / "last.ckpt"
+    itm_checkpoint = tmp_path / "itm" / "checkpoints" / "last.ckpt"
     assert itm_checkpoint.is_file()
     pred = tmp_path / "pred"
     main(

@@ -110,7 +110,6 @@ def test_recipe_runs_fast_dev_run_from_a_pretraining_checkpoint_and_prints_its_m
         "fit", "--config", str(recipe(name)),
         "--trainer.fast_dev_run=2",
         f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
         f"--model.init_args.init_from={pretrained}",
         f"--data.init_args.root={shapes64}",
         "--data.init_args.synth=null",

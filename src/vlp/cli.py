@@ -1,7 +1,7 @@
 """Command line: ``python -m vlp <command> [options]``; ``python -m vlp --help`` lists every command.
 
 - ``fit|validate|test|predict --config RECIPE.yaml``: Lightning's own ``LightningCLI`` (:class:`VLPCLI`) in
-  omegaconf parser mode with subclass mode for model and data, so ``--print_config`` shows the resolved recipe
+  omegaconf+ parser mode with subclass mode for model and data, so ``--print_config`` shows the resolved recipe
   and a misspelt key or a wrong type fails before any work starts, naming the key. Options are never
   abbreviated (``--trainer.max_step`` is refused, not taken as ``max_steps``). Before anything runs, the
   data is checked against the model (:mod:`vlp.checks`).
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import set_parsing_settings
 from lightning import Callback, LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -100,6 +101,15 @@ class VLPCLI(LightningCLI):
         check_data_fits_model(self.model, self.datamodule)
         return super().instantiate_trainer(**kwargs)
 
+    def before_fit(self) -> None:
+        """The run-folder rules of :func:`vlp.runs.prepare_fit`: ``--ckpt_path last`` is the run's own
+        ``checkpoints/last.ckpt`` (or an error saying where it looked), and a new run never starts in a
+        folder that holds another."""
+        from vlp.runs import prepare_fit
+
+        config = self.config_init[self.subcommand]
+        config["ckpt_path"] = prepare_fit(self.trainer.default_root_dir, config.get("ckpt_path"))
+
     def after_fit(self) -> None:
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
         if self.trainer.is_global_zero and metrics:
@@ -110,12 +120,15 @@ class VLPCLI(LightningCLI):
 
 def run_lightning(args: Sequence[str], first_batch: FirstBatch | None = None) -> VLPCLI:
     """``fit|validate|test|predict``; ``first_batch`` is added to the trainer's callbacks."""
+    # omegaconf+: a recipe's ``${trainer.default_root_dir}`` is resolved once every --config file and
+    # command-line value is merged, relative to the subcommand's config, so an override is followed.
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     return VLPCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"callbacks": [first_batch]} if first_batch is not None else None,
         args=list(args),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from lightning import Trainer
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
+from vlp.errors import UserError
 from vlp.models.heads import ClassifierHead
 from vlp.objectives import VQAObjective
 from vlp.tasks import VQATask
@@ -122,15 +121,13 @@ def test_safetensors_and_plain_state_dicts_load_too(
         assert len(task.init_report.loaded) == sum(k.startswith("model.") for k in weights)
 
 
-def test_a_glob_takes_the_newest_match(tmp_path: Path) -> None:
-    for version in (0, 1, 2):
+def test_a_pattern_is_refused_not_resolved_by_recency(tmp_path: Path) -> None:
+    for version in (0, 1):
         path = tmp_path / f"version_{version}" / "last.ckpt"
         path.parent.mkdir()
         path.write_bytes(b"")
-        os.utime(path, (time.time() + version, time.time() + (1 if version == 1 else -version)))
-    assert (
-        resolve_checkpoint(str(tmp_path / "version_*" / "last.ckpt")) == tmp_path / "version_1" / "last.ckpt"
-    )
+    with pytest.raises(UserError, match=r"version_\*/last\.ckpt is a pattern; name one checkpoint exactly"):
+        resolve_checkpoint(str(tmp_path / "version_*" / "last.ckpt"))
 
 
 def test_a_missing_checkpoint_names_the_recipe_that_writes_it(
@@ -146,6 +143,6 @@ def test_a_missing_checkpoint_names_the_recipe_that_writes_it(
     ):
         resolve_checkpoint("runs/pre/ckpt/last.ckpt")
     with pytest.raises(FileNotFoundError, match=r"pre\.yaml"):
-        resolve_checkpoint("runs/pre/logs/version_*/checkpoints/last.ckpt")
+        resolve_checkpoint("runs/pre/checkpoints/last.ckpt")
     with pytest.raises(FileNotFoundError, match="point init_from at an existing checkpoint"):
         resolve_checkpoint("elsewhere/last.ckpt")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from vlp.cli import VLPCLI, main, run_lightning
 from vlp.datamodules.schema import Batch, Targets
@@ -58,11 +57,6 @@ def test_recipe_builds_the_judge_on_detection_batches() -> None:
 def test_recipe_fits_through_the_cli_and_its_checkpoint_loads_as_a_judge(
     tmp_path: Path, tiny_shapes: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    recipe = yaml.safe_load(RECIPE.read_text())
-    checkpoint = recipe["trainer"]["callbacks"][0]
-    checkpoint["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
-    override = tmp_path / "override.yaml"
-    override.write_text(yaml.safe_dump({"trainer": {"callbacks": [checkpoint]}}))
     data_args = [
         f"--data.init_args.root={tiny_shapes}",
         "--data.init_args.synth=null",
@@ -76,12 +70,9 @@ def test_recipe_fits_through_the_cli_and_its_checkpoint_loads_as_a_judge(
             "fit",
             "--config",
             str(RECIPE),
-            "--config",
-            str(override),
             "--trainer.max_steps=2",
             "--trainer.val_check_interval=2",
             f"--trainer.default_root_dir={tmp_path}",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
             *data_args,
         ]
     )

@@ -10,7 +10,8 @@ complete state dict, so nothing is silently left out.
 
 Readable: a Lightning ``.ckpt`` (its ``state_dict``), a ``torch.save``'d state dict (both through
 ``torch.load(..., weights_only=True)``), a ``.safetensors`` file, or a sharded (FSDP2 / DCP) checkpoint
-directory. A glob (``runs/x/**/last.ckpt``) picks its most recently modified match.
+directory. The path names one checkpoint exactly: a pattern (``runs/x/*/last.ckpt``) is refused, since
+picking among its matches by recency silently starts from whichever run happened to write last.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
+
+from vlp.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +86,15 @@ def producing_recipes(
 
 
 def resolve_checkpoint(path: str) -> Path:
-    """``path`` itself, or for a glob its most recently modified match; a clear error when missing."""
+    """``path`` itself; a clear error when it is a pattern or missing."""
     if glob.has_magic(path):
-        matches = sorted(glob.glob(path, recursive=True), key=lambda p: Path(p).stat().st_mtime)
-        if matches:
-            return Path(matches[-1])
-    elif Path(path).exists():
+        raise UserError(
+            f"init_from: {path} is a pattern; name one checkpoint exactly (e.g. runs/<name>/checkpoints/"
+            "last.ckpt): vlp never picks a checkpoint by how recently it was written"
+        )
+    if Path(path).exists():
         return Path(path)
-    recipes = producing_recipes(Path(path.split("*")[0] or "."))
+    recipes = producing_recipes(Path(path))
     hint = (
         "it is written by " + " or ".join(f"`python -m vlp fit --config {r}`" for r in recipes)
         if recipes
