@@ -95,10 +95,13 @@ class VLPCLI(LightningCLI):
         """Lightning's hook that merges the checkpoint's hyperparameters into the config: not done."""
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        """Check the data against the model (:mod:`vlp.checks`) once both are built, before the trainer."""
+        """Check the data against the model (:mod:`vlp.checks`) once both are built, before the trainer;
+        only ``fit`` writes the resolved recipe (``config.yaml``) into the run folder."""
         from vlp.checks import check_data_fits_model
 
         check_data_fits_model(self.model, self.datamodule)
+        if self.subcommand != "fit":  # the run folder's config.yaml is the training run's: keep it
+            self.save_config_callback = None
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
