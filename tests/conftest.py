@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
+from vlp.models.embedders.text import TextEmbedder
 from vlp.models.embedders.vit_patch import ViTPatchEmbedder
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
 
 TINY_DIM = 32

@@ -12,7 +12,7 @@ from conftest import make_tiny_vilt
 from vlp.checks import check_data_fits_model
 from vlp.cli import main
 from vlp.errors import UserError
-from vlp.models.ernie_vilg import ERNIEViLG
+from vlp.models.ernie_vilg.model import ERNIEViLG
 
 
 def data(image_size: int = 32, patch_size: int = 8, max_text_len: int = 16) -> SimpleNamespace:
@@ -105,7 +105,7 @@ def tiny_recipe(root: Path) -> dict:
                     "class_path": "vlp.models.vilt.ViLT",
                     "init_args": {
                         "text_embedder": {
-                            "class_path": "vlp.models.text.TextEmbedder",
+                            "class_path": "vlp.models.embedders.text.TextEmbedder",
                             "init_args": {"vocab_size": 30522, "dim": 32, "max_len": 16},
                         },
                         "visual_embedder": {
@@ -113,7 +113,7 @@ def tiny_recipe(root: Path) -> dict:
                             "init_args": {"dim": 32, "patch_size": 8, "pos_grid": 4},
                         },
                         "encoder": {
-                            "class_path": "vlp.models.transformer.TransformerEncoder",
+                            "class_path": "vlp.models.layers.transformer.TransformerEncoder",
                             "init_args": {"dim": 32, "depth": 1, "num_heads": 2},
                         },
                     },
@@ -122,7 +122,10 @@ def tiny_recipe(root: Path) -> dict:
                     "itm": {
                         "class_path": "vlp.objectives.ITMObjective",
                         "init_args": {
-                            "head": {"class_path": "vlp.models.heads.ITMHead", "init_args": {"dim": 32}}
+                            "head": {
+                                "class_path": "vlp.models.layers.heads.ITMHead",
+                                "init_args": {"dim": 32},
+                            }
                         },
                     }
                 },

@@ -165,7 +165,7 @@ def test_a_misspelt_key_in_a_recipe_names_the_file(
     assert line.startswith(
         f"vlp: error: {overlay}: unknown key model.init_args.model.init_args.encoder.init_args.deph"
     )
-    assert "(did you mean depth?)" in line and "vlp.models.transformer.TransformerEncoder" in line
+    assert "(did you mean depth?)" in line and "vlp.models.layers.transformer.TransformerEncoder" in line
 
 
 def test_a_wrong_type_names_the_key_the_value_and_where_it_came_from(

@@ -14,7 +14,7 @@ from PIL import Image
 
 from vlp.cli import main
 from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
-from vlp.models.vqgan import CONFIG_KEY, VQGAN
+from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPE = CONFIGS / "ernie_vilg/shapes_pretrain.yaml"
@@ -109,7 +109,7 @@ def test_recipe_runs_fast_dev_run_and_predicts(
 def test_paper_config_describes_the_paper_model() -> None:
     config = yaml.safe_load((CONFIGS / "ernie_vilg/ernie_vilg_paper.yaml").read_text())
     args = config["init_args"]
-    assert config["class_path"] == "vlp.models.ernie_vilg.ERNIEViLG"
+    assert config["class_path"] == "vlp.models.ernie_vilg.model.ERNIEViLG"
     assert (args["depth"], args["dim"], args["num_heads"], args["grid"], args["num_codes"]) == (
         48,
         4096,
@@ -117,7 +117,7 @@ def test_paper_config_describes_the_paper_model() -> None:
         [32, 32],
         8192,
     )
-    from vlp.models.ernie_vilg import ERNIEViLG
+    from vlp.models.ernie_vilg.model import ERNIEViLG
 
     with torch.device("meta"):  # 10B parameters: built on the meta device, no memory
         model = ERNIEViLG(**args)

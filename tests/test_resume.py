@@ -9,12 +9,12 @@ from typing import Any
 import lightning as L
 import torch
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.datamodules.shards import ShardDataModule
+from vlp.models.embedders.text import TextEmbedder
 from vlp.models.embedders.vit_patch import ViTPatchEmbedder
-from vlp.models.heads import ITMHead, MLMHead
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder
+from vlp.models.layers.heads import ITMHead, MLMHead
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
 from vlp.objectives import ITMObjective, MLMObjective
 from vlp.tasks import PretrainTask

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from vlp.datamodules.synth.shapes import render_scene, sample_scene
 from vlp.datamodules.transforms import ViltTransform
 from vlp.models.embedders import ViTPatchEmbedder
-from vlp.models.heads import ITMHead, MLMHead
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder
+from vlp.models.layers.heads import ITMHead, MLMHead
+from vlp.models.embedders.text import TextEmbedder
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
 from vlp.tokenizers import BUNDLED, load_tokenizer
 

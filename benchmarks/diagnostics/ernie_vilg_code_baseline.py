@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from vlp.datamodules.text_to_image import TextToImageDataModule
-from vlp.models.vqgan import VQGAN
+from vlp.models.vqgan.model import VQGAN
 
 
 def entropy(counts: torch.Tensor) -> float:

@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from vlp.models.vqgan import CONFIG_KEY
+from vlp.models.vqgan.model import CONFIG_KEY
 
 if len(sys.argv) != 4:
     sys.exit(__doc__)

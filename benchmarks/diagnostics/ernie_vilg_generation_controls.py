@@ -29,8 +29,8 @@ import yaml
 
 from vlp.datamodules.text_to_image import TextToImageDataModule
 from vlp.metrics.generation import GenerationEvaluation
-from vlp.models.shapes_judge import ShapesJudge
-from vlp.models.vqgan import VQGAN
+from vlp.metrics.shapes_judge import ShapesJudge
+from vlp.models.vqgan.model import VQGAN
 from vlp.tokenizers import load_tokenizer
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs/ernie_vilg/shapes_pretrain.yaml"

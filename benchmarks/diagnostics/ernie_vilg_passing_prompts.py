@@ -16,7 +16,7 @@ from PIL import Image
 
 from vlp.metrics.generation import GenerationEvaluation
 from vlp.metrics.semantic import parse_prompt, prompt_satisfied
-from vlp.models.shapes_judge import ShapesJudge
+from vlp.metrics.shapes_judge import ShapesJudge
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("directory", type=Path)

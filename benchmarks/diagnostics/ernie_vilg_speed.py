@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from vlp.models.ernie_vilg import ERNIEViLG
-from vlp.models.image_sampling import sample_image_codes
+from vlp.models.ernie_vilg.model import ERNIEViLG
+from vlp.models.ernie_vilg.sampling import sample_image_codes
 
 VOCAB, CODES, GRID, TEXT = 30522, 512, (8, 8), 40
 

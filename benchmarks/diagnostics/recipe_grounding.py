@@ -31,9 +31,9 @@ from vlp.datamodules.shards import SampleDecoder
 from vlp.datamodules.synth.shapes import COLOUR_NAMES
 from vlp.datamodules.transforms import ViltTransform
 from vlp.models.embedders import ViTPatchEmbedder
-from vlp.models.heads import ITMHead, MLMHead
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder
+from vlp.models.layers.heads import ITMHead, MLMHead
+from vlp.models.embedders.text import TextEmbedder
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
 from vlp.objectives import ITMObjective, MLMObjective
 from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups

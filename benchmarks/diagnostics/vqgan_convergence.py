@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 
-from vlp.models.vqgan import VQGAN
+from vlp.models.vqgan.model import VQGAN
 
 
 def load_images(pattern: str, count: int) -> torch.Tensor:

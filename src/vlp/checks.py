@@ -7,7 +7,7 @@ A recipe builds the model and the datamodule separately, so values that must agr
 - the datamodule's ``patch_size`` (the grid images are resized and padded to) must be the patch embedders'
   ``patch_size`` (the grid the model cuts them into);
 - the datamodule's ``max_text_len`` must fit every text position table of the model
-  (:class:`~vlp.models.text.TextEmbedder`'s ``max_len``, :class:`~vlp.models.ernie_vilg.ERNIEViLG`'s
+  (:class:`~vlp.models.embedders.text.TextEmbedder`'s ``max_len``, :class:`~vlp.models.ernie_vilg.model.ERNIEViLG`'s
   ``max_text_len``), or the first long caption fails mid-run.
 
 :func:`check_data_fits_model` walks the model's modules (``model.named_modules()``) and reads the datamodule's
@@ -24,8 +24,8 @@ from torch import nn
 
 from vlp.errors import UserError
 from vlp.models.embedders.base import VisualEmbedder
-from vlp.models.ernie_vilg import ERNIEViLG
-from vlp.models.text import TextEmbedder
+from vlp.models.embedders.text import TextEmbedder
+from vlp.models.ernie_vilg.model import ERNIEViLG
 
 
 def check_data_fits_model(model: nn.Module, datamodule: object | None) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from vlp.batch import Batch
 from vlp.datamodules.collate import (
     DecodedSample,
     PretrainCollator,
@@ -15,7 +16,6 @@ from vlp.datamodules.collate import (
     pad_images,
     random_derangement,
 )
-from vlp.datamodules.schema import Batch
 from vlp.tokenizers import load_tokenizer
 
 CAPTIONS = [

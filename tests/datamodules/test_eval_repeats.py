@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import torch
 
+from vlp.batch import Batch, Targets
 from vlp.datamodules.e2e import E2EDataModule
 from vlp.datamodules.finetune import FinetuneDataModule
 from vlp.datamodules.pairs import PairDataModule
 from vlp.datamodules.retrieval import RetrievalDataModule
-from vlp.datamodules.schema import Batch, Targets
 from vlp.datamodules.shards import ShardDataModule
 from vlp.datamodules.text_to_image import TextToImageDataModule
 from vlp.datamodules.vqa import VQADataModule

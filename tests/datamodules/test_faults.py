@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from shard_helpers import png_bytes, write_dataset, write_shard
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.datamodules.shards import ShardDataModule
 from vlp.datamodules.stream import StreamLoader
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from shard_helpers import good_sample, keyed_shards, png_bytes, write_dataset
 
+from vlp.batch import Batch
 from vlp.datamodules.collate import DecodedSample, SkippedSample
-from vlp.datamodules.schema import Batch
 from vlp.datamodules.shards import SampleDecoder, ShardDataModule
 from vlp.datamodules.synth.shapes import ShapesConfig
 from vlp.datamodules.transforms import ViltTransform

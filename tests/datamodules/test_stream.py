@@ -10,7 +10,7 @@ import pytest
 import torch
 from shard_helpers import shards_of, write_dataset
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.datamodules.shards import ShardDataModule
 from vlp.datamodules.stream import StreamLoader, shard_sample_count
 

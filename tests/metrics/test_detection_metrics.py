@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlp.datamodules.schema import Targets
+from vlp.batch import Targets
 from vlp.metrics.detection import (
     detections,
     ground_truth,

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from vlp.datamodules.synth.shapes import COLOUR_NAMES, SHAPES, captions_for, sample_scene
 from vlp.metrics.generation import GenerationEvaluation
-from vlp.models.shapes_judge import JudgeOutput
+from vlp.metrics.shapes_judge import JudgeOutput
 
 C, S = len(COLOUR_NAMES), len(SHAPES)
 

@@ -89,3 +89,11 @@ def test_an_oracle_judge_scores_own_captions_one_and_mismatched_captions_low() -
 def test_shape_of_the_presence_grid_is_checked() -> None:
     with pytest.raises(ValueError, match="present must be"):
         SemanticScore(COLOURS, NAMES).update(torch.zeros(2, 3, 4, dtype=torch.bool), ["a", "b"])
+
+
+def test_the_count_words_are_the_generators() -> None:
+    """The metric keeps its own list (metrics do not import the generator); it must read what shapes writes."""
+    from vlp.datamodules.synth import shapes
+    from vlp.metrics import semantic
+
+    assert semantic.NUMBER_WORDS == shapes.NUMBER_WORDS

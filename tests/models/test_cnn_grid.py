@@ -18,8 +18,8 @@ from torch import nn
 from conftest import TINY_VOCAB
 from vlp.models.embedders import CNNGridEmbedder
 from vlp.models.embedders.cnn_grid import sine_positions
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder
+from vlp.models.embedders.text import TextEmbedder
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
 
 DIM = 32

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlp.models.decoder import DecoderCache, MultiHeadAttention, TransformerDecoder, causal_mask
+from vlp.models.layers.decoder import DecoderCache, MultiHeadAttention, TransformerDecoder, causal_mask
 
 DIM = 16
 

@@ -14,13 +14,13 @@ from jsonargparse import ArgumentParser
 from torch import nn
 
 from conftest import TINY_VOCAB
-from vlp.datamodules.schema import Batch, Targets
-from vlp.models.decoder import TransformerDecoder
-from vlp.models.e2e_vlp import E2EVLP, ObjectQueryOutput, PosTransformerEncoder, box_sine_embedding
+from vlp.batch import Batch, Targets
+from vlp.models.e2e_vlp.model import E2EVLP, ObjectQueryOutput, PosTransformerEncoder, box_sine_embedding
 from vlp.models.embedders import CNNGridEmbedder, ViTPatchEmbedder
-from vlp.models.heads import DetectionHead, ITMHead, MLMHead
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder
+from vlp.models.embedders.text import TextEmbedder
+from vlp.models.layers.decoder import TransformerDecoder
+from vlp.models.layers.heads import DetectionHead, ITMHead, MLMHead
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
 from vlp.objectives import CaptioningObjective, DetectionObjective, ITMObjective, MLMObjective
 
@@ -344,24 +344,24 @@ def test_parts_of_different_width_are_refused() -> None:
 def tiny_config(assembly: str, embedder: dict) -> dict:
     parts = {
         "text_embedder": {
-            "class_path": "vlp.models.text.TextEmbedder",
+            "class_path": "vlp.models.embedders.text.TextEmbedder",
             "init_args": {"vocab_size": TINY_VOCAB, "dim": DIM, "max_len": 16},
         },
         "visual_embedder": embedder,
         "encoder": {
-            "class_path": "vlp.models.e2e_vlp.PosTransformerEncoder"
+            "class_path": "vlp.models.e2e_vlp.model.PosTransformerEncoder"
             if assembly == "E2EVLP"
-            else "vlp.models.transformer.TransformerEncoder",
+            else "vlp.models.layers.transformer.TransformerEncoder",
             "init_args": {"dim": DIM, "depth": 1, "num_heads": 4},
         },
     }
     if assembly == "E2EVLP":
         parts["decoder"] = {
-            "class_path": "vlp.models.decoder.TransformerDecoder",
+            "class_path": "vlp.models.layers.decoder.TransformerDecoder",
             "init_args": {"dim": DIM, "depth": 1, "num_heads": 4},
         }
         parts["num_queries"] = 4
-    module = "vlp.models.e2e_vlp" if assembly == "E2EVLP" else "vlp.models.vilt"
+    module = "vlp.models.e2e_vlp.model" if assembly == "E2EVLP" else "vlp.models.vilt"
     return {"class_path": f"{module}.{assembly}", "init_args": parts}
 
 

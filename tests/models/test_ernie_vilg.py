@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlp.models.ernie_vilg import ERNIEViLG
+from vlp.models.ernie_vilg.model import ERNIEViLG
 
 VOCAB, CODES, GRID, TEXT = 50, 16, (4, 4), 6
 PATTERN_SETS = {

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from vlp.models.generation import beam_search, greedy_search, index_state, length_penalty
+from vlp.models.layers.generation import beam_search, greedy_search, index_state, length_penalty
 
 PAD, BOS, EOS, A, B, C = range(6)
 VOCAB = 6

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlp.models.ernie_vilg import ERNIEViLG
-from vlp.models.image_sampling import (
+from vlp.models.ernie_vilg.model import ERNIEViLG
+from vlp.models.ernie_vilg.sampling import (
     caption_images,
     filter_logits,
     generate_images,

@@ -10,12 +10,12 @@ from test_vqgan import tiny_vqgan
 
 from conftest import TINY_DIM, TINY_VOCAB, make_tiny_vilt
 from vlp.models.embedders import VQTokenEmbedder
-from vlp.models.ernie_vilg import ERNIEViLG
-from vlp.models.heads import ITMHead, MLMHead
-from vlp.models.image_sampling import generate_images, rerank
-from vlp.models.itm_scorer import ITMScorer
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder
+from vlp.models.embedders.text import TextEmbedder
+from vlp.models.ernie_vilg.itm_scorer import ITMScorer
+from vlp.models.ernie_vilg.model import ERNIEViLG
+from vlp.models.ernie_vilg.sampling import generate_images, rerank
+from vlp.models.layers.heads import ITMHead, MLMHead
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
 
 GRID_CELLS = 16  # the tiny VQGAN: 16 px, factor 4 -> 4x4 codes, 32 codes

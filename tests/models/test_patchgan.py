@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlp.models.patchgan import NLayerDiscriminator
+from vlp.models.vqgan.discriminator import NLayerDiscriminator
 
 
 def test_keys_follow_tamings_sequential() -> None:

@@ -1,4 +1,4 @@
-"""vlp.models.sdpa: the explicit bf16 CPU path computes SDPA's attention, masks included."""
+"""vlp.models.layers.attention: the explicit bf16 CPU path computes SDPA's attention, masks included."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlp.models.sdpa import additive_mask, explicit_attention, sdpa, uses_explicit_path
+from vlp.models.layers.attention import additive_mask, explicit_attention, sdpa, uses_explicit_path
 
 
 def _qkv(dtype: torch.dtype, length: int = 7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlp.models.seq2seq_mask import seq2seq_mask
+from vlp.models.ernie_vilg.seq2seq_mask import seq2seq_mask
 
 
 def brute_force(

@@ -10,11 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from vlp.models.seq2seq_mask import seq2seq_mask
-from vlp.models.sparse_attention import SparseSelfAttention, blocked_attention, dense_pattern_attention
-from vlp.models.sparse_blocks import block_plan
-from vlp.models.sparse_patterns import ImageTextLayout, SparsePattern, ernie_vilg_schedule
-from vlp.models.transformer import Attention, TransformerEncoder
+from vlp.models.ernie_vilg.seq2seq_mask import seq2seq_mask
+from vlp.models.ernie_vilg.sparse_attention import (
+    SparseSelfAttention,
+    blocked_attention,
+    dense_pattern_attention,
+)
+from vlp.models.ernie_vilg.sparse_blocks import block_plan
+from vlp.models.ernie_vilg.sparse_patterns import ImageTextLayout, SparsePattern, ernie_vilg_schedule
+from vlp.models.layers.transformer import Attention, TransformerEncoder
 
 KINDS = ["row", "column", "conv"]
 DIRECTIONS = ["text_to_image", "image_to_text"]
@@ -338,7 +342,7 @@ def test_bad_input_names_the_argument() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_blocked_path_never_builds_the_full_mask(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vlp.models import sparse_attention
+    from vlp.models.ernie_vilg import sparse_attention
 
     monkeypatch.setattr(sparse_attention, "pattern_mask", lambda *a, **k: pytest.fail("built [N, N]"))
     layout = padded_layout(4, (4, 4), "text_to_image", True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlp.models.sparse_blocks import block_geometry, block_plan, padded, to_blocks
-from vlp.models.sparse_patterns import ImageTextLayout, SparsePattern, pattern_mask
+from vlp.models.ernie_vilg.sparse_blocks import block_geometry, block_plan, padded, to_blocks
+from vlp.models.ernie_vilg.sparse_patterns import ImageTextLayout, SparsePattern, pattern_mask
 
 
 def test_to_blocks_pads_and_widens_explicitly() -> None:

@@ -8,8 +8,8 @@ import itertools
 import pytest
 import torch
 
-from vlp.models.seq2seq_mask import seq2seq_mask
-from vlp.models.sparse_patterns import ImageTextLayout, ernie_vilg_schedule, pattern_mask
+from vlp.models.ernie_vilg.seq2seq_mask import seq2seq_mask
+from vlp.models.ernie_vilg.sparse_patterns import ImageTextLayout, ernie_vilg_schedule, pattern_mask
 
 
 def brute_force(layout: ImageTextLayout, kind: str, context: int, kernel_size: int) -> torch.Tensor:

@@ -1,11 +1,11 @@
-"""vlp.models.state_check: every key that does not fit is named, a matching state passes."""
+"""vlp.checkpoints: every key that does not fit is named, a matching state passes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vlp.models.state_check import check_state_matches
+from vlp.checkpoints import check_state_matches
 
 
 def test_names_every_missing_unexpected_and_misshaped_key() -> None:

@@ -1,6 +1,6 @@
 import torch
 
-from vlp.models.transformer import Attention, TransformerEncoder, key_padding_mask, row_index
+from vlp.models.layers.transformer import Attention, TransformerEncoder, key_padding_mask, row_index
 
 
 def reference_attention(attn: Attention, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from conftest import TINY_DIM, TINY_VOCAB, make_tiny_vilt
+from vlp.models.embedders.text import TextEmbedder
 from vlp.models.embedders.vit_patch import ViTPatchEmbedder
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
 
 

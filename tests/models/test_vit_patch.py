@@ -82,8 +82,8 @@ def test_pre_norm_normalises_patch_plus_position_and_folds_the_positions_in() ->
 
 
 def test_pre_norm_keeps_padding_invariance_in_vilt() -> None:
-    from vlp.models.text import TextEmbedder
-    from vlp.models.transformer import TransformerEncoder
+    from vlp.models.embedders.text import TextEmbedder
+    from vlp.models.layers.transformer import TransformerEncoder
     from vlp.models.vilt import ViLT
 
     torch.manual_seed(0)

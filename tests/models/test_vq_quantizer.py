@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlp.models.vq_quantizer import VectorQuantizer
+from vlp.models.vqgan.quantizer import VectorQuantizer
 
 
 def set_codes(quantizer: VectorQuantizer, codes: torch.Tensor) -> None:

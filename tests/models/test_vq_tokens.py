@@ -9,13 +9,13 @@ import torch
 from test_vqgan import tiny_vqgan
 
 from conftest import TINY_DIM, TINY_VOCAB
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.models.embedders import VQTokenEmbedder
-from vlp.models.heads import ITMHead, MLMHead
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder
+from vlp.models.embedders.text import TextEmbedder
+from vlp.models.layers.heads import ITMHead, MLMHead
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
-from vlp.models.vqgan import CONFIG_KEY
+from vlp.models.vqgan.model import CONFIG_KEY
 from vlp.objectives import ITMObjective, MLMObjective
 from vlp.tasks import PretrainTask
 

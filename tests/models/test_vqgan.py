@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlp.models.vqgan import CONFIG_KEY, VQGAN
+from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
 
 # taming's f8 model (ddconfig ch 128, ch_mult [1, 1, 2, 4], num_res_blocks 2, attn_resolutions [32],
 # resolution 256, z_channels 256; n_embed 8192, embed_dim 256), keys of taming's VQModel without its loss.

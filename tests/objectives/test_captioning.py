@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlp.datamodules.schema import Batch
-from vlp.models.e2e_vlp import CaptionOutput
+from vlp.batch import Batch
+from vlp.models.e2e_vlp.model import CaptionOutput
 from vlp.objectives import CaptioningObjective
 
 VOCAB = 4

@@ -15,9 +15,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from vlp.datamodules.schema import Batch, Targets
-from vlp.models.e2e_vlp import ObjectQueryOutput
-from vlp.models.heads import DetectionHead
+from vlp.batch import Batch, Targets
+from vlp.models.e2e_vlp.model import ObjectQueryOutput
+from vlp.models.layers.heads import DetectionHead
 from vlp.models.outputs import DecoderOutput, DetectionPredictions
 from vlp.objectives import DetectionObjective
 from vlp.objectives.detection import SetCriterion, num_boxes_across_processes

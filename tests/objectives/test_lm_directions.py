@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from vlp.datamodules.schema import Batch
-from vlp.models.ernie_vilg import ERNIEViLG
+from vlp.batch import Batch
+from vlp.models.ernie_vilg.model import ERNIEViLG
 from vlp.objectives.lm_directions import ImageToTextLM, TextToImageLM
 from vlp.objectives.reconstruction import ReconstructionObjective, bridge_latents
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.ops import box_convert, generalized_box_iou
 
-from vlp.datamodules.schema import Targets
+from vlp.batch import Targets
 from vlp.objectives.matcher import HungarianMatcher, assign, box_giou, pad_targets
 
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlp.datamodules.schema import Batch
-from vlp.models.heads import RankHead
+from vlp.batch import Batch
+from vlp.models.layers.heads import RankHead
 from vlp.objectives import RetrievalObjective
 
 

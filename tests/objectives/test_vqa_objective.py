@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from vlp.datamodules.schema import Batch
-from vlp.models.heads import ClassifierHead
+from vlp.batch import Batch
+from vlp.models.layers.heads import ClassifierHead
 from vlp.objectives import VQAObjective
 
 

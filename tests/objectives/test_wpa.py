@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.models.embedders.base import VisualTokens
 from vlp.models.outputs import FusionOutput
 from vlp.objectives.wpa import WPAObjective, alignment_positions, cosine_cost, ipot_plan

@@ -38,11 +38,11 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
+from vlp.models.embedders.text import TextEmbedder
 from vlp.models.embedders.vit_patch import ViTPatchEmbedder
-from vlp.models.heads import ITMHead, MLMHead
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder
+from vlp.models.layers.heads import ITMHead, MLMHead
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
 from vlp.objectives import ITMObjective, MLMObjective
 from vlp.tasks import PretrainTask

@@ -30,7 +30,7 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.objectives import matcher
 
 KINDS = ("pretrain", "captioning", "detection")

@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from vlp.datamodules.schema import Batch, Targets
-from vlp.models.decoder import TransformerDecoder
-from vlp.models.e2e_vlp import E2EVLP, PosTransformerEncoder
+from vlp.batch import Batch, Targets
+from vlp.models.e2e_vlp.model import E2EVLP, PosTransformerEncoder
 from vlp.models.embedders import CNNGridEmbedder, ViTPatchEmbedder
-from vlp.models.heads import DetectionHead, ITMHead, MLMHead
-from vlp.models.text import TextEmbedder
+from vlp.models.embedders.text import TextEmbedder
+from vlp.models.layers.decoder import TransformerDecoder
+from vlp.models.layers.heads import DetectionHead, ITMHead, MLMHead
 from vlp.objectives import CaptioningObjective, DetectionObjective, ITMObjective, MLMObjective
 from vlp.tasks import CaptioningTask, DetectionTask, E2EPretrainTask
 from vlp.tokenizers import load_tokenizer

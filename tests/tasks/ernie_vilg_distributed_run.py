@@ -23,7 +23,7 @@ import e2e_distributed_run as e2e
 import ernie_vilg_parts as parts
 import torch
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 
 KINDS = ("two_stage", "end_to_end")
 VAL_BATCHES = 2

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from vlp.datamodules.schema import Batch
-from vlp.models.ernie_vilg import ERNIEViLG
-from vlp.models.vqgan import VQGAN
+from vlp.batch import Batch
+from vlp.models.ernie_vilg.model import ERNIEViLG
+from vlp.models.vqgan.model import VQGAN
 from vlp.objectives import ImageToTextLM, ReconstructionObjective, TextToImageLM
 from vlp.tasks.text_to_image import ERNIEViLGTask
 from vlp.tokenizers import load_tokenizer

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
+from vlp.models.embedders.text import TextEmbedder
 from vlp.models.embedders.vit_patch import ViTPatchEmbedder
-from vlp.models.heads import ClassifierHead, ITMHead, MLMHead, RankHead
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder
+from vlp.models.layers.heads import ClassifierHead, ITMHead, MLMHead, RankHead
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
 from vlp.objectives import ITMObjective, MLMObjective, NLVR2Objective, RetrievalObjective, VQAObjective
 from vlp.tasks import NLVR2Task, PretrainTask, RetrievalTask, VQATask

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 from two_process_launch import Launch
 
-from vlp.models.transformer import Block, TransformerEncoder
+from vlp.models.layers.transformer import Block, TransformerEncoder
 from vlp.zoo import consolidate_checkpoint, save_consolidated
 
 pytestmark = pytest.mark.distributed

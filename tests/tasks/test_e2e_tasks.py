@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
 
 from vlp.metrics.captioning import caption_scores
-from vlp.models.heads import ClassifierHead
+from vlp.models.layers.heads import ClassifierHead
 from vlp.objectives import CaptioningObjective, MLMObjective, VQAObjective
 from vlp.tasks import CaptioningTask, VQATask
 

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from vlp.errors import UserError
-from vlp.models.heads import ClassifierHead
+from vlp.models.layers.heads import ClassifierHead
 from vlp.objectives import VQAObjective
 from vlp.tasks import VQATask
 from vlp.tasks.init_from import resolve_checkpoint

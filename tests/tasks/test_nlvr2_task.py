@@ -1,7 +1,7 @@
 import torch
 from finetune_parts import DIM, IMAGE, nlvr2_task, pair_batches, tiny_vilt, train_steps
 
-from vlp.models.heads import ClassifierHead
+from vlp.models.layers.heads import ClassifierHead
 from vlp.objectives import NLVR2Objective
 from vlp.tasks import NLVR2Task
 from vlp.tasks.nlvr2 import grow_modality_table

@@ -29,14 +29,14 @@ from vlp.datamodules.retrieval import RetrievalDataModule
 from vlp.datamodules.shards import ShardDataModule
 from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
 from vlp.datamodules.vqa import VQADataModule
-from vlp.models.decoder import TransformerDecoder
-from vlp.models.e2e_vlp import E2EVLP, PosTransformerEncoder
+from vlp.models.e2e_vlp.model import E2EVLP, PosTransformerEncoder
 from vlp.models.embedders import ViTPatchEmbedder
-from vlp.models.heads import ClassifierHead, DetectionHead, ITMHead, RankHead
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder
+from vlp.models.embedders.text import TextEmbedder
+from vlp.models.layers.decoder import TransformerDecoder
+from vlp.models.layers.heads import ClassifierHead, DetectionHead, ITMHead, RankHead
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
-from vlp.models.vqgan import VQGAN
+from vlp.models.vqgan.model import VQGAN
 from vlp.objectives import (
     CaptioningObjective,
     DetectionObjective,
@@ -184,7 +184,7 @@ def test_predict_refuses_to_write_over_earlier_predictions(shapes: Path, tmp_pat
 
 
 def test_pretrain_predict_without_an_itm_objective_names_it(shapes: Path, tmp_path: Path) -> None:
-    from vlp.models.heads import MLMHead
+    from vlp.models.layers.heads import MLMHead
     from vlp.objectives import MLMObjective
 
     task = PretrainTask(vilt(), {"mlm": MLMObjective(MLMHead(DIM, vocab_size=VOCAB))})
@@ -355,9 +355,11 @@ def tiny_recipe(
     """A recipe of the tiny ViLT (random weights: no init_from) for ``task`` over ``data``."""
     model = part(
         "vlp.models.vilt.ViLT",
-        text_embedder=part("vlp.models.text.TextEmbedder", vocab_size=VOCAB, dim=DIM, max_len=TEXT_LEN),
+        text_embedder=part(
+            "vlp.models.embedders.text.TextEmbedder", vocab_size=VOCAB, dim=DIM, max_len=TEXT_LEN
+        ),
         visual_embedder=part("vlp.models.embedders.ViTPatchEmbedder", dim=DIM, patch_size=8, pos_grid=4),
-        encoder=part("vlp.models.transformer.TransformerEncoder", dim=DIM, depth=2, num_heads=4),
+        encoder=part("vlp.models.layers.transformer.TransformerEncoder", dim=DIM, depth=2, num_heads=4),
     )
     trainer = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False}
     return {
@@ -374,7 +376,7 @@ def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
 
 
 def test_cli_predict_writes_vqa_results_under_the_default_root_dir(shapes: Path, tmp_path: Path) -> None:
-    head = part("vlp.models.heads.ClassifierHead", input_dim=DIM, num_classes=25)
+    head = part("vlp.models.layers.heads.ClassifierHead", input_dim=DIM, num_classes=25)
     objectives = {"vqa": part("vlp.objectives.VQAObjective", head=head)}
     recipe = tiny_recipe(
         shapes, tmp_path / "run", "vlp.tasks.VQATask", objectives, "vlp.datamodules.vqa.VQADataModule",
@@ -389,13 +391,13 @@ def test_cli_predict_writes_vqa_results_under_the_default_root_dir(shapes: Path,
 DDP_RECIPES = {
     "nlvr2": (
         "vlp.tasks.NLVR2Task",
-        {"nlvr2": part("vlp.objectives.NLVR2Objective", head=part("vlp.models.heads.ClassifierHead", input_dim=2 * DIM, num_classes=2))},
+        {"nlvr2": part("vlp.objectives.NLVR2Objective", head=part("vlp.models.layers.heads.ClassifierHead", input_dim=2 * DIM, num_classes=2))},
         "vlp.datamodules.pairs.PairDataModule",
         {},
     ),
     "retrieval": (
         "vlp.tasks.RetrievalTask",
-        {"rank": part("vlp.objectives.RetrievalObjective", head=part("vlp.models.heads.RankHead", dim=DIM))},
+        {"rank": part("vlp.objectives.RetrievalObjective", head=part("vlp.models.layers.heads.RankHead", dim=DIM))},
         "vlp.datamodules.retrieval.RetrievalDataModule",
         {"max_captions": 2},
     ),

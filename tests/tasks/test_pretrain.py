@@ -5,8 +5,8 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils.data import DataLoader
 
 from conftest import TINY_DIM, TINY_VOCAB, make_tiny_vilt
-from vlp.datamodules.schema import Batch
-from vlp.models.heads import ITMHead, MLMHead
+from vlp.batch import Batch
+from vlp.models.layers.heads import ITMHead, MLMHead
 from vlp.objectives import ITMObjective, MLMObjective, WPAObjective
 from vlp.tasks import PretrainTask
 from vlp.tasks.optim import param_groups

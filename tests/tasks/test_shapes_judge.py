@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from vlp.batch import Batch, Targets
 from vlp.cli import VLPCLI, main, run_lightning
-from vlp.datamodules.schema import Batch, Targets
-from vlp.datamodules.synth.shapes import COLOUR_NAMES, SHAPES
-from vlp.models.shapes_judge import ShapesJudge
+from vlp.datamodules.synth.shapes import COLOUR_NAMES, MAX_OBJECTS, SHAPES
+from vlp.metrics.shapes_judge import ShapesJudge
 from vlp.tasks.shapes_judge import ShapesJudgeTask
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs/probe/shapes_judge.yaml"
@@ -18,7 +18,9 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def test_targets_are_the_colour_shape_pairs_and_the_object_count() -> None:
-    task = ShapesJudgeTask(ShapesJudge(channels=[4, 8], count_hidden=8))
+    task = ShapesJudgeTask(
+        ShapesJudge(list(COLOUR_NAMES), list(SHAPES), MAX_OBJECTS, channels=[4, 8], count_hidden=8)
+    )
     # the data's own orders differ from the judge's: the maps go through the names
     categories = ["hexagon", "circle", "square", "triangle", "diamond", "star"]
     attributes = ["small", "large", *reversed(COLOUR_NAMES)]

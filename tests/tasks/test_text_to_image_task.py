@@ -14,11 +14,12 @@ from lightning import LightningDataModule, Trainer
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from vlp.datamodules.synth.shapes import COLOUR_NAMES, MAX_OBJECTS, SHAPES
 from vlp.models.embedders import VQTokenEmbedder
-from vlp.models.heads import ITMHead
-from vlp.models.itm_scorer import ITMScorer
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder
+from vlp.models.embedders.text import TextEmbedder
+from vlp.models.ernie_vilg.itm_scorer import ITMScorer
+from vlp.models.layers.heads import ITMHead
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
 from vlp.objectives import ImageToTextLM, TextToImageLM
 from vlp.tasks.text_to_image import ERNIEViLGTask
@@ -217,9 +218,9 @@ def test_end_to_end_trains_and_validates_under_bf16_autocast() -> None:
 
 
 def test_predict_with_a_judge_writes_caption_and_generation_metrics(tmp_path: Path) -> None:
-    from vlp.models.shapes_judge import CONFIG_KEY, ShapesJudge
+    from vlp.metrics.shapes_judge import CONFIG_KEY, ShapesJudge
 
-    judge = ShapesJudge(channels=[4, 8], count_hidden=8)
+    judge = ShapesJudge(list(COLOUR_NAMES), list(SHAPES), MAX_OBJECTS, channels=[4, 8], count_hidden=8)
     state = {f"judge.{k}": v for k, v in judge.state_dict().items()}
     torch.save({CONFIG_KEY: judge.config, "state_dict": state}, tmp_path / "judge.ckpt")
     task = parts.ernie_task(

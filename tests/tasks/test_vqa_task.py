@@ -2,7 +2,7 @@ import pytest
 import torch
 from finetune_parts import DIM, IMAGE, NUM_ANSWERS, tiny_vilt, train_steps, vqa_batches, vqa_task
 
-from vlp.models.heads import ClassifierHead, ITMHead
+from vlp.models.layers.heads import ClassifierHead, ITMHead
 from vlp.objectives import ITMObjective, VQAObjective
 from vlp.tasks import VQATask
 from vlp.tasks.optim import param_groups

@@ -11,10 +11,10 @@ from lightning import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.metrics.codebook import usage_from_counts
-from vlp.models.patchgan import NLayerDiscriminator
-from vlp.models.vqgan import VQGAN
+from vlp.models.vqgan.discriminator import NLayerDiscriminator
+from vlp.models.vqgan.model import VQGAN
 from vlp.objectives.vq import VQGANLoss
 from vlp.tasks.vqgan import VQGANTask
 

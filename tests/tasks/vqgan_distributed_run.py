@@ -34,9 +34,9 @@ from lightning import LightningDataModule, Trainer
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from vlp.datamodules.schema import Batch
-from vlp.models.patchgan import NLayerDiscriminator
-from vlp.models.vqgan import VQGAN
+from vlp.batch import Batch
+from vlp.models.vqgan.discriminator import NLayerDiscriminator
+from vlp.models.vqgan.model import VQGAN
 from vlp.objectives.vq import VQGANLoss
 from vlp.tasks.vqgan import VQGANTask
 

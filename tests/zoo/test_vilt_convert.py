@@ -22,13 +22,14 @@ from transformers import (
     ViltModel,
 )
 
+from vlp.checkpoints import read_state_dict
 from vlp.cli import main
 from vlp.models.outputs import FusionOutput
 from vlp.models.vilt import ViLT
 from vlp.objectives.itm import ITMObjective
 from vlp.objectives.mlm import MLMObjective
 from vlp.tasks.pretrain import PretrainTask
-from vlp.zoo.files import read_hf_folder, read_state_dict, write_state_dict
+from vlp.zoo.files import read_hf_folder, write_state_dict
 from vlp.zoo.keys import KeyMappingError
 from vlp.zoo.vilt import ViLTWeights, hf_to_vlp, official_to_vlp, vlp_to_hf, vlp_to_official
 from vlp.zoo.vilt_build import (

@@ -2,10 +2,10 @@
 
 1. **Attention.** Forward + backward of ``F.scaled_dot_product_attention`` with PyTorch's fused CPU
    kernel (``FLASH_ATTENTION``, what SDPA picks on CPU) and with its unfused ``MATH`` backend, and of
-   vlp's explicit path (:func:`vlp.models.sdpa.explicit_attention`: matmuls and softmax in the inputs'
+   vlp's explicit path (:func:`vlp.models.layers.attention.explicit_attention`: matmuls and softmax in the inputs'
    dtype), in fp32 and bf16, at the default shapes recipe's size (batch 32, 4 heads, 46 tokens, head
    width 32) and at ViLT-B/32's (batch 8, 12 heads, 185 tokens, head width 64), with a key-padding
-   mask. :func:`vlp.models.sdpa.sdpa` takes the explicit path for bf16/fp16 on CPU because of these.
+   mask. :func:`vlp.models.layers.attention.sdpa` takes the explicit path for bf16/fp16 on CPU because of these.
 2. **AdamW implementation.** One optimiser step over the parameters of the default recipe's model
    (tiny ViLT + MLM head: two 30522 x 128 matrices dominate) with the for-loop, ``foreach`` and
    ``fused`` implementations. :func:`vlp.tasks.optim.build_adamw` uses ``fused``.
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vlp.models.sdpa import explicit_attention
+from vlp.models.layers.attention import explicit_attention
 from vlp.tasks.optim import ADAMW_IMPLEMENTATIONS
 
 ATTENTION = ("flash", "math", "explicit")
@@ -67,9 +67,9 @@ class CpuKernelsConfig:
 def default_recipe_param_shapes() -> list[list[int]]:
     """Parameter shapes of configs/vilt/shapes_pretrain.yaml's model and MLM/ITM heads."""
     from vlp.models.embedders import ViTPatchEmbedder
-    from vlp.models.heads import ITMHead, MLMHead
-    from vlp.models.text import TextEmbedder
-    from vlp.models.transformer import TransformerEncoder
+    from vlp.models.embedders.text import TextEmbedder
+    from vlp.models.layers.heads import ITMHead, MLMHead
+    from vlp.models.layers.transformer import TransformerEncoder
     from vlp.models.vilt import ViLT
 
     model = ViLT(
@@ -170,7 +170,7 @@ def markdown(
 ) -> str:
     """A section for benchmarks/RESULTS.md; its last line is the bf16 attention speedup at the first shape.
 
-    "vlp's path" is what :func:`vlp.models.sdpa.sdpa` runs: explicit in bf16, SDPA's default in fp32.
+    "vlp's path" is what :func:`vlp.models.layers.attention.sdpa` runs: explicit in bf16, SDPA's default in fp32.
     """
     from vlp.bench.scaling import cpu_name
 

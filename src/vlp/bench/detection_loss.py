@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlp.datamodules.schema import Targets
+from vlp.batch import Targets
 
 
 @dataclass

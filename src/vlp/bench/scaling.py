@@ -117,10 +117,10 @@ def cpu_name() -> str:
 
 def build_task(config: ScalingConfig) -> Any:
     """The default recipe's assembly (sizes from ``config``) in a PretrainTask with MLM + ITM."""
+    from vlp.models.embedders.text import TextEmbedder
     from vlp.models.embedders.vit_patch import ViTPatchEmbedder
-    from vlp.models.heads import ITMHead, MLMHead
-    from vlp.models.text import TextEmbedder
-    from vlp.models.transformer import TransformerEncoder
+    from vlp.models.layers.heads import ITMHead, MLMHead
+    from vlp.models.layers.transformer import TransformerEncoder
     from vlp.models.vilt import ViLT
     from vlp.objectives import ITMObjective, MLMObjective
     from vlp.tasks import PretrainTask
@@ -142,7 +142,7 @@ def build_task(config: ScalingConfig) -> Any:
 
 def synthetic_batch(config: ScalingConfig, size: int, seed: int) -> Any:
     """Random pixels and token ids with ``mlm_per_sample`` labelled positions per sample."""
-    from vlp.datamodules.schema import Batch
+    from vlp.batch import Batch
 
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, config.vocab_size, (size, config.text_len), generator=generator)

@@ -1,6 +1,6 @@
 """``python -m vlp bench sparse-attention``: ERNIE-ViLG's sparse attention against dense, same masks.
 
-What runs: stacks of :class:`~vlp.models.sparse_attention.SparseSelfAttention` layers (fused ``qkv``
+What runs: stacks of :class:`~vlp.models.ernie_vilg.sparse_attention.SparseSelfAttention` layers (fused ``qkv``
 projection, attention, output projection; ``x = x + attn(x)`` per layer, no MLP or norm, so the figure
 is the attention layer) over ``text_len`` text tokens and a ``grid x grid`` image, batch
 ``batch_size``, fp32, in the direction given (default text→image: text = source, image = causal
@@ -8,12 +8,12 @@ target). Every second sample has its last quarter of text padded. Setups:
 
 - ``row``, ``column``, ``conv``: one layer of that pattern, blocked and dense;
 - ``schedule``: ``depth`` layers of the paper's schedule
-  (:func:`~vlp.models.sparse_patterns.ernie_vilg_schedule`; depth 4: row, row, column, conv), in every
+  (:func:`~vlp.models.ernie_vilg.sparse_patterns.ernie_vilg_schedule`; depth 4: row, row, column, conv), in every
   row below.
 
 The rows (the ``attention`` column), all with the same weights:
 
-- ``blocked``: :class:`~vlp.models.sparse_attention.SparseSelfAttention` as it is built by default:
+- ``blocked``: :class:`~vlp.models.ernie_vilg.sparse_attention.SparseSelfAttention` as it is built by default:
   the blocked kernels, backward attends again chunk by chunk and regenerates the fused ``qkv`` from the
   layer input (``recompute=True, recompute_qkv=True``), so a layer keeps its input and the small masks;
 - ``blocked (qkv kept)`` (schedule only): the same with ``recompute_qkv=False``: a layer also keeps
@@ -64,9 +64,9 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from vlp.models.sparse_attention import DEFAULT_CHUNKS, SparseSelfAttention
-from vlp.models.sparse_blocks import DEFAULT_BLOCK
-from vlp.models.sparse_patterns import ImageTextLayout, ernie_vilg_schedule
+from vlp.models.ernie_vilg.sparse_attention import DEFAULT_CHUNKS, SparseSelfAttention
+from vlp.models.ernie_vilg.sparse_blocks import DEFAULT_BLOCK
+from vlp.models.ernie_vilg.sparse_patterns import ImageTextLayout, ernie_vilg_schedule
 
 SINGLE_PATTERNS = ("row", "column", "conv")
 

@@ -185,7 +185,7 @@ class BenchBatch:
         return BenchBatch(*(getattr(self, f.name)[:size] for f in fields(self)))
 
     def for_vlp(self) -> Any:
-        from vlp.datamodules.schema import Batch
+        from vlp.batch import Batch
 
         size = self.text_ids.shape[0]
         return Batch(
@@ -231,10 +231,10 @@ class VlpSide(nn.Module):
 
     def __init__(self, config: ViltBenchConfig) -> None:
         super().__init__()
+        from vlp.models.embedders.text import TextEmbedder
         from vlp.models.embedders.vit_patch import ViTPatchEmbedder
-        from vlp.models.heads import ITMHead, MLMHead
-        from vlp.models.text import TextEmbedder
-        from vlp.models.transformer import TransformerEncoder
+        from vlp.models.layers.heads import ITMHead, MLMHead
+        from vlp.models.layers.transformer import TransformerEncoder
         from vlp.models.vilt import ViLT
         from vlp.objectives import ITMObjective, MLMObjective
 
@@ -259,7 +259,7 @@ class VlpSide(nn.Module):
         self.mlm.head.decoder.weight = self.model.text_embedder.word_embeddings.weight
 
     def losses(self, batch: Any) -> tuple[Tensor, Tensor]:
-        """(MLM loss, ITM loss) of one pass over ``batch``, a :class:`~vlp.datamodules.schema.Batch`."""
+        """(MLM loss, ITM loss) of one pass over ``batch``, a :class:`~vlp.batch.Batch`."""
         outputs = self.model(
             batch.mlm_text_ids,
             batch.text_mask,

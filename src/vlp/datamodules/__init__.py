@@ -1,1 +1,1 @@
-"""Data: webdataset shards, transforms, collation into a typed :class:`~vlp.datamodules.schema.Batch`."""
+"""Data: webdataset shards, transforms, collation into a typed :class:`~vlp.batch.Batch`."""

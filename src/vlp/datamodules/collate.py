@@ -1,4 +1,4 @@
-"""Collation of decoded samples into a pre-training :class:`~vlp.datamodules.schema.Batch` (MLM + ITM).
+"""Collation of decoded samples into a pre-training :class:`~vlp.batch.Batch` (MLM + ITM).
 
 Decoding (in loader workers) turns every webdataset sample into a :class:`DecodedSample` or, when it
 cannot be used, a :class:`SkippedSample` marker; markers travel to the collator so that skips are
@@ -25,8 +25,8 @@ import torch.distributed as dist
 from torch import Tensor
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
+from vlp.batch import Batch
 from vlp.datamodules.grounded_masking import grounded_word_mask
-from vlp.datamodules.schema import Batch
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ its sample (counted, with the reason naming the field) like any other bad sample
 * ``objects[i].attributes`` → a multi-hot row over ``vocab.json``'s ``attributes``.
 
 Caption tokens are the chosen caption's tokenization, ``[CLS] w1 .. wn [SEP]``: the tokenizer's
-``[CLS]`` is the decoder's BOS and ``[SEP]`` its EOS (what :meth:`~vlp.models.e2e_vlp.E2EVLP.generate_captions`
+``[CLS]`` is the decoder's BOS and ``[SEP]`` its EOS (what :meth:`~vlp.models.e2e_vlp.model.E2EVLP.generate_captions`
 is given), padding ``[PAD] = 0`` is masked. ``Batch.references`` holds every caption of each sample,
 for the captioning metrics.
 """
@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from vlp.batch import Batch, Targets
 from vlp.datamodules.collate import DecodedSample, PretrainCollator, SkippedSample
-from vlp.datamodules.schema import Batch, Targets
 from vlp.datamodules.shards import MAX_IMAGE_PIXELS, SampleDecoder, ShardDataModule
 from vlp.datamodules.synth.shapes import ShapesConfig
 from vlp.tokenizers import BUNDLED

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from vlp.batch import Batch
 from vlp.datamodules.collate import SkippedSample, pad_images, process_seed
-from vlp.datamodules.schema import Batch
 from vlp.datamodules.shards import MAX_IMAGE_PIXELS, ShardDataModule
 from vlp.datamodules.synth.shapes import ShapesConfig
 from vlp.tokenizers import BUNDLED, load_tokenizer

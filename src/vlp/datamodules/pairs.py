@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from vlp.batch import Batch
 from vlp.datamodules.collate import SkippedSample
 from vlp.datamodules.finetune import FinetuneCollator, FinetuneDataModule
-from vlp.datamodules.schema import Batch
 from vlp.datamodules.shards import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, decode_image, image_failure
 from vlp.datamodules.tar_reader import SKIP
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from vlp.batch import Batch
 from vlp.datamodules.collate import DecodedSample, pick_caption
 from vlp.datamodules.finetune import FinetuneCollator, FinetuneDataModule
-from vlp.datamodules.schema import Batch
 
 
 class CaptionCollator(FinetuneCollator):

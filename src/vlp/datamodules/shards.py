@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from vlp.batch import Batch
 from vlp.datamodules.collate import DecodedSample, PretrainCollator, SkippedSample
-from vlp.datamodules.schema import Batch
 from vlp.datamodules.stream import ShardStream, StreamLoader, local_sample_counts, shared_shards
 from vlp.datamodules.synth.shapes import ShapesConfig, shapes_folder_state, write_shapes
 from vlp.datamodules.tar_reader import SKIP
@@ -182,7 +182,7 @@ def _synth_command(root: Path) -> str:
 
 
 class ShardDataModule(L.LightningDataModule):
-    """Pre-training batches (:class:`~vlp.datamodules.schema.Batch` with MLM + ITM) from webdataset shards.
+    """Pre-training batches (:class:`~vlp.batch.Batch` with MLM + ITM) from webdataset shards.
 
     Args:
         root: dataset folder with one subfolder of ``*.tar`` shards per split and, for tasks that classify

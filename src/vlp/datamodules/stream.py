@@ -44,7 +44,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.datamodules.tar_reader import read_shard, shard_sample_count
 
 log = logging.getLogger(__name__)

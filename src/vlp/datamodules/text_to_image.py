@@ -12,8 +12,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader, IterableDataset
 
+from vlp.batch import Batch
 from vlp.datamodules.e2e import E2EDataModule
-from vlp.datamodules.schema import Batch
 
 
 class TextToImageDataModule(E2EDataModule):

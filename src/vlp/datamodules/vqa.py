@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from vlp.batch import Batch
 from vlp.datamodules.collate import DecodedSample, SkippedSample
 from vlp.datamodules.finetune import FinetuneCollator, FinetuneDataModule
-from vlp.datamodules.schema import Batch
 from vlp.datamodules.shards import MAX_IMAGE_PIXELS, SampleDecoder
 
 

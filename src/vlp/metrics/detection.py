@@ -17,7 +17,7 @@ from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert
 
-from vlp.datamodules.schema import Targets
+from vlp.batch import Targets
 
 FIGURES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
 """What :func:`map_figures` reports: AP (IoU 0.50:0.95), AP50, AP75, APs/m/l and AR@100."""

@@ -4,7 +4,7 @@
 extractors, and both take the same images: float ``[N, 3, H, W]`` in [0, 1], ``update(images, real=...)``.
 
 - ``feature_extractor``: any ``nn.Module`` mapping such images to features ``[N, D]`` (on shapes, the
-  judge trained here: :meth:`vlp.models.shapes_judge.ShapesJudge.feature_extractor`). Give it a
+  judge trained here: :meth:`vlp.metrics.shapes_judge.ShapesJudge.feature_extractor`). Give it a
   ``num_features`` attribute, or torchmetrics probes it once with a random image of ``input_img_size``.
 - ``inception_weights``: the path of the FID Inception v3 weights (TensorFlow's 2015-12-05 graph converted
   to PyTorch; pytorch-fid calls the file ``pt_inception-2015-12-05-6726825d.pth``, torch-fidelity
@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from vlp.checkpoints import torch_load
+
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_HELP = (
     f"FID's Inception v3 weights are the file {INCEPTION_FILE} (a release asset of pytorch-fid, "
@@ -40,7 +42,7 @@ def check_inception_weights(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"inception_weights: {path} is not a file. {INCEPTION_HELP}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch_load(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"inception_weights: {path} is not a state dict of tensors. {INCEPTION_HELP}")
     return path

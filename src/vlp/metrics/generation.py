@@ -3,7 +3,7 @@
 :class:`GenerationEvaluation` takes, batch by batch, the generated images (one per prompt), the prompts
 and, optionally, the real images the prompts describe (all float ``[N, 3, H, W]`` in [0, 1]) and reports:
 
-- with a judge (on shapes, :class:`~vlp.models.shapes_judge.ShapesJudge`): ``semantic_score`` of the
+- with a judge (on shapes, :class:`~vlp.metrics.shapes_judge.ShapesJudge`): ``semantic_score`` of the
   generated images (:class:`~vlp.metrics.semantic.SemanticScore`); ``semantic_score_shuffled``, the same
   images judged against another prompt of the batch (each prompt moved by one: what a generator that
   ignores the text would score at this image quality); ``semantic_score_real``, the real images against
@@ -29,7 +29,7 @@ from vlp.metrics.semantic import SemanticScore
 if TYPE_CHECKING:
     from torchmetrics import Metric
 
-    from vlp.models.shapes_judge import ShapesJudge
+    from vlp.metrics.shapes_judge import ShapesJudge
 
 
 class GenerationEvaluation:

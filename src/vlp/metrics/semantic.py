@@ -9,7 +9,7 @@ templated (:func:`vlp.datamodules.synth.shapes.captions_for`): every object ment
 belongs to the next noun. Sizes and styles are not checked.
 
 :class:`SemanticScore` counts an image as right when a judge (on shapes the
-:class:`~vlp.models.shapes_judge.ShapesJudge`, a presence classifier over colour x shape pairs) finds
+:class:`~vlp.metrics.shapes_judge.ShapesJudge`, a presence classifier over colour x shape pairs) finds
 every named object: the exact pair, or any pair with the named colour / shape. Two mentions of the same
 pair need one such object (presence, not instances). Prompts that name no colour or shape ("a large
 shape") are not scored, only counted. Where the caption states the total and the judge's count is
@@ -26,11 +26,11 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from vlp.datamodules.synth.shapes import NUMBER_WORDS
-
 Mention = tuple[str | None, str | None]
 GENERIC_NOUNS = frozenset({"shape", "shapes", "object", "objects"})
 _WORD = re.compile(r"[a-z]+")
+NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
+"""The count words a prompt may put before "shapes" (English, as the shapes captions write them)."""
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ import torch
 from torch import Tensor, nn
 
 from vlp.models.embedders.base import VisualEmbedder
-from vlp.models.heads import Pooler
+from vlp.models.embedders.text import TextEmbedder
+from vlp.models.layers.heads import Pooler
+from vlp.models.layers.transformer import TransformerEncoder, key_padding_mask, row_index
 from vlp.models.outputs import FusionOutput
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder, key_padding_mask, row_index
 
 
 class ViLT(nn.Module):

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 
 
 @dataclass
@@ -20,7 +20,7 @@ class ObjectiveOutput:
 
 
 class Objective(nn.Module, metaclass=ABCMeta):
-    """A loss family. It owns the head it trains (a part from ``vlp.models.heads``) and nothing else.
+    """A loss family. It owns the head it trains (a part from ``vlp.models.layers.heads``) and nothing else.
 
     ``input_dim`` is the width the head expects, checked against the model's before training starts.
     ``view`` names the forward pass it reads when a task runs several over one batch (pre-training runs

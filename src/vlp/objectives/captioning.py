@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from vlp.datamodules.schema import Batch
-from vlp.models.e2e_vlp import CaptionOutput
+from vlp.batch import Batch
+from vlp.models.e2e_vlp.model import CaptionOutput
 from vlp.objectives.base import Objective, ObjectiveOutput
 
 
 class CaptioningObjective(Objective):
     """Cross-entropy of token ``t + 1`` given the decoder state at ``t``, on real targets only.
 
-    Reads :class:`~vlp.models.e2e_vlp.CaptionOutput` (decoder states over ``batch.caption_ids`` and the
+    Reads :class:`~vlp.models.e2e_vlp.model.CaptionOutput` (decoder states over ``batch.caption_ids`` and the
     model's LM head) and ``batch.caption_ids`` / ``batch.caption_mask``. The target positions (real
     tokens after the first) are gathered before the head, so the vocabulary projection sees ``[M, D]``,
     never ``[B, T, D]``. The LM head is the model's (generation needs it too), so this objective owns none.

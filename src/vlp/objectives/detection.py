@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, sigmoid_focal_loss
 
-from vlp.datamodules.schema import Batch, Targets
-from vlp.models.e2e_vlp import ObjectQueryOutput
-from vlp.models.heads import DetectionHead
+from vlp.batch import Batch, Targets
+from vlp.models.e2e_vlp.model import ObjectQueryOutput
+from vlp.models.layers.heads import DetectionHead
 from vlp.models.outputs import DecoderOutput, DetectionPredictions
 from vlp.objectives.base import Objective, ObjectiveOutput
 from vlp.objectives.matcher import Assignment, HungarianMatcher, box_giou, pad_targets
@@ -325,7 +325,7 @@ class DetectionObjective(Objective):
     def predict(self, outputs: DecoderOutput, last_only: bool = False) -> DetectionPredictions:
         """The head over every decoder layer's states (``last_only``: the last layer's, ``[1, B, Q]``).
 
-        Anchored queries (an :class:`~vlp.models.e2e_vlp.ObjectQueryOutput` with reference boxes)
+        Anchored queries (an :class:`~vlp.models.e2e_vlp.model.ObjectQueryOutput` with reference boxes)
         predict boxes as offsets of their reference boxes, ``sigmoid(reference + bbox_embed(state))``
         (DAB-DETR): the head's regression MLP gives the offset in logit space.
         """

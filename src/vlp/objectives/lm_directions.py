@@ -1,6 +1,6 @@
 """ERNIE-ViLG's two language-model losses over one shared transformer: text→image and image→text.
 
-Both read an :class:`~vlp.models.ernie_vilg.ERNIEViLGOutput` of their own direction (the task runs
+Both read an :class:`~vlp.models.ernie_vilg.model.ERNIEViLGOutput` of their own direction (the task runs
 one pass per direction, the views ``"text_to_image"`` and ``"image_to_text"``):
 
 - :class:`TextToImageLM`: cross-entropy of code ``c_j`` from image slot ``j`` (image-code half of the
@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vlp.datamodules.schema import Batch
-from vlp.models.ernie_vilg import ERNIEViLGOutput
+from vlp.batch import Batch
+from vlp.models.ernie_vilg.model import ERNIEViLGOutput
 from vlp.objectives.base import Objective, ObjectiveOutput
 
 

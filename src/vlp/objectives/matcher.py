@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import box_convert
 
-from vlp.datamodules.schema import Targets
+from vlp.batch import Targets
 
 Assignment = tuple[Tensor, Tensor]  # (query indices, target indices), int64, one image
 SCORES = ("softmax", "sigmoid")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from vlp.datamodules.schema import Batch
-from vlp.models.heads import MLMHead
+from vlp.batch import Batch
+from vlp.models.layers.heads import MLMHead
 from vlp.models.outputs import FusionOutput
 from vlp.objectives.base import Objective, ObjectiveOutput
 

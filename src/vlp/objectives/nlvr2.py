@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vlp.datamodules.schema import Batch
-from vlp.models.heads import ClassifierHead
+from vlp.batch import Batch
+from vlp.models.layers.heads import ClassifierHead
 from vlp.models.outputs import FusionOutput
 from vlp.objectives.base import Objective, ObjectiveOutput
 

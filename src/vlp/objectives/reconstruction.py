@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlp.datamodules.schema import Batch
-from vlp.models.ernie_vilg import ERNIEViLGOutput
+from vlp.batch import Batch
+from vlp.models.ernie_vilg.model import ERNIEViLGOutput
 from vlp.objectives.base import Objective, ObjectiveOutput
 
 Bridge = Literal["straight_through", "soft", "direct"]

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlp.datamodules.schema import Batch
-from vlp.models.heads import RankHead
+from vlp.batch import Batch
+from vlp.models.layers.heads import RankHead
 from vlp.models.outputs import FusionOutput
 from vlp.objectives.base import Objective, ObjectiveOutput
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.metrics.vqa import vqa_score
-from vlp.models.heads import ClassifierHead
+from vlp.models.layers.heads import ClassifierHead
 from vlp.models.outputs import FusionOutput
 from vlp.objectives.base import Objective, ObjectiveOutput
 

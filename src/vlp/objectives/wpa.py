@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.models.outputs import FusionOutput
 from vlp.objectives.base import Objective, ObjectiveOutput
 

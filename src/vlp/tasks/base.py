@@ -11,8 +11,8 @@ from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from vlp.datamodules.schema import Batch
-from vlp.models.transformer import TransformerEncoder
+from vlp.batch import Batch
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.objectives.base import Objective
 from vlp.tasks.init_from import InitReport, load_matching, log_report, read_checkpoint, resolve_checkpoint
 from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups, schedule_steps
@@ -37,7 +37,7 @@ class ObjectiveTask(PredictionWriter, LightningModule, ABC):
         end_lr_ratio: the linear decay ends at this fraction of ``lr``.
         lr_multipliers: parameter-name prefix → learning-rate factor (e.g. heads 10x in fine-tuning).
         activation_checkpointing: ``True``/``False`` switches per-block activation checkpointing in
-            every :class:`~vlp.models.transformer.TransformerEncoder` of the task (blocks recompute
+            every :class:`~vlp.models.layers.transformer.TransformerEncoder` of the task (blocks recompute
             their activations in backward instead of storing them: less memory for about a third
             more compute, same numbers); ``None`` leaves each encoder's own setting.
         init_from: start from another run's weights (a checkpoint path or glob, see

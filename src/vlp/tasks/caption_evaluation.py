@@ -15,7 +15,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.metrics.captioning import caption_scores
 
 

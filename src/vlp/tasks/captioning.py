@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlp.datamodules.schema import Batch
-from vlp.models.e2e_vlp import CaptionOutput
+from vlp.batch import Batch
+from vlp.models.e2e_vlp.model import CaptionOutput
 from vlp.tasks.caption_evaluation import CaptionEvaluation
 from vlp.tasks.e2e_base import E2ETask, fsdp_gathered
 from vlp.tasks.predict_files import Row, write_jsonl

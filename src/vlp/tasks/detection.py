@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torchvision.ops import box_convert
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.metrics.detection import detections, ground_truth, image_sizes, map_figures, mean_average_precision
 from vlp.models.outputs import DecoderOutput
 from vlp.objectives.detection import DetectionObjective

@@ -1,6 +1,6 @@
 """What the E2E-VLP tasks share: the views they may run, frozen unused parts, FSDP2 method registration.
 
-An E2E-VLP task runs some of four views of a batch (:class:`~vlp.models.e2e_vlp.E2EVLP`):
+An E2E-VLP task runs some of four views of a batch (:class:`~vlp.models.e2e_vlp.model.E2EVLP`):
 
 * ``"mlm"`` / ``"itm"``: encoder passes over ``[text; image]``, read by MLM and ITM;
 * ``"detection"``: the object queries decoded against an encoder pass (:meth:`E2EVLP.detect`);
@@ -70,7 +70,7 @@ def fsdp_gathered(module: nn.Module) -> Iterator[None]:
 
 
 class E2ETask(ObjectiveTask):
-    """An :class:`~vlp.tasks.base.ObjectiveTask` over an :class:`~vlp.models.e2e_vlp.E2EVLP`.
+    """An :class:`~vlp.tasks.base.ObjectiveTask` over an :class:`~vlp.models.e2e_vlp.model.E2EVLP`.
 
     Subclasses set :attr:`VIEWS` (the views they can run) and may extend :meth:`views_used`.
     """

@@ -8,14 +8,14 @@ from typing import Any
 
 from torch import Tensor
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.models.embedders.base import VisualTokens
 from vlp.tasks.e2e_base import E2ETask
 from vlp.tasks.predict_files import Row, itm_rows, write_jsonl
 
 
 class E2EPretrainTask(E2ETask):
-    """Pre-training an :class:`~vlp.models.e2e_vlp.E2EVLP` (Xu et al. 2021) with any of four views.
+    """Pre-training an :class:`~vlp.models.e2e_vlp.model.E2EVLP` (Xu et al. 2021) with any of four views.
 
     * ``"mlm"``: the masked text with each sample's own image (official ViLT's MLM view);
     * ``"itm"``: the clean text with the image ``batch.itm_image_index`` names (a negative's is another

@@ -23,11 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
+from vlp.checkpoints import torch_load
 from vlp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def read_checkpoint(path: Path) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    loaded = torch_load(path)
     state = loaded.get("state_dict", loaded) if isinstance(loaded, Mapping) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.models.outputs import FusionOutput
 from vlp.objectives.nlvr2 import NLVR2Objective
 from vlp.tasks.base import ObjectiveTask

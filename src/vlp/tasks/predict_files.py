@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.models.outputs import FusionOutput
 from vlp.models.vilt import ViLT
 from vlp.tasks.base import ObjectiveTask

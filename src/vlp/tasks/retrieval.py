@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.metrics.retrieval import retrieval_recall, score_pair_range
 from vlp.models.outputs import FusionOutput
 from vlp.objectives.retrieval import RetrievalObjective

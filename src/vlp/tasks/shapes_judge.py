@@ -1,6 +1,6 @@
-"""ShapesJudgeTask: trains :class:`~vlp.models.shapes_judge.ShapesJudge` on shapes detection batches.
+"""ShapesJudgeTask: trains :class:`~vlp.metrics.shapes_judge.ShapesJudge` on shapes detection batches.
 
-Targets come from each image's objects (:class:`~vlp.datamodules.schema.Targets`: category labels and
+Targets come from each image's objects (:class:`~vlp.batch.Targets`: category labels and
 the attribute multi-hot, whose colour columns give each object's colour), mapped through the data's
 ``vocab.json`` onto the judge's colour and shape names: a multi-hot over (colour, shape) pairs and the
 number of objects. Loss: binary cross-entropy over the pairs, over the colours and over the shapes
@@ -22,8 +22,8 @@ from lightning import LightningModule
 from torch import Tensor
 from torchmetrics import SumMetric
 
-from vlp.datamodules.schema import Batch
-from vlp.models.shapes_judge import CONFIG_KEY, ShapesJudge
+from vlp.batch import Batch
+from vlp.metrics.shapes_judge import CONFIG_KEY, ShapesJudge
 from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups, schedule_steps
 
 

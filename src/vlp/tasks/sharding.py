@@ -15,10 +15,10 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from vlp.models.decoder import DecoderLayer
 from vlp.models.embedders.base import VisualEmbedder
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import Block
+from vlp.models.embedders.text import TextEmbedder
+from vlp.models.layers.decoder import DecoderLayer
+from vlp.models.layers.transformer import Block
 
 SHARD_UNITS: tuple[type[nn.Module], ...] = (Block, DecoderLayer, VisualEmbedder, TextEmbedder)
 

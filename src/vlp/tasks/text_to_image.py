@@ -1,6 +1,6 @@
 """ERNIE-ViLG pre-training: text→image and image→text LM in one step, optionally end to end.
 
-The task holds an :class:`~vlp.models.ernie_vilg.ERNIEViLG` and a VQGAN (:class:`vlp.models.vqgan.VQGAN`,
+The task holds an :class:`~vlp.models.ernie_vilg.model.ERNIEViLG` and a VQGAN (:class:`vlp.models.vqgan.model.VQGAN`,
 given as a module or read from a ``VQGANTask`` checkpoint). Each step the frozen VQGAN encodes the
 batch's images into code ids (unless the batch carries ``image_codes`` already), then one pass per
 direction the active objectives read (views ``"text_to_image"``, ``"image_to_text"``) runs over the
@@ -20,7 +20,7 @@ processes as :class:`~vlp.tasks.captioning.CaptioningTask` does.
 **Prediction** (``python -m vlp predict``): for each prompt (the batch's captions) ``num_candidates``
 images are sampled (temperature, top-k, top-p; KV-cached), reranked by the model's own image→text
 likelihood of the prompt (or, with a ``reranker``, by an ITM head's match probability:
-:class:`~vlp.models.itm_scorer.ITMScorer`), decoded by the VQGAN and written as one PNG grid per batch and
+:class:`~vlp.models.ernie_vilg.itm_scorer.ITMScorer`), decoded by the VQGAN and written as one PNG grid per batch and
 process (a row per prompt, candidates best first), with ``captions_rank<r>.jsonl`` (one per process) holding
 each prompt, the candidates' scores and the caption generated for the batch's real image. At the end
 ``generation_metrics.json`` holds the caption metrics of those captions and, with ``judge_checkpoint`` (a
@@ -40,12 +40,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.metrics.generation import GenerationEvaluation
-from vlp.models.ernie_vilg import ERNIEViLG, ERNIEViLGOutput
-from vlp.models.image_sampling import caption_images, generate_images
-from vlp.models.itm_scorer import ITMScorer
-from vlp.models.shapes_judge import ShapesJudge
+from vlp.metrics.shapes_judge import ShapesJudge
+from vlp.models.ernie_vilg.itm_scorer import ITMScorer
+from vlp.models.ernie_vilg.model import ERNIEViLG, ERNIEViLGOutput
+from vlp.models.ernie_vilg.sampling import caption_images, generate_images
 from vlp.objectives.base import Objective
 from vlp.objectives.reconstruction import ReconstructionObjective
 from vlp.tasks.base import ObjectiveTask
@@ -69,7 +69,7 @@ def load_vqgan(vqgan: nn.Module | None, vqgan_checkpoint: str | None) -> nn.Modu
             f"vqgan_checkpoint {path} not found: train the VQGAN first (configs/vqgan/, a VQGANTask .ckpt) "
             "or point model.init_args.vqgan_checkpoint at its checkpoint"
         )
-    from vlp.models.vqgan import VQGAN
+    from vlp.models.vqgan.model import VQGAN
 
     return VQGAN.from_checkpoint(path)
 

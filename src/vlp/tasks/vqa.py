@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.models.outputs import FusionOutput
 from vlp.objectives.vqa import VQAObjective
 from vlp.tasks.base import ObjectiveTask

@@ -1,4 +1,4 @@
-"""VQGANTask: trains a :class:`~vlp.models.vqgan.VQGAN` with a PatchGAN discriminator (two optimisers).
+"""VQGANTask: trains a :class:`~vlp.models.vqgan.model.VQGAN` with a PatchGAN discriminator (two optimisers).
 
 Manual optimisation. Each training step runs the autoencoder once and the discriminator three times:
 on the reconstruction with its weights detached (the generator's GAN loss, which must not train the
@@ -37,10 +37,10 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from vlp.datamodules.schema import Batch
+from vlp.batch import Batch
 from vlp.metrics.codebook import CodebookUsage, usage_from_counts
-from vlp.models.patchgan import NLayerDiscriminator
-from vlp.models.vqgan import CONFIG_KEY, VQGAN
+from vlp.models.vqgan.discriminator import NLayerDiscriminator
+from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
 from vlp.objectives.vq import VQGANLoss
 from vlp.tasks.optim import linear_warmup_decay, schedule_steps
 from vlp.tasks.predict_files import PredictionWriter, Row, write_jsonl, write_png

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vlp.checkpoints import read_state_dict
 from vlp.errors import UserError
-from vlp.zoo.files import read_hf_folder, read_state_dict, write_hf_folder, write_state_dict
+from vlp.zoo.files import read_hf_folder, write_hf_folder, write_state_dict
 from vlp.zoo.vilt import ViLTWeights, hf_architecture, hf_to_vlp, official_to_vlp, vlp_to_hf, vlp_to_official
 
 if TYPE_CHECKING:

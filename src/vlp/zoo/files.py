@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,75 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vlp.checkpoints import read_state_dict
+
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HF_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-def _stand_in(name: str) -> type:
-    """An inert class to put in place of the pickled global ``name``.
-
-    Building it, by call or by ``__new__``, gives an empty ``OrderedDict``: a container the
-    ``weights_only`` unpickler lets fill by items (a dict subclass) or by ``__dict__`` (an object).
-    """
-
-    def __new__(cls: type, *args: Any, **kwargs: Any) -> OrderedDict[Any, Any]:
-        return OrderedDict()
-
-    module, _, qualname = name.rpartition(".")
-    return type(qualname, (), {"__new__": __new__, "__module__": module})
-
-
-def torch_load(path: str | os.PathLike) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)``; pickled training-code objects
-    come back as empty stand-ins (see the module docstring)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        try:  # the classes weights_only refuses, read from the pickle without running it
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except (ValueError, RuntimeError):  # not a zip checkpoint (torch < 1.6's format)
-            names = []
-        if not names:
-            raise ValueError(f"{path}: cannot be read with weights_only=True: {error}") from error
-        stand_ins = [(_stand_in(name), name) for name in names]
-        try:
-            with torch.serialization.safe_globals(stand_ins):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, TypeError, ValueError, AttributeError) as retry_error:
-            raise ValueError(
-                f"{path}: pickles {names}, which weights_only=True refuses, and inert stand-ins for them "
-                f"did not get through ({retry_error}). Save its state_dict alone (torch.save or "
-                "safetensors) where you trust the file, and convert that."
-            ) from retry_error
-
-
-def _tensors_only(state: Mapping[str, Any], source: str) -> dict[str, Tensor]:
-    bad = sorted(k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor))
-    if bad:
-        raise ValueError(f"{source}: not a state dict, these entries are not named tensors: {bad[:10]}")
-    return dict(state)
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The state dict in a ``.safetensors`` file, a ``torch.save``'d state dict, or the ``state_dict``
-    of a Lightning checkpoint (official ViLT's ``.ckpt``, a vlp run's ``last.ckpt``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    loaded = torch_load(path)
-    if not isinstance(loaded, Mapping):
-        raise ValueError(f"{path}: holds a {type(loaded).__name__}, not a state dict or a checkpoint")
-    if "state_dict" in loaded:
-        if not isinstance(loaded["state_dict"], Mapping):
-            raise ValueError(
-                f"{path}: 'state_dict' is a {type(loaded['state_dict']).__name__}, not a mapping"
-            )
-        return _tensors_only(loaded["state_dict"], f"{path}['state_dict']")
-    return _tensors_only(loaded, str(path))
 
 
 def _unshared(state: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -9,9 +9,9 @@
   ``[vilt.]pooler.dense``, and heads ``mlm_score`` (ViltForMaskedLM), ``classifier`` (VQA or NLVR2,
   told apart by its input width) and ``rank_output`` (retrieval). HF has no ITM head.
 - **vlp**: the :class:`~vlp.models.vilt.ViLT` state dict (``model``) plus one state dict per head
-  (``heads``): ``mlm`` (:class:`~vlp.models.heads.MLMHead`), ``itm``
-  (:class:`~vlp.models.heads.ITMHead`), ``vqa`` and ``nlvr2``
-  (:class:`~vlp.models.heads.ClassifierHead`) and ``rank`` (:class:`~vlp.models.heads.RankHead`).
+  (``heads``): ``mlm`` (:class:`~vlp.models.layers.heads.MLMHead`), ``itm``
+  (:class:`~vlp.models.layers.heads.ITMHead`), ``vqa`` and ``nlvr2``
+  (:class:`~vlp.models.layers.heads.ClassifierHead`) and ``rank`` (:class:`~vlp.models.layers.heads.RankHead`).
 
 Every source key is mapped or listed as a known buffer (BERT's ``position_ids`` / ``token_type_ids``,
 checked to hold the defaults vlp assumes); anything else raises a :class:`~vlp.zoo.keys.KeyMappingError`

@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 from transformers import ViltConfig
 
+from vlp.checkpoints import read_state_dict
+from vlp.models.embedders.text import TextEmbedder
 from vlp.models.embedders.vit_patch import ViTPatchEmbedder
-from vlp.models.heads import ClassifierHead, ITMHead, MLMHead, Pooler, RankHead
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import TransformerEncoder
+from vlp.models.layers.heads import ClassifierHead, ITMHead, MLMHead, Pooler, RankHead
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
-from vlp.zoo.files import read_hf_folder, read_state_dict
+from vlp.zoo.files import read_hf_folder
 from vlp.zoo.keys import KeyMappingError
 from vlp.zoo.vilt import HEAD_NAMES, ViLTWeights, hf_architecture, hf_to_vlp, official_to_vlp
 
@@ -97,7 +98,7 @@ def head_from_config(name: str, config: ViltConfig) -> nn.Module:
 
     ``vqa`` has ``config.num_labels`` classes over the pooled state; ``nlvr2`` the same over
     ``config.num_images`` pooled states (2 when unset) with a hidden layer of that width, as HF and
-    official ViLT; ``rank`` is the retrieval score (:class:`~vlp.models.heads.RankHead`).
+    official ViLT; ``rank`` is the retrieval score (:class:`~vlp.models.layers.heads.RankHead`).
     """
     dim = config.hidden_size
     if name == "mlm":

@@ -10,6 +10,7 @@ import torch
 from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
 
+from vlp.checkpoints import torch_load
 from vlp.models.embedders.base import VisualEmbedder, VisualTokens
 
 
@@ -168,7 +169,7 @@ def load_state_dict_file(source: str) -> dict[str, Tensor]:
 
         return load_file(str(path))
     if path.suffix in {".pth", ".pt", ".bin", ".ckpt"}:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path)
         for wrapper in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
                 state = state[wrapper]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlp.checkpoints import torch_load
 from vlp.models.embedders.base import VisualEmbedder, VisualTokens
 
 VIT_EMBEDDING_KEYS = ("patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "pos_embed")
@@ -156,7 +157,7 @@ def load_vit_state_dict(source: str) -> dict[str, Tensor]:
 
         return load_file(str(path))
     if path.suffix in {".pth", ".pt", ".bin", ".ckpt"}:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path)
         return state.get("state_dict", state.get("model", state))
     if path.exists():
         raise ValueError(f"{source}: unknown checkpoint format (expected .safetensors, .pth, .pt, .bin)")

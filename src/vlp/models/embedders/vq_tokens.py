@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from vlp.models.embedders.base import VisualEmbedder, VisualTokens
-from vlp.models.vqgan import VQGAN
+from vlp.models.vqgan.model import VQGAN
 
 
 class VQTokenEmbedder(VisualEmbedder):

@@ -5,7 +5,7 @@ token so far (``ids [N, t]``, one row per hypothesis) and an opaque ``state`` (e
 cache ...), and gets the next-token logits ``[N, V]`` back. Beam search reorders the state's rows with
 ``reorder(state, index)`` whenever hypotheses are re-ranked; the default, :func:`index_state`, picks
 rows of every tensor in nested dicts, lists and tuples and calls ``index_select`` on objects that
-have one (:class:`vlp.models.decoder.DecoderCache`).
+have one (:class:`vlp.models.layers.decoder.DecoderCache`).
 
 Beam search follows fairseq in how it extends beams: each step keeps the ``2K`` best extensions of the
 ``K`` live beams; those ending in EOS *and* ranked among the first ``K`` become finished hypotheses, the

@@ -14,7 +14,7 @@ from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from vlp.models.sdpa import sdpa
+from vlp.models.layers.attention import sdpa
 
 
 def key_padding_mask(mask: Tensor) -> Tensor:

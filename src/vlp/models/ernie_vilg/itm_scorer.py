@@ -1,12 +1,12 @@
 """Rerank generated code grids by an image-text matching head: a ViLT over VQGAN codes scores each pair.
 
 ERNIE-ViLG ranks its candidates by its own image→text likelihood of the prompt
-(:func:`vlp.models.image_sampling.prompt_log_likelihood`). :class:`ITMScorer` is the alternative: a
+(:func:`vlp.models.ernie_vilg.sampling.prompt_log_likelihood`). :class:`ITMScorer` is the alternative: a
 :class:`~vlp.models.vilt.ViLT` whose visual embedder is a :class:`~vlp.models.embedders.VQTokenEmbedder`
 (trained by :class:`~vlp.tasks.pretrain.PretrainTask` with MLM + ITM on the same VQGAN's codes, recipe
 ``configs/ernie_vilg/shapes_itm_reranker.yaml``) reads each candidate's codes with the prompt, and its
-:class:`~vlp.models.heads.ITMHead` gives the log-probability that they match. It is a
-``scorer(codes, text_ids, text_mask) -> [M]`` for :func:`~vlp.models.image_sampling.generate_images`.
+:class:`~vlp.models.layers.heads.ITMHead` gives the log-probability that they match. It is a
+``scorer(codes, text_ids, text_mask) -> [M]`` for :func:`~vlp.models.ernie_vilg.sampling.generate_images`.
 
 The generated images exist as codes, not pixels, so the scorer embeds the ids directly
 (:meth:`VQTokenEmbedder.embed_ids`) instead of re-encoding decoded pixels (the VQGAN's encode∘decode is not
@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from vlp.checkpoints import check_state_matches, torch_load
 from vlp.models.embedders.vq_tokens import VQTokenEmbedder
-from vlp.models.heads import ITMHead
-from vlp.models.state_check import check_state_matches
-from vlp.models.transformer import key_padding_mask
+from vlp.models.layers.heads import ITMHead
+from vlp.models.layers.transformer import key_padding_mask
 from vlp.models.vilt import ViLT
 
 MODEL_PREFIX = "model."
@@ -83,7 +83,7 @@ class ITMScorer(nn.Module):
                 f"reranker checkpoint {file} not found: train it first "
                 "(python -m vlp fit --config configs/ernie_vilg/shapes_itm_reranker.yaml)"
             )
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+        checkpoint = torch_load(file)
         state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
         if not isinstance(state, dict):
             raise ValueError(f"{file}: no 'state_dict' entry; not a Lightning checkpoint")

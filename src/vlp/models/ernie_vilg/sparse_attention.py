@@ -1,11 +1,11 @@
 """Sparse self-attention over ``[text; image]`` sequences (ERNIE-ViLG): blocked kernels and a dense reference.
 
-The patterns and their rule are defined in :mod:`vlp.models.sparse_patterns`. Two implementations
+The patterns and their rule are defined in :mod:`vlp.models.ernie_vilg.sparse_patterns`. Two implementations
 of the same attention, both on ``F.scaled_dot_product_attention``:
 
 - :func:`dense_pattern_attention`: one SDPA call with the full ``[B, 1, N, N]`` mask of
-  :func:`~vlp.models.sparse_patterns.pattern_mask`, the reference;
-- :func:`blocked_attention`: the image queries in blocks of the grid (:mod:`vlp.models.sparse_blocks`),
+  :func:`~vlp.models.ernie_vilg.sparse_patterns.pattern_mask`, the reference;
+- :func:`blocked_attention`: the image queries in blocks of the grid (:mod:`vlp.models.ernie_vilg.sparse_blocks`),
   each block gathered with the keys its pattern can admit (its rows / columns / window plus a halo,
   and the text when the text is the source) and stacked into the batch of one SDPA call with a
   small per-block mask evaluated from the same rule; the text queries in one SDPA call over the keys
@@ -27,10 +27,10 @@ output and gradient is that of the kept graph.
 torch (2.14) on CPU it has no backward ("FlexAttention does not support backward on CPU"), so
 training cannot use it here.
 
-:class:`SparseSelfAttention` has the parameter names of :class:`vlp.models.transformer.Attention`
+:class:`SparseSelfAttention` has the parameter names of :class:`vlp.models.layers.transformer.Attention`
 (``qkv``, ``proj``), so a checkpoint of one loads into the other, and it can replace ``block.attn``
-in a :class:`~vlp.models.transformer.Block`: the block hands its second argument, here an
-:class:`~vlp.models.sparse_patterns.ImageTextLayout`, on untouched.
+in a :class:`~vlp.models.layers.transformer.Block`: the block hands its second argument, here an
+:class:`~vlp.models.ernie_vilg.sparse_patterns.ImageTextLayout`, on untouched.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from vlp.models.sdpa import sdpa
-from vlp.models.sparse_blocks import BlockPlan, Chunk, block_plan, padded
-from vlp.models.sparse_patterns import ImageTextLayout, PatternKind, SparsePattern, pattern_mask
+from vlp.models.ernie_vilg.sparse_blocks import BlockPlan, Chunk, block_plan, padded
+from vlp.models.ernie_vilg.sparse_patterns import ImageTextLayout, PatternKind, SparsePattern, pattern_mask
+from vlp.models.layers.attention import sdpa
 
 Implementation = Literal["blocked", "dense"]
 DEFAULT_CHUNKS = 8
@@ -107,7 +107,7 @@ def attend_blocks(
 def read_rows(qkv: Tensor, rows: Tensor, blocks: int) -> Tensor:
     """Rows of the fused projection ``qkv [B, N, 3, H, d]`` viewed ``[B, 3 N, C]`` → ``[B, blocks, L, H, d]``.
 
-    One ``index_select`` with indices computed once per geometry (:class:`~vlp.models.sparse_blocks.Chunk`):
+    One ``index_select`` with indices computed once per geometry (:class:`~vlp.models.ernie_vilg.sparse_blocks.Chunk`):
     several times faster on CPU than advanced indexing.
     """
     batch, length, _, heads, head_dim = qkv.shape
@@ -317,7 +317,7 @@ def blocked_attention(
 
     ``qkv``: ``[B, N, 3, H, d]`` in the layout's sequence order → ``[B, N, H, d]``, or ``proj`` of it,
     ``[B, N, D]``, when ``proj`` is given. ``block`` sets the block size
-    (:func:`~vlp.models.sparse_blocks.block_geometry`), ``chunks`` how many groups of blocks are
+    (:func:`~vlp.models.ernie_vilg.sparse_blocks.block_geometry`), ``chunks`` how many groups of blocks are
     attended at a time, ``recompute`` whether backward recomputes (:class:`RecomputedBlockedAttention`)
     instead of keeping the gathered blocks and the projection's input; none of them changes the result.
     """
@@ -374,7 +374,7 @@ class SparseSelfAttention(nn.Module):
         pattern: ``dense`` (the seq2seq rule alone), ``row``, ``column`` or ``conv``.
         context: ``row`` / ``column``: neighbouring rows / columns admitted on each side.
         kernel_size: ``conv``: the odd window side.
-        qkv_bias, attn_drop, proj_drop: as :class:`vlp.models.transformer.Attention`.
+        qkv_bias, attn_drop, proj_drop: as :class:`vlp.models.layers.transformer.Attention`.
         implementation: ``blocked`` (the kernels above) or ``dense`` (the full-mask reference).
         block: rows per ``row`` block, columns per ``column`` block, ``conv`` tile side (speed and
             memory only).

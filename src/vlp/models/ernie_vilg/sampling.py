@@ -6,11 +6,11 @@ with ``torch.multinomial`` on an optional ``torch.Generator``. ``num_candidates`
 prompt and ranked by a scorer: by default the model's own image→text log-likelihood of the prompt
 given each candidate (:func:`prompt_log_likelihood`, ERNIE-ViLG's and CogView's self-reranking); any
 ``scorer(codes, text_ids, text_mask) -> [M]`` may replace it: an ITM head
-(:class:`vlp.models.itm_scorer.ITMScorer`, a ViLT over the same codes), CLIP. With
+(:class:`vlp.models.ernie_vilg.itm_scorer.ITMScorer`, a ViLT over the same codes), CLIP. With
 ``use_cache`` each new code costs one incremental step (:meth:`ERNIEViLG.extend`); without it every
 step runs the full sequence (the reference the cache is tested against: same seed, same codes).
 
-**Image → text.** :func:`caption_images` drives :mod:`vlp.models.generation`'s greedy and beam search
+**Image → text.** :func:`caption_images` drives :mod:`vlp.models.layers.generation`'s greedy and beam search
 with a step over the KV cache (or the full pass), the search E2E-VLP captioning uses.
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlp.models.ernie_vilg import ERNIEViLG
-from vlp.models.generation import GenerationOutput, beam_search, greedy_search
+from vlp.models.ernie_vilg.model import ERNIEViLG
+from vlp.models.layers.generation import GenerationOutput, beam_search, greedy_search
 
 Scorer = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 

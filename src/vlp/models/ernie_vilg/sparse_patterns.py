@@ -3,7 +3,7 @@
 One transformer serves both directions (ERNIE-ViLG, arXiv 2112.15283): text→image generation reads
 ``[text; image codes]`` with the text as source and the image as target, image→text reads ``[image
 codes; text]`` with the image as source. Every attention layer applies the UniLM seq2seq rule
-(:mod:`vlp.models.seq2seq_mask`) and, on the image, a sparse pattern. The paper names the patterns
+(:mod:`vlp.models.ernie_vilg.seq2seq_mask`) and, on the image, a sparse pattern. The paper names the patterns
 (row, column, convolutional, after DALL·E) but not their exact masks; these are the definitions here.
 
 Image token ``(r, c)`` of an ``h x w`` grid sits at raster position ``r * w + c`` of the image
@@ -42,7 +42,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from vlp.models.seq2seq_mask import seq2seq_allowed, seq2seq_mask
+from vlp.models.ernie_vilg.seq2seq_mask import seq2seq_allowed, seq2seq_mask
 
 Direction = Literal["text_to_image", "image_to_text"]
 PatternKind = Literal["dense", "row", "column", "conv"]

@@ -5,7 +5,7 @@ self-attention mask; DETR's query positions added to queries and keys at every l
 tokens for captioning (causal + padding self-attention mask), with the same weights.
 
 Layers are **pre-LN** (``x + attn(norm(x))``), not DETR's post-LN: the fusion encoder in
-:mod:`vlp.models.transformer` is pre-LN, and pre-LN trains without DETR's careful warm-up on a small
+:mod:`vlp.models.layers.transformer` is pre-LN, and pre-LN trains without DETR's careful warm-up on a small
 budget. As in DETR's ``normalize_before`` variant, a final LayerNorm closes the stack and is applied
 to every layer's output when the intermediate outputs are returned (one head serves all layers for
 the auxiliary losses). Masks are boolean, True = "may attend" (SDPA's convention).
@@ -23,15 +23,15 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-from vlp.models.sdpa import sdpa
-from vlp.models.transformer import init_weights, key_padding_mask
+from vlp.models.layers.attention import sdpa
+from vlp.models.layers.transformer import init_weights, key_padding_mask
 
 
 class MultiHeadAttention(nn.Module):
     """Attention whose queries, keys and values may come from different inputs, on SDPA.
 
     The three projections are stacked in one ``qkv`` linear (``q; k; v`` rows, the layout of
-    :class:`vlp.models.transformer.Attention` and of ``nn.MultiheadAttention.in_proj_weight``); inputs
+    :class:`vlp.models.layers.transformer.Attention` and of ``nn.MultiheadAttention.in_proj_weight``); inputs
     that are the same tensor share one matrix multiply.
     """
 

@@ -4,7 +4,7 @@ The module tree follows CompVis/taming-transformers (``taming/models/vqgan.py`` 
 ``taming/modules/diffusionmodules/model.py``) name for name, so a taming checkpoint's autoencoder keys
 (``encoder.*``, ``decoder.*``, ``quantize.embedding.weight``, ``quant_conv.*``, ``post_quant_conv.*``) map
 1:1 onto :class:`VQGAN`'s state dict; taming keeps its discriminator under ``loss.discriminator``, vlp in
-:class:`~vlp.models.patchgan.NLayerDiscriminator`. An EMA quantizer adds two statistics buffers
+:class:`~vlp.models.vqgan.discriminator.NLayerDiscriminator`. An EMA quantizer adds two statistics buffers
 (``quantize.cluster_size``, ``quantize.embed_avg``) that taming does not have.
 
 Pixels are in ``[-1, 1]`` (the shards' normalisation with mean = std = 0.5 gives exactly that).
@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlp.models.sdpa import sdpa
-from vlp.models.state_check import check_state_matches
-from vlp.models.vq_quantizer import VectorQuantizer
+from vlp.checkpoints import check_state_matches, torch_load
+from vlp.models.layers.attention import sdpa
+from vlp.models.vqgan.quantizer import VectorQuantizer
 
 CONFIG_KEY = "vqgan_config"
 """Key of the constructor arguments in a :class:`~vlp.tasks.vqgan.VQGANTask` checkpoint."""
@@ -221,7 +220,7 @@ class VQGANOutput:
 
 
 class VQGAN(nn.Module):
-    """Encoder → ``quant_conv`` → :class:`~vlp.models.vq_quantizer.VectorQuantizer` → ``post_quant_conv`` → Decoder.
+    """Encoder → ``quant_conv`` → :class:`~vlp.models.vqgan.quantizer.VectorQuantizer` → ``post_quant_conv`` → Decoder.
 
     Args (taming's ``ddconfig`` names in brackets):
         resolution: training image side [resolution]; decides where attention sits, not a limit on
@@ -230,7 +229,7 @@ class VQGAN(nn.Module):
         in_channels, out_channels: image channels [in_channels, out_ch].
         num_codes, code_dim: codebook size and width [n_embed, embed_dim].
         norm_groups: GroupNorm groups (taming: 32; CPU-sized channel counts may need fewer).
-        ema, ema_decay, dead_code_threshold: see :class:`~vlp.models.vq_quantizer.VectorQuantizer`.
+        ema, ema_decay, dead_code_threshold: see :class:`~vlp.models.vqgan.quantizer.VectorQuantizer`.
 
     taming's f8 / 8192 model: ``resolution=256, ch=128, ch_mult=(1, 1, 2, 4), num_res_blocks=2,
     attn_resolutions=(32,), z_channels=256, num_codes=8192, code_dim=256``.
@@ -362,7 +361,7 @@ class VQGAN(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"VQGAN checkpoint {path} not found (a VQGANTask .ckpt file)")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch_load(path)
         if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint:
             raise ValueError(f"{path}: no '{CONFIG_KEY}' entry; not a VQGANTask checkpoint")
         model = cls(**checkpoint[CONFIG_KEY])

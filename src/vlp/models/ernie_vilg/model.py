@@ -1,7 +1,7 @@
 """ERNIE-ViLG (arXiv 2112.15283): one transformer for text→image and image→text over VQGAN codes.
 
 The assembly works on **code ids**; turning pixels into codes and codes back into pixels is the
-VQGAN's job (:mod:`vlp.models.vqgan`), done by the task. Both directions share every weight:
+VQGAN's job (:mod:`vlp.models.vqgan.model`), done by the task. Both directions share every weight:
 
 - **text → image**: the sequence is ``[text; image]``, the text is the source (bidirectional), the
   image the target (causal over the raster). The image slots hold ``[BOI, c_0, ..., c_{n-2}]`` and
@@ -12,8 +12,8 @@ VQGAN's job (:mod:`vlp.models.vqgan`), done by the task. Both directions share e
 
 Every token gets a modality embedding (text / image) and a direction embedding (which of the two
 tasks the sequence serves). Each layer attends under the UniLM seq2seq rule and its own pattern
-(:mod:`vlp.models.sparse_patterns`): ``dense``, or ``row``/``column``/``conv`` over the image
-(:func:`~vlp.models.sparse_patterns.ernie_vilg_schedule`). Key padding (text padding) is masked.
+(:mod:`vlp.models.ernie_vilg.sparse_patterns`): ``dense``, or ``row``/``column``/``conv`` over the image
+(:func:`~vlp.models.ernie_vilg.sparse_patterns.ernie_vilg_schedule`). Key padding (text padding) is masked.
 
 One output head maps a hidden state to ``vocab_size + num_codes`` logits, split into text logits
 and image-code logits; :meth:`ERNIEViLG.text_logits` and :meth:`ERNIEViLG.image_logits` compute only
@@ -38,16 +38,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from vlp.models.sdpa import sdpa
-from vlp.models.sparse_attention import Implementation, SparseSelfAttention
-from vlp.models.sparse_patterns import (
+from vlp.models.ernie_vilg.sparse_attention import Implementation, SparseSelfAttention
+from vlp.models.ernie_vilg.sparse_patterns import (
     DIRECTIONS,
     Direction,
     ImageTextLayout,
     ernie_vilg_schedule,
     pattern_mask,
 )
-from vlp.models.transformer import Block, init_weights
+from vlp.models.layers.attention import sdpa
+from vlp.models.layers.transformer import Block, init_weights
 
 TEXT, IMAGE = 0, 1
 

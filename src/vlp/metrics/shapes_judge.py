@@ -33,8 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vlp.datamodules.synth.shapes import COLOUR_NAMES, MAX_OBJECTS, SHAPES
-from vlp.models.state_check import check_state_matches
+from vlp.checkpoints import check_state_matches, torch_load
 
 CONFIG_KEY = "shapes_judge_config"
 
@@ -62,7 +61,7 @@ class ShapesJudge(nn.Module):
     features), the count head: a ``count_hidden`` layer with ReLU and a linear layer (module docstring).
 
     Args:
-        colours, shapes: the names the presence head ranges over (default: the shapes generator's).
+        colours, shapes: the names the presence head ranges over (the shapes recipe lists the generator's).
         channels: width of each stage; ``len(channels) - 1`` halvings of the resolution (the default
             three stages leave a 16x16 grid of 64 channels at 64 px, each cell seeing 23 px).
         count_hidden: width of the count head's hidden layer.
@@ -71,15 +70,15 @@ class ShapesJudge(nn.Module):
 
     def __init__(
         self,
-        colours: list[str] | None = None,
-        shapes: list[str] | None = None,
+        colours: list[str],
+        shapes: list[str],
+        max_objects: int,
         channels: list[int] | None = None,
         count_hidden: int = 128,
-        max_objects: int = MAX_OBJECTS,
     ) -> None:
         super().__init__()
-        self.colours = list(colours or COLOUR_NAMES)
-        self.shapes = list(shapes or SHAPES)
+        self.colours = list(colours)
+        self.shapes = list(shapes)
         channels = list(channels or [16, 32, 64])
         if not channels or min(channels) < 1 or count_hidden < 1 or max_objects < 1:
             raise ValueError(
@@ -142,7 +141,7 @@ class ShapesJudge(nn.Module):
                 f"shapes judge checkpoint {path} not found: train one with "
                 "`python -m vlp fit --config configs/probe/shapes_judge.yaml` (a ShapesJudgeTask .ckpt)"
             )
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch_load(path)
         if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint:
             raise ValueError(f"{path}: no '{CONFIG_KEY}' entry; not a ShapesJudgeTask checkpoint")
         judge = cls(**checkpoint[CONFIG_KEY])

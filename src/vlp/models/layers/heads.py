@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from vlp.models.layers.transformer import init_weights
 from vlp.models.outputs import DetectionPredictions
-from vlp.models.transformer import init_weights
 
 
 class Pooler(nn.Module):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlp.models.sparse_patterns import ImageTextLayout, SparsePattern, allowed_pairs
+from vlp.models.ernie_vilg.sparse_patterns import ImageTextLayout, SparsePattern, allowed_pairs
 
 DEFAULT_BLOCK: dict[str, int] = {"row": 4, "column": 4, "conv": 8}
 

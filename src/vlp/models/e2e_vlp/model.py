@@ -11,7 +11,7 @@ Visual positions are a config choice, made by the encoder's class:
 * :class:`PosTransformerEncoder` (DETR, the default of the paper config): the positions are added to
   the queries and keys of the image tokens at every encoder layer and to the memory's keys at every
   decoder layer; the values and the residual stream never carry them.
-* a plain :class:`~vlp.models.transformer.TransformerEncoder` (ViLT): added once, to the image tokens
+* a plain :class:`~vlp.models.layers.transformer.TransformerEncoder` (ViLT): added once, to the image tokens
   at the input; the decoder then gets none.
 """
 
@@ -24,13 +24,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from vlp.models.decoder import DecoderCache, MultiHeadAttention, TransformerDecoder
 from vlp.models.embedders.base import VisualEmbedder, VisualTokens
-from vlp.models.generation import GenerationOutput, beam_search, greedy_search
-from vlp.models.heads import Pooler
+from vlp.models.embedders.text import TextEmbedder
+from vlp.models.layers.decoder import DecoderCache, MultiHeadAttention, TransformerDecoder
+from vlp.models.layers.generation import GenerationOutput, beam_search, greedy_search
+from vlp.models.layers.heads import Pooler
+from vlp.models.layers.transformer import Block, TransformerEncoder, init_weights, key_padding_mask
 from vlp.models.outputs import DecoderOutput, FusionOutput
-from vlp.models.text import TextEmbedder
-from vlp.models.transformer import Block, TransformerEncoder, init_weights, key_padding_mask
 
 
 @dataclass
@@ -83,7 +83,7 @@ def initial_reference_boxes(num_queries: int, size: float = 0.25, seed: int = 0)
 class PosBlock(Block):
     """A pre-LN encoder block that adds positions to queries and keys only (DETR's encoder layer).
 
-    Parameter names are :class:`~vlp.models.transformer.Block`'s (``attn.qkv``, ``attn.proj`` ...), so
+    Parameter names are :class:`~vlp.models.layers.transformer.Block`'s (``attn.qkv``, ``attn.proj`` ...), so
     the same checkpoints load into either.
     """
 
@@ -118,7 +118,7 @@ class PosBlock(Block):
 
 
 class PosTransformerEncoder(TransformerEncoder):
-    """:class:`~vlp.models.transformer.TransformerEncoder` whose blocks take positions at every layer.
+    """:class:`~vlp.models.layers.transformer.TransformerEncoder` whose blocks take positions at every layer.
 
     ``forward(x, attn_mask, pos)`` adds ``pos [B, N, D]`` to the queries and keys of every block
     (zeros where a token has none, e.g. text); with ``pos=None`` it is a plain encoder.
@@ -185,7 +185,7 @@ class E2EVLP(nn.Module):
         visual_embedder: any :class:`VisualEmbedder` (``CNNGridEmbedder`` as the paper, ``ViTPatchEmbedder``
             as an ablation).
         encoder: :class:`PosTransformerEncoder` (positions at every layer, DETR) or a plain
-            :class:`~vlp.models.transformer.TransformerEncoder` (positions once at the input).
+            :class:`~vlp.models.layers.transformer.TransformerEncoder` (positions once at the input).
         decoder: shared by detection and captioning; ``None`` builds the encoder alone (no object
             queries, no caption head), for tasks that read only :meth:`encode` (VQA, ...): parameters
             no loss reaches would stall DDP.
