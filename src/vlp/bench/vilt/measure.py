@@ -1,0 +1,175 @@
+"""The measurements: FLOPs per step (``FlopCounterMode``), the reference matmul, interleaved timed
+training steps and inference passes per precision, and :func:`run`, every measurement of one run."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from vlp.allocator import is_active
+from vlp.bench.scaling import cpu_name
+from vlp.bench.vilt.batch import make_batch
+from vlp.bench.vilt.config import MATMUL_SHAPE, SIDES, Precision, Side, ViltBenchConfig
+from vlp.bench.vilt.memory import run_memory
+from vlp.bench.vilt.step import StepRunner, build_sides
+
+
+def sdpa_cpu_flop_mapping() -> dict[Any, Callable[..., int]]:
+    """FLOP formulas for the CPU flash-attention ops, which ``FlopCounterMode`` does not list yet."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def forward(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    def backward(
+        grad: Any, query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any
+    ) -> int:
+        return sdpa_backward_flop_count(grad, query, key, value)
+
+    return {
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+    }
+
+
+def count_step_flops(runner: StepRunner) -> int:
+    """FLOPs of one forward + backward (fp32; matmul-like ops, as ``FlopCounterMode`` counts them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    runner.module.train()
+    counter = FlopCounterMode(display=False, custom_mapping=sdpa_cpu_flop_mapping())
+    with counter:
+        mlm, itm = runner.losses("fp32")
+        (mlm + itm).backward()
+    runner.module.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+class Matmul:
+    """A plain ``[M, K] @ [K, N]`` product in the run's precision: the machine's attainable FLOP/s."""
+
+    def __init__(self, repeats: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        m, k, n = MATMUL_SHAPE
+        self.repeats = repeats
+        self.flops = 2 * m * k * n * repeats
+        self.operands = {
+            dtype: (
+                torch.randn(m, k, generator=generator).to(dtype),
+                torch.randn(k, n, generator=generator).to(dtype),
+            )
+            for dtype in (torch.float32, torch.bfloat16)
+        }
+
+    def run(self, precision: Precision) -> float:
+        """Seconds for ``repeats`` products."""
+        a, b = self.operands[torch.bfloat16 if precision == "bf16" else torch.float32]
+        start = time.perf_counter()
+        for _ in range(self.repeats):
+            torch.mm(a, b)
+        return time.perf_counter() - start
+
+
+def timed(fn: Callable[[Precision], Any], precision: Precision) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn(precision)
+    return time.perf_counter() - start, result
+
+
+def measure_precision(
+    precision: Precision, runners: dict[Side, StepRunner], matmul: Matmul, config: ViltBenchConfig
+) -> dict[str, Any]:
+    """Interleaved training steps, matmul bursts and inference passes of both sides in ``precision``."""
+    losses: dict[Side, list[tuple[float, float]]] = {side: [] for side in SIDES}
+    for _ in range(config.warmup):
+        for side in SIDES:
+            mlm, itm = runners[side].step(precision)
+            losses[side].append((float(mlm), float(itm)))
+    matmul.run(precision)
+    step_s: dict[Side, list[float]] = {side: [] for side in SIDES}
+    matmul_s: list[float] = []
+    for i in range(config.steps):
+        for side in SIDES if i % 2 == 0 else SIDES[::-1]:
+            seconds, (mlm, itm) = timed(runners[side].step, precision)
+            step_s[side].append(seconds)
+            losses[side].append((float(mlm), float(itm)))
+        matmul_s.append(matmul.run(precision))
+    for _ in range(2):
+        for side in SIDES:
+            runners[side].infer(precision)
+    infer_s: dict[Side, list[float]] = {side: [] for side in SIDES}
+    for i in range(config.infer_steps):
+        for side in SIDES if i % 2 == 0 else SIDES[::-1]:
+            infer_s[side].append(timed(runners[side].infer, precision)[0])
+    matmul_flops = matmul.flops / statistics.median(matmul_s)
+    return {
+        "precision": precision,
+        "matmul_flop_per_s": matmul_flops,
+        "sides": {
+            side: {
+                "step_s": statistics.median(step_s[side]),
+                "samples_per_s": config.batch_size / statistics.median(step_s[side]),
+                "all_step_s": step_s[side],
+                "infer_ms": 1000 * statistics.median(infer_s[side]),
+                "losses": losses[side],  # warm-up steps first: [0] is step 0
+            }
+            for side in SIDES
+        },
+    }
+
+
+def run(
+    config: ViltBenchConfig, timeout: float = 1800.0, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Every measurement of the benchmark; the report is :func:`markdown` of this."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _run(config, timeout, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(config: ViltBenchConfig, timeout: float, log: Callable[[str], None]) -> dict[str, Any]:
+    vlp, hf = build_sides(config)
+    batch = make_batch(config, config.batch_size, config.seed + 1)
+    runners: dict[Side, StepRunner] = {
+        "vlp": StepRunner("vlp", vlp, config, batch),
+        "transformers": StepRunner("transformers", hf, config, batch),
+    }
+    flops = {side: count_step_flops(runners[side]) for side in SIDES}
+    parameters = {side: sum(p.numel() for p in module.parameters()) for side, module in zip(SIDES, (vlp, hf))}
+    matmul = Matmul(config.matmul_repeats, config.seed)
+    initial = {side: {k: v.clone() for k, v in runners[side].module.state_dict().items()} for side in SIDES}
+    results = []
+    for precision in config.precisions:
+        for side in SIDES:
+            runners[side].restart(initial[side])
+        log(f"{precision}: {config.warmup} warm-up + {config.steps} timed steps per model ...")
+        result = measure_precision(precision, runners, matmul, config)
+        for side in SIDES:
+            record = result["sides"][side]
+            record["flops"] = flops[side]
+            record["flop_per_s"] = flops[side] / record["step_s"]
+            record["of_matmul"] = record["flop_per_s"] / result["matmul_flop_per_s"]
+        results.append(result)
+    memory: dict[str, dict[str, float]] = {}
+    if config.memory:
+        for precision in config.precisions:
+            for side in SIDES:
+                log(f"{precision}: peak memory of {side} (subprocess) ...")
+                memory[f"{side}/{precision}"] = run_memory(side, precision, config, timeout)
+    return {
+        "results": results,
+        "memory": memory,
+        "parameters": parameters,
+        "threads": torch.get_num_threads(),
+        "device": cpu_name(),
+        "keep_freed_memory": is_active(),
+    }
