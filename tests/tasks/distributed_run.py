@@ -406,6 +406,8 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # two processes share two cores
     {"ddp": run_ddp, "fsdp": run_fsdp}[args.mode](args.out, args.workdir)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # before exit: a live gloo group can abort the process
 
 
 if __name__ == "__main__":

@@ -260,6 +260,10 @@ def run_worker(setup: Setup, config: ScalingConfig, result: Path) -> None:
             "parameters": sum(p.numel() for p in task.parameters()),
         }
         result.write_text(json.dumps(record))
+    if torch.distributed.is_initialized():
+        # End gloo / NCCL before the interpreter does: exiting with the process group alive can abort the
+        # process ("terminate called without an active exception") after the run itself succeeded.
+        torch.distributed.destroy_process_group()
 
 
 def run_setup(setup: Setup, config: ScalingConfig, workdir: Path, timeout: float) -> dict[str, Any]:
