@@ -372,6 +372,12 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args(argv)
     run_worker(args.worker, ScalingConfig(**json.loads(args.config_json)), args.result)
+    # The measurement is written; leave without the interpreter's teardown, where the 2-process FSDP2 run
+    # on gloo sometimes aborted ("terminate called without an active exception", status -6) after a
+    # complete run, even with its process group destroyed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
