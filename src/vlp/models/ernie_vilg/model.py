@@ -31,12 +31,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from vlp.models.ernie_vilg.sparse_attention import Implementation, SparseSelfAttention
 from vlp.models.ernie_vilg.sparse_patterns import (
@@ -47,7 +47,7 @@ from vlp.models.ernie_vilg.sparse_patterns import (
     pattern_mask,
 )
 from vlp.models.layers.attention import sdpa
-from vlp.models.layers.transformer import Block, init_weights
+from vlp.models.layers.transformer import TransformerEncoder, init_weights
 
 TEXT, IMAGE = 0, 1
 
@@ -172,7 +172,6 @@ class ERNIEViLG(nn.Module):
         self.grid: tuple[int, int] = grid
         self.max_text_len, self.pad_id, self.code_dim = max_text_len, pad_id, code_dim
         self.boi_id = num_codes
-        self.activation_checkpointing = activation_checkpointing
 
         self.word_embeddings = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
         self.text_positions = nn.Embedding(max_text_len, dim)
@@ -183,17 +182,28 @@ class ERNIEViLG(nn.Module):
         self.direction_embeddings = nn.Embedding(len(DIRECTIONS), dim)
         self.embed_drop = nn.Dropout(drop)
 
-        rates = (
-            torch.linspace(0, drop_path, depth, device="cpu").tolist() if depth > 1 else [drop_path] * depth
-        )
-        self.blocks = nn.ModuleList()
-        for kind, rate in zip(self.patterns, rates):
-            block = Block(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, rate)
-            block.attn = SparseSelfAttention(
-                dim, num_heads, kind, context, kernel_size, qkv_bias, attn_drop, drop, implementation
+        attention = [
+            partial(
+                SparseSelfAttention,
+                pattern=kind,
+                context=context,
+                kernel_size=kernel_size,
+                implementation=implementation,
             )
-            self.blocks.append(block)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+            for kind in self.patterns
+        ]
+        self.encoder = TransformerEncoder(
+            dim,
+            depth,
+            num_heads,
+            mlp_ratio,
+            qkv_bias,
+            drop,
+            attn_drop,
+            drop_path,
+            activation_checkpointing=activation_checkpointing,
+            attn_layer=attention,
+        )
         self.head = nn.Linear(dim, vocab_size + num_codes)
         self.to_codebook = (
             nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim), nn.Linear(dim, code_dim))
@@ -303,12 +313,7 @@ class ERNIEViLG(nn.Module):
         x = torch.cat([text, image] if direction == "text_to_image" else [image, text], dim=1)
         x = self.embed_drop(x)
         layout = self.layout(text_ids.shape[1], text_mask, direction)
-        for block in self.blocks:
-            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, layout, use_reentrant=False)
-            else:
-                x = block(x, layout)
-        return ERNIEViLGOutput(self.norm(x), layout, self)
+        return ERNIEViLGOutput(self.encoder(x, layout), layout, self)
 
     # ------------------------------------------------------------------------------------ heads
 
@@ -344,13 +349,13 @@ class ERNIEViLG(nn.Module):
                 context=block.attn.pattern.context,
                 kernel_size=block.attn.pattern.kernel_size,
             ).to(device)
-            for kind, block in {b.attn.pattern.kind: b for b in self.blocks}.items()
+            for kind, block in {b.attn.pattern.kind: b for b in self.encoder.blocks}.items()
         }
 
     def _step_layers(self, x: Tensor, cache: KVCache) -> Tensor:
         """Run the new tokens ``x [B, t, D]`` (positions ``cache.length ..``) through every layer."""
         start, stop = cache.length, cache.length + x.shape[1]
-        for index, block in enumerate(self.blocks):
+        for index, block in enumerate(self.encoder.blocks):
             attn = block.attn
             batch, length, dim = x.shape
             heads = attn.num_heads
@@ -364,12 +369,16 @@ class ERNIEViLG(nn.Module):
             x = x + attn.proj(out.transpose(1, 2).reshape(batch, length, dim))
             x = x + block.mlp(block.norm2(x))
         cache.length = stop
-        return self.norm(x)
+        return self.encoder.norm(x)
 
     def _empty_cache(self, layout: ImageTextLayout, batch: int, device: torch.device) -> KVCache:
         empty = torch.empty(batch, 0, device=device)
         return KVCache(
-            [empty] * len(self.blocks), [empty] * len(self.blocks), self._masks(layout, device), layout, 0
+            [empty] * len(self.encoder.blocks),
+            [empty] * len(self.encoder.blocks),
+            self._masks(layout, device),
+            layout,
+            0,
         )
 
     def prefill(
