@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from vlp.models.embedders.base import VisualEmbedder, VisualTokens
 from vlp.models.embedders.text import TextEmbedder
 from vlp.models.layers.heads import Pooler
-from vlp.models.layers.transformer import TransformerEncoder, key_padding_mask, row_index
+from vlp.models.layers.transformer import TransformerEncoder, common_width, key_padding_mask, row_index
 from vlp.models.outputs import FusionOutput
 
 
@@ -31,14 +31,8 @@ class ViLT(nn.Module):
         num_modality_types: int = 2,
     ) -> None:
         super().__init__()
-        widths = {
-            "text_embedder": text_embedder.dim,
-            "visual_embedder": visual_embedder.dim,
-            "encoder": encoder.dim,
-        }
-        if len(set(widths.values())) != 1:
-            raise ValueError(f"ViLT parts disagree on the model width: {widths}")
-        self.dim = encoder.dim
+        parts = {"text_embedder": text_embedder, "visual_embedder": visual_embedder, "encoder": encoder}
+        self.dim = common_width("ViLT", parts)
         self.text_embedder = text_embedder
         self.visual_embedder = visual_embedder
         self.token_type_embeddings = nn.Embedding(num_modality_types, self.dim)

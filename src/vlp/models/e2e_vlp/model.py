@@ -27,7 +27,7 @@ from vlp.models.embedders.text import TextEmbedder
 from vlp.models.layers.decoder import DecoderCache, TransformerDecoder
 from vlp.models.layers.generation import GenerationOutput, beam_search, greedy_search
 from vlp.models.layers.heads import Pooler
-from vlp.models.layers.transformer import TransformerEncoder, init_weights, key_padding_mask
+from vlp.models.layers.transformer import TransformerEncoder, common_width, init_weights, key_padding_mask
 from vlp.models.outputs import DecoderOutput, FusionOutput
 
 
@@ -76,6 +76,16 @@ def initial_reference_boxes(num_queries: int, size: float = 0.25, seed: int = 0)
     centres = torch.rand(num_queries, 2, generator=generator) * 0.9 + 0.05
     boxes = torch.cat([centres, torch.full((num_queries, 2), size)], dim=1)
     return torch.logit(boxes)
+
+
+def check_queries(num_queries: int, query_groups: int, anchor_size: float) -> None:
+    """Refuse object-query settings no decoder can run, naming the setting."""
+    if num_queries < 1:
+        raise ValueError(f"num_queries must be >= 1, got {num_queries}")
+    if query_groups < 1:
+        raise ValueError(f"query_groups must be >= 1, got {query_groups}")
+    if not 0 < anchor_size < 1:
+        raise ValueError(f"anchor_size must be in (0, 1), got {anchor_size}")
 
 
 @dataclass
@@ -140,22 +150,9 @@ class E2EVLP(nn.Module):
         pos_every_layer: bool = True,
     ) -> None:
         super().__init__()
-        widths = {
-            "text_embedder": text_embedder.dim,
-            "visual_embedder": visual_embedder.dim,
-            "encoder": encoder.dim,
-        }
-        if decoder is not None:
-            widths["decoder"] = decoder.dim
-        if len(set(widths.values())) != 1:
-            raise ValueError(f"E2EVLP parts disagree on the model width: {widths}")
-        if num_queries < 1:
-            raise ValueError(f"num_queries must be >= 1, got {num_queries}")
-        if query_groups < 1:
-            raise ValueError(f"query_groups must be >= 1, got {query_groups}")
-        if not 0 < anchor_size < 1:
-            raise ValueError(f"anchor_size must be in (0, 1), got {anchor_size}")
-        self.dim = encoder.dim
+        parts = {"text_embedder": text_embedder, "visual_embedder": visual_embedder, "encoder": encoder}
+        self.dim = common_width("E2EVLP", parts | {"decoder": decoder})
+        check_queries(num_queries, query_groups, anchor_size)
         self.num_queries = num_queries
         self.query_groups = query_groups
         self.pos_every_layer = pos_every_layer
