@@ -408,7 +408,7 @@ def test_paper_config_has_the_paper_sizes() -> None:
     parser.add_subclass_arguments(E2EVLP, "model")
     config = parser.parse_args(
         [
-            f"--model={CONFIGS / 'e2e_vlp/e2e_vlp_paper.yaml'}",
+            f"--model={CONFIGS / 'model/e2e_vlp_paper.yaml'}",
             "--model.init_args.visual_embedder.init_args.pretrained=false",  # no download in tests
         ]
     )
