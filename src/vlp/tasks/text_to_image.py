@@ -17,22 +17,14 @@ search with ``num_beams > 1``) scored against all references at the epoch's end
 (:func:`vlp.metrics.captioning.caption_scores`: ``val/bleu_4``, ``val/cider`` ...), gathered across
 processes as :class:`~vlp.tasks.captioning.CaptioningTask` does.
 
-**Prediction** (``python -m vlp predict``): for each prompt (the batch's captions) ``num_candidates``
-images are sampled (temperature, top-k, top-p; KV-cached), reranked by the model's own image→text
-likelihood of the prompt (or, with a ``reranker``, by an ITM head's match probability:
-:class:`~vlp.models.ernie_vilg.itm_scorer.ITMScorer`), decoded by the VQGAN and written as one PNG grid per batch and
-process (a row per prompt, candidates best first), with ``captions_rank<r>.jsonl`` (one per process) holding
-each prompt, the candidates' scores and the caption generated for the batch's real image. At the end
-``generation_metrics.json`` holds the caption metrics of those captions and, with ``judge_checkpoint`` (a
-shapes judge, ``configs/probe/shapes_judge.yaml``) and/or ``inception_weights``, the generation metrics of the
-best candidates against the batch's real images (:class:`~vlp.metrics.generation.GenerationEvaluation`:
-semantic score with its shuffled-prompt control and the real images' ceiling, shapes Fréchet distance,
-Inception FID).
+**Prediction** (``python -m vlp predict``): images sampled for the batch's captions, reranked, written as
+PNG grids with the captions generated for its images, and generation metrics
+(:mod:`vlp.tasks.text_to_image_predict`).
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,16 +34,15 @@ from torch import Tensor, nn
 
 from vlp.batch import Batch
 from vlp.metrics.generation import GenerationEvaluation
-from vlp.metrics.shapes_judge import ShapesJudge
 from vlp.models.ernie_vilg.itm_scorer import ITMScorer
 from vlp.models.ernie_vilg.model import ERNIEViLG, ERNIEViLGOutput
-from vlp.models.ernie_vilg.sampling import caption_images, generate_images
+from vlp.models.ernie_vilg.sampling import caption_images
 from vlp.objectives.base import Objective
 from vlp.objectives.reconstruction import ReconstructionObjective
 from vlp.tasks.base import ObjectiveTask
 from vlp.tasks.caption_evaluation import CaptionEvaluation
 from vlp.tasks.e2e_base import fsdp_gathered
-from vlp.tasks.predict_files import write_json, write_png
+from vlp.tasks.text_to_image_predict import TextToImagePrediction
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
 VIEWS = ("text_to_image", "image_to_text")
@@ -74,7 +65,29 @@ def load_vqgan(vqgan: nn.Module | None, vqgan_checkpoint: str | None) -> nn.Modu
     return VQGAN.from_checkpoint(path)
 
 
-class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
+def check_settings(
+    objectives: Mapping[str, Objective],
+    model: ERNIEViLG,
+    num_beams: int,
+    num_candidates: int,
+    max_caption_len: int,
+) -> None:
+    """The objectives read the task's views; the decoding and sampling settings are in range."""
+    for name, objective in objectives.items():
+        if objective.view not in VIEWS:
+            raise ValueError(
+                f"objectives.{name}: {type(objective).__name__} reads view {objective.view!r}; "
+                f"ERNIEViLGTask runs {list(VIEWS)}"
+            )
+    if num_beams < 1 or num_candidates < 1:
+        raise ValueError(f"num_beams and num_candidates must be >= 1, got {num_beams}, {num_candidates}")
+    if not 2 <= max_caption_len <= model.max_text_len:
+        raise ValueError(
+            f"max_caption_len must be in [2, model.max_text_len = {model.max_text_len}], got {max_caption_len}"
+        )
+
+
+class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, ObjectiveTask):
     """ERNIE-ViLG training, caption evaluation and image generation (module docstring).
 
     Data: batches with ``pixels`` (normalised to [-1, 1], the VQGAN's range), ``caption_ids`` /
@@ -107,8 +120,6 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         Others: as :class:`~vlp.tasks.base.ObjectiveTask`.
     """
 
-    PREDICT_FILES = ("images_rank*_batch*.png", "captions_rank*.jsonl", "generation_metrics.json")
-
     def __init__(
         self,
         model: ERNIEViLG,
@@ -138,19 +149,29 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         for saved in (self.hparams, self._hparams_initial):  # a module, not a hyperparameter
             saved.pop("vqgan", None)
             saved.pop("reranker", None)
-        for name, objective in self.objectives.items():
-            if objective.view not in VIEWS:
-                raise ValueError(
-                    f"objectives.{name}: {type(objective).__name__} reads view {objective.view!r}; "
-                    f"ERNIEViLGTask runs {list(VIEWS)}"
-                )
-        if num_beams < 1 or num_candidates < 1:
-            raise ValueError(f"num_beams and num_candidates must be >= 1, got {num_beams}, {num_candidates}")
-        if not 2 <= max_caption_len <= model.max_text_len:
-            raise ValueError(
-                f"max_caption_len must be in [2, model.max_text_len = {model.max_text_len}], got {max_caption_len}"
-            )
-        self.vqgan = load_vqgan(vqgan, vqgan_checkpoint)
+        check_settings(self.objectives, model, num_beams, num_candidates, max_caption_len)
+        self.setup_vqgan(load_vqgan(vqgan, vqgan_checkpoint), train_decoder)
+        self.reranker = reranker
+        if reranker is not None:
+            self.check_reranker(reranker)
+        self.tokenizer_name = tokenizer
+        self.num_beams, self.length_penalty, self.max_caption_len = num_beams, length_penalty, max_caption_len
+        self.meteor = meteor
+        self.num_candidates, self.temperature = num_candidates, temperature
+        self.top_k, self.top_p = top_k, top_p
+        self.predict_seed = predict_seed
+        self.judge_checkpoint, self.inception_weights = judge_checkpoint, inception_weights
+        self.generation_evaluation: GenerationEvaluation | None = None  # built when predict starts
+        tok = load_tokenizer(tokenizer)
+        self.bos_id, self.eos_id, self.pad_id = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
+        self.reset_captions()
+
+    # ----------------------------------------------------------------------------------- set-up
+
+    def setup_vqgan(self, vqgan: nn.Module, train_decoder: bool) -> None:
+        """Hold ``vqgan`` frozen and in eval mode, its decoder trainable with ``train_decoder`` (end to end
+        only); two-stage, the model's ``to_codebook`` is frozen too, as nothing reaches it."""
+        self.vqgan = vqgan
         self.check_vqgan()
         self.train_decoder = train_decoder
         if train_decoder and not self.end_to_end:
@@ -161,29 +182,9 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
         if train_decoder:
             self.vqgan.decoder.requires_grad_(True)
             self.vqgan.post_quant_conv.requires_grad_(True)
-        if not self.end_to_end and model.to_codebook is not None:
-            model.to_codebook.requires_grad_(False)  # nothing reaches it (DDP refuses unused parameters)
+        if not self.end_to_end and self.model.to_codebook is not None:
+            self.model.to_codebook.requires_grad_(False)  # nothing reaches it (DDP refuses unused parameters)
         self.vqgan.eval()
-        self.reranker = reranker
-        if reranker is not None:
-            self.check_reranker(reranker)
-        self.tokenizer_name = tokenizer
-        self.num_beams, self.length_penalty, self.max_caption_len = num_beams, length_penalty, max_caption_len
-        self.meteor = meteor
-        self.num_candidates, self.temperature, self.top_k, self.top_p = (
-            num_candidates,
-            temperature,
-            top_k,
-            top_p,
-        )
-        self.predict_seed = predict_seed
-        self.judge_checkpoint, self.inception_weights = judge_checkpoint, inception_weights
-        self.generation_evaluation: GenerationEvaluation | None = None  # built when predict starts
-        tok = load_tokenizer(tokenizer)
-        self.bos_id, self.eos_id, self.pad_id = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
-        self.reset_captions()
-
-    # ----------------------------------------------------------------------------------- set-up
 
     def check_vqgan(self) -> None:
         model, vqgan = self.model, self.vqgan
@@ -263,7 +264,7 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
     def compute_losses(self, batch: Batch, stage: str) -> Tensor:
         return super().compute_losses(self.with_codes(batch), stage)
 
-    # -------------------------------------------------------------------------------- generation
+    # -------------------------------------------------------------------------------- evaluation
 
     @torch.no_grad()
     def generate_captions(self, image_codes: Tensor) -> list[str]:
@@ -277,91 +278,10 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
             output.sequences.cpu(), skip_special_tokens=True
         )
 
-    @torch.no_grad()
-    def generate_images(
-        self, text_ids: Tensor, text_mask: Tensor | None, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``num_candidates`` images per prompt, best first: pixels ``[B, n, 3, H, W]`` in [0, 1],
-        scores ``[B, n]`` and codes ``[B, n, h*w]``."""
-        with fsdp_gathered(self.model):
-            sampled = generate_images(
-                self.model, text_ids, text_mask, self.num_candidates,
-                self.temperature, self.top_k, self.top_p, generator, scorer=self.reranker,
-            )  # fmt: skip
-        order = sampled.scores.argsort(dim=1, descending=True)
-        codes = sampled.codes.gather(1, order[..., None].expand_as(sampled.codes))
-        scores = sampled.scores.gather(1, order)
-        batch, n, _ = codes.shape
-        pixels = self.vqgan.decode_ids(codes.view(batch * n, *self.model.grid))
-        pixels = ((pixels.clamp(-1, 1) + 1) / 2).view(batch, n, *pixels.shape[1:])
-        return pixels, scores, codes
-
-    # -------------------------------------------------------------------------------- evaluation
-
     def evaluate_captions(self, batch: Batch, stage: str) -> None:
         batch = self.with_codes(batch)
         self.compute_losses(batch, stage)
         self.record_captions(batch, self.generate_captions(batch.image_codes))
-
-    # -------------------------------------------------------------------------------- prediction
-
-    def on_predict_epoch_start(self) -> None:
-        self.reset_captions()
-        self.generation_evaluation = None
-        if self.judge_checkpoint is not None or self.inception_weights is not None:
-            judge = (
-                None if self.judge_checkpoint is None else ShapesJudge.from_checkpoint(self.judge_checkpoint)
-            )
-            self.generation_evaluation = GenerationEvaluation(judge, self.inception_weights).to(self.device)
-
-    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
-        """Images for the batch's captions and captions for its images, written under ``predict_dir``."""
-        if batch.caption_ids is None or batch.caption_mask is None:
-            raise ValueError("predict needs batch.caption_ids and batch.caption_mask (the prompts)")
-        generator = torch.Generator(device=batch.caption_ids.device)
-        generator.manual_seed(self.predict_seed + 100_003 * self.global_rank + batch_idx)
-        pixels, scores, _ = self.generate_images(batch.caption_ids, batch.caption_mask, generator)
-        captions = None
-        if batch.pixels is not None or batch.image_codes is not None:
-            codes = batch.image_codes if batch.image_codes is not None else self.encode_images(batch.pixels)
-            captions = self.generate_captions(codes)
-            if batch.references is not None:
-                self.record_captions(batch, captions)
-        folder = self.predict_path
-        grid_name = f"images_rank{self.global_rank}_batch{batch_idx:05d}.png"
-        write_png(folder / grid_name, pixels.flatten(0, 1), nrow=pixels.shape[1])
-        prompts = load_tokenizer(self.tokenizer_name).batch_decode(
-            batch.caption_ids.cpu(), skip_special_tokens=True
-        )
-        records = [
-            {
-                "key": key,
-                "prompt": prompt,
-                "grid": grid_name,
-                "row": row,
-                "candidate_scores": [round(float(s), 4) for s in scores[row]],
-                "generated_caption": None if captions is None else captions[row],
-            }
-            for row, (key, prompt) in enumerate(zip(batch.keys, prompts))
-        ]
-        with (folder / f"captions_rank{self.global_rank}.jsonl").open("a") as handle:
-            for record in records:
-                handle.write(json.dumps(record) + "\n")
-        if self.generation_evaluation is not None:
-            real = None if batch.pixels is None else (batch.pixels.clamp(-1, 1) + 1) / 2
-            self.generation_evaluation.update(pixels[:, 0], prompts, real)
-        return {"records": records}
-
-    def on_predict_epoch_end(self) -> None:
-        """Caption and generation metrics of the whole prediction into ``generation_metrics.json``."""
-        metrics: dict[str, Any] = {"captions": self.corpus_caption_scores()}
-        if self.generation_evaluation is not None:
-            metrics["generation"] = self.generation_evaluation.compute()
-            metrics.update(judge_checkpoint=self.judge_checkpoint, inception_weights=self.inception_weights)
-        metrics["reranker"] = "self (image->text likelihood)" if self.reranker is None else "itm"
-        if self.global_rank == 0:
-            path = write_json(self.predict_path / "generation_metrics.json", metrics, indent=2)
-            print(f"generation metrics ({path}): {json.dumps(metrics)}")
 
     # ------------------------------------------------------------------------------- checkpoints
 
