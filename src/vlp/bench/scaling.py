@@ -185,13 +185,42 @@ class RepeatedBatch(torch.utils.data.Dataset):
 
 def run_worker(setup: Setup, config: ScalingConfig, result: Path) -> None:
     """One setup: train ``warmup + steps`` steps under Lightning and time the last ``steps`` on rank 0."""
-    from lightning import Callback, Trainer
-    from lightning.pytorch.strategies import ModelParallelStrategy
-
     gpu = use_gpu(config)
     processes = 1 if setup == "single" else config.processes
     if not gpu:
         torch.set_num_threads(max(1, (config.threads or available_cpus()) // processes))
+    timer = step_timer(config, gpu)
+    trainer = worker_trainer(setup, config, processes, gpu, timer)
+    task = build_task(config)
+    per_rank = config.batch_size // processes
+    batch = synthetic_batch(config, per_rank, config.seed + 1 + trainer.global_rank)
+    loader = torch.utils.data.DataLoader(
+        RepeatedBatch(batch, config.warmup + config.steps), batch_size=None, shuffle=False
+    )
+    trainer.fit(task, train_dataloaders=loader)
+    peak_memory = peak_memory_mib(trainer, gpu)
+    if trainer.is_global_zero:
+        record = {
+            "setup": setup,
+            "processes": processes,
+            "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if gpu else cpu_name(),
+            "seconds": timer.elapsed,
+            "samples_per_s": config.batch_size * config.steps / timer.elapsed,
+            "step_ms": 1000 * timer.elapsed / config.steps,
+            "peak_memory_mib": peak_memory,
+            "parameters": sum(p.numel() for p in task.parameters()),
+        }
+        result.write_text(json.dumps(record))
+    if torch.distributed.is_initialized():
+        # End gloo / NCCL before the interpreter does: exiting with the process group alive can abort the
+        # process ("terminate called without an active exception") after the run itself succeeded.
+        torch.distributed.destroy_process_group()
+
+
+def step_timer(config: ScalingConfig, gpu: bool) -> Any:
+    """A callback whose ``elapsed`` is the seconds of the steps after the first ``warmup`` (GPU synced)."""
+    from lightning import Callback, Trainer
 
     class StepTimer(Callback):
         def __init__(self) -> None:
@@ -213,11 +242,18 @@ def run_worker(setup: Setup, config: ScalingConfig, result: Path) -> None:
                     torch.cuda.synchronize()
                 self.elapsed = time.perf_counter() - self.start
 
+    return StepTimer()
+
+
+def worker_trainer(setup: Setup, config: ScalingConfig, processes: int, gpu: bool, timer: Any) -> Any:
+    """The setup's Lightning Trainer: ``processes`` devices, its strategy, no logging or validation."""
+    from lightning import Trainer
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
     strategy: str | ModelParallelStrategy = "auto" if setup == "single" else "ddp"
     if setup == "fsdp":
         strategy = ModelParallelStrategy(data_parallel_size=processes, tensor_parallel_size=1)
-    timer = StepTimer()
-    trainer = Trainer(
+    return Trainer(
         accelerator="gpu" if gpu else "cpu",
         devices=processes,
         strategy=strategy,
@@ -231,14 +267,10 @@ def run_worker(setup: Setup, config: ScalingConfig, result: Path) -> None:
         use_distributed_sampler=False,
         limit_val_batches=0,
     )
-    task = build_task(config)
-    per_rank = config.batch_size // processes
-    batch = synthetic_batch(config, per_rank, config.seed + 1 + trainer.global_rank)
-    loader = torch.utils.data.DataLoader(
-        RepeatedBatch(batch, config.warmup + config.steps), batch_size=None, shuffle=False
-    )
-    trainer.fit(task, train_dataloaders=loader)
 
+
+def peak_memory_mib(trainer: Any, gpu: bool) -> float:
+    """The ranks' largest peak memory in MiB (GPU allocated, or peak RSS); every rank must call it."""
     if gpu:
         memory = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -247,23 +279,7 @@ def run_worker(setup: Setup, config: ScalingConfig, result: Path) -> None:
     if trainer.world_size > 1:
         memories = [0.0] * trainer.world_size
         torch.distributed.all_gather_object(memories, memory)
-    if trainer.is_global_zero:
-        record = {
-            "setup": setup,
-            "processes": processes,
-            "threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name() if gpu else cpu_name(),
-            "seconds": timer.elapsed,
-            "samples_per_s": config.batch_size * config.steps / timer.elapsed,
-            "step_ms": 1000 * timer.elapsed / config.steps,
-            "peak_memory_mib": max(memories),
-            "parameters": sum(p.numel() for p in task.parameters()),
-        }
-        result.write_text(json.dumps(record))
-    if torch.distributed.is_initialized():
-        # End gloo / NCCL before the interpreter does: exiting with the process group alive can abort the
-        # process ("terminate called without an active exception") after the run itself succeeded.
-        torch.distributed.destroy_process_group()
+    return max(memories)
 
 
 def run_setup(setup: Setup, config: ScalingConfig, workdir: Path, timeout: float) -> dict[str, Any]:
