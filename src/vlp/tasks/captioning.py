@@ -21,11 +21,11 @@ from vlp.batch import Batch
 from vlp.models.e2e_vlp.model import CaptionOutput
 from vlp.tasks.caption_evaluation import CaptionEvaluation
 from vlp.tasks.e2e_base import E2ETask, fsdp_gathered
-from vlp.tasks.predict_files import Row, write_jsonl
+from vlp.tasks.predict_files import Row, RowPredictionWriter, write_jsonl
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
 
-class CaptioningTask(CaptionEvaluation, E2ETask):
+class CaptioningTask(RowPredictionWriter, CaptionEvaluation, E2ETask):
     """Fine-tuning and evaluation of E2E-VLP captioning (data: :class:`~vlp.datamodules.e2e.E2EDataModule`
     with ``captioning: true``; val/test batches need ``references``).
 

@@ -34,10 +34,10 @@ from vlp.metrics.detection import detections, ground_truth, image_sizes, map_fig
 from vlp.models.outputs import DecoderOutput
 from vlp.objectives.detection import DetectionObjective
 from vlp.tasks.e2e_base import E2ETask, fsdp_gathered
-from vlp.tasks.predict_files import Row, vocab_list, write_json
+from vlp.tasks.predict_files import Row, RowPredictionWriter, vocab_list, write_json
 
 
-class DetectionTask(E2ETask):
+class DetectionTask(RowPredictionWriter, E2ETask):
     """Fine-tuning and evaluation of E2E-VLP detection (data: :class:`~vlp.datamodules.e2e.E2EDataModule`
     with ``detection: true``).
 

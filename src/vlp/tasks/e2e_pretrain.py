@@ -7,10 +7,10 @@ from typing import Any
 
 from vlp.batch import Batch
 from vlp.tasks.e2e_base import E2ETask
-from vlp.tasks.predict_files import Row, itm_rows, write_jsonl
+from vlp.tasks.predict_files import Row, RowPredictionWriter, itm_rows, write_jsonl
 
 
-class E2EPretrainTask(E2ETask):
+class E2EPretrainTask(RowPredictionWriter, E2ETask):
     """Pre-training an :class:`~vlp.models.e2e_vlp.model.E2EVLP` (Xu et al. 2021) with any of four views.
 
     * ``"mlm"``: the masked text with each sample's own image (official ViLT's MLM view);

@@ -19,7 +19,7 @@ from vlp.models.outputs import FusionOutput
 from vlp.objectives.nlvr2 import NLVR2Objective
 from vlp.tasks.base import ObjectiveTask
 from vlp.tasks.e2e_base import fsdp_gathered
-from vlp.tasks.predict_files import Row, active_objective, batch_texts, write_jsonl
+from vlp.tasks.predict_files import Row, RowPredictionWriter, active_objective, batch_texts, write_jsonl
 
 MODALITY_TABLE = "token_type_embeddings"
 MODALITY_KEY = f"model.{MODALITY_TABLE}.weight"
@@ -48,7 +48,7 @@ def grow_modality_types(model: nn.Module) -> bool:
     return True
 
 
-class NLVR2Task(ObjectiveTask):
+class NLVR2Task(RowPredictionWriter, ObjectiveTask):
     """Fine-tuning on pair batches (:class:`~vlp.datamodules.pairs.PairDataModule`) with
     :class:`~vlp.objectives.NLVR2Objective`; logs ``val/nlvr2_acc``.
 

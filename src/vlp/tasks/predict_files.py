@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -154,18 +155,14 @@ def itm_rows(task: Any, batch: Batch) -> list[Row]:
 class PredictionWriter:
     """Mixin of a LightningModule (before it in the bases): ``predict`` writes files under ``predict_dir``.
 
-    The task sets ``predict_dir`` (``str | None``) in its ``__init__``, lists the files it writes in
-    :attr:`PREDICT_FILES` (glob patterns, refused when already present), returns the rows of a batch
-    from :meth:`predict_rows` and writes every process's rows, sorted by :attr:`PREDICT_ORDER`, in
-    :meth:`write_predictions` (first process only). Tasks that need more (retrieval scores all pairs at
-    the end, ERNIE-ViLG writes images per batch) override the hooks and keep :attr:`predict_path` and
-    the refusal.
+    The task sets ``predict_dir`` (``str | None``) in its ``__init__`` and lists the files it writes in
+    :attr:`PREDICT_FILES` (glob patterns, refused when already present, before any work). How a batch
+    becomes files is the task's: most collect rows (:class:`RowPredictionWriter`); retrieval scores all
+    pairs at the end and ERNIE-ViLG writes images per batch, with predict hooks of their own.
     """
 
     PREDICT_FILES: ClassVar[tuple[str, ...]] = ()
-    PREDICT_ORDER: ClassVar[str] = "key"
     predict_dir: str | None
-    _predict_rows: list[Row]
 
     @property
     def predict_path(self) -> Path:
@@ -175,6 +172,19 @@ class PredictionWriter:
 
     def on_predict_start(self) -> None:
         refuse_existing(self.predict_path, self.PREDICT_FILES)
+
+
+class RowPredictionWriter(PredictionWriter, ABC):
+    """A :class:`PredictionWriter` of record files: the task returns the rows of a batch from
+    :meth:`predict_rows`, and writes every process's rows, sorted by :attr:`PREDICT_ORDER`, in
+    :meth:`write_predictions` (first process only). Put it before the task's other bases.
+    """
+
+    PREDICT_ORDER: ClassVar[str] = "key"
+    _predict_rows: list[Row]
+
+    def on_predict_start(self) -> None:
+        super().on_predict_start()
         self._predict_rows = []
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[Row]:
@@ -184,8 +194,9 @@ class PredictionWriter:
         self._predict_rows.extend(rows)
         return rows
 
+    @abstractmethod
     def predict_rows(self, batch: Batch, batch_idx: int) -> list[Row]:
-        raise NotImplementedError(f"{type(self).__name__} does not implement predict")
+        """The rows of one (non-empty) batch; images, if any, are written here, per process."""
 
     def on_predict_epoch_end(self) -> None:
         rows = gather_rows(self._predict_rows)
@@ -196,9 +207,9 @@ class PredictionWriter:
         written = self.write_predictions(sorted(rows, key=lambda row: row[self.PREDICT_ORDER]), folder)
         log.info("vlp: %d predictions written to %s", len(rows), ", ".join(str(p) for p in written))
 
+    @abstractmethod
     def write_predictions(self, rows: list[Row], folder: Path) -> list[Path]:
         """Write ``rows`` (every process's) under ``folder``; the paths written."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement predict")
 
 
 def head_classes(head: nn.Module) -> int | None:

@@ -11,12 +11,12 @@ from vlp.batch import Batch
 from vlp.models.outputs import FusionOutput
 from vlp.models.vilt import ViLT
 from vlp.tasks.base import ObjectiveTask
-from vlp.tasks.predict_files import Row, itm_rows, write_jsonl
+from vlp.tasks.predict_files import Row, RowPredictionWriter, itm_rows, write_jsonl
 
 VIEWS = ("mlm", "itm")
 
 
-class PretrainTask(ObjectiveTask):
+class PretrainTask(RowPredictionWriter, ObjectiveTask):
     """Pre-training on image-text pairs, one encoder pass per view the active objectives read.
 
     As in official ViLT: the ``"mlm"`` view is the masked text with each sample's own image; the ``"itm"``

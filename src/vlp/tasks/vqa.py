@@ -12,10 +12,17 @@ from vlp.models.outputs import FusionOutput
 from vlp.objectives.vqa import VQAObjective
 from vlp.tasks.base import ObjectiveTask
 from vlp.tasks.e2e_base import fsdp_gathered
-from vlp.tasks.predict_files import Row, active_objective, head_classes, vocab_list, write_json
+from vlp.tasks.predict_files import (
+    Row,
+    RowPredictionWriter,
+    active_objective,
+    head_classes,
+    vocab_list,
+    write_json,
+)
 
 
-class VQATask(ObjectiveTask):
+class VQATask(RowPredictionWriter, ObjectiveTask):
     """Fine-tuning on VQA batches (:class:`~vlp.datamodules.vqa.VQADataModule`) with
     :class:`~vlp.objectives.VQAObjective`; logs ``val/vqa_score``, the VQA accuracy.
 

@@ -43,10 +43,10 @@ from vlp.models.vqgan.discriminator import NLayerDiscriminator
 from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
 from vlp.objectives.vq import VQGANLoss
 from vlp.tasks.optim import linear_warmup_decay, schedule_steps
-from vlp.tasks.predict_files import PredictionWriter, Row, write_jsonl, write_png
+from vlp.tasks.predict_files import Row, RowPredictionWriter, write_jsonl, write_png
 
 
-class VQGANTask(PredictionWriter, LightningModule):
+class VQGANTask(RowPredictionWriter, LightningModule):
     """Autoencoder + optional discriminator, trained with :class:`~vlp.objectives.vq.VQGANLoss`.
 
     Args:
