@@ -16,7 +16,7 @@ from vlp.tasks.predict_files import Row, active_objective, head_classes, vocab_l
 
 
 class VQATask(ObjectiveTask):
-    """Fine-tuning on VQA batches (:class:`~vlp.datamodules.vqa.VQADataModule`) with
+    """Fine-tuning on VQA batches (:class:`~vlp.datamodules.vqa.VQACollator`) with
     :class:`~vlp.objectives.VQAObjective`; logs ``val/vqa_score``, the VQA accuracy.
 
     As official ViLT, recipes give the answer classifier a 10x learning rate
