@@ -82,9 +82,9 @@ class Decoder(Part, ABC):
     """
 
     @abstractmethod
-    def bind(self, transform: Transform, vocab: Vocab, max_image_pixels: int | None) -> Self:
-        """A copy that decodes with ``transform`` (the split's), the dataset's ``vocab`` lists and the
-        image size limit."""
+    def bind(self, transform: Transform, vocab: Vocab | None, max_image_pixels: int | None) -> Self:
+        """A copy that decodes with ``transform`` (the split's), the dataset's ``vocab`` lists (none:
+        no lists) and the image size limit (``None``: no limit of vlp's)."""
 
     @abstractmethod
     def __call__(self, sample: dict[str, Any]) -> Any:
@@ -99,9 +99,9 @@ class Collator(Part, ABC):
         """The decoder whose samples this collator takes; the data module refuses any other."""
 
     @abstractmethod
-    def for_split(self, train: bool, seed: int, vocab: Vocab) -> Collator:
+    def for_split(self, train: bool, seed: int = 0, vocab: Vocab | None = None) -> Collator:
         """The collator of one split: a training split (``train``) or an evaluation one, randomness
-        seeded by ``seed`` when no generator is passed, word lists from ``vocab``."""
+        seeded by ``seed`` when no generator is passed, word lists from ``vocab`` (none: no lists)."""
 
     @abstractmethod
     def __call__(self, samples: Sequence[Any], generator: torch.Generator | None = None) -> Batch:
