@@ -25,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 @pytest.fixture(scope="module")
 def vqgan_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint in VQGANTask's layout of the VQGAN recipe's architecture (random weights)."""
-    config = yaml.safe_load((CONFIGS / "vqgan/shapes_vqgan.yaml").read_text())["model"]["init_args"]["model"]
+    config = yaml.safe_load((CONFIGS / "model/vqgan_shapes.yaml").read_text())
     torch.manual_seed(0)
     vqgan = VQGAN(**config["init_args"])
     path = tmp_path_factory.mktemp("vqgan") / "last.ckpt"
@@ -107,7 +107,7 @@ def test_recipe_runs_fast_dev_run_and_predicts(
 
 
 def test_paper_config_describes_the_paper_model() -> None:
-    config = yaml.safe_load((CONFIGS / "ernie_vilg/ernie_vilg_paper.yaml").read_text())
+    config = yaml.safe_load((CONFIGS / "model/ernie_vilg_paper.yaml").read_text())
     args = config["init_args"]
     assert config["class_path"] == "vlp.models.ernie_vilg.model.ERNIEViLG"
     assert (args["depth"], args["dim"], args["num_heads"], args["grid"], args["num_codes"]) == (
@@ -137,13 +137,20 @@ def test_the_reranker_part_is_the_itm_recipes_model_and_head() -> None:
     assert recipe["model"]["class_path"] == "vlp.tasks.PretrainTask"
     assert set(task["objectives"]) == {"mlm", "itm"} and task["loss_weights"] == {"mlm": 1.0, "itm": 1.0}
     assert scorer["init_args"]["model"] == task["model"]
-    assert scorer["init_args"]["head"] == task["objectives"]["itm"]["init_args"]["head"]
+    head = task["objectives"]["itm"]["init_args"]["head"]
+    model = yaml.safe_load((CONFIGS / "model/vilt_vq_shapes.yaml").read_text())["init_args"]
+    assert scorer["init_args"]["head"]["class_path"] == head["class_path"]
+    assert head["init_args"]["dim"] == "${model.init_args.model.init_args.encoder.init_args.dim}"
+    assert scorer["init_args"]["head"]["init_args"]["dim"] == model["encoder"]["init_args"]["dim"]
     run_dir = recipe["trainer"]["default_root_dir"]
     assert scorer["init_args"]["checkpoint"] == f"{run_dir}/checkpoints/last.ckpt"
     # its codes are the generator's: the VQGAN recipe's architecture and the ERNIE-ViLG recipe's checkpoint
-    embedder = task["model"]["init_args"]["visual_embedder"]["init_args"]
-    vqgan = yaml.safe_load((CONFIGS / "vqgan/shapes_vqgan.yaml").read_text())["model"]["init_args"]["model"]
-    assert embedder["vqgan"] == vqgan
+    assert task["model"] == "../model/vilt_vq_shapes.yaml"
+    embedder = model["visual_embedder"]
+    assert embedder["init_args"]["vqgan"] == "vqgan_shapes.yaml"  # (relative to configs/model/)
+    vqgan_recipe = yaml.safe_load((CONFIGS / "vqgan/shapes_vqgan.yaml").read_text())
+    assert vqgan_recipe["model"]["init_args"]["model"] == "../model/vqgan_shapes.yaml"
+    embedder = embedder["init_args"]
     ernie = yaml.safe_load(RECIPE.read_text())["model"]["init_args"]
     assert embedder["checkpoint"] == ernie["vqgan_checkpoint"]
 

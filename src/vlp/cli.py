@@ -69,7 +69,17 @@ class VLPCLI(LightningCLI):
 
     def __init__(self, *args: Any, parser_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         # Subcommand parsers inherit allow_abbrev and exit_on_error from the main parser (jsonargparse).
-        parser_kwargs = {"prog": PROG, "allow_abbrev": False, "exit_on_error": False, **(parser_kwargs or {})}
+        # omegaconf+: interpolations (a recipe's ``${trainer.default_root_dir}``, a head's width read from the
+        # model's encoder) are resolved once every --config file and command-line value is merged, relative
+        # to the subcommand's config, so an override is followed.
+        set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+        parser_kwargs = {
+            "prog": PROG,
+            "allow_abbrev": False,
+            "exit_on_error": False,
+            "parser_mode": "omegaconf+",
+            **(parser_kwargs or {}),
+        }
         super().__init__(*args, parser_kwargs=parser_kwargs, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -122,15 +132,11 @@ class VLPCLI(LightningCLI):
 
 def run_lightning(args: Sequence[str], first_batch: FirstBatch | None = None) -> VLPCLI:
     """``fit|validate|test|predict``; ``first_batch`` is added to the trainer's callbacks."""
-    # omegaconf+: a recipe's ``${trainer.default_root_dir}`` is resolved once every --config file and
-    # command-line value is merged, relative to the subcommand's config, so an override is followed.
-    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     return VLPCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"callbacks": [first_batch]} if first_batch is not None else None,
         args=list(args),

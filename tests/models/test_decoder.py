@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlp.models.layers.decoder import DecoderCache, MultiHeadAttention, TransformerDecoder, causal_mask
+from vlp.models.layers.decoder import DecoderCache, TransformerDecoder, causal_mask
+from vlp.models.layers.transformer import Attention
 
 DIM = 16
 
@@ -151,11 +152,12 @@ def test_causal_mask_with_offset_and_padding() -> None:
 
 
 def test_attention_shares_one_projection_whatever_the_inputs() -> None:
-    """Self-attention through the fused path equals the same weights applied to separate inputs."""
-    attn = MultiHeadAttention(DIM, 4).eval()
+    """Self-attention through the fused path equals the pieces (project_q, project_kv, attend) applied to
+    separate inputs, and cross-attention equals torch's ``nn.MultiheadAttention`` with the same weights."""
+    attn = Attention(DIM, 4).eval()
     x = torch.randn(2, 5, DIM)
-    fused = attn(x, x, x)
-    separate = attn(x, x.clone(), x.clone())
+    fused = attn(x)
+    separate = attn.attend(attn.project_q(x), *attn.project_kv(x.clone(), x.clone()))
     torch.testing.assert_close(fused, separate)
     reference = torch.nn.MultiheadAttention(DIM, 4, batch_first=True).eval()
     with torch.no_grad():
@@ -164,7 +166,8 @@ def test_attention_shares_one_projection_whatever_the_inputs() -> None:
         reference.out_proj.weight.copy_(attn.proj.weight)
         reference.out_proj.bias.copy_(attn.proj.bias)
     memory = torch.randn(2, 7, DIM)
-    torch.testing.assert_close(attn(x, memory, memory), reference(x, memory, memory, need_weights=False)[0])
+    cross = attn.attend(attn.project_q(x), *attn.project_kv(memory, memory))
+    torch.testing.assert_close(cross, reference(x, memory, memory, need_weights=False)[0])
 
 
 def test_mismatched_widths_and_caches_are_refused(decoder: TransformerDecoder) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from conftest import TINY_VOCAB
 from vlp.batch import Batch, Targets
-from vlp.models.e2e_vlp.model import E2EVLP, ObjectQueryOutput, PosTransformerEncoder, box_sine_embedding
+from vlp.models.e2e_vlp.model import E2EVLP, ObjectQueryOutput, box_sine_embedding
 from vlp.models.embedders import CNNGridEmbedder, ViTPatchEmbedder
 from vlp.models.embedders.text import TextEmbedder
 from vlp.models.layers.decoder import TransformerDecoder
@@ -43,15 +43,15 @@ def make_e2e(
         if visual == "grid"
         else ViTPatchEmbedder(dim=DIM, patch_size=16, pos_grid=4)
     )
-    encoder_class = PosTransformerEncoder if every_layer else TransformerEncoder
     return E2EVLP(
         TextEmbedder(vocab_size=TINY_VOCAB, dim=DIM, max_len=16),
         embedder,
-        encoder_class(dim=DIM, depth=2, num_heads=4),
+        TransformerEncoder(dim=DIM, depth=2, num_heads=4),
         TransformerDecoder(dim=DIM, depth=2, num_heads=4),
         num_queries=6,
         tie_caption_head=tie_caption_head,
         anchor_queries=anchor_queries,
+        pos_every_layer=every_layer,
     )
 
 
@@ -177,7 +177,7 @@ def test_query_groups_train_apart_and_evaluation_runs_the_first_group_alone() ->
     grouped = E2EVLP(
         TextEmbedder(vocab_size=TINY_VOCAB, dim=DIM, max_len=16),
         CNNGridEmbedder(dim=DIM, backbone=TINY_CNN),
-        PosTransformerEncoder(dim=DIM, depth=2, num_heads=4),
+        TransformerEncoder(dim=DIM, depth=2, num_heads=4),
         TransformerDecoder(dim=DIM, depth=2, num_heads=4),
         num_queries=3,
         anchor_queries=True,
@@ -266,18 +266,17 @@ def test_every_layer_positions_reach_queries_and_keys_never_values() -> None:
     torch.manual_seed(0)
     content = torch.randn(1, 1, DIM).expand(2, 5, DIM)
     pos = torch.randn(2, 5, DIM)
-    per_layer = PosTransformerEncoder(dim=DIM, depth=2, num_heads=4).eval()
-    out = per_layer(content, None, pos)
+    encoder = TransformerEncoder(dim=DIM, depth=2, num_heads=4).eval()
+    out = encoder(content, None, pos=pos)
     torch.testing.assert_close(out, out[:, :1].expand_as(out))
-    once = TransformerEncoder(dim=DIM, depth=2, num_heads=4).eval()
-    once.load_state_dict(per_layer.state_dict())  # the same keys, so the same checkpoints load
-    assert not torch.allclose(once(content + pos)[:, 0], once(content + pos)[:, 1])
-    # without positions the two encoders are the same function
+    once = encoder(content + pos)
+    assert not torch.allclose(once[:, 0], once[:, 1])
+    # zero positions are no positions: the same function (another projection order, so a tolerance)
     x = torch.randn(2, 5, DIM)
-    torch.testing.assert_close(per_layer(x), once(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(encoder(x, None, pos=torch.zeros_like(x)), encoder(x), atol=1e-5, rtol=1e-5)
 
 
-def test_the_encoder_class_chooses_where_positions_go() -> None:
+def test_pos_every_layer_chooses_where_positions_go() -> None:
     batch = fixed_batch(2)
     for every_layer in (True, False):
         model = make_e2e(every_layer=every_layer).eval()
@@ -334,7 +333,7 @@ def test_parts_of_different_width_are_refused() -> None:
         E2EVLP(
             TextEmbedder(vocab_size=TINY_VOCAB, dim=DIM),
             ViTPatchEmbedder(dim=DIM, patch_size=16, pos_grid=4),
-            PosTransformerEncoder(dim=DIM, depth=1, num_heads=4),
+            TransformerEncoder(dim=DIM, depth=1, num_heads=4),
             TransformerDecoder(dim=2 * DIM, depth=1, num_heads=4),
         )
     with pytest.raises(ValueError, match="text_mask"):
@@ -349,9 +348,7 @@ def tiny_config(assembly: str, embedder: dict) -> dict:
         },
         "visual_embedder": embedder,
         "encoder": {
-            "class_path": "vlp.models.e2e_vlp.model.PosTransformerEncoder"
-            if assembly == "E2EVLP"
-            else "vlp.models.layers.transformer.TransformerEncoder",
+            "class_path": "vlp.models.layers.transformer.TransformerEncoder",
             "init_args": {"dim": DIM, "depth": 1, "num_heads": 4},
         },
     }
@@ -411,7 +408,7 @@ def test_paper_config_has_the_paper_sizes() -> None:
     parser.add_subclass_arguments(E2EVLP, "model")
     config = parser.parse_args(
         [
-            f"--model={CONFIGS / 'e2e_vlp/e2e_vlp_paper.yaml'}",
+            f"--model={CONFIGS / 'model/e2e_vlp_paper.yaml'}",
             "--model.init_args.visual_embedder.init_args.pretrained=false",  # no download in tests
         ]
     )

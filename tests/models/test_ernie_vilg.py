@@ -173,6 +173,6 @@ def test_blocked_sparse_layers_equal_the_dense_mask_reference(direction: str) ->
         model = tiny(None, implementation=implementation).train()
         out = model(text, mask, codes, direction).states
         out.square().mean().backward()
-        outs.append((out.detach(), model.blocks[1].attn.qkv.weight.grad))
+        outs.append((out.detach(), model.encoder.blocks[1].attn.qkv.weight.grad))
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-6)

@@ -342,9 +342,9 @@ def test_bad_input_names_the_argument() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_blocked_path_never_builds_the_full_mask(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vlp.models.ernie_vilg import sparse_attention
+    from vlp.models.ernie_vilg import sparse_kernels
 
-    monkeypatch.setattr(sparse_attention, "pattern_mask", lambda *a, **k: pytest.fail("built [N, N]"))
+    monkeypatch.setattr(sparse_kernels, "pattern_mask", lambda *a, **k: pytest.fail("built [N, N]"))
     layout = padded_layout(4, (4, 4), "text_to_image", True)
     module = SparseSelfAttention(16, 2, kind, kernel_size=3)
     module(torch.randn(2, layout.length, 16, requires_grad=True), layout).sum().backward()

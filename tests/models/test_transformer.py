@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from vlp.models.layers.transformer import Attention, TransformerEncoder, key_padding_mask, row_index
@@ -102,3 +103,33 @@ def test_last_layer_rows_under_activation_checkpointing() -> None:
     torch.testing.assert_close(rows[valid], expected[valid], atol=1e-6, rtol=1e-5)
     rows[valid].sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_last_layer_rows_with_positions_equal_the_full_pass() -> None:
+    """Rows and positions together (MLM on an encoder with DETR positions): the rows of the full pass.
+    The tolerance covers the row-subset matmuls, whose float reduction order differs from the full ones."""
+    encoder, x, mask, wanted = _rows_case()
+    pos = torch.randn_like(x)
+    index, valid = row_index(wanted)
+    full = encoder(x, key_padding_mask(mask), pos=pos)
+    rows = encoder(x, key_padding_mask(mask), rows=index, pos=pos)
+    expected = full.gather(1, index[..., None].expand(-1, -1, 16))
+    torch.testing.assert_close(rows[valid], expected[valid], atol=1e-6, rtol=1e-5)
+
+
+def test_the_attention_layer_is_passed_in_per_block() -> None:
+    """Each block builds the attention it is given (timm's ``attn_layer``); a list must cover the depth."""
+
+    class Halved(Attention):
+        def forward(self, x: torch.Tensor, attn_mask: object = None) -> torch.Tensor:
+            return super().forward(x, attn_mask) / 2
+
+    encoder = TransformerEncoder(dim=16, depth=2, num_heads=2, attn_layer=[Attention, Halved])
+    assert [type(b.attn) for b in encoder.blocks] == [Attention, Halved]
+    x = torch.randn(1, 3, 16)
+    block = encoder.blocks[1]
+    expected = x + Attention.forward(block.attn, block.norm1(x)) / 2
+    expected = expected + block.mlp(block.norm2(expected))
+    torch.testing.assert_close(block(x), expected)
+    with pytest.raises(ValueError, match="attn_layer lists 1 attention layers for a depth of 2"):
+        TransformerEncoder(dim=16, depth=2, num_heads=2, attn_layer=[Attention])

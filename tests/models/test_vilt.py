@@ -52,6 +52,23 @@ def test_image_changes_the_pooled_output(tiny_vilt: ViLT) -> None:
     assert not torch.allclose(one, other)
 
 
+def test_precomputed_visual_tokens_equal_embedding_the_pixels(tiny_vilt: ViLT) -> None:
+    ids = torch.randint(5, TINY_VOCAB, (3, 5))
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    pixels = torch.randn(3, 3, 16, 16)
+    visual = tiny_vilt.embed_images(pixels)
+    torch.testing.assert_close(
+        tiny_vilt(ids, mask, None, visual=visual).pooled, tiny_vilt(ids, mask, pixels).pooled
+    )
+    shown = torch.tensor([2, 0, 0])  # the rows ITM shows, picked from the tokens instead of the pixels
+    torch.testing.assert_close(
+        tiny_vilt(ids, mask, None, visual=visual.select(shown)).pooled,
+        tiny_vilt(ids, mask, pixels[shown]).pooled,
+    )
+    with pytest.raises(ValueError, match="pixels or visual"):
+        tiny_vilt(ids, mask, None)
+
+
 def test_parts_of_different_width_are_refused() -> None:
     with pytest.raises(ValueError, match="visual_embedder"):
         ViLT(TextEmbedder(dim=32), ViTPatchEmbedder(dim=16), TransformerEncoder(dim=32, depth=1, num_heads=4))

@@ -97,10 +97,10 @@ def test_reconstruction_gradient_reaches_the_transformer_and_a_trainable_decoder
     result = ReconstructionObjective(loss="l2", bridge=bridge)(out, batch)
     result.loss.backward()
     for name in (
-        "blocks.0.attn.qkv.weight",
-        "blocks.1.mlp.fc1.weight",
+        "encoder.blocks.0.attn.qkv.weight",
+        "encoder.blocks.1.mlp.fc1.weight",
         "to_codebook.0.weight",
-        "code_embeddings.weight",
+        "embeddings.code_embeddings.weight",
     ):
         grad = model.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name

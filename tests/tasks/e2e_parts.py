@@ -19,11 +19,12 @@ from typing import Any
 import torch
 
 from vlp.batch import Batch, Targets
-from vlp.models.e2e_vlp.model import E2EVLP, PosTransformerEncoder
+from vlp.models.e2e_vlp.model import E2EVLP
 from vlp.models.embedders import CNNGridEmbedder, ViTPatchEmbedder
 from vlp.models.embedders.text import TextEmbedder
 from vlp.models.layers.decoder import TransformerDecoder
 from vlp.models.layers.heads import DetectionHead, ITMHead, MLMHead
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.objectives import CaptioningObjective, DetectionObjective, ITMObjective, MLMObjective
 from vlp.tasks import CaptioningTask, DetectionTask, E2EPretrainTask
 from vlp.tokenizers import load_tokenizer
@@ -54,7 +55,7 @@ def tiny_e2e(seed: int | None = 0, decoder: bool = True, visual: str = "grid", *
     return E2EVLP(
         TextEmbedder(vocab_size=VOCAB, dim=DIM, max_len=16),
         embedder,
-        PosTransformerEncoder(dim=DIM, depth=2, num_heads=4),
+        TransformerEncoder(dim=DIM, depth=2, num_heads=4),
         TransformerDecoder(dim=DIM, depth=2, num_heads=4) if decoder else None,
         num_queries=5,
         **model_kwargs,

@@ -33,7 +33,7 @@ from vlp.datamodules.shards import ShardDataModule
 from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
 from vlp.datamodules.transforms import ViltTransform
 from vlp.datamodules.vqa import VQACollator, VQADecoder
-from vlp.models.e2e_vlp.model import E2EVLP, PosTransformerEncoder
+from vlp.models.e2e_vlp.model import E2EVLP
 from vlp.models.embedders import ViTPatchEmbedder
 from vlp.models.embedders.text import TextEmbedder
 from vlp.models.layers.decoder import TransformerDecoder
@@ -150,7 +150,7 @@ def e2e(seed: int = 0) -> E2EVLP:
     return E2EVLP(
         TextEmbedder(vocab_size=VOCAB, dim=DIM, max_len=TEXT_LEN),
         ViTPatchEmbedder(dim=DIM, patch_size=8, pos_grid=4),
-        PosTransformerEncoder(dim=DIM, depth=2, num_heads=4),
+        TransformerEncoder(dim=DIM, depth=2, num_heads=4),
         TransformerDecoder(dim=DIM, depth=2, num_heads=4),
         num_queries=5,
     )

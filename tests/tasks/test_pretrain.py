@@ -102,6 +102,14 @@ def test_views_mlm_reads_masked_text_with_own_image_itm_clean_text_with_paired_i
     assert not torch.allclose(outputs["itm"].pooled, outputs["mlm"].pooled)
 
 
+def test_the_two_views_embed_the_images_once() -> None:
+    task = make_task().eval()
+    calls = []
+    task.model.visual_embedder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    task.forward_model(fixed_batch())
+    assert calls == [8]
+
+
 def test_wpa_trains_with_itm_on_the_itm_view() -> None:
     objectives = {"itm": ITMObjective(ITMHead(TINY_DIM)), "wpa": WPAObjective(iterations=10)}
     task = PretrainTask(make_tiny_vilt(), objectives, loss_weights={"wpa": 0.1})

@@ -177,13 +177,13 @@ def test_activation_checkpointing_gives_the_same_gradients() -> None:
     grads = []
     for checkpointing in (False, True):
         task = parts.ernie_task(activation_checkpointing=checkpointing)
-        assert task.model.activation_checkpointing is checkpointing
+        assert task.model.encoder.activation_checkpointing is checkpointing
         task.train()
         outputs = task.forward_model(batch)
         coded = task.with_codes(batch)
         loss = sum(obj(outputs[obj.view], coded).loss for obj in task.active_objectives.values())
         loss.backward()
-        grads.append(task.model.blocks[0].attn.qkv.weight.grad.clone())
+        grads.append(task.model.encoder.blocks[0].attn.qkv.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vlp.models.embedders.base import VisualEmbedder
+from vlp.models.embedders.base import VisualEmbedder, VisualTokens
 from vlp.models.embedders.text import TextEmbedder
 from vlp.models.layers.heads import Pooler
-from vlp.models.layers.transformer import TransformerEncoder, key_padding_mask, row_index
+from vlp.models.layers.transformer import TransformerEncoder, common_width, key_padding_mask, row_index
 from vlp.models.outputs import FusionOutput
 
 
@@ -31,14 +31,8 @@ class ViLT(nn.Module):
         num_modality_types: int = 2,
     ) -> None:
         super().__init__()
-        widths = {
-            "text_embedder": text_embedder.dim,
-            "visual_embedder": visual_embedder.dim,
-            "encoder": encoder.dim,
-        }
-        if len(set(widths.values())) != 1:
-            raise ValueError(f"ViLT parts disagree on the model width: {widths}")
-        self.dim = encoder.dim
+        parts = {"text_embedder": text_embedder, "visual_embedder": visual_embedder, "encoder": encoder}
+        self.dim = common_width("ViLT", parts)
         self.text_embedder = text_embedder
         self.visual_embedder = visual_embedder
         self.token_type_embeddings = nn.Embedding(num_modality_types, self.dim)
@@ -46,16 +40,23 @@ class ViLT(nn.Module):
         self.encoder = encoder
         self.pooler = pooler if pooler is not None else Pooler(self.dim)
 
+    def embed_images(self, pixels: Tensor, pixel_mask: Tensor | None = None) -> VisualTokens:
+        """The visual tokens of ``pixels``, to pass as ``visual`` to several fusion passes (pre-training's
+        MLM and ITM views embed each image once)."""
+        return self.visual_embedder(pixels, pixel_mask)
+
     def forward(
         self,
         text_ids: Tensor,
         text_mask: Tensor,
-        pixels: Tensor,
+        pixels: Tensor | None,
         pixel_mask: Tensor | None = None,
         image_token_type: int = 1,
         text_rows: Tensor | None = None,
+        visual: VisualTokens | None = None,
     ) -> FusionOutput:
-        """Fuse ``[text; image]``.
+        """Fuse ``[text; image]``; ``visual``: the images' tokens from :meth:`embed_images`, used
+        instead of embedding ``pixels``.
 
         ``text_rows`` (``[B, L]`` bool) says which text rows of the output the caller will read (MLM:
         the masked positions). Then the last layer computes only those rows and ``[CLS]`` (the pooler's),
@@ -63,7 +64,10 @@ class ViLT(nn.Module):
         loudly instead of silently using a stale state.
         """
         text = self.text_embedder(text_ids) + self.token_type_embeddings.weight[0]
-        visual = self.visual_embedder(pixels, pixel_mask)
+        if visual is None:
+            if pixels is None:
+                raise ValueError("ViLT needs pixels or visual (tokens from embed_images)")
+            visual = self.visual_embedder(pixels, pixel_mask)
         image = visual.embeds if visual.pos is None else visual.embeds + visual.pos
         image = image + self.token_type_embeddings.weight[image_token_type]
         mask = torch.cat([text_mask.bool(), visual.mask], dim=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,7 +23,7 @@ from vlp.models.e2e_vlp.model import ObjectQueryOutput
 from vlp.models.layers.heads import DetectionHead
 from vlp.models.outputs import DecoderOutput, DetectionPredictions
 from vlp.objectives.base import Objective, ObjectiveOutput
-from vlp.objectives.matcher import Assignment, HungarianMatcher, box_giou, pad_targets
+from vlp.objectives.matcher import Assignment, HungarianMatcher, PaddedTargets, box_giou, pad_targets
 
 CLASS_LOSSES = {"ce": "softmax", "focal": "sigmoid"}
 FOCAL_PRIOR = 0.01
@@ -150,6 +151,36 @@ class SetCriterion(nn.Module):
 
     def losses(self, predictions: DetectionPredictions, targets: Sequence[Targets]) -> SetLosses:
         """Match every layer, then compute each loss for all layers at once (fp32, autocast off)."""
+        logits, boxes, attribute_logits = self.supervised_layers(predictions, targets)
+        padded = pad_targets(targets, logits.device)
+        check_attribute_logits(attribute_logits, logits, padded)
+        indices = self.matcher(logits.detach(), boxes.detach(), padded)
+        layers, batch = logits.shape[:2]
+        pairs = MatchedPairs.of(indices, batch, logits.device)
+        num_boxes = num_boxes_across_processes(padded.num_boxes, logits.device)
+
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            logits = logits.float()
+            ce = self.matched_class_loss(logits, padded, pairs, num_boxes)
+            l1, giou, attribute = matched_box_losses(boxes, attribute_logits, padded, pairs)
+            accuracy, cardinality_error = matching_figures(
+                logits[-1], padded, pairs.last_layer(layers), self.scores
+            )
+
+        return SetLosses(
+            ce=ce,
+            l1=pairs.per_layer_sum(l1, layers) / num_boxes,
+            giou=pairs.per_layer_sum(giou, layers) / num_boxes,
+            attribute=pairs.per_layer_sum(attribute, layers) / num_boxes if attribute is not None else None,
+            class_accuracy=accuracy,
+            cardinality_error=cardinality_error,
+        )
+
+    def supervised_layers(
+        self, predictions: DetectionPredictions, targets: Sequence[Targets]
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The logits, boxes and attribute logits of the layers the loss supervises: all of them, or
+        the last alone without ``aux_loss``; the logits are checked against ``targets``."""
         logits, boxes, attribute_logits = predictions.logits, predictions.boxes, predictions.attribute_logits
         if logits.ndim != 4 or logits.shape[-1] != self.num_classes + 1:
             raise ValueError(
@@ -163,56 +194,19 @@ class SetCriterion(nn.Module):
         if not self.aux_loss:
             logits, boxes = logits[-1:], boxes[-1:]
             attribute_logits = attribute_logits[-1:] if attribute_logits is not None else None
-        padded = pad_targets(targets, logits.device)
-        if attribute_logits is not None and attribute_logits.shape != (
-            *logits.shape[:-1],
-            padded.attributes.shape[-1],
-        ):
-            raise ValueError(
-                f"predictions.attribute_logits {tuple(attribute_logits.shape)} must be [L, B, Q, A] with the "
-                f"targets' A = {padded.attributes.shape[-1]} attributes"
-            )
-        indices = self.matcher(logits.detach(), boxes.detach(), padded)
+        return logits, boxes, attribute_logits
+
+    def matched_class_loss(
+        self, logits: Tensor, padded: PaddedTargets, pairs: MatchedPairs, num_boxes: float | Tensor
+    ) -> Tensor:
+        """Per layer ``[L]``: the class loss of ``logits [L, B, Q, C+1]`` against the matched targets'
+        labels, unmatched queries "no object"; the focal loss is divided by ``num_boxes``."""
         layers, batch, queries = logits.shape[:3]
-        block, query, target = flatten_indices(indices, logits.device)
-        image, layer = block % batch, block // batch
-        num_boxes = num_boxes_across_processes(padded.num_boxes, logits.device)
-
-        with torch.autocast(device_type=logits.device.type, enabled=False):
-            logits = logits.float()
-            classes = torch.full((layers * batch, queries), self.num_classes, device=logits.device)
-            classes[block, query] = padded.labels[image, target]  # unmatched queries: "no object"
-            if self.class_loss_name == "ce":
-                ce = self.class_loss(logits, classes.view(layers, batch, queries))
-            else:
-                ce = self.focal_loss(logits, classes.view(layers, batch, queries)) / num_boxes
-
-            matched = boxes.float().flatten(0, 1)[block, query]  # [K, 4], K matched pairs of all layers
-            goal = padded.boxes[image, target].float()
-            l1 = (matched - goal).abs().sum(-1)
-            giou = 1 - box_giou(box_convert(matched, "cxcywh", "xyxy"), box_convert(goal, "cxcywh", "xyxy"))
-            attribute = None
-            if attribute_logits is not None:
-                attribute = F.binary_cross_entropy_with_logits(
-                    attribute_logits.float().flatten(0, 1)[block, query],
-                    padded.attributes[image, target].float(),
-                    reduction="none",
-                ).mean(-1)
-
-            # the blocks run layer by layer, so the last layer's pairs are the last K / L
-            last = slice(len(block) - len(block) // layers, len(block))
-            accuracy, cardinality_error = matching_figures(
-                logits[-1], padded.labels, padded.counts, image[last], query[last], target[last], self.scores
-            )
-
-        return SetLosses(
-            ce=ce,
-            l1=per_layer_sum(l1, layer, layers) / num_boxes,
-            giou=per_layer_sum(giou, layer, layers) / num_boxes,
-            attribute=per_layer_sum(attribute, layer, layers) / num_boxes if attribute is not None else None,
-            class_accuracy=accuracy,
-            cardinality_error=cardinality_error,
-        )
+        classes = torch.full((layers * batch, queries), self.num_classes, device=logits.device)
+        classes[pairs.block, pairs.query] = padded.labels[pairs.image, pairs.target]
+        if self.class_loss_name == "ce":
+            return self.class_loss(logits, classes.view(layers, batch, queries))
+        return self.focal_loss(logits, classes.view(layers, batch, queries)) / num_boxes
 
     def class_loss(self, logits: Tensor, classes: Tensor) -> Tensor:
         """Per layer ``[L]``: cross-entropy of ``logits [L, B, Q, C+1]`` against ``classes [L, B, Q]``, the
@@ -231,43 +225,86 @@ class SetCriterion(nn.Module):
 
 @torch.no_grad()
 def matching_figures(
-    logits: Tensor,
-    labels: Tensor,
-    counts: list[int],
-    image: Tensor,
-    query: Tensor,
-    target: Tensor,
-    scores: str = "softmax",
+    logits: Tensor, padded: PaddedTargets, pairs: MatchedPairs, scores: str = "softmax"
 ) -> tuple[Tensor, Tensor]:
-    """One layer's class accuracy over its matched queries and its cardinality error (DETR's log):
+    """One layer's class accuracy over its matched ``pairs`` and its cardinality error (DETR's log):
     the mean over images of ``|queries predicting an object - targets|``; a query predicts an object
     when its arg-max is not no-object (``scores="softmax"``) or a class's sigmoid passes 0.5
     (``"sigmoid"``, whose arg-max is over the classes alone). No host sync."""
     no_object = logits.shape[-1] - 1
     if scores == "sigmoid":
         logits = logits[..., :no_object]
-    correct = (logits[image, query].argmax(-1) == labels[image, target]).float().sum()
+    image, labels = pairs.image, padded.labels
+    correct = (logits[image, pairs.query].argmax(-1) == labels[image, pairs.target]).float().sum()
     accuracy = correct / max(len(image), 1)
     if scores == "sigmoid":
         predicted = (logits.max(-1).values > 0).sum(-1).float()
     else:
         predicted = (logits.argmax(-1) != no_object).sum(-1).float()
-    expected = torch.tensor(counts, dtype=torch.float, device=logits.device)
+    expected = torch.tensor(padded.counts, dtype=torch.float, device=logits.device)
     return accuracy, (predicted - expected).abs().mean()
 
 
-def flatten_indices(indices: list[Assignment], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-image assignments to flat ``(block, query, target)`` index tensors on ``device``."""
-    sizes = torch.tensor([len(q) for q, _ in indices], dtype=torch.int64)
-    block = torch.repeat_interleave(torch.arange(len(indices)), sizes)
-    query = torch.cat([q for q, _ in indices])
-    target = torch.cat([t for _, t in indices])
-    return block.to(device), query.to(device), target.to(device)
+@dataclass
+class MatchedPairs:
+    """Every layer's matched (query, target) pairs, flat and layer by layer: pair ``k`` is query
+    ``query[k]`` of image ``image[k]`` in decoder layer ``layer[k]`` and that image's target
+    ``target[k]``; ``block = layer * B + image`` is its row of the ``[L * B, Q]`` queries."""
+
+    block: Tensor
+    query: Tensor
+    target: Tensor
+    image: Tensor
+    layer: Tensor
+
+    @classmethod
+    def of(cls, indices: list[Assignment], batch: int, device: torch.device) -> MatchedPairs:
+        """The matcher's per-block assignments (``L * B`` of them, layer by layer) on ``device``."""
+        sizes = torch.tensor([len(q) for q, _ in indices], dtype=torch.int64)
+        block = torch.repeat_interleave(torch.arange(len(indices)), sizes).to(device)
+        query = torch.cat([q for q, _ in indices]).to(device)
+        target = torch.cat([t for _, t in indices]).to(device)
+        return cls(block, query, target, block % batch, block // batch)
+
+    def last_layer(self, layers: int) -> MatchedPairs:
+        """The last layer's pairs: the blocks run layer by layer, so they are the last ``K / L``."""
+        last = slice(len(self.block) - len(self.block) // layers, len(self.block))
+        return MatchedPairs(
+            self.block[last], self.query[last], self.target[last], self.image[last], self.layer[last]
+        )
+
+    def per_layer_sum(self, values: Tensor, layers: int) -> Tensor:
+        """Sum ``values [K]`` (one per pair) by decoder layer: ``[layers]``."""
+        return values.new_zeros(layers).index_add(0, self.layer, values)
 
 
-def per_layer_sum(values: Tensor, layer: Tensor, layers: int) -> Tensor:
-    """Sum ``values [K]`` by decoder layer: ``[layers]``."""
-    return values.new_zeros(layers).index_add(0, layer, values)
+def check_attribute_logits(attribute_logits: Tensor | None, logits: Tensor, padded: PaddedTargets) -> None:
+    """Attribute logits, when there are any, are ``[L, B, Q, A]`` like ``logits`` with the targets' ``A``."""
+    expected = (*logits.shape[:-1], padded.attributes.shape[-1])
+    if attribute_logits is not None and attribute_logits.shape != expected:
+        raise ValueError(
+            f"predictions.attribute_logits {tuple(attribute_logits.shape)} must be [L, B, Q, A] with the "
+            f"targets' A = {padded.attributes.shape[-1]} attributes"
+        )
+
+
+def matched_box_losses(
+    boxes: Tensor, attribute_logits: Tensor | None, padded: PaddedTargets, pairs: MatchedPairs
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Per matched pair ``[K]``, in fp32: the L1 of the cxcywh boxes, ``1 - GIoU``, and the BCE of the
+    attributes (mean over ``A``; ``None`` without attribute logits)."""
+    matched = boxes.float().flatten(0, 1)[pairs.block, pairs.query]  # [K, 4], K matched pairs of all layers
+    goal = padded.boxes[pairs.image, pairs.target].float()
+    l1 = (matched - goal).abs().sum(-1)
+    giou = 1 - box_giou(box_convert(matched, "cxcywh", "xyxy"), box_convert(goal, "cxcywh", "xyxy"))
+    if attribute_logits is None:
+        return l1, giou, None
+    attribute = F.binary_cross_entropy_with_logits(
+        attribute_logits.float().flatten(0, 1)[pairs.block, pairs.query],
+        padded.attributes[pairs.image, pairs.target].float(),
+        reduction="none",
+    ).mean(-1)
+    return l1, giou, attribute
 
 
 class DetectionObjective(Objective):
@@ -276,43 +313,23 @@ class DetectionObjective(Objective):
     Reads :class:`~vlp.models.outputs.DecoderOutput` (``query_states [L, B, Q, D]``) and
     ``batch.targets``. The loss sums the layers (DETR's auxiliary losses) and, per layer,
     ``ce_weight * CE + bbox_weight * L1 + giou_weight * (1 - GIoU) + attribute_weight * BCE``; the
-    attribute term is there when the head predicts attributes. See :class:`SetCriterion` for the args;
-    with ``class_loss="focal"`` the head's class biases start at the log-odds of 0.01 (RetinaNet's prior).
+    attribute term is there when the head predicts attributes. ``matcher`` and the keyword arguments
+    ``criterion`` (``eos_coef``, the loss weights, ``aux_loss``, ``class_loss``, ``focal_alpha``,
+    ``focal_gamma``) go to :class:`SetCriterion`, which documents and checks them (jsonargparse reads
+    them from there, so a recipe sets them under this class's ``init_args``); with
+    ``class_loss="focal"`` the head's class biases start at the log-odds of 0.01 (RetinaNet's prior).
     """
 
     view = "detection"
 
     def __init__(
-        self,
-        head: DetectionHead,
-        matcher: HungarianMatcher | None = None,
-        eos_coef: float = 0.1,
-        ce_weight: float = 1.0,
-        bbox_weight: float = 5.0,
-        giou_weight: float = 2.0,
-        attribute_weight: float = 1.0,
-        aux_loss: bool = True,
-        class_loss: str = "ce",
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
+        self, head: DetectionHead, matcher: HungarianMatcher | None = None, **criterion: Any
     ) -> None:
         super().__init__()
         self.head = head
         self.input_dim = head.input_dim
-        self.criterion = SetCriterion(
-            head.num_classes,
-            matcher,
-            eos_coef=eos_coef,
-            ce_weight=ce_weight,
-            bbox_weight=bbox_weight,
-            giou_weight=giou_weight,
-            attribute_weight=attribute_weight,
-            aux_loss=aux_loss,
-            class_loss=class_loss,
-            focal_alpha=focal_alpha,
-            focal_gamma=focal_gamma,
-        )
-        if class_loss == "focal":
+        self.criterion = SetCriterion(head.num_classes, matcher, **criterion)
+        if self.criterion.class_loss_name == "focal":
             # RetinaNet's prior: every class starts at probability 0.01, not the sigmoid's 0.5, so the
             # first steps are not spent pushing every query's every class down
             nn.init.constant_(head.class_embed.bias, -math.log((1 - FOCAL_PRIOR) / FOCAL_PRIOR))

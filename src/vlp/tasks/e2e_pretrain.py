@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
-
 from vlp.batch import Batch
-from vlp.models.embedders.base import VisualTokens
 from vlp.tasks.e2e_base import E2ETask
 from vlp.tasks.predict_files import Row, itm_rows, write_jsonl
 
@@ -64,7 +60,7 @@ class E2EPretrainTask(E2ETask):
                 raise ValueError(
                     "the ITM view needs batch.itm_image_index; enable ITM pairs in the data module"
                 )
-            shown = select_tokens(visual, batch.itm_image_index)
+            shown = visual.select(batch.itm_image_index)
             outputs["itm"] = self.model(batch.text_ids, batch.text_mask, None, visual=shown)
         if "caption" in views:
             if batch.caption_ids is None:
@@ -80,14 +76,3 @@ class E2EPretrainTask(E2ETask):
 
     def write_predictions(self, rows: list[Row], folder: Path) -> list[Path]:
         return [write_jsonl(folder / "itm_scores.jsonl", rows)]
-
-
-def select_tokens(visual: VisualTokens, index: Tensor) -> VisualTokens:
-    """The visual tokens of images ``index`` (rows of every per-image tensor)."""
-    return replace(
-        visual,
-        embeds=visual.embeds[index],
-        mask=visual.mask[index],
-        pos=None if visual.pos is None else visual.pos[index],
-        ids=None if visual.ids is None else visual.ids[index],
-    )

@@ -22,7 +22,8 @@ class PretrainTask(ObjectiveTask):
     As in official ViLT: the ``"mlm"`` view is the masked text with each sample's own image; the ``"itm"``
     view (ITM, WPA) is the unmasked text with the image ``batch.itm_image_index`` names (another sample's
     for a negative). Masked words would otherwise hide exactly what ITM has to compare, and negatives
-    would teach MLM nothing. With both kinds of objective active a step costs two encoder passes.
+    would teach MLM nothing. With both kinds of objective active a step costs two encoder passes; the
+    images are embedded once (``model.embed_images``) and shared by both.
 
     ``predict`` writes ``itm_scores.jsonl`` under ``predict_dir``: one line per sample,
     ``{"key", "caption", "match_probability"}``, the ITM head's probability that the sample's caption
@@ -40,6 +41,16 @@ class PretrainTask(ObjectiveTask):
                     f"PretrainTask runs {list(VIEWS)}"
                 )
 
+    def configure_model(self) -> None:
+        """FSDP2 (see :meth:`ObjectiveTask.configure_model`), then ``embed_images`` registered: it runs
+        first in a step, outside ``forward``, so the model's root hooks must run for it."""
+        super().configure_model()
+        from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+
+        if isinstance(self.model, FSDPModule) and not getattr(self.model, "_vlp_methods_registered", False):
+            register_fsdp_forward_method(self.model, "embed_images")
+            self.model._vlp_methods_registered = True
+
     def mlm_view_rows(self, batch: Batch) -> dict[str, Tensor]:
         """``text_rows`` for the MLM view when everything reading it reads only the labelled text rows
         and [CLS] (MLM alone does): the last layer then computes ~15 % of the text rows, not every row."""
@@ -53,26 +64,22 @@ class PretrainTask(ObjectiveTask):
     def forward_model(self, batch: Batch) -> dict[str, FusionOutput]:
         views = {objective.view for objective in self.active_objectives.values()}
         outputs = {}
+        visual = self.model.embed_images(batch.pixels, batch.pixel_mask)  # once for both views
         if "mlm" in views:
             if batch.mlm_text_ids is None:
                 raise ValueError(
                     "the MLM view needs batch.mlm_text_ids; enable MLM masking in the data module"
                 )
             outputs["mlm"] = self.model(
-                batch.mlm_text_ids,
-                batch.text_mask,
-                batch.pixels,
-                batch.pixel_mask,
-                **self.mlm_view_rows(batch),
+                batch.mlm_text_ids, batch.text_mask, None, visual=visual, **self.mlm_view_rows(batch)
             )
         if "itm" in views:
             if batch.itm_image_index is None:
                 raise ValueError(
                     "the ITM view needs batch.itm_image_index; enable ITM pairs in the data module"
                 )
-            index = batch.itm_image_index
-            pixel_mask = None if batch.pixel_mask is None else batch.pixel_mask[index]
-            outputs["itm"] = self.model(batch.text_ids, batch.text_mask, batch.pixels[index], pixel_mask)
+            shown = visual.select(batch.itm_image_index)
+            outputs["itm"] = self.model(batch.text_ids, batch.text_mask, None, visual=shown)
         return outputs
 
     def predict_rows(self, batch: Batch, batch_idx: int) -> list[Row]:

@@ -104,8 +104,6 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
             image→text likelihood (a frozen part with its own weights, e.g.
             ``configs/ernie_vilg/shapes_itm_reranker_scorer.yaml``). It is not trained and not saved in
             this task's checkpoints; loading one restores the reranker as constructed.
-        activation_checkpointing: ``True``/``False`` sets :attr:`ERNIEViLG.activation_checkpointing`
-            (blocks recompute their activations in backward); ``None`` keeps the model's setting.
         Others: as :class:`~vlp.tasks.base.ObjectiveTask`.
     """
 
@@ -136,10 +134,6 @@ class ERNIEViLGTask(CaptionEvaluation, ObjectiveTask):
     ) -> None:
         if not isinstance(model, ERNIEViLG):
             raise ValueError(f"model must be an ERNIEViLG, got {type(model).__name__}")
-        # the base class switches TransformerEncoders; ERNIEViLG keeps its own blocks and switch
-        checkpointing = kwargs.pop("activation_checkpointing", None)
-        if checkpointing is not None:
-            model.activation_checkpointing = checkpointing
         super().__init__(model, objectives, *args, **kwargs)
         for saved in (self.hparams, self._hparams_initial):  # a module, not a hyperparameter
             saved.pop("vqgan", None)

@@ -6,13 +6,12 @@ N learned object queries for detection (DETR) and causally over caption tokens f
 has its own head: detection's lives in the detection objective, the caption LM head here, because
 decoding captions (:meth:`E2EVLP.generate_captions`) needs it.
 
-Visual positions are a config choice, made by the encoder's class:
+Where visual positions go is a config choice, :class:`E2EVLP`'s ``pos_every_layer``:
 
-* :class:`PosTransformerEncoder` (DETR, the default of the paper config): the positions are added to
-  the queries and keys of the image tokens at every encoder layer and to the memory's keys at every
+* ``True`` (DETR, the paper config's default): the positions are added to the queries and keys of the
+  image tokens at every encoder layer (the encoder's ``pos`` input) and to the memory's keys at every
   decoder layer; the values and the residual stream never carry them.
-* a plain :class:`~vlp.models.layers.transformer.TransformerEncoder` (ViLT): added once, to the image tokens
-  at the input; the decoder then gets none.
+* ``False`` (ViLT): added once, to the image tokens at the input; the decoder then gets none.
 """
 
 from __future__ import annotations
@@ -22,14 +21,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from vlp.models.embedders.base import VisualEmbedder, VisualTokens
 from vlp.models.embedders.text import TextEmbedder
-from vlp.models.layers.decoder import DecoderCache, MultiHeadAttention, TransformerDecoder
+from vlp.models.layers.decoder import DecoderCache, TransformerDecoder
 from vlp.models.layers.generation import GenerationOutput, beam_search, greedy_search
 from vlp.models.layers.heads import Pooler
-from vlp.models.layers.transformer import Block, TransformerEncoder, init_weights, key_padding_mask
+from vlp.models.layers.transformer import TransformerEncoder, common_width, init_weights, key_padding_mask
 from vlp.models.outputs import DecoderOutput, FusionOutput
 
 
@@ -80,88 +78,14 @@ def initial_reference_boxes(num_queries: int, size: float = 0.25, seed: int = 0)
     return torch.logit(boxes)
 
 
-class PosBlock(Block):
-    """A pre-LN encoder block that adds positions to queries and keys only (DETR's encoder layer).
-
-    Parameter names are :class:`~vlp.models.layers.transformer.Block`'s (``attn.qkv``, ``attn.proj`` ...), so
-    the same checkpoints load into either.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-        norm_eps: float = 1e-6,
-    ) -> None:
-        super().__init__(
-            dim=dim,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            drop=drop,
-            attn_drop=attn_drop,
-            drop_path=drop_path,
-            norm_eps=norm_eps,
-        )
-        self.attn = MultiHeadAttention(dim, num_heads, qkv_bias, attn_drop, drop)
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, pos: Tensor | None = None) -> Tensor:
-        h = self.norm1(x)
-        qk = h if pos is None else h + pos
-        x = x + self.drop_path(self.attn(qk, qk, h, attn_mask))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class PosTransformerEncoder(TransformerEncoder):
-    """:class:`~vlp.models.layers.transformer.TransformerEncoder` whose blocks take positions at every layer.
-
-    ``forward(x, attn_mask, pos)`` adds ``pos [B, N, D]`` to the queries and keys of every block
-    (zeros where a token has none, e.g. text); with ``pos=None`` it is a plain encoder.
-    """
-
-    def __init__(
-        self,
-        dim: int = 256,
-        depth: int = 6,
-        num_heads: int = 8,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-        norm_eps: float = 1e-6,
-        activation_checkpointing: bool = False,
-    ) -> None:
-        super().__init__(
-            dim=dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            drop=drop,
-            attn_drop=attn_drop,
-            drop_path=drop_path,
-            norm_eps=norm_eps,
-            activation_checkpointing=activation_checkpointing,
-        )
-        rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
-        self.blocks = nn.ModuleList(
-            PosBlock(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, rate, norm_eps) for rate in rates
-        )
-        self.apply(init_weights)
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, pos: Tensor | None = None) -> Tensor:
-        for block in self.blocks:
-            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, attn_mask, pos, use_reentrant=False)
-            else:
-                x = block(x, attn_mask, pos)
-        return self.norm(x)
+def check_queries(num_queries: int, query_groups: int, anchor_size: float) -> None:
+    """Refuse object-query settings no decoder can run, naming the setting."""
+    if num_queries < 1:
+        raise ValueError(f"num_queries must be >= 1, got {num_queries}")
+    if query_groups < 1:
+        raise ValueError(f"query_groups must be >= 1, got {query_groups}")
+    if not 0 < anchor_size < 1:
+        raise ValueError(f"anchor_size must be in (0, 1), got {anchor_size}")
 
 
 @dataclass
@@ -184,8 +108,7 @@ class E2EVLP(nn.Module):
             caption tokens (one vocabulary).
         visual_embedder: any :class:`VisualEmbedder` (``CNNGridEmbedder`` as the paper, ``ViTPatchEmbedder``
             as an ablation).
-        encoder: :class:`PosTransformerEncoder` (positions at every layer, DETR) or a plain
-            :class:`~vlp.models.layers.transformer.TransformerEncoder` (positions once at the input).
+        encoder: the fusion :class:`~vlp.models.layers.transformer.TransformerEncoder`.
         decoder: shared by detection and captioning; ``None`` builds the encoder alone (no object
             queries, no caption head), for tasks that read only :meth:`encode` (VQA, ...): parameters
             no loss reaches would stall DDP.
@@ -207,6 +130,8 @@ class E2EVLP(nn.Module):
             matched to the targets one-to-one on its own, so every object supervises ``query_groups``
             queries per step instead of one; evaluation runs the first group alone (the same model
             and cost as ``query_groups=1``). The groups' reference boxes start alike. ``1``: DETR.
+        pos_every_layer: the visual positions go to the queries and keys of every encoder and decoder
+            layer (DETR); ``False``: added once to the image tokens at the input (ViLT).
     """
 
     def __init__(
@@ -222,26 +147,15 @@ class E2EVLP(nn.Module):
         anchor_queries: bool = False,
         anchor_size: float = 0.25,
         query_groups: int = 1,
+        pos_every_layer: bool = True,
     ) -> None:
         super().__init__()
-        widths = {
-            "text_embedder": text_embedder.dim,
-            "visual_embedder": visual_embedder.dim,
-            "encoder": encoder.dim,
-        }
-        if decoder is not None:
-            widths["decoder"] = decoder.dim
-        if len(set(widths.values())) != 1:
-            raise ValueError(f"E2EVLP parts disagree on the model width: {widths}")
-        if num_queries < 1:
-            raise ValueError(f"num_queries must be >= 1, got {num_queries}")
-        if query_groups < 1:
-            raise ValueError(f"query_groups must be >= 1, got {query_groups}")
-        if not 0 < anchor_size < 1:
-            raise ValueError(f"anchor_size must be in (0, 1), got {anchor_size}")
-        self.dim = encoder.dim
+        parts = {"text_embedder": text_embedder, "visual_embedder": visual_embedder, "encoder": encoder}
+        self.dim = common_width("E2EVLP", parts | {"decoder": decoder})
+        check_queries(num_queries, query_groups, anchor_size)
         self.num_queries = num_queries
         self.query_groups = query_groups
+        self.pos_every_layer = pos_every_layer
         self.text_embedder = text_embedder
         self.visual_embedder = visual_embedder
         self.token_type_embeddings = nn.Embedding(num_modality_types, self.dim)
@@ -270,11 +184,6 @@ class E2EVLP(nn.Module):
             init_weights(self.caption_head)
             if tie_caption_head:
                 self.caption_head.weight = text_embedder.word_embeddings.weight
-
-    @property
-    def pos_every_layer(self) -> bool:
-        """Visual positions go to every encoder and decoder layer (DETR), not once at the input."""
-        return isinstance(self.encoder, PosTransformerEncoder)
 
     def forward(
         self,
@@ -327,7 +236,7 @@ class E2EVLP(nn.Module):
                 if visual.pos is None
                 else torch.cat([torch.zeros_like(text), visual.pos.to(text.dtype)], 1)
             )
-            states = self.encoder(x, key_padding_mask(mask), pos)
+            states = self.encoder(x, key_padding_mask(mask), pos=pos)
         else:
             states = self.encoder(x, key_padding_mask(mask))
         length = text.shape[1]

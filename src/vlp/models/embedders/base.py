@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
@@ -24,6 +24,16 @@ class VisualTokens:
     ids: Tensor | None = None  # [B, N] long
     grid: tuple[int, int] | None = None
     num_prefix: int = 0
+
+    def select(self, index: Tensor) -> VisualTokens:
+        """The tokens of images ``index`` (rows of every per-image tensor), e.g. ITM's shown images."""
+        return replace(
+            self,
+            embeds=self.embeds[index],
+            mask=self.mask[index],
+            pos=None if self.pos is None else self.pos[index],
+            ids=None if self.ids is None else self.ids[index],
+        )
 
 
 class VisualEmbedder(nn.Module, metaclass=ABCMeta):

@@ -31,13 +31,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
+from vlp.models.ernie_vilg.embeddings import ERNIEViLGEmbeddings
 from vlp.models.ernie_vilg.sparse_attention import Implementation, SparseSelfAttention
 from vlp.models.ernie_vilg.sparse_patterns import (
     DIRECTIONS,
@@ -47,9 +48,20 @@ from vlp.models.ernie_vilg.sparse_patterns import (
     pattern_mask,
 )
 from vlp.models.layers.attention import sdpa
-from vlp.models.layers.transformer import Block, init_weights
+from vlp.models.layers.transformer import TransformerEncoder, init_weights
 
-TEXT, IMAGE = 0, 1
+
+def checked_sizes(grid: Sequence[int], vocab_size: int, num_codes: int, max_text_len: int) -> tuple[int, int]:
+    """The code grid as ``(h, w)`` ints, after checking that every size is positive."""
+    checked = tuple(int(g) for g in grid)
+    if len(checked) != 2 or min(checked) < 1:
+        raise ValueError(f"grid must be (h, w) with h, w >= 1, got {checked}")
+    if vocab_size < 1 or num_codes < 1 or max_text_len < 1:
+        raise ValueError(
+            f"vocab_size, num_codes and max_text_len must be positive, got {vocab_size}, {num_codes}, "
+            f"{max_text_len}"
+        )
+    return checked[0], checked[1]
 
 
 @dataclass
@@ -157,14 +169,7 @@ class ERNIEViLG(nn.Module):
         activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        grid = tuple(int(g) for g in grid)
-        if len(grid) != 2 or min(grid) < 1:
-            raise ValueError(f"grid must be (h, w) with h, w >= 1, got {grid}")
-        if vocab_size < 1 or num_codes < 1 or max_text_len < 1:
-            raise ValueError(
-                f"vocab_size, num_codes and max_text_len must be positive, got {vocab_size}, {num_codes}, "
-                f"{max_text_len}"
-            )
+        grid = checked_sizes(grid, vocab_size, num_codes, max_text_len)
         if patterns is None and not sparse:
             patterns = ["dense"] * depth
         self.patterns = ernie_vilg_schedule(depth, patterns)
@@ -172,78 +177,35 @@ class ERNIEViLG(nn.Module):
         self.grid: tuple[int, int] = grid
         self.max_text_len, self.pad_id, self.code_dim = max_text_len, pad_id, code_dim
         self.boi_id = num_codes
-        self.activation_checkpointing = activation_checkpointing
 
-        self.word_embeddings = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
-        self.text_positions = nn.Embedding(max_text_len, dim)
-        self.code_embeddings = nn.Embedding(num_codes + 1, dim)
-        self.row_positions = nn.Embedding(grid[0], dim)
-        self.column_positions = nn.Embedding(grid[1], dim)
-        self.modality_embeddings = nn.Embedding(2, dim)
-        self.direction_embeddings = nn.Embedding(len(DIRECTIONS), dim)
+        self.embeddings = ERNIEViLGEmbeddings(vocab_size, num_codes, grid, dim, max_text_len, pad_id)
         self.embed_drop = nn.Dropout(drop)
 
-        rates = (
-            torch.linspace(0, drop_path, depth, device="cpu").tolist() if depth > 1 else [drop_path] * depth
-        )
-        self.blocks = nn.ModuleList()
-        for kind, rate in zip(self.patterns, rates):
-            block = Block(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, rate)
-            block.attn = SparseSelfAttention(
-                dim, num_heads, kind, context, kernel_size, qkv_bias, attn_drop, drop, implementation
+        attention = [
+            partial(
+                SparseSelfAttention,
+                pattern=kind,
+                context=context,
+                kernel_size=kernel_size,
+                implementation=implementation,
             )
-            self.blocks.append(block)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+            for kind in self.patterns
+        ]
+        self.encoder = TransformerEncoder(
+            dim, depth, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path,
+            activation_checkpointing=activation_checkpointing, attn_layer=attention,
+        )  # fmt: skip
         self.head = nn.Linear(dim, vocab_size + num_codes)
         self.to_codebook = (
             nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim), nn.Linear(dim, code_dim))
             if code_dim is not None
             else None
         )
-        self.apply(init_weights)
-        for table in (
-            self.word_embeddings,
-            self.text_positions,
-            self.code_embeddings,
-            self.row_positions,
-            self.column_positions,
-            self.modality_embeddings,
-            self.direction_embeddings,
-        ):
-            nn.init.trunc_normal_(table.weight, std=0.02)
-        with torch.no_grad():
-            self.word_embeddings.weight[pad_id].zero_()
+        for module in (self.head, self.to_codebook):
+            if module is not None:
+                module.apply(init_weights)
 
-    # ------------------------------------------------------------------------------- embeddings
-
-    def embed_text(self, ids: Tensor, direction: Direction, start: int = 0) -> Tensor:
-        """Text tokens at text positions ``start ..``: word + position + modality + direction."""
-        if start + ids.shape[1] > self.max_text_len:
-            raise ValueError(
-                f"text of {start + ids.shape[1]} tokens is longer than ERNIEViLG.max_text_len={self.max_text_len}"
-            )
-        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
-        return (
-            self.word_embeddings(ids)
-            + self.text_positions(positions)[None]
-            + self.modality_embeddings.weight[TEXT]
-            + self.direction_embeddings.weight[DIRECTIONS.index(direction)]
-        )
-
-    def embed_codes(self, ids: Tensor, direction: Direction, start: int = 0) -> Tensor:
-        """Image slots ``start ..`` holding code ids ``ids`` (the BOI id included): code + row + column
-        + modality + direction embeddings."""
-        slots = torch.arange(start, start + ids.shape[1], device=ids.device)
-        if start + ids.shape[1] > self.grid[0] * self.grid[1]:
-            raise ValueError(f"image slots up to {start + ids.shape[1]} exceed the {self.grid} grid")
-        w = self.grid[1]
-        return (
-            self.code_embeddings(ids)
-            + self.row_positions(slots // w)[None]
-            + self.column_positions(slots % w)[None]
-            + self.modality_embeddings.weight[IMAGE]
-            + self.direction_embeddings.weight[DIRECTIONS.index(direction)]
-        )
+    # ----------------------------------------------------------------------------------- inputs
 
     def image_inputs(self, codes: Tensor, direction: Direction) -> Tensor:
         """The image slots' ids: ``codes`` as they are for a source image, ``[BOI, c_0 .. c_{n-2}]``
@@ -298,17 +260,12 @@ class ERNIEViLG(nn.Module):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         self.check_inputs(text_ids, text_mask, image_codes)
-        text = self.embed_text(text_ids, direction)
-        image = self.embed_codes(self.image_inputs(image_codes, direction), direction)
+        text = self.embeddings.text(text_ids, direction)
+        image = self.embeddings.codes(self.image_inputs(image_codes, direction), direction)
         x = torch.cat([text, image] if direction == "text_to_image" else [image, text], dim=1)
         x = self.embed_drop(x)
         layout = self.layout(text_ids.shape[1], text_mask, direction)
-        for block in self.blocks:
-            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, layout, use_reentrant=False)
-            else:
-                x = block(x, layout)
-        return ERNIEViLGOutput(self.norm(x), layout, self)
+        return ERNIEViLGOutput(self.encoder(x, layout), layout, self)
 
     # ------------------------------------------------------------------------------------ heads
 
@@ -344,13 +301,13 @@ class ERNIEViLG(nn.Module):
                 context=block.attn.pattern.context,
                 kernel_size=block.attn.pattern.kernel_size,
             ).to(device)
-            for kind, block in {b.attn.pattern.kind: b for b in self.blocks}.items()
+            for kind, block in {b.attn.pattern.kind: b for b in self.encoder.blocks}.items()
         }
 
     def _step_layers(self, x: Tensor, cache: KVCache) -> Tensor:
         """Run the new tokens ``x [B, t, D]`` (positions ``cache.length ..``) through every layer."""
         start, stop = cache.length, cache.length + x.shape[1]
-        for index, block in enumerate(self.blocks):
+        for index, block in enumerate(self.encoder.blocks):
             attn = block.attn
             batch, length, dim = x.shape
             heads = attn.num_heads
@@ -364,12 +321,16 @@ class ERNIEViLG(nn.Module):
             x = x + attn.proj(out.transpose(1, 2).reshape(batch, length, dim))
             x = x + block.mlp(block.norm2(x))
         cache.length = stop
-        return self.norm(x)
+        return self.encoder.norm(x)
 
     def _empty_cache(self, layout: ImageTextLayout, batch: int, device: torch.device) -> KVCache:
         empty = torch.empty(batch, 0, device=device)
         return KVCache(
-            [empty] * len(self.blocks), [empty] * len(self.blocks), self._masks(layout, device), layout, 0
+            [empty] * len(self.encoder.blocks),
+            [empty] * len(self.encoder.blocks),
+            self._masks(layout, device),
+            layout,
+            0,
         )
 
     def prefill(
@@ -394,7 +355,9 @@ class ERNIEViLG(nn.Module):
                 raise ValueError("text_to_image prefill needs text_ids (the prompt)")
             layout = self.layout(text_ids.shape[1], text_mask, direction)
             boi = torch.full((text_ids.shape[0], 1), self.boi_id, dtype=torch.long, device=text_ids.device)
-            x = torch.cat([self.embed_text(text_ids, direction), self.embed_codes(boi, direction)], 1)
+            x = torch.cat(
+                [self.embeddings.text(text_ids, direction), self.embeddings.codes(boi, direction)], 1
+            )
         elif direction == "image_to_text":
             if image_codes is None or text_ids is None:
                 raise ValueError(
@@ -407,7 +370,9 @@ class ERNIEViLG(nn.Module):
                 )
             self.check_inputs(text_ids, None, image_codes)
             layout = self.layout(total, None, direction)
-            x = torch.cat([self.embed_codes(image_codes, direction), self.embed_text(text_ids, direction)], 1)
+            x = torch.cat(
+                [self.embeddings.codes(image_codes, direction), self.embeddings.text(text_ids, direction)], 1
+            )
         else:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         cache = self._empty_cache(layout, x.shape[0], x.device)
@@ -425,9 +390,9 @@ class ERNIEViLG(nn.Module):
             raise ValueError(f"the cache already holds the whole sequence ({layout.length} tokens)")
         if layout.direction == "text_to_image":
             slot = cache.length - layout.text_len
-            x = self.embed_codes(token, "text_to_image", start=slot)
+            x = self.embeddings.codes(token, "text_to_image", start=slot)
         else:
-            x = self.embed_text(token, "image_to_text", start=cache.length - layout.image_len)
+            x = self.embeddings.text(token, "image_to_text", start=cache.length - layout.image_len)
         return self._step_layers(x, cache)[:, -1], cache
 
     def extra_repr(self) -> str:

@@ -19,74 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-from vlp.models.layers.attention import sdpa
-from vlp.models.layers.transformer import init_weights, key_padding_mask
-
-
-class MultiHeadAttention(nn.Module):
-    """Attention whose queries, keys and values may come from different inputs, on SDPA.
-
-    The three projections are stacked in one ``qkv`` linear (``q; k; v`` rows, the layout of
-    :class:`vlp.models.layers.transformer.Attention` and of ``nn.MultiheadAttention.in_proj_weight``); inputs
-    that are the same tensor share one matrix multiply.
-    """
-
-    def __init__(
-        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
-    ) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.dim = dim
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.attn_drop = attn_drop
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def _linear(self, x: Tensor, first: int, last: int) -> Tensor:
-        """Projections ``first .. last - 1`` (0 = q, 1 = k, 2 = v) of ``x`` in one matrix multiply."""
-        rows = slice(first * self.dim, last * self.dim)
-        bias = None if self.qkv.bias is None else self.qkv.bias[rows]
-        return F.linear(x, self.qkv.weight[rows], bias)
-
-    def _heads(self, x: Tensor) -> Tensor:
-        """``[B, N, D]`` → ``[B, H, N, D / H]``."""
-        batch, length, _ = x.shape
-        return x.view(batch, length, self.num_heads, -1).transpose(1, 2)
-
-    def project_q(self, query: Tensor) -> Tensor:
-        return self._heads(self._linear(query, 0, 1))
-
-    def project_kv(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
-        if key is value:
-            k, v = self._linear(key, 1, 3).chunk(2, dim=-1)
-        else:
-            k, v = self._linear(key, 1, 2), self._linear(value, 2, 3)
-        return self._heads(k), self._heads(v)
-
-    def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries, keys and values as ``[B, H, N, D / H]``."""
-        if query is key and key is value:
-            q, k, v = self._linear(query, 0, 3).chunk(3, dim=-1)
-            return self._heads(q), self._heads(k), self._heads(v)
-        if query is key:
-            q, k = self._linear(query, 0, 2).chunk(2, dim=-1)
-            return self._heads(q), self._heads(k), self._heads(self._linear(value, 2, 3))
-        return (self.project_q(query), *self.project_kv(key, value))
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        """SDPA over projected heads, then the output projection: ``[B, Nq, D]``."""
-        out = sdpa(q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0)
-        batch, _, length, _ = out.shape
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, length, self.dim)))
-
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        return self.attend(*self.project(query, key, value), attn_mask)
+from vlp.models.layers.transformer import Attention, init_weights, key_padding_mask
 
 
 @dataclass
@@ -150,9 +86,9 @@ class DecoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.self_attn = MultiHeadAttention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.self_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.cross_attn = MultiHeadAttention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.cross_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
@@ -167,10 +103,10 @@ class DecoderLayer(nn.Module):
         cache: LayerCache | None = None,
     ) -> Tensor:
         h = self.norm1(x)
-        qk = h if query_pos is None else h + query_pos
         if cache is None:
-            x = x + self.self_attn(qk, qk, h, self_mask)
+            x = x + self.self_attn(h, self_mask, pos=query_pos)
         else:
+            qk = h if query_pos is None else h + query_pos
             q = self.self_attn.project_q(qk)
             k, v = self.self_attn.project_kv(qk, h)
             if cache.self_k is not None:

@@ -129,82 +129,132 @@ def beam_search(
     _check(prompt, max_len, eos_id, pad_id)
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-    device = prompt.device
     batch, start = prompt.shape
     beams = num_beams
-    rows = torch.arange(batch, device=device).repeat_interleave(beams)
-    ids = prompt.index_select(0, rows)  # [B*K, t]
-    state = reorder(state, rows)
-    base = (torch.arange(batch, device=device) * beams)[:, None]  # first row of each sample
-    # only the first beam is live at the start, so the K beams do not all extend the same prompt
-    beam_scores = torch.full((batch, beams), float("-inf"), device=device)
-    beam_scores[:, 0] = 0.0
-
-    pool_ids = torch.full((batch, beams, max_len), pad_id, dtype=torch.long, device=device)
-    pool_log_probs = torch.full((batch, beams), float("-inf"), device=device)
-    pool_scores = torch.full((batch, beams), float("-inf"), device=device)
-    pool_lengths = torch.zeros(batch, beams, dtype=torch.long, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-
-    def finish(mask: Tensor, seqs: Tensor, log_probs: Tensor) -> None:
-        """Keep each sample's ``K`` best of its pool and the hypotheses ``seqs [B, M, w]`` that ``mask``
-        selects (ties go to the pool: the earlier hypothesis stays)."""
-        nonlocal pool_ids, pool_log_probs, pool_scores, pool_lengths
-        width = seqs.shape[2]
-        log_probs = log_probs.masked_fill(~mask, float("-inf"))
-        scores = log_probs / length_penalty(width - start, alpha).to(device)
-        seqs = torch.cat([seqs, seqs.new_full((*seqs.shape[:2], max_len - width), pad_id)], dim=2)
-        all_scores = torch.cat([pool_scores, scores], dim=1)
-        keep = all_scores.sort(dim=1, descending=True, stable=True).indices[:, :beams]
-        pool_scores = all_scores.gather(1, keep)
-        pool_log_probs = torch.cat([pool_log_probs, log_probs], dim=1).gather(1, keep)
-        lengths = torch.cat([pool_lengths, torch.full_like(log_probs, width, dtype=torch.long)], dim=1)
-        pool_lengths = lengths.gather(1, keep)
-        pool_ids = torch.cat([pool_ids, seqs], dim=1).gather(1, keep[..., None].expand(-1, -1, max_len))
-
+    ids, state, base, beam_scores = _expand_beams(prompt, state, beams, reorder)
+    pool = _FinishedPool.empty(batch, beams, max_len, start, alpha, pad_id, prompt.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=prompt.device)
     for _ in range(start, max_len):
         logits, state = step(ids, state)
-        log_probs = _log_probs(logits, batch * beams)
-        vocab = log_probs.shape[-1]
-        if 2 * beams > beams * vocab:
-            raise ValueError(f"num_beams={beams} needs a vocabulary of at least 2 tokens, got {vocab}")
-        candidates = beam_scores[..., None] + log_probs.view(batch, beams, vocab)
-        # a dead beam (-inf) stays dead even where its row's logits are all -inf (NaN after log_softmax)
-        candidates = candidates.masked_fill(torch.isinf(beam_scores)[..., None], float("-inf")).view(
-            batch, -1
-        )
-        top_scores, top_index = candidates.topk(2 * beams, dim=1)  # sorted, best first
-        source_beam, token = top_index // vocab, top_index % vocab
-        rank = torch.arange(2 * beams, device=device)[None]
+        top_scores, source_beam, token = _top_extensions(beam_scores, _log_probs(logits, batch * beams))
         is_eos = token == eos_id
-
         ending = (is_eos & torch.isfinite(top_scores) & ~done[:, None])[:, :beams]
         if bool(ending.any()):
             source = base + source_beam[:, :beams]  # [B, K] rows of ids
             seqs = torch.cat([ids[source.view(-1)], token[:, :beams].reshape(-1, 1)], dim=1)
-            finish(ending, seqs.view(batch, beams, -1), top_scores[:, :beams])
-
-        # the K best extensions that do not end: EOS candidates sort behind every other one
-        keep = (rank + is_eos.long() * 2 * beams).topk(beams, dim=1, largest=False).indices.sort(1).values
+            pool.add(ending, seqs.view(batch, beams, -1), top_scores[:, :beams])
+        keep = _live_extensions(is_eos, beams)
         beam_scores = top_scores.gather(1, keep)
         source = (base + source_beam.gather(1, keep)).view(-1)
         ids = torch.cat([ids.index_select(0, source), token.gather(1, keep).view(-1, 1)], dim=1)
         state = reorder(state, source)
-        # the best a live beam could still score: exact for alpha = 0, HF's heuristic otherwise
-        bound = beam_scores.max(dim=1).values / length_penalty(ids.shape[1] - start, alpha).to(device)
-        full = torch.isfinite(pool_scores).all(dim=1)
-        done = done | (full & (bound <= pool_scores.min(dim=1).values))
+        done = done | pool.unbeatable(beam_scores, ids.shape[1])
         if bool(done.all()):
             break
 
     # samples still open at max_len: their live beams compete, unfinished, with the finished ones
     if not bool(done.all()):
-        finish(~done[:, None].expand(-1, beams), ids.view(batch, beams, -1), beam_scores)
+        pool.add(~done[:, None].expand(-1, beams), ids.view(batch, beams, -1), beam_scores)
+    return pool.best()
 
-    best = pool_scores.argmax(dim=1)
-    pick = torch.arange(batch, device=device)
-    lengths = pool_lengths[pick, best]
-    width = int(lengths.max())
-    return GenerationOutput(
-        pool_ids[pick, best, :width], lengths, pool_log_probs[pick, best], pool_scores[pick, best]
-    )
+
+def _expand_beams(
+    prompt: Tensor, state: Any, beams: int, reorder: ReorderFn
+) -> tuple[Tensor, Any, Tensor, Tensor]:
+    """``beams`` copies of each sample's prompt and state rows (sample-major), the first row of each
+    sample ``[B, 1]``, and the beams' starting scores ``[B, K]``: only the first beam is live, so
+    the ``K`` beams do not all extend the same prompt."""
+    device = prompt.device
+    batch = prompt.shape[0]
+    rows = torch.arange(batch, device=device).repeat_interleave(beams)
+    ids = prompt.index_select(0, rows)  # [B*K, t]
+    state = reorder(state, rows)
+    base = (torch.arange(batch, device=device) * beams)[:, None]
+    beam_scores = torch.full((batch, beams), float("-inf"), device=device)
+    beam_scores[:, 0] = 0.0
+    return ids, state, base, beam_scores
+
+
+def _top_extensions(beam_scores: Tensor, log_probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``2K`` best one-token extensions of each sample's ``K`` beams, best first: their scores,
+    the beam each extends and the token it adds (each ``[B, 2K]``); ``log_probs`` is ``[B*K, V]``."""
+    batch, beams = beam_scores.shape
+    vocab = log_probs.shape[-1]
+    if 2 * beams > beams * vocab:
+        raise ValueError(f"num_beams={beams} needs a vocabulary of at least 2 tokens, got {vocab}")
+    candidates = beam_scores[..., None] + log_probs.view(batch, beams, vocab)
+    # a dead beam (-inf) stays dead even where its row's logits are all -inf (NaN after log_softmax)
+    candidates = candidates.masked_fill(torch.isinf(beam_scores)[..., None], float("-inf")).view(batch, -1)
+    top_scores, top_index = candidates.topk(2 * beams, dim=1)  # sorted, best first
+    return top_scores, top_index // vocab, top_index % vocab
+
+
+def _live_extensions(is_eos: Tensor, beams: int) -> Tensor:
+    """Positions ``[B, K]`` (ascending, so still best first) of the ``K`` best extensions among the
+    ``2K`` that do not end in EOS: EOS candidates sort behind every other one."""
+    rank = torch.arange(is_eos.shape[1], device=is_eos.device)[None]
+    return (rank + is_eos.long() * 2 * beams).topk(beams, dim=1, largest=False).indices.sort(1).values
+
+
+@dataclass
+class _FinishedPool:
+    """Each sample's ``K`` best finished hypotheses, ranked by log-probability over the length penalty.
+
+    Empty slots score ``-inf``; ``ids`` are padded to ``max_len`` with ``pad_id``.
+    """
+
+    ids: Tensor  # [B, K, max_len] long
+    log_probs: Tensor  # [B, K] float
+    scores: Tensor  # [B, K] float
+    lengths: Tensor  # [B, K] long
+    start: int  # prompt length: the length penalty counts the tokens after it
+    alpha: float
+    pad_id: int
+
+    @classmethod
+    def empty(
+        cls, batch: int, beams: int, max_len: int, start: int, alpha: float, pad_id: int, device: torch.device
+    ) -> _FinishedPool:
+        return cls(
+            ids=torch.full((batch, beams, max_len), pad_id, dtype=torch.long, device=device),
+            log_probs=torch.full((batch, beams), float("-inf"), device=device),
+            scores=torch.full((batch, beams), float("-inf"), device=device),
+            lengths=torch.zeros(batch, beams, dtype=torch.long, device=device),
+            start=start,
+            alpha=alpha,
+            pad_id=pad_id,
+        )
+
+    def add(self, mask: Tensor, seqs: Tensor, log_probs: Tensor) -> None:
+        """Keep each sample's ``K`` best of the pool and the hypotheses ``seqs [B, M, w]`` that ``mask``
+        selects (ties go to the pool: the earlier hypothesis stays)."""
+        beams, max_len = self.ids.shape[1:]
+        width = seqs.shape[2]
+        log_probs = log_probs.masked_fill(~mask, float("-inf"))
+        scores = log_probs / length_penalty(width - self.start, self.alpha).to(log_probs.device)
+        seqs = torch.cat([seqs, seqs.new_full((*seqs.shape[:2], max_len - width), self.pad_id)], dim=2)
+        all_scores = torch.cat([self.scores, scores], dim=1)
+        keep = all_scores.sort(dim=1, descending=True, stable=True).indices[:, :beams]
+        self.scores = all_scores.gather(1, keep)
+        self.log_probs = torch.cat([self.log_probs, log_probs], dim=1).gather(1, keep)
+        lengths = torch.cat([self.lengths, torch.full_like(log_probs, width, dtype=torch.long)], dim=1)
+        self.lengths = lengths.gather(1, keep)
+        self.ids = torch.cat([self.ids, seqs], dim=1).gather(1, keep[..., None].expand(-1, -1, max_len))
+
+    def unbeatable(self, beam_scores: Tensor, width: int) -> Tensor:
+        """``[B]``: the pool is full and its worst hypothesis scores at least the best live beam
+        (``beam_scores [B, K]`` at ``width`` tokens): exact for alpha = 0, HF's heuristic otherwise."""
+        penalty = length_penalty(width - self.start, self.alpha).to(beam_scores.device)
+        bound = beam_scores.max(dim=1).values / penalty
+        full = torch.isfinite(self.scores).all(dim=1)
+        return full & (bound <= self.scores.min(dim=1).values)
+
+    def best(self) -> GenerationOutput:
+        """Each sample's best hypothesis, cut to the longest of them."""
+        best = self.scores.argmax(dim=1)
+        pick = torch.arange(best.shape[0], device=best.device)
+        lengths = self.lengths[pick, best]
+        width = int(lengths.max())
+        return GenerationOutput(
+            self.ids[pick, best, :width], lengths, self.log_probs[pick, best], self.scores[pick, best]
+        )
