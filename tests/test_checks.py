@@ -16,8 +16,11 @@ from vlp.models.ernie_vilg.model import ERNIEViLG
 
 
 def data(image_size: int = 32, patch_size: int = 8, max_text_len: int = 16) -> SimpleNamespace:
-    """The datamodule attributes the checks read (ShardDataModule stores its arguments under these names)."""
-    return SimpleNamespace(image_size=image_size, patch_size=patch_size, max_text_len=max_text_len)
+    """The datamodule attributes the checks read: ShardDataModule's transform and collator parts."""
+    return SimpleNamespace(
+        transform=SimpleNamespace(image_size=image_size, patch_size=patch_size),
+        collator=SimpleNamespace(max_text_len=max_text_len),
+    )
 
 
 def test_matching_data_and_model_pass() -> None:
@@ -29,7 +32,7 @@ def test_a_different_patch_size_is_refused_naming_both() -> None:
     with pytest.raises(UserError) as refused:
         check_data_fits_model(make_tiny_vilt(patch_size=8), data(patch_size=16))
     message = str(refused.value)
-    assert "data.init_args.patch_size=16" in message
+    assert "data.init_args.transform.init_args.patch_size=16" in message
     assert "visual_embedder (ViTPatchEmbedder) has patch_size=8" in message
 
 
@@ -37,12 +40,17 @@ def test_an_image_size_off_the_patch_grid_is_refused_naming_both() -> None:
     with pytest.raises(UserError) as refused:
         check_data_fits_model(make_tiny_vilt(patch_size=8), data(image_size=36))
     message = str(refused.value)
-    assert "data.init_args.image_size=36 is not a multiple of data.init_args.patch_size=8" in message
+    assert (
+        "data.init_args.transform.init_args.image_size=36 is not a multiple of "
+        "data.init_args.transform.init_args.patch_size=8"
+    ) in message
     assert "e.g. 32 or 40" in message
 
 
 def test_an_image_size_off_the_models_patch_grid_is_refused_without_a_data_patch_size() -> None:
-    without_patch = SimpleNamespace(image_size=36, max_text_len=16)
+    without_patch = SimpleNamespace(
+        transform=SimpleNamespace(image_size=36), collator=SimpleNamespace(max_text_len=16)
+    )
     with pytest.raises(UserError, match=r"image_size=36 is not a multiple of the model's patch size: .*=8"):
         check_data_fits_model(make_tiny_vilt(patch_size=8), without_patch)
 
@@ -51,7 +59,7 @@ def test_a_text_longer_than_the_position_table_is_refused_naming_both() -> None:
     with pytest.raises(UserError) as refused:
         check_data_fits_model(make_tiny_vilt(patch_size=8), data(max_text_len=17))
     message = str(refused.value)
-    assert "data.init_args.max_text_len=17" in message
+    assert "data.init_args.collator.init_args.max_text_len=17" in message
     assert "text_embedder (TextEmbedder) has max_len=16" in message
 
 
@@ -71,9 +79,9 @@ def test_ernie_vilg_text_positions_are_checked() -> None:
 @pytest.mark.parametrize(
     ("override", "named"),
     [
-        ("--data.init_args.image_size=36", ["image_size=36", "patch_size=8"]),
-        ("--data.init_args.max_text_len=40", ["max_text_len=40", "max_len=16"]),
-        ("--data.init_args.patch_size=16", ["patch_size=16", "patch_size=8"]),
+        ("--data.init_args.transform.init_args.image_size=36", ["image_size=36", "patch_size=8"]),
+        ("--data.init_args.collator.init_args.max_text_len=40", ["max_text_len=40", "max_len=16"]),
+        ("--data.init_args.transform.init_args.patch_size=16", ["patch_size=16", "patch_size=8"]),
     ],
 )
 def test_the_cli_refuses_a_mismatch_before_any_work(
@@ -138,9 +146,15 @@ def tiny_recipe(root: Path) -> dict:
                 "root": str(root),
                 "batch_size": 4,
                 "num_workers": 0,
-                "image_size": 32,
-                "patch_size": 8,
-                "max_text_len": 16,
+                "transform": {
+                    "class_path": "vlp.datamodules.transforms.ViltTransform",
+                    "init_args": {"image_size": 32, "patch_size": 8},
+                },
+                "decoder": {"class_path": "vlp.datamodules.decode.SampleDecoder"},
+                "collator": {
+                    "class_path": "vlp.datamodules.collate.PretrainCollator",
+                    "init_args": {"max_text_len": 16},
+                },
             },
         },
     }

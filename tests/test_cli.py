@@ -232,6 +232,27 @@ def test_a_constructors_value_error_names_the_class(capsys: pytest.CaptureFixtur
     )
 
 
+def test_data_parts_that_do_not_fit_are_refused_naming_their_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(
+        ["fit", "--config", RECIPE, "--data.init_args.decoder=vlp.datamodules.pairs.PairDecoder"], capsys
+    )
+    assert code == 2
+    assert error_line(err).startswith(
+        "vlp: error: vlp.datamodules.shards.ShardDataModule: data.init_args.collator PretrainCollator takes the "
+        "samples of a SampleDecoder, but data.init_args.decoder is a PairDecoder"
+    )
+    captioning = str(ROOT / "configs/e2e_vlp/shapes_captioning.yaml")
+    blind_eval = "--data.init_args.collator.init_args.shuffle_eval_images=true"
+    code, _, err = run(
+        ["fit", "--config", captioning, "--model.init_args.init_from=null", blind_eval], capsys
+    )
+    assert code == 2
+    assert error_line(err) == (
+        "vlp: error: vlp.datamodules.e2e.E2ECollator: shuffle_eval_images=True needs shuffle_images=True "
+        "(it extends that control)"
+    )
+
+
 def tiny_recipe(tmp_path: Path, root: Path) -> str:
     from test_checks import tiny_recipe as recipe
 

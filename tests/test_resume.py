@@ -10,7 +10,10 @@ import lightning as L
 import torch
 
 from vlp.batch import Batch
+from vlp.datamodules.collate import PretrainCollator
+from vlp.datamodules.decode import SampleDecoder
 from vlp.datamodules.shards import ShardDataModule
+from vlp.datamodules.transforms import ViltTransform
 from vlp.models.embedders.text import TextEmbedder
 from vlp.models.embedders.vit_patch import ViTPatchEmbedder
 from vlp.models.layers.heads import ITMHead, MLMHead
@@ -40,12 +43,11 @@ def make_task() -> PretrainTask:
 def make_data(root: Path) -> ShardDataModule:
     return ShardDataModule(
         str(root),
+        transform=ViltTransform(32, 16, randaugment=True),
+        decoder=SampleDecoder(),
+        collator=PretrainCollator(max_text_len=16),
         batch_size=4,
         num_workers=2,
-        image_size=32,
-        patch_size=16,
-        max_text_len=16,
-        randaugment=True,
         shuffle_buffer=6,
         seed=3,
     )

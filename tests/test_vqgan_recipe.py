@@ -36,7 +36,7 @@ def test_recipe_builds_an_f4_vqgan_with_an_ema_codebook_and_a_squared_error() ->
     assert task.loss.mse_weight > 0
     assert model.quantize.ema and model.quantize.dead_code_threshold > 0 and task.loss.ema
     assert task.discriminator is not None and task.loss.disc_start > 0
-    assert cli.datamodule.image_size == 64
+    assert cli.datamodule.transform.image_size == 64
 
 
 @pytest.mark.parametrize("trainer", ["ddp", "fsdp"])

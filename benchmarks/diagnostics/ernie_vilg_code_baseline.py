@@ -15,7 +15,10 @@ import argparse
 
 import torch
 
-from vlp.datamodules.text_to_image import TextToImageDataModule
+from vlp.datamodules.decode import SampleDecoder
+from vlp.datamodules.e2e import E2ECollator
+from vlp.datamodules.shards import ShardDataModule
+from vlp.datamodules.transforms import ViltTransform
 from vlp.models.vqgan.model import VQGAN
 
 
@@ -35,10 +38,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     vqgan = VQGAN.from_checkpoint(args.checkpoint).eval()
-    data = TextToImageDataModule(
-        args.root, batch_size=32, num_workers=0, image_size=64, patch_size=8, max_text_len=40,
-        mlm_probability=0.0, itm=False, detection=False, captioning=True,
-    )  # fmt: skip
+    collator = E2ECollator(max_text_len=40, mlm_probability=0.0, itm=False, targets=False, captions=True)
+    data = ShardDataModule(
+        args.root, ViltTransform(64, 8), SampleDecoder(), collator, batch_size=32, num_workers=0
+    )
     data.setup("validate")
     codes = []
     with torch.no_grad():

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from jsonargparse import ArgumentParser
+from lightning import LightningDataModule
 
-from vlp.datamodules.text_to_image import TextToImageDataModule
+from vlp.datamodules.shards import ShardDataModule
 from vlp.metrics.generation import GenerationEvaluation
 from vlp.metrics.shapes_judge import ShapesJudge
 from vlp.models.vqgan.model import VQGAN
@@ -36,10 +38,13 @@ from vlp.tokenizers import load_tokenizer
 RECIPE = Path(__file__).resolve().parents[2] / "configs/ernie_vilg/shapes_pretrain.yaml"
 
 
-def recipe_data() -> TextToImageDataModule:
-    init = yaml.safe_load(RECIPE.read_text())["data"]["init_args"]
-    init.pop("synth", None)
-    data = TextToImageDataModule(**init)
+def recipe_data() -> ShardDataModule:
+    """The recipe's data section as the CLI builds it, reading the folder as it is (``synth: null``)."""
+    section = yaml.safe_load(RECIPE.read_text())["data"]
+    section["init_args"]["synth"] = None
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    data = parser.instantiate(parser.parse_object({"data": section})).data
     data.setup("predict")
     return data
 

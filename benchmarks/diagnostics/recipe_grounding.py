@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 import webdataset as wds
 
-from vlp.datamodules.collate import DecodedSample, PretrainCollator
-from vlp.datamodules.shards import SampleDecoder
+from vlp.datamodules.collate import PretrainCollator
+from vlp.datamodules.decode import DecodedSample, SampleDecoder
 from vlp.datamodules.synth.shapes import COLOUR_NAMES
 from vlp.datamodules.transforms import ViltTransform
 from vlp.models.embedders import ViTPatchEmbedder
-from vlp.models.layers.heads import ITMHead, MLMHead
 from vlp.models.embedders.text import TextEmbedder
+from vlp.models.layers.heads import ITMHead, MLMHead
 from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
 from vlp.objectives import ITMObjective, MLMObjective
@@ -44,7 +44,7 @@ def load_split(root: Path, split: str, cache: Path) -> list[DecodedSample]:
     path = cache / f"{split}.pt"
     if path.exists():
         return [DecodedSample(**x) for x in torch.load(path, weights_only=False)]
-    decode = SampleDecoder(ViltTransform(64, 16))
+    decode = SampleDecoder().bind(ViltTransform(64, 16))
     rows = []
     for sample in wds.WebDataset(sorted(glob.glob(str(root / split / "*.tar"))), shardshuffle=False):
         x = decode(sample)
@@ -91,11 +91,12 @@ def main() -> None:
     collate = PretrainCollator(
         mlm_probability=a.mlm_prob,
         whole_word_masking=True,
-        grounded_words=grounded if a.grounded_prob else (),
+        grounded_words=grounded if a.grounded_prob else None,
         grounded_mask_probability=a.grounded_prob,
-        seed=a.seed,
+    ).for_split(train=True, seed=a.seed)
+    val_collate = PretrainCollator(mlm_probability=0.15, whole_word_masking=True).for_split(
+        train=False, seed=123
     )
-    val_collate = PretrainCollator(mlm_probability=0.15, whole_word_masking=True, seed=123)
     generator = torch.Generator().manual_seed(7)
     val_batches = [val_collate(val[i : i + 64], generator) for i in range(0, len(val), 64)]
 

@@ -2,16 +2,17 @@
 
 A recipe builds the model and the datamodule separately, so values that must agree live in two places:
 
-- the datamodule's ``image_size`` must be a multiple of its own ``patch_size`` (images are resized to whole
-  patches) and of the ``patch_size`` of every patch embedder of the model;
-- the datamodule's ``patch_size`` (the grid images are resized and padded to) must be the patch embedders'
-  ``patch_size`` (the grid the model cuts them into);
-- the datamodule's ``max_text_len`` must fit every text position table of the model
+- the data transform's ``image_size`` must be a multiple of its own ``patch_size`` (images are resized to
+  whole patches) and of the ``patch_size`` of every patch embedder of the model;
+- the data transform's ``patch_size`` (the grid images are resized and padded to) must be the patch
+  embedders' ``patch_size`` (the grid the model cuts them into);
+- the data collator's ``max_text_len`` must fit every text position table of the model
   (:class:`~vlp.models.embedders.text.TextEmbedder`'s ``max_len``, :class:`~vlp.models.ernie_vilg.model.ERNIEViLG`'s
   ``max_text_len``), or the first long caption fails mid-run.
 
 :func:`check_data_fits_model` walks the model's modules (``model.named_modules()``) and reads the datamodule's
-attributes, so it applies to any assembly built from these parts. ``python -m vlp`` runs it right after the
+parts (``datamodule.transform``, ``datamodule.collator``: :class:`~vlp.datamodules.shards.ShardDataModule`), so
+it applies to any assembly built from these parts. ``python -m vlp`` runs it right after the
 recipe's classes are built (:class:`vlp.cli.VLPCLI`). Parts the checks do not know are skipped: a CNN grid or
 VQGAN embedder has no ``patch_size`` to compare.
 """
@@ -38,14 +39,20 @@ def check_data_fits_model(model: nn.Module, datamodule: object | None) -> None:
         raise UserError("the data does not fit the model: " + "; ".join(problems))
 
 
+IMAGE_SIZE = "data.init_args.transform.init_args.image_size"
+PATCH_SIZE = "data.init_args.transform.init_args.patch_size"
+MAX_TEXT_LEN = "data.init_args.collator.init_args.max_text_len"
+
+
 def image_problems(model: nn.Module, datamodule: object) -> list[str]:
-    """``image_size`` / ``patch_size`` of the datamodule against its own and the patch embedders' patch size."""
-    image_size = _int_attribute(datamodule, "image_size")
-    data_patch = _int_attribute(datamodule, "patch_size")
+    """``image_size`` / ``patch_size`` of the data transform against its own and the patch embedders' patch size."""
+    transform = getattr(datamodule, "transform", None)
+    image_size = _int_attribute(transform, "image_size")
+    data_patch = _int_attribute(transform, "patch_size")
     problems = []
     if image_size is not None and data_patch is not None and data_patch > 0 and image_size % data_patch:
         problems.append(
-            f"data.init_args.image_size={image_size} is not a multiple of data.init_args.patch_size={data_patch}"
+            f"{IMAGE_SIZE}={image_size} is not a multiple of {PATCH_SIZE}={data_patch}"
             f" ({_multiples(image_size, data_patch)})"
         )
     for name, embedder in _patch_embedders(model):
@@ -53,25 +60,25 @@ def image_problems(model: nn.Module, datamodule: object) -> list[str]:
         where = f"{_describe(name, embedder)} has patch_size={patch}"
         if data_patch is not None and data_patch != patch:
             problems.append(
-                f"data.init_args.patch_size={data_patch} differs from the model's: {where}; set both to the "
-                "same value (images are resized and padded to the data's patches, the model cuts its own)"
+                f"{PATCH_SIZE}={data_patch} differs from the model's: {where}; set both to the same value "
+                "(images are resized and padded to the data's patches, the model cuts its own)"
             )
         if image_size is not None and image_size % patch and patch != data_patch:
             problems.append(
-                f"data.init_args.image_size={image_size} is not a multiple of the model's patch size: {where} "
+                f"{IMAGE_SIZE}={image_size} is not a multiple of the model's patch size: {where} "
                 f"({_multiples(image_size, patch)})"
             )
     return problems
 
 
 def text_problems(model: nn.Module, datamodule: object) -> list[str]:
-    """``max_text_len`` of the datamodule against every text position table of the model."""
-    max_text_len = _int_attribute(datamodule, "max_text_len")
+    """``max_text_len`` of the data collator against every text position table of the model."""
+    max_text_len = _int_attribute(getattr(datamodule, "collator", None), "max_text_len")
     if max_text_len is None:
         return []
     return [
-        f"data.init_args.max_text_len={max_text_len} is longer than the model's text positions: "
-        f"{_describe(name, module)} has {attribute}={positions}; set data.init_args.max_text_len to at most "
+        f"{MAX_TEXT_LEN}={max_text_len} is longer than the model's text positions: "
+        f"{_describe(name, module)} has {attribute}={positions}; set {MAX_TEXT_LEN} to at most "
         f"{positions} or {attribute} to at least {max_text_len}"
         for name, module, attribute, positions in _text_tables(model)
         if max_text_len > positions

@@ -1,4 +1,4 @@
-"""Small webdataset shard writers shared by the data-module tests."""
+"""Small webdataset shard writers and a data-module builder shared by the data-module tests."""
 
 from __future__ import annotations
 
@@ -9,6 +9,31 @@ from typing import Any
 
 import webdataset as wds
 from PIL import Image
+
+from vlp.datamodules.collate import PretrainCollator
+from vlp.datamodules.decode import SampleDecoder
+from vlp.datamodules.parts import Collator, Decoder
+from vlp.datamodules.shards import ShardDataModule
+from vlp.datamodules.transforms import ViltTransform
+
+
+def data_module(
+    root: Path | str,
+    decoder: Decoder | None = None,
+    collator: Collator | None = None,
+    image_size: int = 32,
+    patch_size: int = 16,
+    randaugment: bool = False,
+    **reader: Any,
+) -> ShardDataModule:
+    """A :class:`ShardDataModule` over ``root`` with small images; pre-training parts unless given."""
+    return ShardDataModule(
+        str(root),
+        transform=ViltTransform(image_size, patch_size, randaugment),
+        decoder=SampleDecoder() if decoder is None else decoder,
+        collator=PretrainCollator() if collator is None else collator,
+        **reader,
+    )
 
 
 def png_bytes(colour: tuple[int, int, int], size: tuple[int, int] = (32, 32)) -> bytes:

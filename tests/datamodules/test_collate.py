@@ -9,13 +9,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from vlp.batch import Batch
-from vlp.datamodules.collate import (
-    DecodedSample,
-    PretrainCollator,
-    SkippedSample,
-    pad_images,
-    random_derangement,
-)
+from vlp.datamodules.collate import PretrainCollator, pad_images, random_derangement
+from vlp.datamodules.decode import DecodedSample, SkippedSample
 from vlp.tokenizers import load_tokenizer
 
 CAPTIONS = [
@@ -82,7 +77,7 @@ def test_collated_batch_is_padded_and_typed() -> None:
         DecodedSample("a", torch.ones(3, 16, 32), ["a red circle"]),
         DecodedSample("b", torch.ones(3, 32, 16), ["a blue square on the right"]),
     ]
-    batch = PretrainCollator(itm=False)(samples)
+    batch = PretrainCollator(itm=False).for_split(train=True)(samples)
     assert batch.keys == ["a", "b"]
     assert batch.pixels.shape == (2, 3, 32, 32)
     assert batch.pixel_mask[0].sum() == 16 * 32 and batch.pixel_mask[0, :16, :32].all()
@@ -100,25 +95,25 @@ def test_skip_markers_are_dropped_and_counted(caplog: pytest.LogCaptureFixture) 
         SkippedSample("bad-2", "no captions"),
     ]
     with caplog.at_level(logging.WARNING):
-        batch = PretrainCollator()(samples)
+        batch = PretrainCollator().for_split(train=True)(samples)
     assert batch.keys == ["s000", "s001", "s002"] and len(batch) == 3
     assert batch.num_skipped == 2 and batch.skipped_keys == ["bad-1", "bad-2"]
     assert "bad-1" in caplog.text and "image decode failed" in caplog.text
 
 
 def test_all_skipped_batch_is_empty_but_counted() -> None:
-    batch = PretrainCollator()([SkippedSample("x", "missing json")])
+    batch = PretrainCollator().for_split(train=True)([SkippedSample("x", "missing json")])
     assert len(batch) == 0 and batch.pixels is None and batch.num_skipped == 1
 
 
 def test_captions_are_chosen_among_each_samples_own() -> None:
     samples = make_samples(8)
-    batch = PretrainCollator(itm=False)(samples)
+    batch = PretrainCollator(itm=False).for_split(train=True)(samples)
     assert all(c in s.captions for c, s in zip(batch.captions, samples))
 
 
 def test_mlm_labels_only_at_masked_positions_and_equal_the_original() -> None:
-    batch = PretrainCollator(mlm_probability=0.4, itm=False, seed=1)(make_samples(16))
+    batch = PretrainCollator(mlm_probability=0.4, itm=False).for_split(train=True, seed=1)(make_samples(16))
     original = original_ids(batch)
     labelled = batch.mlm_labels != -100
     assert labelled.any() and not labelled.all()
@@ -135,7 +130,9 @@ def test_whole_word_masking_masks_all_pieces_of_a_word() -> None:
     tokenizer = load_tokenizer()
     assert tokenizer.tokenize("hexagon") == ["he", "##xa", "##gon"]
     samples = [DecodedSample(f"k{i}", torch.zeros(3, 16, 16), ["hexagon " * 8]) for i in range(8)]
-    batch = PretrainCollator(mlm_probability=0.3, whole_word_masking=True, itm=False, seed=2)(samples)
+    batch = PretrainCollator(mlm_probability=0.3, whole_word_masking=True, itm=False).for_split(
+        train=True, seed=2
+    )(samples)
     words = (batch.mlm_labels[:, 1:25] != -100).reshape(8, 8, 3)  # 8 words of 3 pieces after [CLS]
     assert torch.equal(words.all(-1), words.any(-1))  # a word is masked entirely or not at all
     assert words.all(-1).any() and not words.all(-1).all()
@@ -145,7 +142,7 @@ def test_whole_word_masking_masks_all_pieces_of_a_word() -> None:
 
 def test_itm_negatives_are_paired_with_another_samples_image_and_mlm_keeps_its_own() -> None:
     samples = make_samples(16)
-    batch = PretrainCollator(mlm_probability=0.5, itm=True, seed=3)(samples)
+    batch = PretrainCollator(mlm_probability=0.5, itm=True).for_split(train=True, seed=3)(samples)
     assert batch.itm_labels.dtype == torch.long and set(batch.itm_labels.tolist()) == {0, 1}
     assert [image_index(p) for p in batch.pixels] == list(range(16))  # pixels: each sample's own image
     for i, (label, source) in enumerate(zip(batch.itm_labels.tolist(), batch.itm_image_index.tolist())):
@@ -155,7 +152,7 @@ def test_itm_negatives_are_paired_with_another_samples_image_and_mlm_keeps_its_o
 
 
 def test_batch_of_one_has_no_negative() -> None:
-    collator = PretrainCollator(itm=True)
+    collator = PretrainCollator(itm=True).for_split(train=True)
     for _ in range(5):
         batch = collator(make_samples(1))
         assert batch.itm_labels.tolist() == [1] and batch.itm_image_index.tolist() == [0]
@@ -164,16 +161,27 @@ def test_batch_of_one_has_no_negative() -> None:
 
 def test_shuffle_images_replaces_every_image() -> None:
     samples = make_samples(9)
-    batch = PretrainCollator(itm=False, shuffle_images=True, seed=4)(samples)
+    batch = PretrainCollator(itm=False, shuffle_images=True).for_split(train=True, seed=4)(samples)
     sources = [image_index(p) for p in batch.pixels]
     assert all(source != i for i, source in enumerate(sources))
     assert sorted(sources) == list(range(9))  # a permutation: every image is still used once
     assert batch.keys == [s.key for s in samples]  # texts stay where they were
 
 
+def test_shuffle_images_is_a_training_control() -> None:
+    samples = make_samples(6)
+    evaluation = PretrainCollator(itm=False, shuffle_images=True).for_split(train=False, seed=4)(samples)
+    assert [image_index(p) for p in evaluation.pixels] == list(range(6))  # true pairs, to measure the run
+
+
+def test_an_unbound_collator_refuses_to_run() -> None:
+    with pytest.raises(RuntimeError, match=r"PretrainCollator is a data part: call its for_split"):
+        PretrainCollator()(make_samples(2))
+
+
 def test_shuffle_images_before_itm() -> None:
     samples = make_samples(8)
-    batch = PretrainCollator(itm=True, shuffle_images=True, seed=5)(samples)
+    batch = PretrainCollator(itm=True, shuffle_images=True).for_split(train=True, seed=5)(samples)
     sources = [image_index(p) for p in batch.pixels]
     assert all(source != i for i, source in enumerate(sources))  # even "positives" see a foreign image
     assert batch.itm_labels is not None and (batch.itm_labels == 1).any()
@@ -188,7 +196,7 @@ def test_derangement_has_no_fixed_point() -> None:
 
 def test_same_seed_same_batches_other_seed_other_batches() -> None:
     samples = make_samples(12)
-    a, b, c = PretrainCollator(seed=7), PretrainCollator(seed=7), PretrainCollator(seed=8)
+    a, b, c = (PretrainCollator().for_split(train=True, seed=seed) for seed in (7, 7, 8))
     batches_a = [a(samples) for _ in range(3)]
     batches_b = [b(samples) for _ in range(3)]
     for x, y in zip(batches_a, batches_b):
@@ -199,21 +207,21 @@ def test_same_seed_same_batches_other_seed_other_batches() -> None:
 
 def test_pickled_collator_starts_afresh() -> None:
     samples = make_samples(12)
-    used = PretrainCollator(seed=9)
+    used = PretrainCollator().for_split(train=True, seed=9)
     used(samples)
     copy = pickle.loads(pickle.dumps(used))
-    assert_batches_equal(copy(samples), PretrainCollator(seed=9)(samples))
+    assert_batches_equal(copy(samples), PretrainCollator().for_split(train=True, seed=9)(samples))
 
 
 def test_mlm_off_leaves_text_unmasked() -> None:
-    batch = PretrainCollator(mlm_probability=0.0, itm=False)(make_samples(4))
+    batch = PretrainCollator(mlm_probability=0.0, itm=False).for_split(train=True)(make_samples(4))
     assert batch.mlm_labels is None and batch.mlm_text_ids is None
     assert torch.equal(batch.text_ids, original_ids(batch))
 
 
 def test_truncates_to_max_text_len() -> None:
     samples = [DecodedSample("long", torch.zeros(3, 16, 16), ["word " * 100])]
-    batch = PretrainCollator(max_text_len=12)(samples)
+    batch = PretrainCollator(max_text_len=12).for_split(train=True)(samples)
     assert batch.text_ids.shape == (1, 12)
 
 
@@ -232,7 +240,7 @@ def _worker_batches(seed: int) -> list[Batch]:
         _SameSamplesPerWorker(make_samples(8)),
         batch_size=8,
         num_workers=2,
-        collate_fn=PretrainCollator(mlm_probability=0.5, seed=seed),
+        collate_fn=PretrainCollator(mlm_probability=0.5).for_split(train=True, seed=seed),
     )
     return list(loader)
 

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from shard_helpers import data_module
 
-from vlp.datamodules.collate import DecodedSample, SkippedSample
-from vlp.datamodules.e2e import E2ECollator, E2EDataModule, ObjectDecoder, ObjectSample, parse_objects
+from vlp.batch import Batch
+from vlp.datamodules.decode import DecodedSample, SampleDecoder, SkippedSample
+from vlp.datamodules.e2e import E2ECollator, ObjectDecoder, ObjectSample, parse_objects
+from vlp.datamodules.parts import Vocab
 from vlp.tokenizers import load_tokenizer
 
 CATEGORIES = {"circle": 0, "square": 1}
@@ -64,7 +67,8 @@ def sample(i: int, objects: list[dict]) -> dict:
 
 
 def test_decoder_skips_a_sample_with_a_bad_object_naming_the_field() -> None:
-    decoder = ObjectDecoder(lambda image: torch.zeros(3, 32, 32), list(CATEGORIES), list(ATTRIBUTES))
+    vocab = Vocab(lists={"categories": list(CATEGORIES), "attributes": list(ATTRIBUTES)})
+    decoder = ObjectDecoder().bind(lambda image: torch.zeros(3, 32, 32), vocab)
     good = decoder(sample(1, [{"bbox": [0, 0, 16, 8], "category": "circle", "attributes": ["red"]}]))
     assert isinstance(good, ObjectSample)
     torch.testing.assert_close(good.targets.boxes, torch.tensor([[0.25, 0.125, 0.5, 0.25]]))
@@ -83,7 +87,7 @@ def test_collator_adds_targets_caption_tokens_and_every_reference() -> None:
         )
         for i, w in enumerate(["one", "a big"])
     ]
-    collate = E2ECollator(mlm_probability=0.0, itm=False)
+    collate = E2ECollator(mlm_probability=0.0, itm=False).for_split(train=True)
     batch = collate([*samples, SkippedSample("bad", "why")], torch.Generator().manual_seed(0))
     assert batch.num_skipped == 1 and batch.keys == ["s0", "s1"]
     assert batch.targets == [targets, targets]
@@ -95,14 +99,21 @@ def test_collator_adds_targets_caption_tokens_and_every_reference() -> None:
         assert real[0] == tokenizer.cls_token_id and real[-1] == tokenizer.sep_token_id  # BOS ... EOS
         assert tokenizer.decode(real, skip_special_tokens=True) == caption
     assert (batch.caption_ids[~batch.caption_mask] == tokenizer.pad_token_id).all()
-    plain = E2ECollator(mlm_probability=0.0, itm=False, targets=False, captions=False)(samples)
+    plain = E2ECollator(mlm_probability=0.0, itm=False, targets=False, captions=False).for_split(train=True)(
+        samples
+    )
     assert plain.targets is None and plain.caption_ids is None and plain.references is not None
     with pytest.raises(ValueError, match=r"carry no detection targets: decode them with ObjectDecoder"):
-        E2ECollator(mlm_probability=0.0, itm=False)([DecodedSample("d", torch.zeros(3, 8, 8), ["c"])])
+        E2ECollator(mlm_probability=0.0, itm=False).for_split(train=True)(
+            [DecodedSample("d", torch.zeros(3, 8, 8), ["c"])]
+        )
 
 
-def first_batch(root: Path, split: str = "val", **kwargs) -> object:
-    module = E2EDataModule(str(root), batch_size=4, num_workers=0, image_size=32, patch_size=32, **kwargs)
+def first_batch(root: Path, split: str = "val", detection: bool = True, **collator: object) -> Batch:
+    decoder = ObjectDecoder() if detection else SampleDecoder()
+    module = data_module(
+        root, decoder, E2ECollator(targets=detection, **collator), patch_size=32, batch_size=4, num_workers=0
+    )
     module.setup("fit")
     loader = module.train_dataloader() if split == "train" else module.val_dataloader()
     return next(iter(loader))
@@ -143,7 +154,7 @@ def test_shuffle_eval_images_replaces_validation_images_too(tiny_shapes: Path) -
         assert not torch.equal(everywhere.pixels[i], clean.pixels[i])
         assert any(torch.equal(everywhere.pixels[i], clean.pixels[j]) for j in range(len(clean)) if j != i)
     with pytest.raises(ValueError, match="shuffle_eval_images=True needs shuffle_images=True"):
-        E2EDataModule(str(tiny_shapes), shuffle_eval_images=True)
+        E2ECollator(shuffle_eval_images=True)
 
 
 def test_detection_needs_categories_in_the_vocabulary(tiny_shapes: Path, tmp_path: Path) -> None:
@@ -151,6 +162,8 @@ def test_detection_needs_categories_in_the_vocabulary(tiny_shapes: Path, tmp_pat
     root.mkdir()
     (root / "val").symlink_to(tiny_shapes / "val")
     (root / "vocab.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"vocab.json has no 'categories' list"):
+    with pytest.raises(
+        ValueError, match=r"vocab.json has no 'categories' list: detection classifies over it"
+    ):
         first_batch(root)
     assert first_batch(root, detection=False).targets is None

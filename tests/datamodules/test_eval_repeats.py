@@ -13,39 +13,51 @@ from typing import Any
 
 import pytest
 import torch
+from shard_helpers import data_module
 
 from vlp.batch import Batch, Targets
-from vlp.datamodules.e2e import E2EDataModule
-from vlp.datamodules.finetune import FinetuneDataModule
-from vlp.datamodules.pairs import PairDataModule
-from vlp.datamodules.retrieval import RetrievalDataModule
+from vlp.datamodules.collate import PretrainCollator
+from vlp.datamodules.decode import SampleDecoder
+from vlp.datamodules.e2e import E2ECollator, ObjectDecoder
+from vlp.datamodules.pairs import PairCollator, PairDecoder
+from vlp.datamodules.retrieval import RetrievalCollator
 from vlp.datamodules.shards import ShardDataModule
-from vlp.datamodules.text_to_image import TextToImageDataModule
-from vlp.datamodules.vqa import VQADataModule
+from vlp.datamodules.vqa import VQACollator, VQADecoder
 
 COMMON = {
-    "image_size": 32,
-    "patch_size": 16,
     "batch_size": 4,
     "num_workers": 2,
     "seed": 7,
     "randaugment": True,
 }
+PAIR_SPLITS = {"train_split": "pairs_train", "val_split": "pairs_val", "test_split": "pairs_test"}
 
 KINDS: dict[str, Callable[[str], ShardDataModule]] = {
-    "pretrain": lambda root: ShardDataModule(root, mlm_probability=0.5, **COMMON),
-    "pretrain-grounded": lambda root: ShardDataModule(
-        root, mlm_probability=0.15, grounded_mask_probability=0.5, whole_word_masking=True, **COMMON
+    "pretrain": lambda root: data_module(root, collator=PretrainCollator(mlm_probability=0.5), **COMMON),
+    "pretrain-grounded": lambda root: data_module(
+        root,
+        collator=PretrainCollator(
+            mlm_probability=0.15, grounded_mask_probability=0.5, whole_word_masking=True
+        ),
+        **COMMON,
     ),
-    "e2e": lambda root: E2EDataModule(root, **COMMON),
-    "e2e-blind": lambda root: E2EDataModule(root, shuffle_images=True, shuffle_eval_images=True, **COMMON),
-    "vqa": lambda root: VQADataModule(root, full_credit_answers=1, **COMMON),
-    "pairs": lambda root: PairDataModule(root, **COMMON),
-    "retrieval": lambda root: RetrievalDataModule(root, **COMMON),
-    "text-to-image": lambda root: TextToImageDataModule(
-        root, detection=False, itm=False, mlm_probability=0.0, **COMMON
+    "e2e": lambda root: data_module(root, ObjectDecoder(), E2ECollator(), **COMMON),
+    "e2e-blind": lambda root: data_module(
+        root, ObjectDecoder(), E2ECollator(shuffle_images=True, shuffle_eval_images=True), **COMMON
     ),
-    "finetune": lambda root: FinetuneDataModule(root, **COMMON),
+    "vqa": lambda root: data_module(root, VQADecoder(), VQACollator(full_credit_answers=1), **COMMON),
+    "pairs": lambda root: data_module(root, PairDecoder(), PairCollator(), **PAIR_SPLITS, **COMMON),
+    "retrieval": lambda root: data_module(root, SampleDecoder(), RetrievalCollator(), **COMMON),
+    "text-to-image": lambda root: data_module(
+        root,
+        SampleDecoder(),
+        E2ECollator(targets=False, itm=False, mlm_probability=0.0),
+        predict_split="test",
+        **COMMON,
+    ),
+    "finetune": lambda root: data_module(
+        root, collator=PretrainCollator(mlm_probability=0.0, itm=False), **COMMON
+    ),
 }
 
 

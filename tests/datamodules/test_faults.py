@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from shard_helpers import png_bytes, write_dataset, write_shard
+from shard_helpers import data_module, png_bytes, write_dataset, write_shard
 
 from vlp.batch import Batch
 from vlp.datamodules.shards import ShardDataModule
 from vlp.datamodules.stream import StreamLoader
 
 CAPTION = json.dumps({"captions": ["a test caption"]}).encode()
-SMALL = {"image_size": 32, "patch_size": 16, "batch_size": 4, "shuffle_buffer": 1}
+SMALL = {"batch_size": 4, "shuffle_buffer": 1}
 
 
 def image_bytes(image: Image.Image, fmt: str, **options: Any) -> bytes:
@@ -289,7 +289,7 @@ FAULTS = [
 
 
 def read_split(root: Path, **options: Any) -> tuple[list[Batch], ShardDataModule]:
-    dm = ShardDataModule(str(root), **{**SMALL, "num_workers": 0, **options})
+    dm = data_module(root, **{**SMALL, "num_workers": 0, **options})
     dm.setup("fit")
     batches = [dm.on_before_batch_transfer(batch, 0) for batch in dm.val_dataloader()]
     return batches, dm
@@ -356,7 +356,7 @@ def test_every_fault_together_through_workers_and_ranks(tmp_path: Path) -> None:
     assert dm.num_skipped == sum(len(f.skipped) for f in FAULTS)
 
     for rank in range(2):
-        dm = ShardDataModule(str(tmp_path), **{**SMALL, "num_workers": 2})
+        dm = data_module(tmp_path, **{**SMALL, "num_workers": 2})
         dm.setup("fit")
         dm._world = lambda rank=rank: (rank, 2)  # type: ignore[method-assign]  # what a trainer would report
         loader = dm.train_dataloader()

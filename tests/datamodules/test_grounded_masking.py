@@ -59,7 +59,8 @@ def test_bad_probability_is_refused() -> None:
 
 
 def test_collator_masks_grounded_words_on_top_of_mlm_and_labels_them() -> None:
-    from vlp.datamodules.collate import DecodedSample, PretrainCollator
+    from vlp.datamodules.collate import PretrainCollator
+    from vlp.datamodules.decode import DecodedSample
 
     captions = ["a small red hexagon left of a cyan circle"] * 4
     samples = [
@@ -67,7 +68,7 @@ def test_collator_masks_grounded_words_on_top_of_mlm_and_labels_them() -> None:
     ]
     collate = PretrainCollator(
         mlm_probability=0.0, grounded_words=WORDS, grounded_mask_probability=1.0, whole_word_masking=True
-    )
+    ).for_split(train=True)
     batch = collate(samples, torch.Generator().manual_seed(0))
     tokenizer = load_tokenizer()
     masked = batch.mlm_text_ids == tokenizer.mask_token_id
@@ -77,27 +78,28 @@ def test_collator_masks_grounded_words_on_top_of_mlm_and_labels_them() -> None:
     ]  # fmt: skip
     assert torch.equal(batch.mlm_labels[masked], batch.text_ids[masked])
 
-    plain = PretrainCollator(mlm_probability=0.15, whole_word_masking=True)(
+    plain = PretrainCollator(mlm_probability=0.15, whole_word_masking=True).for_split(train=True)(
         samples, torch.Generator().manual_seed(0)
     )
     both = PretrainCollator(
         mlm_probability=0.15, whole_word_masking=True, grounded_words=WORDS, grounded_mask_probability=1.0
-    )(samples, torch.Generator().manual_seed(0))
+    ).for_split(train=True)(samples, torch.Generator().manual_seed(0))
     # the ordinary MLM targets are kept; grounded ones are added
     assert ((plain.mlm_labels != -100) <= (both.mlm_labels != -100)).all()
     with pytest.raises(ValueError, match="grounded_words"):
-        PretrainCollator(grounded_mask_probability=0.5)
+        PretrainCollator(grounded_mask_probability=0.5, grounded_words=[])
 
 
-def test_data_module_takes_grounded_words_from_vocab_json(tmp_path) -> None:
-    from vlp.datamodules.shards import ShardDataModule
+def test_the_grounded_words_are_vocab_json_s_unless_listed(tmp_path) -> None:
+    from vlp.datamodules.collate import PretrainCollator
+    from vlp.datamodules.parts import Vocab
 
-    dm = ShardDataModule(root=str(tmp_path), grounded_mask_probability=0.3)
-    dm.vocab = {"categories": ["circle"], "attributes": ["red", "small"]}
-    assert dm.collator(train=True).grounded_words == ("circle", "red", "small")
-    dm.vocab = {}
-    with pytest.raises(ValueError, match=r"vocab\.json"):
-        dm.collator(train=True)
-    assert ShardDataModule(
-        root=str(tmp_path), grounded_mask_probability=0.3, grounded_words=["red"]
-    ).collator(train=False).grounded_words == ("red",)
+    vocab = Vocab(tmp_path / "vocab.json", {"categories": ["circle"], "attributes": ["red", "small"]})
+    collator = PretrainCollator(grounded_mask_probability=0.3)
+    assert collator.for_split(train=True, vocab=vocab).words == ("circle", "red", "small")
+    with pytest.raises(
+        ValueError, match=r"grounded_mask_probability=0.3 but .*vocab\.json has no 'categories'"
+    ):
+        collator.for_split(train=True, vocab=Vocab(tmp_path / "vocab.json", {}))
+    listed = PretrainCollator(grounded_mask_probability=0.3, grounded_words=["red"])
+    assert listed.for_split(train=False, vocab=vocab).words == ("red",)

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 import torch
-from shard_helpers import good_sample, keyed_shards, png_bytes, write_dataset
+from shard_helpers import data_module, good_sample, keyed_shards, png_bytes, write_dataset
 
 from vlp.batch import Batch
-from vlp.datamodules.collate import DecodedSample, SkippedSample
-from vlp.datamodules.shards import SampleDecoder, ShardDataModule
+from vlp.datamodules.decode import DecodedSample, SampleDecoder, SkippedSample
+from vlp.datamodules.shards import ShardDataModule
 from vlp.datamodules.synth.shapes import ShapesConfig
 from vlp.datamodules.transforms import ViltTransform
 
-SMALL = {"image_size": 32, "patch_size": 16, "batch_size": 4, "shuffle_buffer": 8}
+SMALL = {"batch_size": 4, "shuffle_buffer": 8}
 
 
 def epoch_keys(loader: Any, datamodule: ShardDataModule | None = None) -> list[str]:
@@ -35,7 +35,7 @@ def four_shards(tmp_path: Path) -> Path:
 
 
 def datamodule(root: Path, **kwargs: Any) -> ShardDataModule:
-    dm = ShardDataModule(str(root), **{**SMALL, **kwargs})
+    dm = data_module(root, **{**SMALL, **kwargs})
     dm.setup("fit")
     return dm
 
@@ -106,7 +106,7 @@ def test_corrupt_and_incomplete_samples_are_skipped_and_counted(
 
 
 def test_decoder_reasons() -> None:
-    decoder = SampleDecoder(ViltTransform(32, 16))
+    decoder = SampleDecoder().bind(ViltTransform(32, 16))
     assert isinstance(decoder(good_sample("ok")), DecodedSample)
     no_image = {"__key__": "k", "json": b"{}"}
     bad_json = {**good_sample("j"), "json": b"{not json"}
@@ -116,7 +116,7 @@ def test_decoder_reasons() -> None:
 
 def test_img2dataset_txt_caption_is_used() -> None:
     sample = {"__key__": "web", "jpg": png_bytes((1, 2, 3)), "txt": b"a photo of a dog", "json": b"{}"}
-    decoded = SampleDecoder(ViltTransform(32, 16))(sample)
+    decoded = SampleDecoder().bind(ViltTransform(32, 16))(sample)
     assert isinstance(decoded, DecodedSample) and decoded.captions == ["a photo of a dog"]
 
 
@@ -136,13 +136,13 @@ def test_resampled_epoch_has_the_requested_length(four_shards: Path) -> None:
         batches = list(loader)
         assert len(batches) == 3 and sum(len(b) for b in batches) == 12  # rounded up to whole batches
     with pytest.raises(ValueError, match="epoch_samples"):
-        ShardDataModule(str(four_shards), resampled=True)
+        data_module(four_shards, resampled=True)
 
 
 def test_missing_root_names_the_path_and_the_fix(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match="vlp data synth shapes") as info:
-        ShardDataModule(str(missing)).setup("fit")
+        data_module(missing).setup("fit")
     assert str(missing) in str(info.value)
 
 
@@ -167,7 +167,7 @@ def test_synth_generates_the_dataset_once(tmp_path: Path, caplog: pytest.LogCapt
         pair_test_samples=0,
         samples_per_shard=4,
     )
-    dm = ShardDataModule(str(root), synth=config, num_workers=0, **SMALL)
+    dm = data_module(root, synth=config, num_workers=0, **SMALL)
     with caplog.at_level(logging.INFO, logger="vlp.datamodules.shards"):
         dm.prepare_data()
         dm.prepare_data()
@@ -183,7 +183,7 @@ def test_synth_never_touches_a_folder_it_did_not_write(tmp_path: Path) -> None:
     """Pointing a recipe with a ``synth`` block at one's own shards stops the run, naming the setting."""
     write_dataset(tmp_path / "mydata", {"train": keyed_shards("t", 1, 2)})
     before = {p: p.read_bytes() for p in (tmp_path / "mydata").rglob("*") if p.is_file()}
-    dm = ShardDataModule(str(tmp_path / "mydata"), synth=ShapesConfig(resolution=32, train_samples=4))
+    dm = data_module(tmp_path / "mydata", synth=ShapesConfig(resolution=32, train_samples=4))
     with pytest.raises(
         ValueError, match=r"data\.init_args\.synth: null \(--data\.init_args\.synth=null\)"
     ) as info:

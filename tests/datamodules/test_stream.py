@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 import torch
-from shard_helpers import shards_of, write_dataset
+from shard_helpers import data_module, shards_of, write_dataset
 
 from vlp.batch import Batch
 from vlp.datamodules.shards import ShardDataModule
 from vlp.datamodules.stream import StreamLoader, shard_sample_count
 
-SMALL = {"image_size": 32, "patch_size": 16, "batch_size": 4, "shuffle_buffer": 6}
+SMALL = {"batch_size": 4, "shuffle_buffer": 6}
 
 
 def datamodule(root: Path, rank: int = 0, world_size: int = 1, **kwargs: Any) -> ShardDataModule:
-    dm = ShardDataModule(str(root), **{**SMALL, **kwargs})
+    dm = data_module(root, **{**SMALL, **kwargs})
     dm.setup("fit")
     dm._world = lambda: (rank, world_size)  # type: ignore[method-assign]  # what a trainer would report
     return dm

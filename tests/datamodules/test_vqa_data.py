@@ -5,13 +5,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from shard_helpers import png_bytes, write_dataset
+from shard_helpers import data_module, png_bytes, write_dataset
 
-from vlp.datamodules.collate import DecodedSample, SkippedSample
+from vlp.datamodules.decode import DecodedSample, SkippedSample
+from vlp.datamodules.parts import Vocab
 from vlp.datamodules.transforms import ViltTransform
-from vlp.datamodules.vqa import VQACollator, VQADataModule, VQADecoder, answer_scores
+from vlp.datamodules.vqa import VQACollator, VQADecoder, answer_scores
 
 ANSWERS = ["red", "blue", "two", "yes"]
+VOCAB = Vocab(lists={"answers": ANSWERS})
 INDEX = {a: i for i, a in enumerate(ANSWERS)}
 
 
@@ -37,7 +39,7 @@ QA_B = [{"question": "is there a square?", "answers": ["yes"]}]
 
 
 def test_evaluation_rows_are_every_question_training_rows_one_per_image() -> None:
-    collate = VQACollator(ANSWERS, all_questions=True)
+    collate = VQACollator().for_split(train=False, vocab=VOCAB)  # evaluation: every question
     batch = collate([sample("a", QA_A), SkippedSample("x", "broken"), sample("bb", QA_B)])
     assert batch.keys == ["a/q0", "a/q1", "bb/q0"]
     assert batch.num_skipped == 1 and batch.skipped_keys == ["x"]
@@ -48,7 +50,7 @@ def test_evaluation_rows_are_every_question_training_rows_one_per_image() -> Non
     assert torch.equal(batch.pixels[0], batch.pixels[1]) and batch.pixels[2, 0, 0, 0] == 2.0
     assert batch.text_ids.shape[0] == 3 and batch.text_mask.dtype == torch.bool
 
-    one = VQACollator(ANSWERS, all_questions=False)
+    one = VQACollator().for_split(train=True, vocab=VOCAB)  # training: one question per image
     chosen = set()
     for seed in range(20):
         batch = one([sample("a", QA_A), sample("bb", QA_B)], torch.Generator().manual_seed(seed))
@@ -58,12 +60,12 @@ def test_evaluation_rows_are_every_question_training_rows_one_per_image() -> Non
 
 
 def test_blank_images_zero_every_pixel_and_keep_the_masks() -> None:
-    batch = VQACollator(ANSWERS, all_questions=True, blank_images=True)([sample("a", QA_A)])
+    batch = VQACollator(blank_images=True).for_split(train=False, vocab=VOCAB)([sample("a", QA_A)])
     assert batch.pixels.abs().sum() == 0 and batch.pixel_mask.all()
 
 
 def test_decoder_skips_samples_without_usable_questions() -> None:
-    decode = VQADecoder(ViltTransform(32, 16))
+    decode = VQADecoder().bind(ViltTransform(32, 16))
     raw = {"__key__": "k", "png": png_bytes((1, 2, 3))}
     good = decode({**raw, "json": json.dumps({"qa": QA_B}).encode()})
     assert isinstance(good, DecodedSample)  # captions are not needed
@@ -75,8 +77,8 @@ def test_decoder_skips_samples_without_usable_questions() -> None:
 def test_datamodule_reads_shapes_answers_and_refuses_a_vocab_without_them(
     tiny_shapes: Path, tmp_path: Path
 ) -> None:
-    dm = VQADataModule(
-        str(tiny_shapes), batch_size=4, num_workers=0, image_size=32, patch_size=16, full_credit_answers=1
+    dm = data_module(
+        tiny_shapes, VQADecoder(), VQACollator(full_credit_answers=1), batch_size=4, num_workers=0
     )
     dm.setup("fit")
     batch = next(iter(dm.val_dataloader()))
@@ -86,7 +88,7 @@ def test_datamodule_reads_shapes_answers_and_refuses_a_vocab_without_them(
     assert len(batch) > 4  # every question of the 4 images
 
     write_dataset(tmp_path, {"train": [[]], "val": [[]]})  # vocab.json without answers
-    bare = VQADataModule(str(tmp_path), num_workers=0)
+    bare = data_module(tmp_path, VQADecoder(), VQACollator(), num_workers=0)
     bare.setup("fit")
-    with pytest.raises(ValueError, match=r"vocab\.json.*answers"):
-        bare.collator(train=True)
+    with pytest.raises(ValueError, match=r"vocab\.json has no 'answers' list: VQA classifies over it"):
+        bare.train_dataloader()

@@ -23,12 +23,16 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from vlp.cli import main
-from vlp.datamodules.e2e import E2EDataModule
-from vlp.datamodules.pairs import PairDataModule
-from vlp.datamodules.retrieval import RetrievalDataModule
+from vlp.datamodules.collate import PretrainCollator
+from vlp.datamodules.decode import SampleDecoder
+from vlp.datamodules.e2e import E2ECollator, ObjectDecoder
+from vlp.datamodules.pairs import PairCollator, PairDecoder
+from vlp.datamodules.parts import Collator, Decoder
+from vlp.datamodules.retrieval import RetrievalCollator
 from vlp.datamodules.shards import ShardDataModule
 from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
-from vlp.datamodules.vqa import VQADataModule
+from vlp.datamodules.transforms import ViltTransform
+from vlp.datamodules.vqa import VQACollator, VQADecoder
 from vlp.models.e2e_vlp.model import E2EVLP
 from vlp.models.embedders import ViTPatchEmbedder
 from vlp.models.embedders.text import TextEmbedder
@@ -66,13 +70,22 @@ VOCAB = 30522  # the bundled tokenizer's: the shards' captions are tokenized wit
 TEXT_LEN = 40
 IMAGE = 32
 TEST_SAMPLES = 6  # two test shards of 3, read in batches of 4 (a batch spans both shards)
-DATA = {
-    "image_size": IMAGE,
-    "patch_size": 8,
-    "num_workers": 0,
-    "eval_batch_size": 4,
-    "max_text_len": TEXT_LEN,
-}
+READER = {"num_workers": 0, "eval_batch_size": 4}
+PAIR_SPLITS = {"train_split": "pairs_train", "val_split": "pairs_val", "test_split": "pairs_test"}
+
+
+def datamodule(
+    root: Path, decoder: Decoder | None = None, collator: Collator | None = None, **reader: Any
+) -> ShardDataModule:
+    """The shapes data with ``decoder`` and ``collator`` (pre-training's by default), 32 px in patches of 8."""
+    return ShardDataModule(
+        str(root),
+        transform=ViltTransform(IMAGE, 8),
+        decoder=SampleDecoder() if decoder is None else decoder,
+        collator=PretrainCollator(max_text_len=TEXT_LEN) if collator is None else collator,
+        **READER,
+        **reader,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +156,10 @@ def e2e(seed: int = 0) -> E2EVLP:
     )
 
 
-def e2e_data(root: Path) -> E2EDataModule:
-    return E2EDataModule(str(root), mlm_probability=0.0, itm=False, **DATA)
+def e2e_data(root: Path) -> ShardDataModule:
+    return datamodule(
+        root, ObjectDecoder(), E2ECollator(mlm_probability=0.0, itm=False, max_text_len=TEXT_LEN)
+    )
 
 
 # ------------------------------------------------------------------------------------ pre-training
@@ -154,7 +169,7 @@ def test_pretrain_writes_the_itm_probability_of_each_sample_with_its_own_image(
     shapes: Path, tmp_path: Path
 ) -> None:
     task = PretrainTask(vilt(), {"itm": ITMObjective(ITMHead(DIM))})
-    data = ShardDataModule(str(shapes), **DATA)
+    data = datamodule(shapes)
     predict(task, data, tmp_path)  # predict_dir None: <default_root_dir>/predictions
     rows = read_jsonl(tmp_path / "predictions" / "itm_scores.jsonl")
     samples = split_samples(shapes, "test")
@@ -176,10 +191,10 @@ def test_pretrain_writes_the_itm_probability_of_each_sample_with_its_own_image(
 def test_predict_refuses_to_write_over_earlier_predictions(shapes: Path, tmp_path: Path) -> None:
     out = tmp_path / "pred"
     task = PretrainTask(vilt(), {"itm": ITMObjective(ITMHead(DIM))}, predict_dir=str(out))
-    predict(task, ShardDataModule(str(shapes), **DATA), tmp_path)
+    predict(task, datamodule(shapes), tmp_path)
     before = (out / "itm_scores.jsonl").read_text()
     with pytest.raises(FileExistsError, match=r"already holds predictions \(itm_scores\.jsonl\)"):
-        predict(task, ShardDataModule(str(shapes), **DATA), tmp_path)
+        predict(task, datamodule(shapes), tmp_path)
     assert (out / "itm_scores.jsonl").read_text() == before
 
 
@@ -189,7 +204,7 @@ def test_pretrain_predict_without_an_itm_objective_names_it(shapes: Path, tmp_pa
 
     task = PretrainTask(vilt(), {"mlm": MLMObjective(MLMHead(DIM, vocab_size=VOCAB))})
     with pytest.raises(ValueError, match="needs a ITMObjective with a non-zero loss weight"):
-        predict(task, ShardDataModule(str(shapes), **DATA), tmp_path)
+        predict(task, datamodule(shapes), tmp_path)
 
 
 def test_e2e_pretrain_writes_itm_probabilities(shapes: Path, tmp_path: Path) -> None:
@@ -210,7 +225,11 @@ def test_vqa_writes_vqav2_results_one_per_question(shapes: Path, tmp_path: Path)
     task = VQATask(
         vilt(), {"vqa": VQAObjective(ClassifierHead(DIM, len(answers)))}, predict_dir=str(tmp_path)
     )
-    predict(task, VQADataModule(str(shapes), full_credit_answers=1, **DATA), tmp_path)
+    predict(
+        task,
+        datamodule(shapes, VQADecoder(), VQACollator(full_credit_answers=1, max_text_len=TEXT_LEN)),
+        tmp_path,
+    )
     results = json.loads((tmp_path / "vqa_results.json").read_text())
     questions = {
         f"{key}/q{j}" for key, s in split_samples(shapes, "test").items() for j in range(len(s["qa"]))
@@ -223,13 +242,19 @@ def test_vqa_writes_vqav2_results_one_per_question(shapes: Path, tmp_path: Path)
 def test_vqa_predict_refuses_a_head_of_another_vocabulary(shapes: Path, tmp_path: Path) -> None:
     task = VQATask(vilt(), {"vqa": VQAObjective(ClassifierHead(DIM, 7))}, predict_dir=str(tmp_path))
     with pytest.raises(ValueError, match=r"predicts 7 answers but the data's vocab\.json lists 25"):
-        predict(task, VQADataModule(str(shapes), full_credit_answers=1, **DATA), tmp_path)
+        predict(
+            task,
+            datamodule(shapes, VQADecoder(), VQACollator(full_credit_answers=1, max_text_len=TEXT_LEN)),
+            tmp_path,
+        )
     assert not (tmp_path / "vqa_results.json").exists()
 
 
 def test_nlvr2_writes_a_label_and_probability_per_statement(shapes: Path, tmp_path: Path) -> None:
     task = NLVR2Task(vilt(), {"nlvr2": NLVR2Objective(ClassifierHead(2 * DIM, 2))}, predict_dir=str(tmp_path))
-    predict(task, PairDataModule(str(shapes), **DATA), tmp_path)
+    predict(
+        task, datamodule(shapes, PairDecoder(), PairCollator(max_text_len=TEXT_LEN), **PAIR_SPLITS), tmp_path
+    )
     rows = read_jsonl(tmp_path / "nlvr2_predictions.jsonl")
     pairs = split_samples(shapes, "pairs_test")
     assert [r["identifier"] for r in rows] == sorted(pairs)
@@ -244,7 +269,11 @@ def test_retrieval_writes_top_k_both_ways(shapes: Path, tmp_path: Path) -> None:
     task = RetrievalTask(
         vilt(), {"rank": RetrievalObjective(RankHead(DIM))}, predict_top_k=4, predict_dir=str(tmp_path)
     )
-    predict(task, RetrievalDataModule(str(shapes), max_captions=2, **DATA), tmp_path)
+    predict(
+        task,
+        datamodule(shapes, SampleDecoder(), RetrievalCollator(max_captions=2, max_text_len=TEXT_LEN)),
+        tmp_path,
+    )
     result = json.loads((tmp_path / "rankings.json").read_text())
     samples = split_samples(shapes, "test")
     keys = sorted(samples)
@@ -320,7 +349,7 @@ def test_vqgan_writes_grids_of_originals_above_reconstructions(shapes: Path, tmp
         num_codes=16, code_dim=4, norm_groups=4,
     )  # fmt: skip
     task = VQGANTask(model, VQGANLoss(), predict_dir=str(tmp_path))
-    data = ShardDataModule(str(shapes), itm=False, **DATA)
+    data = datamodule(shapes, collator=PretrainCollator(itm=False, max_text_len=TEXT_LEN))
     predict(task, data, tmp_path)
     rows = read_jsonl(tmp_path / "reconstructions.jsonl")
     assert [r["key"] for r in rows] == sorted(split_samples(shapes, "test"))
@@ -349,8 +378,23 @@ def part(class_path: str, **init_args: Any) -> dict[str, Any]:
     return {"class_path": class_path, "init_args": init_args}
 
 
+def data_part(
+    shapes: Path, decoder: str, collator: str, collator_args: dict[str, Any], **reader: Any
+) -> dict[str, Any]:
+    """The recipe form of :func:`datamodule`: the shapes data read with ``decoder`` and ``collator``."""
+    return part(
+        "vlp.datamodules.shards.ShardDataModule",
+        root=str(shapes),
+        transform=part("vlp.datamodules.transforms.ViltTransform", image_size=IMAGE, patch_size=8),
+        decoder=part(decoder),
+        collator=part(collator, max_text_len=TEXT_LEN, **collator_args),
+        **READER,
+        **reader,
+    )
+
+
 def tiny_recipe(
-    shapes: Path, root_dir: Path, task: str, objectives: dict[str, Any], data: str, **data_args: Any
+    root_dir: Path, task: str, objectives: dict[str, Any], data: dict[str, Any]
 ) -> dict[str, Any]:
     """A recipe of the tiny ViLT (random weights: no init_from) for ``task`` over ``data``."""
     model = part(
@@ -366,7 +410,7 @@ def tiny_recipe(
         "seed_everything": 0,
         "trainer": trainer | {"enable_model_summary": False, "default_root_dir": str(root_dir)},
         "model": part(task, model=model, objectives=objectives),
-        "data": part(data, root=str(shapes), **DATA, **data_args),
+        "data": data,
     }
 
 
@@ -378,10 +422,13 @@ def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
 def test_cli_predict_writes_vqa_results_under_the_default_root_dir(shapes: Path, tmp_path: Path) -> None:
     head = part("vlp.models.layers.heads.ClassifierHead", input_dim=DIM, num_classes=25)
     objectives = {"vqa": part("vlp.objectives.VQAObjective", head=head)}
-    recipe = tiny_recipe(
-        shapes, tmp_path / "run", "vlp.tasks.VQATask", objectives, "vlp.datamodules.vqa.VQADataModule",
-        full_credit_answers=1,
-    )  # fmt: skip
+    data = data_part(
+        shapes,
+        "vlp.datamodules.vqa.VQADecoder",
+        "vlp.datamodules.vqa.VQACollator",
+        {"full_credit_answers": 1},
+    )
+    recipe = tiny_recipe(tmp_path / "run", "vlp.tasks.VQATask", objectives, data)
     main(["predict", "--config", str(write_recipe(tmp_path / "vqa.yaml", recipe))])
     results = json.loads((tmp_path / "run" / "predictions" / "vqa_results.json").read_text())
     questions = sum(len(s["qa"]) for s in split_samples(shapes, "test").values())
@@ -392,14 +439,12 @@ DDP_RECIPES = {
     "nlvr2": (
         "vlp.tasks.NLVR2Task",
         {"nlvr2": part("vlp.objectives.NLVR2Objective", head=part("vlp.models.layers.heads.ClassifierHead", input_dim=2 * DIM, num_classes=2))},
-        "vlp.datamodules.pairs.PairDataModule",
-        {},
+        ("vlp.datamodules.pairs.PairDecoder", "vlp.datamodules.pairs.PairCollator", {}, PAIR_SPLITS),
     ),
     "retrieval": (
         "vlp.tasks.RetrievalTask",
         {"rank": part("vlp.objectives.RetrievalObjective", head=part("vlp.models.layers.heads.RankHead", dim=DIM))},
-        "vlp.datamodules.retrieval.RetrievalDataModule",
-        {"max_captions": 2},
+        ("vlp.datamodules.decode.SampleDecoder", "vlp.datamodules.retrieval.RetrievalCollator", {"max_captions": 2}, {}),
     ),
 }  # fmt: skip
 
@@ -427,8 +472,9 @@ def test_ddp_predict_writes_the_files_one_process_writes(shapes: Path, tmp_path:
     order and with the values of a single process: rows are gathered and the first process writes them,
     and retrieval scores all pairs of both processes' images."""
     recipes = {}
-    for name, (task, objectives, data, data_args) in DDP_RECIPES.items():
-        recipe = tiny_recipe(shapes, tmp_path / name, task, objectives, data, **data_args)
+    for name, (task, objectives, (decoder, collator, collator_args, reader)) in DDP_RECIPES.items():
+        data = data_part(shapes, decoder, collator, collator_args, **reader)
+        recipe = tiny_recipe(tmp_path / name, task, objectives, data)
         if name == "retrieval":
             recipe["model"]["init_args"]["predict_top_k"] = 2 * TEST_SAMPLES  # every pair, both ways
         recipes[name] = write_recipe(tmp_path / f"{name}.yaml", recipe)

@@ -53,7 +53,7 @@ def test_recipe_builds_the_judge_on_detection_batches() -> None:
     cli = VLPCLI(args=["--config", str(RECIPE)], run=False)
     assert isinstance(cli.model, ShapesJudgeTask)
     assert cli.model.judge.cell_head.out_channels == len(COLOUR_NAMES) + len(SHAPES)
-    assert cli.datamodule.detection and cli.datamodule.image_size == 64
+    assert cli.datamodule.collator.targets and cli.datamodule.transform.image_size == 64
 
 
 def test_recipe_fits_through_the_cli_and_its_checkpoint_loads_as_a_judge(
@@ -62,7 +62,7 @@ def test_recipe_fits_through_the_cli_and_its_checkpoint_loads_as_a_judge(
     data_args = [
         f"--data.init_args.root={tiny_shapes}",
         "--data.init_args.synth=null",
-        "--data.init_args.image_size=32",
+        "--data.init_args.transform.init_args.image_size=32",
         "--data.init_args.batch_size=4",
         "--data.init_args.eval_batch_size=4",
         "--data.init_args.num_workers=0",

@@ -1,14 +1,16 @@
 """Collation of decoded samples into a pre-training :class:`~vlp.batch.Batch` (MLM + ITM).
 
-Decoding (in loader workers) turns every webdataset sample into a :class:`DecodedSample` or, when it
-cannot be used, a :class:`SkippedSample` marker; markers travel to the collator so that skips are
-counted in the batch the main process receives (``Batch.num_skipped`` / ``skipped_keys``).
+Decoding (:mod:`vlp.datamodules.decode`, in loader workers) turns every webdataset sample into a
+:class:`~vlp.datamodules.decode.DecodedSample` or a :class:`~vlp.datamodules.decode.SkippedSample` marker;
+markers travel to the collator so that skips are counted in the batch the main process receives
+(``Batch.num_skipped`` / ``skipped_keys``).
 
 Randomness (caption choice, image shuffling, ITM negatives, MLM masking) comes from the ``generator``
 passed with each call: a :class:`~vlp.datamodules.stream.ShardStream` seeds one per batch from the batch's
 coordinates, which is what makes a resumed run see the same batches. Called without one, the collator
 draws from its own generator, derived lazily on first use in each process from ``(seed, rank, loader
-worker id)``; a pickled copy (what each DataLoader worker receives) starts afresh.
+worker id)`` (``seed`` is the data module's, handed over by ``for_split``); a pickled copy (what each
+DataLoader worker receives) starts afresh.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -26,29 +27,12 @@ from torch import Tensor
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from vlp.batch import Batch
+from vlp.datamodules.decode import DecodedSample, SampleDecoder, SkippedSample
 from vlp.datamodules.grounded_masking import grounded_word_mask
+from vlp.datamodules.parts import Collator, Decoder, Vocab
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SkippedSample:
-    """Marker for a sample that could not be used; it flows to the collator, which counts it."""
-
-    key: str
-    reason: str
-
-
-@dataclass
-class DecodedSample:
-    """One decoded sample: the transformed image and its annotation."""
-
-    key: str
-    image: Tensor  # [3, H, W] float, normalised
-    captions: list[str]
-    annotation: dict[str, Any] = field(default_factory=dict)  # the sample's parsed json
-    orig_size: tuple[int, int] = (0, 0)  # (height, width) of the stored image, before resizing
 
 
 def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -116,7 +100,7 @@ def process_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, rank, worker]).generate_state(1)[0])
 
 
-class PretrainCollator:
+class PretrainCollator(Collator):
     """``list[DecodedSample | SkippedSample] -> Batch`` for MLM + ITM pre-training.
 
     Per batch: skip markers are counted and dropped; one caption per sample is chosen at random;
@@ -134,7 +118,13 @@ class PretrainCollator:
     always replaces a chosen word by ``[MASK]`` (no 10 % random / 10 % kept split). On top of that, every
     whole word of ``grounded_words`` (e.g. a dataset's categories and attributes) is masked with
     ``grounded_mask_probability`` (:mod:`vlp.datamodules.grounded_masking`: targets only the image can
-    supply, so MLM learns to read the image).
+    supply, so MLM learns to read the image); the words are ``grounded_words`` or, when that is None,
+    ``vocab.json``'s ``categories`` and ``attributes``.
+
+    A collator part (:class:`~vlp.datamodules.parts.Collator`) of samples from a
+    :class:`~vlp.datamodules.decode.SampleDecoder`: :meth:`for_split` hands over the seed and the
+    vocabulary, and shuffles images (the control above) in training only, so that validation and test
+    keep true pairs and measure what the run learnt.
 
     An all-skipped batch comes back empty (``len(batch) == 0``, tensors None) with its skips counted.
     """
@@ -147,32 +137,65 @@ class PretrainCollator:
         whole_word_masking: bool = False,
         itm: bool = True,
         shuffle_images: bool = False,
-        seed: int = 0,
-        max_logged_skips: int = 5,
-        grounded_words: Sequence[str] = (),
         grounded_mask_probability: float = 0.0,
+        grounded_words: list[str] | None = None,
+        max_logged_skips: int = 5,
     ) -> None:
         if not 0.0 <= mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in [0, 1], got {mlm_probability}")
         if not 0.0 <= grounded_mask_probability <= 1.0:
             raise ValueError(f"grounded_mask_probability must be in [0, 1], got {grounded_mask_probability}")
-        if grounded_mask_probability > 0 and not grounded_words:
+        if grounded_mask_probability > 0 and grounded_words is not None and not grounded_words:
             raise ValueError("grounded_mask_probability > 0 needs grounded_words (the words to mask)")
-        if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
         self.tokenizer_name = tokenizer
         self.max_text_len = max_text_len
         self.mlm_probability = mlm_probability
         self.whole_word_masking = whole_word_masking
         self.itm = itm
         self.shuffle_images = shuffle_images
-        self.seed = seed
-        self.max_logged_skips = max_logged_skips
-        self.grounded_words = tuple(grounded_words)
         self.grounded_mask_probability = grounded_mask_probability
+        self.grounded_words = None if grounded_words is None else list(grounded_words)
+        self.max_logged_skips = max_logged_skips
+        # the split's settings, handed over by for_split
+        self.seed = 0
+        self.shuffle = False
+        self.words: tuple[str, ...] = ()
         self._generator: torch.Generator | None = None
         self._masker: DataCollatorForLanguageModeling | None = None
         self._logged_skips = 0
+
+    def decoder_type(self) -> type[Decoder]:
+        return SampleDecoder
+
+    def for_split(self, train: bool, seed: int = 0, vocab: Vocab | None = None) -> Self:
+        """The split's collator: images shuffled when :meth:`shuffles` says so, randomness from ``seed``
+        (when no generator is passed), grounded words from ``vocab`` unless ``grounded_words`` lists them."""
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        bound = self._bound_copy()
+        bound.seed = seed
+        bound.shuffle = self.shuffles(train)
+        bound.words = tuple(self.masked_words(vocab or Vocab()))
+        return bound
+
+    def shuffles(self, train: bool) -> bool:
+        """Whether the split's images are shuffled: with ``shuffle_images``, in training only."""
+        return train and self.shuffle_images
+
+    def masked_words(self, vocab: Vocab) -> list[str]:
+        """The words grounded masking picks from: ``grounded_words``, else the vocabulary's categories
+        and attributes; none when grounded masking is off."""
+        if self.grounded_mask_probability == 0:
+            return []
+        if self.grounded_words is not None:
+            return list(self.grounded_words)
+        words = [*vocab.words("categories"), *vocab.words("attributes")]
+        if not words:
+            raise ValueError(
+                f"grounded_mask_probability={self.grounded_mask_probability} but {vocab.path} has no "
+                "'categories' or 'attributes' to mask: list the words in grounded_words"
+            )
+        return words
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the per-process generator, so each loader worker derives its own."""
@@ -209,6 +232,7 @@ class PretrainCollator:
     ) -> Batch:
         """Collate; randomness comes from ``generator`` when given (a stream passes one per batch,
         seeded by the batch's coordinates), else from this process's own generator."""
+        self._check_bound()
         kept = [s for s in samples if isinstance(s, DecodedSample)]
         skipped = [s for s in samples if isinstance(s, SkippedSample)]
         self._log_skips(skipped)
@@ -218,7 +242,7 @@ class PretrainCollator:
 
         generator = generator if generator is not None else self.generator()
         images = [s.image for s in kept]
-        if self.shuffle_images:
+        if self.shuffle:
             images = [images[j] for j in random_derangement(len(images), generator)]
         itm_labels = itm_image_index = None
         if self.itm:
@@ -274,7 +298,7 @@ class PretrainCollator:
             mlm_text_ids, mlm_labels = text_ids.clone(), torch.full_like(text_ids, -100)
         if self.grounded_mask_probability > 0:
             picked = grounded_word_mask(
-                captions, encoding, self.grounded_words, self.grounded_mask_probability, generator
+                captions, encoding, self.words, self.grounded_mask_probability, generator
             )
             picked &= mlm_labels == -100
             mlm_text_ids[picked] = self.tokenizer.mask_token_id

@@ -1,9 +1,12 @@
 """E2E-VLP batches: the pre-training views (MLM, ITM) plus detection targets and caption tokens.
 
-One data module serves the three E2E-VLP recipes, switched by flags: joint pre-training (MLM + ITM +
-detection + captioning), captioning fine-tuning (captions only) and detection with paired text
-(a caption + boxes). Detection targets are parsed in the loader workers, where a bad object skips
-its sample (counted, with the reason naming the field) like any other bad sample:
+Two parts of a :class:`~vlp.datamodules.shards.ShardDataModule` serve the three E2E-VLP recipes, switched
+by flags: joint pre-training (MLM + ITM + detection + captioning), captioning fine-tuning (captions only)
+and detection with paired text (a caption + boxes). With detection the decoder is an
+:class:`ObjectDecoder` and the :class:`E2ECollator` puts its ``targets`` in the batch; without, a
+:class:`~vlp.datamodules.decode.SampleDecoder` serves. Detection targets are parsed in the loader
+workers, where a bad object skips its sample (counted, with the reason naming the field) like any
+other bad sample:
 
 * ``objects[i].bbox`` ``[x, y, w, h]`` in pixels of the stored image → normalised ``cxcywh`` in
   ``[0, 1]`` (the transform resizes the whole image without cropping, so normalised boxes hold for the
@@ -20,19 +23,16 @@ for the captioning metrics.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Self
 
 import torch
-from PIL import Image
-from torch import Tensor
 
 from vlp.batch import Batch, Targets
-from vlp.datamodules.collate import DecodedSample, PretrainCollator, SkippedSample
-from vlp.datamodules.shards import MAX_IMAGE_PIXELS, SampleDecoder, ShardDataModule
-from vlp.datamodules.synth.shapes import ShapesConfig
-from vlp.tokenizers import BUNDLED
+from vlp.datamodules.collate import PretrainCollator
+from vlp.datamodules.decode import MAX_IMAGE_PIXELS, DecodedSample, SampleDecoder, SkippedSample
+from vlp.datamodules.parts import Decoder, Transform, Vocab
 
 
 @dataclass
@@ -94,18 +94,27 @@ def parse_objects(
 
 
 class ObjectDecoder(SampleDecoder):
-    """:class:`~vlp.datamodules.shards.SampleDecoder` that also parses the json's ``objects``."""
+    """:class:`~vlp.datamodules.decode.SampleDecoder` that also parses the json's ``objects``, over the
+    ``categories`` (required) and ``attributes`` lists of the dataset's ``vocab.json``."""
 
-    def __init__(
+    def __init__(self) -> None:
+        super().__init__()
+        self.categories: dict[str, int] = {}
+        self.attributes: dict[str, int] = {}
+
+    def bind(
         self,
-        transform: Callable[[Image.Image], Tensor],
-        categories: Sequence[str],
-        attributes: Sequence[str] = (),
+        transform: Transform,
+        vocab: Vocab | None = None,
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
-    ) -> None:
-        super().__init__(transform, max_image_pixels=max_image_pixels)
-        self.categories = {name: i for i, name in enumerate(categories)}
-        self.attributes = {name: i for i, name in enumerate(attributes)}
+    ) -> Self:
+        vocab = vocab or Vocab()
+        categories = vocab.words("categories", needed_for="detection classifies over it")
+        attributes = vocab.words("attributes")
+        bound = super().bind(transform, vocab, max_image_pixels)
+        bound.categories = {name: i for i, name in enumerate(categories)}
+        bound.attributes = {name: i for i, name in enumerate(attributes)}
+        return bound
 
     def __call__(self, sample: dict[str, Any]) -> ObjectSample | SkippedSample:
         decoded = super().__call__(sample)
@@ -126,16 +135,33 @@ class E2ECollator(PretrainCollator):
     ``references`` always carries every caption of each sample.
 
     Args:
-        targets: put each sample's :class:`Targets` in the batch (the samples must come from
+        targets: put each sample's :class:`Targets` in the batch (detection: the decoder must be an
             :class:`ObjectDecoder`).
-        captions: put the caption tokens in the batch.
+        captions: put the caption tokens in the batch (captioning).
+        shuffle_images: the blind control: every image is replaced by another sample's of the batch, so
+            image and text (and boxes) are unrelated. By default in training only, as in pre-training.
+        shuffle_eval_images: with ``shuffle_images``, validation and test images are replaced too (the
+            captioning control: captions are generated from another sample's image and scored against
+            the sample's own references).
+        mlm_probability, itm: the encoder views; ``0`` / ``False`` for fine-tuning.
         Others: as :class:`~vlp.datamodules.collate.PretrainCollator`.
     """
 
-    def __init__(self, *args: Any, targets: bool = True, captions: bool = True, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, targets: bool = True, captions: bool = True, shuffle_eval_images: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if shuffle_eval_images and not self.shuffle_images:
+            raise ValueError("shuffle_eval_images=True needs shuffle_images=True (it extends that control)")
         self.targets = targets
         self.captions = captions
+        self.shuffle_eval_images = shuffle_eval_images
+
+    def decoder_type(self) -> type[Decoder]:
+        return ObjectDecoder if self.targets else SampleDecoder
+
+    def shuffles(self, train: bool) -> bool:
+        return self.shuffle_images and (train or self.shuffle_eval_images)
 
     def __call__(
         self, samples: Sequence[DecodedSample | SkippedSample], generator: torch.Generator | None = None
@@ -158,120 +184,4 @@ class E2ECollator(PretrainCollator):
             caption_ids=batch.text_ids if self.captions else None,
             caption_mask=batch.text_mask if self.captions else None,
             references=[list(s.captions) for s in kept],
-        )
-
-
-class E2EDataModule(ShardDataModule):
-    """Webdataset shards as E2E-VLP batches (see the module docstring).
-
-    Args:
-        detection: detection targets from the json's ``objects`` (``vocab.json`` must list
-            ``categories``; ``attributes`` is optional).
-        captioning: the chosen caption as decoder tokens.
-        shuffle_images: the blind control: every image is replaced by another sample's of the batch, so
-            image and text (and boxes) are unrelated. By default in training only, as in pre-training.
-        shuffle_eval_images: with ``shuffle_images``, validation and test images are replaced too (the
-            captioning control: captions are generated from another sample's image and scored against
-            the sample's own references).
-        mlm_probability, itm: the encoder views; ``0`` / ``False`` for fine-tuning.
-        Others: as :class:`~vlp.datamodules.shards.ShardDataModule`.
-    """
-
-    def __init__(
-        self,
-        root: str,
-        train_split: str = "train",
-        val_split: str = "val",
-        test_split: str = "test",
-        synth: ShapesConfig | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        image_size: int = 384,
-        patch_size: int = 32,
-        randaugment: bool = False,
-        max_text_len: int = 40,
-        tokenizer: str = BUNDLED,
-        mlm_probability: float = 0.15,
-        whole_word_masking: bool = False,
-        grounded_mask_probability: float = 0.0,
-        grounded_words: list[str] | None = None,
-        itm: bool = True,
-        detection: bool = True,
-        captioning: bool = True,
-        shuffle_images: bool = False,
-        shuffle_eval_images: bool = False,
-        shuffle_buffer: int = 1000,
-        resampled: bool = False,
-        epoch_samples: int | None = None,
-        seed: int = 0,
-        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
-    ) -> None:
-        super().__init__(
-            root=root,
-            train_split=train_split,
-            val_split=val_split,
-            test_split=test_split,
-            synth=synth,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            image_size=image_size,
-            patch_size=patch_size,
-            randaugment=randaugment,
-            max_text_len=max_text_len,
-            tokenizer=tokenizer,
-            mlm_probability=mlm_probability,
-            whole_word_masking=whole_word_masking,
-            grounded_mask_probability=grounded_mask_probability,
-            grounded_words=grounded_words,
-            itm=itm,
-            shuffle_images=shuffle_images,
-            shuffle_buffer=shuffle_buffer,
-            resampled=resampled,
-            epoch_samples=epoch_samples,
-            seed=seed,
-            max_image_pixels=max_image_pixels,
-        )
-        if shuffle_eval_images and not shuffle_images:
-            raise ValueError("shuffle_eval_images=True needs shuffle_images=True (it extends that control)")
-        self.detection = detection
-        self.captioning = captioning
-        self.shuffle_eval_images = shuffle_eval_images
-
-    def vocab_list(self, name: str, required: bool) -> list[str]:
-        """``vocab.json``'s list ``name`` (after :meth:`setup`); a clear error when required and absent."""
-        value = self.vocab.get(name, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"{self.root / 'vocab.json'}: {name!r} must be a list of strings")
-        if required and not value:
-            raise ValueError(
-                f"{self.root / 'vocab.json'} has no {name!r} list: detection classifies over it "
-                "(`python -m vlp data synth shapes` writes one)"
-            )
-        return value
-
-    def decoder(self, transform: Callable[[Image.Image], Tensor]) -> SampleDecoder:
-        if not self.detection:
-            return SampleDecoder(transform, max_image_pixels=self.max_image_pixels)
-        return ObjectDecoder(
-            transform,
-            self.vocab_list("categories", required=True),
-            self.vocab_list("attributes", False),
-            max_image_pixels=self.max_image_pixels,
-        )
-
-    def collator(self, train: bool) -> E2ECollator:
-        return E2ECollator(
-            tokenizer=self.tokenizer,
-            max_text_len=self.max_text_len,
-            mlm_probability=self.mlm_probability,
-            whole_word_masking=self.whole_word_masking,
-            itm=self.itm,
-            shuffle_images=self.shuffle_images and (train or self.shuffle_eval_images),
-            seed=self.seed,
-            grounded_words=self._grounded_words(),
-            grounded_mask_probability=self.grounded_mask_probability,
-            targets=self.detection,
-            captions=self.captioning,
         )

@@ -1,7 +1,6 @@
-"""What the fine-tuning data modules share: a collator base and a :class:`ShardDataModule` without MLM/ITM.
+"""What the fine-tuning collators (VQA, image pairs, retrieval) share.
 
-Fine-tuning batches (VQA, image pairs, retrieval) carry clean text and no pre-training views. Every
-collator here can blank the images (``blank_images``: every pixel set to the normalised grey 0, pixel
+Fine-tuning batches carry clean text and no pre-training views. Every fine-tuning collator can blank the images (``blank_images``: every pixel set to the normalised grey 0, pixel
 masks kept): the text-only control, in which a model can only learn what the text alone predicts.
 Unlike the pre-training ``shuffle_images`` control it applies to every split, since a text-only
 model is also evaluated without images.
@@ -10,30 +9,35 @@ model is also evaluated without images.
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from vlp.batch import Batch
-from vlp.datamodules.collate import SkippedSample, pad_images, process_seed
-from vlp.datamodules.shards import MAX_IMAGE_PIXELS, ShardDataModule
-from vlp.datamodules.synth.shapes import ShapesConfig
+from vlp.datamodules.collate import pad_images, process_seed
+from vlp.datamodules.decode import SkippedSample
+from vlp.datamodules.parts import Collator, Vocab
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 
-class FinetuneCollator(ABC):
+class FinetuneCollator(Collator):
     """``list[decoded sample | SkippedSample] -> Batch``: skips counted, text tokenized, images padded.
 
     Subclasses implement :meth:`collate` on the usable samples. Randomness comes from the generator a
-    :class:`~vlp.datamodules.stream.ShardStream` passes with each batch (else from a per-process one),
-    so batches repeat exactly on resume.
+    :class:`~vlp.datamodules.stream.ShardStream` passes with each batch (else from a per-process one
+    seeded by the ``seed`` :meth:`for_split` hands over), so batches repeat exactly on resume.
+
+    Args:
+        tokenizer, max_text_len: how the text is tokenized (longer text is truncated).
+        blank_images: the text-only control (see the module docstring), on every split.
+        max_logged_skips: skipped samples logged by name (the rest are counted).
     """
 
     def __init__(
@@ -41,16 +45,23 @@ class FinetuneCollator(ABC):
         tokenizer: str = BUNDLED,
         max_text_len: int = 40,
         blank_images: bool = False,
-        seed: int = 0,
         max_logged_skips: int = 5,
     ) -> None:
         self.tokenizer_name = tokenizer
         self.max_text_len = max_text_len
         self.blank_images = blank_images
-        self.seed = seed
         self.max_logged_skips = max_logged_skips
+        self.seed = 0  # the split's, handed over by for_split
         self._generator: torch.Generator | None = None
         self._logged_skips = 0
+
+    def for_split(self, train: bool, seed: int = 0, vocab: Vocab | None = None) -> Self:
+        """The split's collator, randomness from ``seed`` when no generator is passed."""
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        bound = self._bound_copy()
+        bound.seed = seed
+        return bound
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -62,6 +73,7 @@ class FinetuneCollator(ABC):
         return load_tokenizer(self.tokenizer_name)
 
     def __call__(self, samples: Sequence[Any], generator: torch.Generator | None = None) -> Batch:
+        self._check_bound()
         kept = [s for s in samples if not isinstance(s, SkippedSample)]
         skipped = [s for s in samples if isinstance(s, SkippedSample)]
         self._log_skips(skipped)
@@ -109,67 +121,3 @@ class FinetuneCollator(ABC):
                 else ""
             )
             log.warning("vlp: skipped sample %s: %s%s", marker.key, marker.reason, tail)
-
-
-class FinetuneDataModule(ShardDataModule):
-    """A :class:`~vlp.datamodules.shards.ShardDataModule` for fine-tuning: no MLM masking, no ITM pairs.
-
-    Args:
-        blank_images: the text-only control (see the module docstring), on every split.
-        Others: as :class:`~vlp.datamodules.shards.ShardDataModule`.
-    """
-
-    def __init__(
-        self,
-        root: str,
-        train_split: str = "train",
-        val_split: str = "val",
-        test_split: str = "test",
-        synth: ShapesConfig | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        image_size: int = 384,
-        patch_size: int = 32,
-        randaugment: bool = False,
-        max_text_len: int = 40,
-        tokenizer: str = BUNDLED,
-        blank_images: bool = False,
-        shuffle_buffer: int = 1000,
-        resampled: bool = False,
-        epoch_samples: int | None = None,
-        seed: int = 0,
-        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
-    ) -> None:
-        super().__init__(
-            root=root,
-            train_split=train_split,
-            val_split=val_split,
-            test_split=test_split,
-            synth=synth,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            image_size=image_size,
-            patch_size=patch_size,
-            randaugment=randaugment,
-            max_text_len=max_text_len,
-            tokenizer=tokenizer,
-            mlm_probability=0.0,
-            itm=False,
-            shuffle_buffer=shuffle_buffer,
-            resampled=resampled,
-            epoch_samples=epoch_samples,
-            seed=seed,
-            max_image_pixels=max_image_pixels,
-        )
-        self.blank_images = blank_images
-
-    def collator_args(self) -> dict[str, Any]:
-        """The :class:`FinetuneCollator` arguments every split shares."""
-        return {
-            "tokenizer": self.tokenizer,
-            "max_text_len": self.max_text_len,
-            "blank_images": self.blank_images,
-            "seed": self.seed,
-        }

@@ -2,23 +2,28 @@
 
 A pair sample is ``__key__`` + ``left.<ext>`` + ``right.<ext>`` (png, jpg, jpeg or webp) + ``json`` with
 ``statement`` (str) and ``label`` (bool, or the strings ``"True"``/``"False"`` as NLVR2 writes them).
+The shapes generator writes them to the ``pairs_train``, ``pairs_val`` and ``pairs_test`` splits.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 from vlp.batch import Batch
-from vlp.datamodules.collate import SkippedSample
-from vlp.datamodules.finetune import FinetuneCollator, FinetuneDataModule
-from vlp.datamodules.shards import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, decode_image, image_failure
+from vlp.datamodules.decode import (
+    IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    SkippedSample,
+    decode_image,
+    image_failure,
+)
+from vlp.datamodules.finetune import FinetuneCollator
+from vlp.datamodules.parts import Decoder, Transform, Vocab
 from vlp.datamodules.tar_reader import SKIP
 
 LABELS = {True: 1, False: 0, "true": 1, "false": 0}
@@ -35,16 +40,26 @@ class DecodedPair:
     label: int  # 1 = the statement is true of the pair
 
 
-class PairDecoder:
+class PairDecoder(Decoder):
     """Raw pair sample -> :class:`DecodedPair`, or a :class:`SkippedSample` naming what is wrong."""
 
-    def __init__(
-        self, transform: Callable[[Image.Image], Tensor], max_image_pixels: int | None = MAX_IMAGE_PIXELS
-    ) -> None:
-        self.transform = transform
-        self.max_image_pixels = max_image_pixels
+    def __init__(self) -> None:
+        self.transform: Transform | None = None
+        self.max_image_pixels: int | None = MAX_IMAGE_PIXELS
+
+    def bind(
+        self,
+        transform: Transform,
+        vocab: Vocab | None = None,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+    ) -> Self:
+        bound = self._bound_copy()
+        bound.transform = transform
+        bound.max_image_pixels = max_image_pixels
+        return bound
 
     def __call__(self, sample: dict[str, Any]) -> DecodedPair | SkippedSample:
+        self._check_bound()
         key = str(sample.get("__key__", "?"))
         if SKIP in sample:
             return SkippedSample(key, str(sample[SKIP]))
@@ -79,6 +94,9 @@ class PairCollator(FinetuneCollator):
     """Pairs -> ``pixels``/``pixel_mask`` (left), ``pixels_right``/``pixel_mask_right``, the statement as
     ``text_ids``, ``pair_labels`` [B] long."""
 
+    def decoder_type(self) -> type[Decoder]:
+        return PairDecoder
+
     def collate(self, samples: list[DecodedPair], generator: torch.Generator) -> Batch:
         pixels, pixel_mask = self.images([s.left for s in samples])
         pixels_right, pixel_mask_right = self.images([s.right for s in samples])
@@ -95,26 +113,3 @@ class PairCollator(FinetuneCollator):
             pair_labels=torch.tensor([s.label for s in samples], dtype=torch.long),
             captions=statements,
         )
-
-
-class PairDataModule(FinetuneDataModule):
-    """Pair batches (NLVR2-style) from the ``pairs_*`` splits shapes writes; see the module docstring.
-
-    Args: as :class:`~vlp.datamodules.finetune.FinetuneDataModule`, with the pair splits as defaults.
-    """
-
-    def __init__(
-        self,
-        root: str,
-        train_split: str = "pairs_train",
-        val_split: str = "pairs_val",
-        test_split: str = "pairs_test",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(root, train_split=train_split, val_split=val_split, test_split=test_split, **kwargs)
-
-    def decoder(self, transform: Callable[[Image.Image], Tensor]) -> PairDecoder:
-        return PairDecoder(transform, self.max_image_pixels)
-
-    def collator(self, train: bool) -> PairCollator:
-        return PairCollator(**self.collator_args())

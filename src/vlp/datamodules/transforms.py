@@ -102,7 +102,9 @@ class ViltTransform:
     """PIL image (uint8) -> float tensor ``[3, H, W]``, resized as ViLT and normalised with mean = std = 0.5.
 
     Picklable, so it runs inside DataLoader workers. RandAugment draws from Python's and NumPy's global
-    generators, which PyTorch seeds per worker from the DataLoader's base seed.
+    generators, which the stream seeds per sample from the sample's coordinates
+    (:mod:`vlp.datamodules.stream`). As a data module's ``transform`` part, :meth:`for_split` gives the
+    transform of a split: RandAugment in training only.
     """
 
     def __init__(self, image_size: int = 384, patch_size: int = 32, randaugment: bool = False) -> None:
@@ -111,6 +113,12 @@ class ViltTransform:
         self.image_size = image_size
         self.patch_size = patch_size
         self.randaugment = vilt_randaugment() if randaugment else None
+
+    def for_split(self, train: bool) -> ViltTransform:
+        """The transform of a training split (``train``) or an evaluation one, which never augments."""
+        return ViltTransform(
+            self.image_size, self.patch_size, randaugment=train and self.randaugment is not None
+        )
 
     def __call__(self, image: Image.Image) -> Tensor:
         image = image.convert("RGB")

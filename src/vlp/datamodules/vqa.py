@@ -9,17 +9,16 @@ ground truth) sets ``full_credit_answers: 1``, so the true answer scores 1.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Self
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 from vlp.batch import Batch
-from vlp.datamodules.collate import DecodedSample, SkippedSample
-from vlp.datamodules.finetune import FinetuneCollator, FinetuneDataModule
-from vlp.datamodules.shards import MAX_IMAGE_PIXELS, SampleDecoder
+from vlp.datamodules.decode import DecodedSample, SampleDecoder, SkippedSample
+from vlp.datamodules.finetune import FinetuneCollator
+from vlp.datamodules.parts import Decoder, Vocab
 
 
 def normalise_answer(answer: str) -> str:
@@ -57,12 +56,10 @@ def usable_questions(annotation: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class VQADecoder(SampleDecoder):
-    """:class:`~vlp.datamodules.shards.SampleDecoder` for QA: captions optional, usable ``qa`` required."""
+    """:class:`~vlp.datamodules.decode.SampleDecoder` for QA: captions optional, usable ``qa`` required."""
 
-    def __init__(
-        self, transform: Callable[[Image.Image], Tensor], max_image_pixels: int | None = MAX_IMAGE_PIXELS
-    ) -> None:
-        super().__init__(transform, require_captions=False, max_image_pixels=max_image_pixels)
+    def __init__(self) -> None:
+        super().__init__(require_captions=False)
 
     def __call__(self, sample: dict[str, Any]) -> DecodedSample | SkippedSample:
         decoded = super().__call__(sample)
@@ -74,24 +71,40 @@ class VQADecoder(SampleDecoder):
 class VQACollator(FinetuneCollator):
     """One row per question: the image, the question as ``text_ids``, soft scores as ``answers``.
 
-    With ``all_questions`` every question of every image becomes a row (evaluation: the whole split);
-    otherwise one question per image, drawn at random (training: a fixed number of rows per batch).
-    Row keys are ``<sample key>/q<index of the question>``.
+    The answer classes are ``vocab.json``'s ``answers`` (handed over by :meth:`for_split`). Training
+    takes one question per image, drawn at random (a fixed number of rows per batch); validation and
+    test take every question of every image (the whole split). Row keys are
+    ``<sample key>/q<index of the question>``.
+
+    Args:
+        full_credit_answers: annotators that must agree for an answer to score 1 (VQAv2: 3).
+        Others: as :class:`~vlp.datamodules.finetune.FinetuneCollator`.
     """
 
-    def __init__(
-        self, answers: Sequence[str], full_credit_answers: int = 3, all_questions: bool = False, **kwargs: Any
-    ) -> None:
+    def __init__(self, full_credit_answers: int = 3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not answers:
-            raise ValueError("VQA needs a non-empty answer vocabulary (vocab.json 'answers')")
-        self.answer_index = {normalise_answer(a): i for i, a in enumerate(answers)}
-        if len(self.answer_index) != len(answers):
-            raise ValueError(
-                "vocab.json 'answers' holds duplicates after normalisation (lower case, stripped)"
-            )
+        if full_credit_answers < 1:
+            raise ValueError(f"full_credit_answers must be at least 1, got {full_credit_answers}")
         self.full_credit_answers = full_credit_answers
-        self.all_questions = all_questions
+        # the split's, handed over by for_split
+        self.answer_index: dict[str, int] = {}
+        self.all_questions = False
+
+    def decoder_type(self) -> type[Decoder]:
+        return VQADecoder
+
+    def for_split(self, train: bool, seed: int = 0, vocab: Vocab | None = None) -> Self:
+        vocab = vocab or Vocab()
+        answers = vocab.words("answers", needed_for="VQA classifies over it")
+        answer_index = {normalise_answer(a): i for i, a in enumerate(answers)}
+        if len(answer_index) != len(answers):
+            raise ValueError(
+                f"{vocab.path}: 'answers' holds duplicates after normalisation (lower case, stripped)"
+            )
+        bound = super().for_split(train, seed, vocab)
+        bound.answer_index = answer_index
+        bound.all_questions = not train
+        return bound
 
     def collate(self, samples: list[DecodedSample], generator: torch.Generator) -> Batch:
         keys, images, questions, scores = [], [], [], []
@@ -117,43 +130,4 @@ class VQACollator(FinetuneCollator):
             text_mask=text_mask,
             answers=torch.stack(scores),
             captions=questions,
-        )
-
-
-class VQADataModule(FinetuneDataModule):
-    """VQA batches from image shards whose json has ``qa``; the answer list is ``vocab.json``'s ``answers``.
-
-    Training rows take one random question per image; validation and test rows are every question.
-
-    Args:
-        full_credit_answers: annotators that must agree for an answer to score 1 (VQAv2: 3).
-        Others: as :class:`~vlp.datamodules.finetune.FinetuneDataModule`.
-    """
-
-    def __init__(self, root: str, full_credit_answers: int = 3, **kwargs: Any) -> None:
-        super().__init__(root, **kwargs)
-        if full_credit_answers < 1:
-            raise ValueError(f"full_credit_answers must be at least 1, got {full_credit_answers}")
-        self.full_credit_answers = full_credit_answers
-
-    @property
-    def answers(self) -> list[str]:
-        """The answer vocabulary (``vocab.json``'s ``answers``), once :meth:`setup` has read it."""
-        answers = self.vocab.get("answers")
-        if not isinstance(answers, list) or not answers:
-            raise ValueError(
-                f"{self.root / 'vocab.json'} has no 'answers' list: VQA classifies over it "
-                "(`python -m vlp data synth shapes` writes one)"
-            )
-        return answers
-
-    def decoder(self, transform: Callable[[Image.Image], Tensor]) -> VQADecoder:
-        return VQADecoder(transform, self.max_image_pixels)
-
-    def collator(self, train: bool) -> VQACollator:
-        return VQACollator(
-            self.answers,
-            full_credit_answers=self.full_credit_answers,
-            all_questions=not train,
-            **self.collator_args(),
         )

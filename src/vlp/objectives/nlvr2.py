@@ -33,7 +33,7 @@ class NLVR2Objective(Objective):
 
     def forward(self, outputs: tuple[FusionOutput, FusionOutput], batch: Batch) -> ObjectiveOutput:
         if batch.pair_labels is None:
-            raise ValueError("NLVR2Objective needs batch.pair_labels; read the data with PairDataModule")
+            raise ValueError("NLVR2Objective needs batch.pair_labels; read the data with a PairCollator")
         left, right = outputs
         logits = self.head(torch.cat([left.pooled, right.pooled], dim=-1)).float()
         loss = F.cross_entropy(logits, batch.pair_labels)

@@ -27,7 +27,7 @@ class VQAObjective(Objective):
     def forward(self, outputs: FusionOutput, batch: Batch) -> ObjectiveOutput:
         if batch.answers is None:
             raise ValueError(
-                "VQAObjective needs batch.answers (soft scores); read the data with VQADataModule"
+                "VQAObjective needs batch.answers (soft scores); read the data with a VQACollator"
             )
         logits = self.head(outputs.pooled).float()
         targets = batch.answers.float()

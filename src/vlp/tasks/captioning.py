@@ -26,8 +26,8 @@ from vlp.tokenizers import BUNDLED, load_tokenizer
 
 
 class CaptioningTask(RowPredictionWriter, CaptionEvaluation, E2ETask):
-    """Fine-tuning and evaluation of E2E-VLP captioning (data: :class:`~vlp.datamodules.e2e.E2EDataModule`
-    with ``captioning: true``; val/test batches need ``references``).
+    """Fine-tuning and evaluation of E2E-VLP captioning (data: an :class:`~vlp.datamodules.e2e.E2ECollator`
+    with ``captions: true``; val/test batches need ``references``).
 
     Args:
         tokenizer: decodes generated ids to text; its ``[CLS]``/``[SEP]``/``[PAD]`` are the decoder's

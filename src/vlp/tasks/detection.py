@@ -38,8 +38,8 @@ from vlp.tasks.predict_files import Row, RowPredictionWriter, vocab_list, write_
 
 
 class DetectionTask(RowPredictionWriter, E2ETask):
-    """Fine-tuning and evaluation of E2E-VLP detection (data: :class:`~vlp.datamodules.e2e.E2EDataModule`
-    with ``detection: true``).
+    """Fine-tuning and evaluation of E2E-VLP detection (data: an :class:`~vlp.datamodules.e2e.ObjectDecoder`
+    with an :class:`~vlp.datamodules.e2e.E2ECollator` with ``targets: true``).
 
     Args:
         use_text: encode the batch's caption with the image (paired text); ``False``: the image alone.

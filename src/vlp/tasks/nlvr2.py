@@ -49,7 +49,7 @@ def grow_modality_types(model: nn.Module) -> bool:
 
 
 class NLVR2Task(RowPredictionWriter, ObjectiveTask):
-    """Fine-tuning on pair batches (:class:`~vlp.datamodules.pairs.PairDataModule`) with
+    """Fine-tuning on pair batches (:class:`~vlp.datamodules.pairs.PairCollator`) with
     :class:`~vlp.objectives.NLVR2Objective`; logs ``val/nlvr2_acc``.
 
     The model may come with 2 modality types (as pre-trained; grown here, before ``init_from`` loads) or
@@ -84,7 +84,8 @@ class NLVR2Task(RowPredictionWriter, ObjectiveTask):
     def forward_model(self, batch: Batch) -> tuple[FusionOutput, FusionOutput]:
         if batch.pixels_right is None or batch.text_ids is None:
             raise ValueError(
-                "NLVR2Task needs pair batches (pixels, pixels_right, text_ids); use PairDataModule"
+                "NLVR2Task needs pair batches (pixels, pixels_right, text_ids): read the data with a "
+                "PairDecoder and a PairCollator (data.init_args.decoder / collator)"
             )
         left = self.model(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask, image_token_type=1)
         right = self.model(

@@ -33,7 +33,7 @@ from vlp.tasks.predict_files import batch_texts, gather_rows, write_json
 
 
 class RetrievalTask(ObjectiveTask):
-    """Fine-tuning for image-text retrieval (:class:`~vlp.datamodules.retrieval.RetrievalDataModule`).
+    """Fine-tuning for image-text retrieval (:class:`~vlp.datamodules.retrieval.RetrievalCollator`).
 
     Args:
         negatives: other captions of the batch each image is ranked against in training (official: 15);

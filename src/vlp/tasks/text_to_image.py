@@ -92,7 +92,7 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, ObjectiveTask):
 
     Data: batches with ``pixels`` (normalised to [-1, 1], the VQGAN's range), ``caption_ids`` /
     ``caption_mask`` (``[CLS] .. [SEP]``: the text→image source and the image→text target) and, for
-    evaluation, ``references`` (:class:`~vlp.datamodules.text_to_image.TextToImageDataModule`).
+    evaluation, ``references`` (:class:`~vlp.datamodules.e2e.E2ECollator` with ``captions: true``).
 
     Args:
         model: the assembly; its ``num_codes``/``grid`` (and ``code_dim`` end to end) must be the VQGAN's.
@@ -235,7 +235,8 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, ObjectiveTask):
     def with_codes(self, batch: Batch) -> Batch:
         if batch.caption_ids is None or batch.caption_mask is None:
             raise ValueError(
-                "ERNIEViLGTask needs batch.caption_ids and batch.caption_mask (captioning: true)"
+                "ERNIEViLGTask needs batch.caption_ids and batch.caption_mask: read the data with an "
+                "E2ECollator with captions: true (data.init_args.collator.init_args.captions)"
             )
         if batch.image_codes is not None:
             return batch

@@ -23,7 +23,7 @@ from vlp.tasks.predict_files import (
 
 
 class VQATask(RowPredictionWriter, ObjectiveTask):
-    """Fine-tuning on VQA batches (:class:`~vlp.datamodules.vqa.VQADataModule`) with
+    """Fine-tuning on VQA batches (:class:`~vlp.datamodules.vqa.VQACollator`) with
     :class:`~vlp.objectives.VQAObjective`; logs ``val/vqa_score``, the VQA accuracy.
 
     As official ViLT, recipes give the answer classifier a 10x learning rate

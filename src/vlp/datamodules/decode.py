@@ -1,0 +1,185 @@
+"""Decoding of raw webdataset samples: images of any mode to RGB, captions, and the sample types.
+
+Decoding (in loader workers) turns every webdataset sample into a :class:`DecodedSample` or, when it
+cannot be used, a :class:`SkippedSample` marker: a corrupt or oversized image, a missing or unreadable
+json, a sample without captions, a duplicate key or a sample cut off by a truncated shard. Markers travel
+to the collator, so that skips are counted in the batch the main process receives
+(``Batch.num_skipped`` / ``skipped_keys``). Images of any mode (greyscale, 16-bit, CMYK, with
+transparency) are converted to 8-bit RGB with their colours kept.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import numpy as np
+from PIL import Image
+from torch import Tensor
+
+from vlp.datamodules.parts import Decoder, Transform, Vocab
+from vlp.datamodules.tar_reader import SKIP
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+MAX_IMAGE_PIXELS = 89_478_485
+"""Default ``max_image_pixels``: PIL's own decompression-bomb threshold (about 9459 x 9459)."""
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """Marker for a sample that could not be used; it flows to the collator, which counts it."""
+
+    key: str
+    reason: str
+
+
+@dataclass
+class DecodedSample:
+    """One decoded sample: the transformed image and its annotation."""
+
+    key: str
+    image: Tensor  # [3, H, W] float, normalised
+    captions: list[str]
+    annotation: dict[str, Any] = field(default_factory=dict)  # the sample's parsed json
+    orig_size: tuple[int, int] = (0, 0)  # (height, width) of the stored image, before resizing
+
+
+def text_caption(txt: bytes) -> str:
+    """An img2dataset ``txt`` caption: UTF-8 (a byte-order mark is dropped); a ``ValueError`` naming the
+    first byte that is not, since text in another encoding would train on garbled words."""
+    try:
+        return txt.decode("utf-8-sig").strip()
+    except UnicodeDecodeError as exn:
+        raise ValueError(
+            f"txt caption is not UTF-8 text (byte {txt[exn.start]:#04x} at position {exn.start})"
+        ) from None
+
+
+def sample_captions(annotation: dict[str, Any], txt: bytes | None) -> list[str]:
+    """Non-empty captions: the json's ``captions`` (a list, or one string), else its ``caption`` (as
+    img2dataset writes it), else the ``txt`` file; none when all are missing or empty. A ``txt`` that is
+    read and is not UTF-8 raises a ``ValueError`` (see :func:`text_caption`)."""
+    for name in ("captions", "caption"):
+        captions = annotation.get(name) or []
+        if isinstance(captions, str):
+            captions = [captions]
+        if not isinstance(captions, list):
+            continue
+        found = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
+        if found:
+            return found
+    text = text_caption(txt) if txt else ""
+    return [text] if text else []
+
+
+class SampleDecoder(Decoder):
+    """A decoder part: raw sample -> :class:`DecodedSample`, or a :class:`SkippedSample` saying why not.
+
+    Runs in loader workers; picklable. Never raises for bad data, so one corrupt sample costs one sample.
+    An image larger than the bound ``max_image_pixels`` (width x height, read from its header before
+    anything is decoded) is skipped, so a decompression bomb costs nothing; ``None`` lifts vlp's limit
+    (PIL's own, twice ``PIL.Image.MAX_IMAGE_PIXELS``, still applies).
+
+    Args:
+        require_captions: skip a sample without a caption (tasks that read other fields set it off).
+    """
+
+    def __init__(self, require_captions: bool = True) -> None:
+        self.require_captions = require_captions
+        self.transform: Transform | None = None
+        self.max_image_pixels: int | None = MAX_IMAGE_PIXELS
+
+    def bind(
+        self,
+        transform: Transform,
+        vocab: Vocab | None = None,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+    ) -> Self:
+        """A copy that decodes with ``transform`` and skips images over ``max_image_pixels``; ``vocab``
+        is read by decoders that classify (:class:`~vlp.datamodules.e2e.ObjectDecoder`)."""
+        bound = self._bound_copy()
+        bound.transform = transform
+        bound.max_image_pixels = max_image_pixels
+        return bound
+
+    def __call__(self, sample: dict[str, Any]) -> DecodedSample | SkippedSample:
+        self._check_bound()
+        key = str(sample.get("__key__", "?"))
+        if SKIP in sample:
+            return SkippedSample(key, str(sample[SKIP]))
+        image_bytes = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
+        if image_bytes is None:
+            return SkippedSample(key, f"no image ({'/'.join(IMAGE_EXTENSIONS)})")
+        if "json" not in sample:
+            return SkippedSample(key, "missing json")
+        try:
+            annotation = json.loads(sample["json"])
+        except (ValueError, UnicodeDecodeError) as exn:
+            return SkippedSample(key, f"unreadable json: {exn}")
+        if not isinstance(annotation, dict):
+            return SkippedSample(key, "json is not an object")
+        try:
+            captions = sample_captions(annotation, sample.get("txt"))
+        except ValueError as exn:
+            return SkippedSample(key, str(exn))
+        if self.require_captions and not captions:
+            return SkippedSample(key, "no caption (json 'captions' / 'caption' and txt missing or empty)")
+        try:
+            image = decode_image(image_bytes, self.max_image_pixels)
+        # PIL signals corrupt data with many exception types (OSError, SyntaxError, ValueError, ...).
+        except Exception as exn:
+            return SkippedSample(key, image_failure(exn))
+        return DecodedSample(
+            key=key,
+            image=self.transform(image),
+            captions=captions,
+            annotation=annotation,
+            orig_size=(image.height, image.width),
+        )
+
+
+class ImageTooLarge(ValueError):
+    """An image with more pixels than the decoder's ``max_image_pixels``."""
+
+
+def image_failure(exn: Exception) -> str:
+    """The skip reason for an image that could not be decoded."""
+    if isinstance(exn, ImageTooLarge | Image.DecompressionBombError):
+        return f"image too large: {exn}"
+    return f"image decode failed: {type(exn).__name__}: {exn}"
+
+
+def decode_image(data: bytes, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Fully decode image bytes to an RGB PIL image (uint8), so corrupt data fails here.
+
+    The size is checked against ``max_pixels`` from the header, before the pixels are decoded. Any mode
+    becomes 8-bit RGB with its colours kept (:func:`to_rgb`).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked just below
+        image = Image.open(io.BytesIO(data))
+    with image:
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise ImageTooLarge(
+                f"{image.width}x{image.height} = {image.width * image.height} pixels, more than "
+                f"max_image_pixels={max_pixels}"
+            )
+        image.load()
+        return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of any PIL mode: 16-bit and 32-bit greyscale scaled to 8 bits (PIL's ``convert`` would
+    clip them to white), transparent pixels composited over black, CMYK and palettes converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        grey = np.asarray(image).astype(np.int64)
+        grey8 = (np.clip(grey, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(grey8, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return image.convert("RGB")
