@@ -46,3 +46,13 @@ def test_make_install_installs_the_lock_and_fit_passes_args_on() -> None:
 def test_ci_tests_in_a_new_environment_from_the_lock() -> None:
     run = (ROOT / ".ci/run").read_text()
     assert "mktemp -d" in run and "make test VENV=" in run
+
+
+def test_git_ignores_no_file_the_recipes_read() -> None:
+    """The run outputs (``/data``, ``/runs``) are ignored at the top only: a recipe's parts under ``configs/``
+    (``configs/data/`` included) must reach every clone."""
+    files = [str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *files], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert ignored.stdout.split() == []
