@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vlp.models.embedders.base import VisualEmbedder, VisualTokens
 from vlp.models.embedders.text import TextEmbedder
+from vlp.models.layers.fusion import SingleStreamFusion
 from vlp.models.layers.heads import Pooler
-from vlp.models.layers.transformer import TransformerEncoder, common_width, key_padding_mask, row_index
+from vlp.models.layers.transformer import TransformerEncoder, key_padding_mask, row_index
 from vlp.models.outputs import FusionOutput
 
 
-class ViLT(nn.Module):
+class ViLT(SingleStreamFusion):
     """``[text; image]`` + modality-type embeddings → pre-LN encoder → pooled [CLS].
 
     Any :class:`VisualEmbedder` plugs in: patches give ViLT, CNN grids give Pixel-BERT, VQ codes give
@@ -30,20 +31,7 @@ class ViLT(nn.Module):
         pooler: Pooler | None = None,
         num_modality_types: int = 2,
     ) -> None:
-        super().__init__()
-        parts = {"text_embedder": text_embedder, "visual_embedder": visual_embedder, "encoder": encoder}
-        self.dim = common_width("ViLT", parts)
-        self.text_embedder = text_embedder
-        self.visual_embedder = visual_embedder
-        self.token_type_embeddings = nn.Embedding(num_modality_types, self.dim)
-        nn.init.trunc_normal_(self.token_type_embeddings.weight, std=0.02)
-        self.encoder = encoder
-        self.pooler = pooler if pooler is not None else Pooler(self.dim)
-
-    def embed_images(self, pixels: Tensor, pixel_mask: Tensor | None = None) -> VisualTokens:
-        """The visual tokens of ``pixels``, to pass as ``visual`` to several fusion passes (pre-training's
-        MLM and ITM views embed each image once)."""
-        return self.visual_embedder(pixels, pixel_mask)
+        super().__init__("ViLT", text_embedder, visual_embedder, encoder, pooler, num_modality_types)
 
     def forward(
         self,
@@ -63,7 +51,7 @@ class ViLT(nn.Module):
         and every other row of ``text_states`` and ``image_states`` is NaN, so that reading one fails
         loudly instead of silently using a stale state.
         """
-        text = self.text_embedder(text_ids) + self.token_type_embeddings.weight[0]
+        text = self.embed_text(text_ids)
         if visual is None:
             if pixels is None:
                 raise ValueError("ViLT needs pixels or visual (tokens from embed_images)")

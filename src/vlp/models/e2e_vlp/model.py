@@ -25,9 +25,10 @@ from torch import Tensor, nn
 from vlp.models.embedders.base import VisualEmbedder, VisualTokens
 from vlp.models.embedders.text import TextEmbedder
 from vlp.models.layers.decoder import DecoderCache, TransformerDecoder
+from vlp.models.layers.fusion import SingleStreamFusion
 from vlp.models.layers.generation import GenerationOutput, beam_search, greedy_search
 from vlp.models.layers.heads import Pooler
-from vlp.models.layers.transformer import TransformerEncoder, common_width, init_weights, key_padding_mask
+from vlp.models.layers.transformer import TransformerEncoder, init_weights, key_padding_mask
 from vlp.models.outputs import DecoderOutput, FusionOutput
 
 
@@ -100,7 +101,7 @@ class CaptionOutput:
     head: nn.Module
 
 
-class E2EVLP(nn.Module):
+class E2EVLP(SingleStreamFusion):
     """``[text; image]`` → encoder → memory → decoder (object queries | caption tokens).
 
     Args:
@@ -149,19 +150,19 @@ class E2EVLP(nn.Module):
         query_groups: int = 1,
         pos_every_layer: bool = True,
     ) -> None:
-        super().__init__()
-        parts = {"text_embedder": text_embedder, "visual_embedder": visual_embedder, "encoder": encoder}
-        self.dim = common_width("E2EVLP", parts | {"decoder": decoder})
         check_queries(num_queries, query_groups, anchor_size)
+        super().__init__(
+            "E2EVLP",
+            text_embedder,
+            visual_embedder,
+            encoder,
+            pooler,
+            num_modality_types,
+            {"decoder": decoder},
+        )
         self.num_queries = num_queries
         self.query_groups = query_groups
         self.pos_every_layer = pos_every_layer
-        self.text_embedder = text_embedder
-        self.visual_embedder = visual_embedder
-        self.token_type_embeddings = nn.Embedding(num_modality_types, self.dim)
-        nn.init.trunc_normal_(self.token_type_embeddings.weight, std=0.02)
-        self.encoder = encoder
-        self.pooler = pooler if pooler is not None else Pooler(self.dim)
         self.decoder = decoder
         self.query_embed: nn.Embedding | None = None
         self.caption_head: nn.Linear | None = None
@@ -196,11 +197,6 @@ class E2EVLP(nn.Module):
         """The encoder pass, with ViLT's signature (so ViLT's pre-training task drives it as it is)."""
         return self.encode(text_ids, text_mask, pixels, pixel_mask, visual)
 
-    def embed_images(self, pixels: Tensor, pixel_mask: Tensor | None = None) -> VisualTokens:
-        """The visual tokens of ``pixels``, to pass as ``visual`` to several encoder passes (a task
-        with several views of the same images runs the CNN once)."""
-        return self.visual_embedder(pixels, pixel_mask)
-
     def encode(
         self,
         text_ids: Tensor | None,
@@ -226,7 +222,7 @@ class E2EVLP(nn.Module):
         else:
             if text_mask is None:
                 raise ValueError("text_mask is required with text_ids (True on real tokens)")
-            text = self.text_embedder(text_ids) + self.token_type_embeddings.weight[0]
+            text = self.embed_text(text_ids)
             text_mask = text_mask.bool()
         x = torch.cat([text, image.to(text.dtype)], dim=1)
         mask = torch.cat([text_mask, visual.mask], dim=1)

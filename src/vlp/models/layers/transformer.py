@@ -248,15 +248,6 @@ class TransformerEncoder(nn.Module):
         return self.norm(x)
 
 
-def common_width(assembly: str, parts: dict[str, nn.Module | None]) -> int:
-    """The width (``dim``) every part of an assembly shares; a clear error naming each part's otherwise.
-    ``None`` parts (an optional decoder left out) are skipped."""
-    widths = {name: int(part.dim) for name, part in parts.items() if part is not None}
-    if len(set(widths.values())) != 1:
-        raise ValueError(f"{assembly} parts disagree on the model width: {widths}")
-    return next(iter(widths.values()))
-
-
 def row_index(wanted: Tensor) -> tuple[Tensor, Tensor]:
     """``[B, N]`` bool → (``[B, K]`` indices of the True rows, in order, ``[B, K]`` valid), ``K`` the
     largest count in the batch; a sample with fewer rows is padded with its first row's index."""

@@ -12,7 +12,7 @@ Pixels are in ``[-1, 1]`` (the shards' normalisation with mean = std = 0.5 gives
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,23 +94,31 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+@dataclass(frozen=True)
+class ConvStack:
+    """The shape the encoder and decoder share (taming's ``ddconfig`` less the image channels): base width
+    ``ch`` times ``ch_mult`` per level, ``num_res_blocks`` per level, self-attention at
+    ``attn_resolutions``, ``z_channels`` latent channels, GroupNorm with ``groups`` groups."""
+
+    ch: int
+    ch_mult: tuple[int, ...]
+    num_res_blocks: int
+    attn_resolutions: tuple[int, ...]
+    resolution: int
+    z_channels: int
+    dropout: float
+    groups: int
+
+
 class Encoder(nn.Module):
     """``conv_in`` → per level ``down[i].block[j]`` (+ ``attn[j]`` at attention resolutions) and
     ``down[i].downsample`` (all levels but the last) → ``mid`` → ``norm_out`` → swish → ``conv_out``."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        ch: int,
-        ch_mult: tuple[int, ...],
-        num_res_blocks: int,
-        attn_resolutions: tuple[int, ...],
-        resolution: int,
-        z_channels: int,
-        dropout: float,
-        groups: int,
-    ) -> None:
+    def __init__(self, in_channels: int, stack: ConvStack) -> None:
         super().__init__()
+        ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels, dropout, groups = astuple(
+            stack
+        )
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         in_mult = (1, *ch_mult)
         res = resolution
@@ -157,19 +165,11 @@ class Decoder(nn.Module):
     ``up`` is indexed by level as in taming (``up[0]`` is the finest), though it runs from the last.
     """
 
-    def __init__(
-        self,
-        out_channels: int,
-        ch: int,
-        ch_mult: tuple[int, ...],
-        num_res_blocks: int,
-        attn_resolutions: tuple[int, ...],
-        resolution: int,
-        z_channels: int,
-        dropout: float,
-        groups: int,
-    ) -> None:
+    def __init__(self, out_channels: int, stack: ConvStack) -> None:
         super().__init__()
+        ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels, dropout, groups = astuple(
+            stack
+        )
         levels = len(ch_mult)
         block_in = ch * ch_mult[-1]
         res = resolution // 2 ** (levels - 1)
@@ -277,18 +277,18 @@ class VQGAN(nn.Module):
         self.downsample_factor = 2 ** (len(ch_mult) - 1)
         if resolution % self.downsample_factor:
             raise ValueError(f"VQGAN: resolution {resolution} is not divisible by f={self.downsample_factor}")
-        stack = dict(
-            ch=ch,
-            ch_mult=tuple(ch_mult),
-            num_res_blocks=num_res_blocks,
-            attn_resolutions=tuple(attn_resolutions),
-            resolution=resolution,
-            z_channels=z_channels,
-            dropout=dropout,
-            groups=norm_groups,
+        stack = ConvStack(
+            ch,
+            tuple(ch_mult),
+            num_res_blocks,
+            tuple(attn_resolutions),
+            resolution,
+            z_channels,
+            dropout,
+            norm_groups,
         )
-        self.encoder = Encoder(in_channels=in_channels, **stack)
-        self.decoder = Decoder(out_channels=out_channels, **stack)
+        self.encoder = Encoder(in_channels, stack)
+        self.decoder = Decoder(out_channels, stack)
         self.quantize = VectorQuantizer(
             num_codes, code_dim, ema=ema, decay=ema_decay, dead_code_threshold=dead_code_threshold
         )
