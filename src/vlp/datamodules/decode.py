@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -75,20 +76,31 @@ def sample_captions(annotation: dict[str, Any], txt: bytes | None) -> list[str]:
     return [text] if text else []
 
 
-class SampleDecoder(Decoder):
-    """A decoder part: raw sample -> :class:`DecodedSample`, or a :class:`SkippedSample` saying why not.
+class Unusable(Exception):
+    """Raised inside :meth:`ImageDecoder.decode` for a sample that cannot be used; the decoder returns
+    a :class:`SkippedSample` with its message as the reason."""
 
-    Runs in loader workers; picklable. Never raises for bad data, so one corrupt sample costs one sample.
+
+def read_json(data: bytes) -> Any:
+    """The parsed json of a sample; :class:`Unusable` when it cannot be read."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exn:
+        raise Unusable(f"unreadable json: {exn}") from None
+
+
+class ImageDecoder(Decoder):
+    """What the decoders of stored images share: the bound transform and image size limit, the skip of a
+    sample the shard reader cut off, and the reading of images and json.
+
+    Runs in loader workers; picklable. Never raises for bad data, so one corrupt sample costs one sample:
+    :meth:`decode` raises :class:`Unusable` and the call returns a :class:`SkippedSample` naming why.
     An image larger than the bound ``max_image_pixels`` (width x height, read from its header before
     anything is decoded) is skipped, so a decompression bomb costs nothing; ``None`` lifts vlp's limit
     (PIL's own, twice ``PIL.Image.MAX_IMAGE_PIXELS``, still applies).
-
-    Args:
-        require_captions: skip a sample without a caption (tasks that read other fields set it off).
     """
 
-    def __init__(self, require_captions: bool = True) -> None:
-        self.require_captions = require_captions
+    def __init__(self) -> None:
         self.transform: Transform | None = None
         self.max_image_pixels: int | None = MAX_IMAGE_PIXELS
 
@@ -98,40 +110,77 @@ class SampleDecoder(Decoder):
         vocab: Vocab | None = None,
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> Self:
-        """A copy that decodes with ``transform`` and skips images over ``max_image_pixels``; ``vocab``
-        is read by decoders that classify (:class:`~vlp.datamodules.e2e.ObjectDecoder`)."""
+        """A copy that decodes with ``transform``, skips images over ``max_image_pixels`` and reads what it
+        needs of ``vocab`` (:meth:`use_vocab`)."""
         bound = self._bound_copy()
         bound.transform = transform
         bound.max_image_pixels = max_image_pixels
+        bound.use_vocab(vocab or Vocab())
         return bound
 
-    def __call__(self, sample: dict[str, Any]) -> DecodedSample | SkippedSample:
+    def use_vocab(self, vocab: Vocab) -> None:
+        """Take the dataset's lists a decoder classifies over (:class:`~vlp.datamodules.e2e.ObjectDecoder`);
+        called on the bound copy. Most decoders read none."""
+
+    def __call__(self, sample: dict[str, Any]) -> Any:
         self._check_bound()
         key = str(sample.get("__key__", "?"))
         if SKIP in sample:
             return SkippedSample(key, str(sample[SKIP]))
-        image_bytes = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
-        if image_bytes is None:
-            return SkippedSample(key, f"no image ({'/'.join(IMAGE_EXTENSIONS)})")
-        if "json" not in sample:
-            return SkippedSample(key, "missing json")
         try:
-            annotation = json.loads(sample["json"])
-        except (ValueError, UnicodeDecodeError) as exn:
-            return SkippedSample(key, f"unreadable json: {exn}")
+            return self.decode(key, sample)
+        except Unusable as exn:
+            return SkippedSample(key, str(exn))
+
+    @abstractmethod
+    def decode(self, key: str, sample: dict[str, Any]) -> Any:
+        """The decoded sample; :class:`Unusable` naming what is wrong with it."""
+
+    def stored_image(self, sample: dict[str, Any], name: str | None = None) -> bytes:
+        """The bytes of the image ``<ext>`` (or ``<name>.<ext>``), the first of :data:`IMAGE_EXTENSIONS`
+        the sample holds."""
+        prefix = "" if name is None else f"{name}."
+        data = next((sample[prefix + ext] for ext in IMAGE_EXTENSIONS if prefix + ext in sample), None)
+        if data is None:
+            what = "image" if name is None else f"{name} image"
+            raise Unusable(f"no {what} ({prefix}{'/'.join(IMAGE_EXTENSIONS)})")
+        return data
+
+    def load_image(self, data: bytes) -> Image.Image:
+        """The RGB image of ``data`` (:func:`decode_image`); :class:`Unusable` naming why it failed."""
+        try:
+            return decode_image(data, self.max_image_pixels)
+        # PIL signals corrupt data with many exception types (OSError, SyntaxError, ValueError, ...).
+        except Exception as exn:
+            raise Unusable(image_failure(exn)) from None
+
+
+class SampleDecoder(ImageDecoder):
+    """A decoder part: raw sample -> :class:`DecodedSample`, or a :class:`SkippedSample` saying why not
+    (see :class:`ImageDecoder`).
+
+    Args:
+        require_captions: skip a sample without a caption (tasks that read other fields set it off).
+    """
+
+    def __init__(self, require_captions: bool = True) -> None:
+        super().__init__()
+        self.require_captions = require_captions
+
+    def decode(self, key: str, sample: dict[str, Any]) -> DecodedSample:
+        image_bytes = self.stored_image(sample)
+        if "json" not in sample:
+            raise Unusable("missing json")
+        annotation = read_json(sample["json"])
         if not isinstance(annotation, dict):
-            return SkippedSample(key, "json is not an object")
+            raise Unusable("json is not an object")
         try:
             captions = sample_captions(annotation, sample.get("txt"))
         except ValueError as exn:
-            return SkippedSample(key, str(exn))
+            raise Unusable(str(exn)) from None
         if self.require_captions and not captions:
-            return SkippedSample(key, "no caption (json 'captions' / 'caption' and txt missing or empty)")
-        try:
-            image = decode_image(image_bytes, self.max_image_pixels)
-        # PIL signals corrupt data with many exception types (OSError, SyntaxError, ValueError, ...).
-        except Exception as exn:
-            return SkippedSample(key, image_failure(exn))
+            raise Unusable("no caption (json 'captions' / 'caption' and txt missing or empty)")
+        image = self.load_image(image_bytes)
         return DecodedSample(
             key=key,
             image=self.transform(image),

@@ -25,14 +25,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Self
+from typing import Any
 
 import torch
 
 from vlp.batch import Batch, Targets
 from vlp.datamodules.collate import PretrainCollator
-from vlp.datamodules.decode import MAX_IMAGE_PIXELS, DecodedSample, SampleDecoder, SkippedSample
-from vlp.datamodules.parts import Decoder, Transform, Vocab
+from vlp.datamodules.decode import DecodedSample, SampleDecoder, SkippedSample, Unusable
+from vlp.datamodules.parts import Decoder, Vocab
 
 
 @dataclass
@@ -102,30 +102,19 @@ class ObjectDecoder(SampleDecoder):
         self.categories: dict[str, int] = {}
         self.attributes: dict[str, int] = {}
 
-    def bind(
-        self,
-        transform: Transform,
-        vocab: Vocab | None = None,
-        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
-    ) -> Self:
-        vocab = vocab or Vocab()
+    def use_vocab(self, vocab: Vocab) -> None:
         categories = vocab.words("categories", needed_for="detection classifies over it")
-        attributes = vocab.words("attributes")
-        bound = super().bind(transform, vocab, max_image_pixels)
-        bound.categories = {name: i for i, name in enumerate(categories)}
-        bound.attributes = {name: i for i, name in enumerate(attributes)}
-        return bound
+        self.categories = {name: i for i, name in enumerate(categories)}
+        self.attributes = {name: i for i, name in enumerate(vocab.words("attributes"))}
 
-    def __call__(self, sample: dict[str, Any]) -> ObjectSample | SkippedSample:
-        decoded = super().__call__(sample)
-        if isinstance(decoded, SkippedSample):
-            return decoded
+    def decode(self, key: str, sample: dict[str, Any]) -> ObjectSample:
+        decoded = super().decode(key, sample)
         try:
             targets = parse_objects(
                 decoded.annotation.get("objects"), decoded.orig_size, self.categories, self.attributes
             )
         except ValueError as exn:
-            return SkippedSample(decoded.key, str(exn))
+            raise Unusable(str(exn)) from None
         return ObjectSample(**vars(decoded), targets=targets)
 
 

@@ -7,24 +7,16 @@ The shapes generator writes them to the ``pairs_train``, ``pairs_val`` and ``pai
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from vlp.batch import Batch
-from vlp.datamodules.decode import (
-    IMAGE_EXTENSIONS,
-    MAX_IMAGE_PIXELS,
-    SkippedSample,
-    decode_image,
-    image_failure,
-)
+from vlp.datamodules.decode import ImageDecoder, Unusable, read_json
 from vlp.datamodules.finetune import FinetuneCollator
-from vlp.datamodules.parts import Decoder, Transform, Vocab
-from vlp.datamodules.tar_reader import SKIP
+from vlp.datamodules.parts import Decoder
 
 LABELS = {True: 1, False: 0, "true": 1, "false": 0}
 
@@ -40,53 +32,21 @@ class DecodedPair:
     label: int  # 1 = the statement is true of the pair
 
 
-class PairDecoder(Decoder):
-    """Raw pair sample -> :class:`DecodedPair`, or a :class:`SkippedSample` naming what is wrong."""
+class PairDecoder(ImageDecoder):
+    """Raw pair sample -> :class:`DecodedPair`, or a :class:`~vlp.datamodules.decode.SkippedSample`
+    naming what is wrong (see :class:`~vlp.datamodules.decode.ImageDecoder`)."""
 
-    def __init__(self) -> None:
-        self.transform: Transform | None = None
-        self.max_image_pixels: int | None = MAX_IMAGE_PIXELS
-
-    def bind(
-        self,
-        transform: Transform,
-        vocab: Vocab | None = None,
-        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
-    ) -> Self:
-        bound = self._bound_copy()
-        bound.transform = transform
-        bound.max_image_pixels = max_image_pixels
-        return bound
-
-    def __call__(self, sample: dict[str, Any]) -> DecodedPair | SkippedSample:
-        self._check_bound()
-        key = str(sample.get("__key__", "?"))
-        if SKIP in sample:
-            return SkippedSample(key, str(sample[SKIP]))
-        images = {}
-        for side in ("left", "right"):
-            data = next(
-                (sample[f"{side}.{ext}"] for ext in IMAGE_EXTENSIONS if f"{side}.{ext}" in sample), None
-            )
-            if data is None:
-                return SkippedSample(key, f"no {side} image ({side}.{'/'.join(IMAGE_EXTENSIONS)})")
-            images[side] = data
-        try:
-            annotation = json.loads(sample["json"]) if "json" in sample else None
-        except (ValueError, UnicodeDecodeError) as exn:
-            return SkippedSample(key, f"unreadable json: {exn}")
+    def decode(self, key: str, sample: dict[str, Any]) -> DecodedPair:
+        left_bytes, right_bytes = self.stored_image(sample, "left"), self.stored_image(sample, "right")
+        annotation = read_json(sample["json"]) if "json" in sample else None
         if not isinstance(annotation, dict):
-            return SkippedSample(key, "missing json object")
+            raise Unusable("missing json object")
         statement = annotation.get("statement")
         label = annotation.get("label")
         label = LABELS.get(label.lower() if isinstance(label, str) else label)
         if not isinstance(statement, str) or not statement.strip() or label is None:
-            return SkippedSample(key, "json needs a 'statement' string and a true/false 'label'")
-        try:
-            left, right = (decode_image(images[side], self.max_image_pixels) for side in ("left", "right"))
-        # PIL signals corrupt data with many exception types (OSError, SyntaxError, ValueError, ...).
-        except Exception as exn:
-            return SkippedSample(key, image_failure(exn))
+            raise Unusable("json needs a 'statement' string and a true/false 'label'")
+        left, right = self.load_image(left_bytes), self.load_image(right_bytes)
         return DecodedPair(key, self.transform(left), self.transform(right), statement.strip(), label)
 
 

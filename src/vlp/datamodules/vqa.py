@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from vlp.batch import Batch
-from vlp.datamodules.decode import DecodedSample, SampleDecoder, SkippedSample
+from vlp.datamodules.decode import DecodedSample, SampleDecoder, Unusable
 from vlp.datamodules.finetune import FinetuneCollator
 from vlp.datamodules.parts import Decoder, Vocab
 
@@ -61,10 +61,10 @@ class VQADecoder(SampleDecoder):
     def __init__(self) -> None:
         super().__init__(require_captions=False)
 
-    def __call__(self, sample: dict[str, Any]) -> DecodedSample | SkippedSample:
-        decoded = super().__call__(sample)
-        if isinstance(decoded, DecodedSample) and not usable_questions(decoded.annotation):
-            return SkippedSample(decoded.key, "no usable qa (question + list of answers)")
+    def decode(self, key: str, sample: dict[str, Any]) -> DecodedSample:
+        decoded = super().decode(key, sample)
+        if not usable_questions(decoded.annotation):
+            raise Unusable("no usable qa (question + list of answers)")
         return decoded
 
 
