@@ -14,6 +14,9 @@ The head is the model's (generation needs it too), so these objectives own no pa
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -33,33 +36,48 @@ def _cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float) -> t
     return loss, nll.mean().detach(), accuracy
 
 
-def _check_smoothing(label_smoothing: float) -> None:
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-
-
-def _check_direction(outputs: ERNIEViLGOutput, direction: str, name: str) -> None:
-    if not isinstance(outputs, ERNIEViLGOutput) or outputs.direction != direction:
-        got = getattr(outputs, "direction", type(outputs).__name__)
-        raise ValueError(f"{name} reads an ERNIEViLGOutput of direction {direction!r}, got {got!r}")
-
-
-class TextToImageLM(Objective):
-    """Next-code cross-entropy of the image given the text (``batch.image_codes`` ``[B, h*w]``).
+class DirectionLM(Objective):
+    """What both directions share: label smoothing, the check of the outputs' direction (the one
+    :attr:`view` names), the cross-entropy and its logged figures ``<prefix>_acc`` and ``<prefix>_nll``.
 
     Args:
-        label_smoothing: as PyTorch's; ``t2i_nll`` is logged without it.
+        label_smoothing: as PyTorch's; ``<prefix>_nll`` is logged without it.
     """
 
-    view = "text_to_image"
+    prefix: ClassVar[str]
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        _check_smoothing(label_smoothing)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
 
+    @abstractmethod
+    def logits_and_targets(self, outputs: ERNIEViLGOutput, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The head's logits ``[M, V]`` and their targets ``[M]``."""
+
     def forward(self, outputs: ERNIEViLGOutput, batch: Batch) -> ObjectiveOutput:
-        _check_direction(outputs, "text_to_image", type(self).__name__)
+        if not isinstance(outputs, ERNIEViLGOutput) or outputs.direction != self.view:
+            got = getattr(outputs, "direction", type(outputs).__name__)
+            raise ValueError(
+                f"{type(self).__name__} reads an ERNIEViLGOutput of direction {self.view!r}, got {got!r}"
+            )
+        logits, targets = self.logits_and_targets(outputs, batch)
+        acc, nll = f"{self.prefix}_acc", f"{self.prefix}_nll"
+        if targets.numel() == 0:  # keeps the head in the graph (DDP) with a zero loss
+            zero = logits.sum() * 0.0
+            return ObjectiveOutput(zero, {acc: zero.detach(), nll: zero.detach()})
+        loss, plain, accuracy = _cross_entropy(logits, targets, self.label_smoothing)
+        return ObjectiveOutput(loss, {acc: accuracy, nll: plain})
+
+
+class TextToImageLM(DirectionLM):
+    """Next-code cross-entropy of the image given the text (``batch.image_codes`` ``[B, h*w]``)."""
+
+    view = "text_to_image"
+    prefix = "t2i"
+
+    def logits_and_targets(self, outputs: ERNIEViLGOutput, batch: Batch) -> tuple[Tensor, Tensor]:
         if batch.image_codes is None:
             raise ValueError(
                 "TextToImageLM needs batch.image_codes (the task encodes the pixels with the VQGAN)"
@@ -69,27 +87,17 @@ class TextToImageLM(Objective):
             raise ValueError(
                 f"image states {tuple(states.shape[:2])} do not match batch.image_codes {tuple(batch.image_codes.shape)}"
             )
-        logits = outputs.model.image_logits(states.flatten(0, 1))
-        loss, nll, accuracy = _cross_entropy(logits, batch.image_codes.flatten(), self.label_smoothing)
-        return ObjectiveOutput(loss, {"t2i_acc": accuracy, "t2i_nll": nll})
+        return outputs.model.image_logits(states.flatten(0, 1)), batch.image_codes.flatten()
 
 
-class ImageToTextLM(Objective):
-    """Next-token cross-entropy of the caption (``batch.caption_ids``/``caption_mask``) given the image.
-
-    Args:
-        label_smoothing: as PyTorch's; ``i2t_nll`` is logged without it.
-    """
+class ImageToTextLM(DirectionLM):
+    """Next-token cross-entropy of the caption (``batch.caption_ids``/``caption_mask``) given the image,
+    on real next tokens only (the text half of the head sees ``[M, D]``)."""
 
     view = "image_to_text"
+    prefix = "i2t"
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
-        super().__init__()
-        _check_smoothing(label_smoothing)
-        self.label_smoothing = label_smoothing
-
-    def forward(self, outputs: ERNIEViLGOutput, batch: Batch) -> ObjectiveOutput:
-        _check_direction(outputs, "image_to_text", type(self).__name__)
+    def logits_and_targets(self, outputs: ERNIEViLGOutput, batch: Batch) -> tuple[Tensor, Tensor]:
         if batch.caption_ids is None or batch.caption_mask is None:
             raise ValueError("ImageToTextLM needs batch.caption_ids and batch.caption_mask")
         ids, mask = batch.caption_ids, batch.caption_mask.bool()
@@ -99,10 +107,4 @@ class ImageToTextLM(Objective):
                 f"text states {tuple(states.shape[:2])} do not match batch.caption_ids {tuple(ids.shape)}"
             )
         has_target = mask[:, 1:]
-        logits = outputs.model.text_logits(states[:, :-1][has_target])
-        targets = ids[:, 1:][has_target]
-        if targets.numel() == 0:  # keeps the head in the graph (DDP) with a zero loss
-            zero = logits.sum() * 0.0
-            return ObjectiveOutput(zero, {"i2t_acc": zero.detach(), "i2t_nll": zero.detach()})
-        loss, nll, accuracy = _cross_entropy(logits, targets, self.label_smoothing)
-        return ObjectiveOutput(loss, {"i2t_acc": accuracy, "i2t_nll": nll})
+        return outputs.model.text_logits(states[:, :-1][has_target]), ids[:, 1:][has_target]
