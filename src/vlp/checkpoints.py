@@ -78,6 +78,14 @@ def torch_load(path: str | os.PathLike) -> Any:
             ) from retry_error
 
 
+def load_existing(path: str | os.PathLike, missing: str) -> Any:
+    """:func:`torch_load` of a file a setting names; ``missing`` is the whole error when there is no such
+    file (it names the setting and how to make the file)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(missing)
+    return torch_load(path)
+
+
 def _tensors_only(state: Mapping[str, Any], source: str) -> dict[str, Tensor]:
     bad = sorted(k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor))
     if bad:

@@ -131,11 +131,11 @@ def test_encode_feeds_mlm_and_itm_objectives_which_learn_a_fixed_batch() -> None
 def test_object_queries_feed_the_detection_objective_which_learns_a_fixed_batch() -> None:
     model, batch = make_e2e(), fixed_batch()
     detection = DetectionObjective(DetectionHead(DIM, num_classes=3, num_attributes=2))
-    decoded = model.detect(model.encode(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask))
+    decoded = model.detect(model(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask))
     assert decoded.query_states.shape == (2, 4, 6, DIM)  # [layers, B, queries, D]: aux losses see layer 0
 
     def loss() -> torch.Tensor:
-        fusion = model.encode(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+        fusion = model(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
         return detection(model.detect(fusion), batch).loss
 
     losses = train([*model.parameters(), *detection.parameters()], loss, steps=30, lr=3e-3)
@@ -146,7 +146,7 @@ def test_anchored_queries_carry_their_reference_boxes_which_the_loss_trains() ->
     torch.manual_seed(0)
     model, batch = make_e2e(anchor_queries=True), fixed_batch()
     detection = DetectionObjective(DetectionHead(DIM, num_classes=3, num_attributes=2))
-    fusion = model.encode(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+    fusion = model(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
     decoded = model.detect(fusion)
     assert isinstance(decoded, ObjectQueryOutput)
     torch.testing.assert_close(decoded.reference_boxes, model.reference_boxes.expand(2, 4, 6, 4))
@@ -164,7 +164,7 @@ def test_anchored_queries_carry_their_reference_boxes_which_the_loss_trains() ->
     assert not torch.allclose(before[:, :, 2], after[:, :, 2])
 
     def loss() -> torch.Tensor:
-        fusion = model.encode(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+        fusion = model(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
         return detection(model.detect(fusion), batch).loss
 
     losses = train([*model.parameters(), *detection.parameters()], loss, steps=30, lr=3e-3)
@@ -183,7 +183,7 @@ def test_query_groups_train_apart_and_evaluation_runs_the_first_group_alone() ->
         anchor_queries=True,
         query_groups=2,
     )
-    fusion = grouped.encode(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+    fusion = grouped(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
     training = grouped.detect(fusion)
     assert training.groups == 2 and training.query_states.shape == (2, 4, 6, DIM)
     torch.testing.assert_close(training.reference_boxes[0, 0, :3], training.reference_boxes[0, 0, 3:])
@@ -214,7 +214,7 @@ def test_captions_feed_the_captioning_objective_which_learns_a_fixed_batch() -> 
     captioning = CaptioningObjective(label_smoothing=0.1)
 
     def loss() -> torch.Tensor:
-        memory = model.encode(None, None, batch.pixels, batch.pixel_mask)  # the image alone
+        memory = model(None, None, batch.pixels, batch.pixel_mask)  # the image alone
         return captioning(model.decode_captions(memory, batch.caption_ids, batch.caption_mask), batch).loss
 
     losses = train(list(model.parameters()), loss, steps=30, lr=3e-3)
@@ -223,7 +223,7 @@ def test_captions_feed_the_captioning_objective_which_learns_a_fixed_batch() -> 
 
 def test_one_decoder_serves_both_tasks_each_with_its_own_head() -> None:
     model, batch = make_e2e(), fixed_batch(2)
-    fusion = model.encode(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+    fusion = model(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
     DetectionObjective(DetectionHead(DIM, num_classes=3, num_attributes=2))(
         model.detect(fusion), batch
     ).loss.backward()
@@ -233,7 +233,7 @@ def test_one_decoder_serves_both_tasks_each_with_its_own_head() -> None:
     assert shared.grad.abs().sum() > 0 and model.query_embed.weight.grad.abs().sum() > 0
     assert model.caption_head.weight.grad is None
     model.zero_grad(set_to_none=True)
-    fusion = model.encode(None, None, batch.pixels, batch.pixel_mask)
+    fusion = model(None, None, batch.pixels, batch.pixel_mask)
     CaptioningObjective()(
         model.decode_captions(fusion, batch.caption_ids, batch.caption_mask), batch
     ).loss.backward()
@@ -250,8 +250,8 @@ def test_padding_in_text_pixels_and_captions_changes_no_real_output() -> None:
     dirty_captions = batch.caption_ids.clone()
     dirty_captions[~batch.caption_mask] = 11
     with torch.no_grad():
-        clean = model.encode(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
-        dirty = model.encode(dirty_text, batch.text_mask, dirty_pixels, batch.pixel_mask)
+        clean = model(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+        dirty = model(dirty_text, batch.text_mask, dirty_pixels, batch.pixel_mask)
         torch.testing.assert_close(dirty.pooled, clean.pooled)
         torch.testing.assert_close(model.detect(dirty).query_states, model.detect(clean).query_states)
         real = batch.caption_mask
@@ -282,7 +282,7 @@ def test_pos_every_layer_chooses_where_positions_go() -> None:
         model = make_e2e(every_layer=every_layer).eval()
         assert model.pos_every_layer is every_layer
         with torch.no_grad():
-            fusion = model.encode(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+            fusion = model(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
             memory, mask, pos = model.memory(fusion)
         assert memory.shape == (2, 8 + 4, DIM) and mask.tolist()[1][8:] == [True, True, False, False]
         if every_layer:
@@ -296,7 +296,7 @@ def test_decoding_agrees_with_teacher_forcing_and_the_cache_changes_nothing() ->
     torch.manual_seed(3)
     model, batch = make_e2e().eval(), fixed_batch(3)
     with torch.no_grad():
-        fusion = model.encode(None, None, batch.pixels, batch.pixel_mask)
+        fusion = model(None, None, batch.pixels, batch.pixel_mask)
         greedy = model.generate_captions(fusion, BOS, EOS, PAD, max_len=8)
         uncached = model.generate_captions(fusion, BOS, EOS, PAD, max_len=8, use_cache=False)
         assert greedy.sequences.tolist() == uncached.sequences.tolist()
@@ -337,7 +337,7 @@ def test_parts_of_different_width_are_refused() -> None:
             TransformerDecoder(dim=2 * DIM, depth=1, num_heads=4),
         )
     with pytest.raises(ValueError, match="text_mask"):
-        make_e2e(visual="patch").encode(torch.ones(1, 3, dtype=torch.long), None, torch.randn(1, 3, 32, 32))
+        make_e2e(visual="patch")(torch.ones(1, 3, dtype=torch.long), None, torch.randn(1, 3, 32, 32))
 
 
 def tiny_config(assembly: str, embedder: dict) -> dict:

@@ -33,7 +33,7 @@ from vlp.tasks.base import ObjectiveTask
 log = logging.getLogger(__name__)
 
 FSDP_METHODS = ("embed_images", "detect", "decode_captions", "generate_captions")
-"""E2EVLP methods called from outside ``forward`` (``encode`` is reached through ``forward``).
+"""E2EVLP methods called from outside ``forward``.
 
 ``embed_images`` runs first in a step, so FSDP2 initialises the model as the root before its embedder
 (the embedder's own ``forward`` first would make it a root of its own)."""
@@ -85,7 +85,7 @@ class E2ETask(ObjectiveTask):
                     f"objectives.{name}: {type(objective).__name__} reads view {objective.view!r}; "
                     f"{type(self).__name__} runs {list(self.VIEWS)}"
                 )
-        for method in ("encode", *FSDP_METHODS):
+        for method in FSDP_METHODS:
             if not callable(getattr(self.model, method, None)):
                 raise ValueError(f"model: {type(self.model).__name__} has no {method}(); an E2EVLP is needed")
         needs_decoder = self.views_used() & {"detection", "caption"}

@@ -111,7 +111,7 @@ class E2EVLP(SingleStreamFusion):
             as an ablation).
         encoder: the fusion :class:`~vlp.models.layers.transformer.TransformerEncoder`.
         decoder: shared by detection and captioning; ``None`` builds the encoder alone (no object
-            queries, no caption head), for tasks that read only :meth:`encode` (VQA, ...): parameters
+            queries, no caption head), for tasks that read only the encoder (VQA, ...): parameters
             no loss reaches would stall DDP.
         num_queries: learned object queries (DETR: 100).
         pooler: over the first token, for ITM ([CLS] of the text).
@@ -194,23 +194,13 @@ class E2EVLP(SingleStreamFusion):
         pixel_mask: Tensor | None = None,
         visual: VisualTokens | None = None,
     ) -> FusionOutput:
-        """The encoder pass, with ViLT's signature (so ViLT's pre-training task drives it as it is)."""
-        return self.encode(text_ids, text_mask, pixels, pixel_mask, visual)
-
-    def encode(
-        self,
-        text_ids: Tensor | None,
-        text_mask: Tensor | None,
-        pixels: Tensor | None,
-        pixel_mask: Tensor | None = None,
-        visual: VisualTokens | None = None,
-    ) -> FusionOutput:
-        """Encode ``[text; image]``, or the image alone with ``text_ids=None`` (the memory captioning
+        """The encoder pass (ViLT's signature, so ViLT's pre-training task drives it as it is): encode
+        ``[text; image]``, or the image alone with ``text_ids=None`` (the memory captioning
         decodes from; ``text_states`` is then empty and ``pooled`` reads the first image token).
         ``visual``: the images' tokens from :meth:`embed_images`, used instead of embedding ``pixels``."""
         if visual is None:
             if pixels is None:
-                raise ValueError("encode needs pixels or visual (tokens from embed_images)")
+                raise ValueError("E2EVLP needs pixels or visual (tokens from embed_images)")
             visual = self.visual_embedder(pixels, pixel_mask)
         image = visual.embeds + self.token_type_embeddings.weight[1]
         if visual.pos is not None and not self.pos_every_layer:
@@ -318,7 +308,7 @@ class E2EVLP(SingleStreamFusion):
         alpha: float = 0.0,
         use_cache: bool = True,
     ) -> GenerationOutput:
-        """Captions decoded from ``fusion`` (usually an image-only :meth:`encode`): greedy when
+        """Captions decoded from ``fusion`` (usually an image-only pass, ``model(None, None, pixels)``): greedy when
         ``num_beams == 1``, else beam search with GNMT length penalty ``alpha``. Sequences start with
         ``bos_id`` and count it in ``max_len``. ``use_cache`` keeps keys and values between steps (the
         same result, fewer operations). Call it in eval mode: dropout would sample the decoding."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vlp.checkpoints import check_state_matches, torch_load
+from vlp.checkpoints import check_state_matches, load_existing
 from vlp.models.embedders.vq_tokens import VQTokenEmbedder
 from vlp.models.layers.heads import ITMHead
 from vlp.models.layers.transformer import key_padding_mask
@@ -78,12 +78,11 @@ class ITMScorer(nn.Module):
     def load_pretrain_checkpoint(self, path: str) -> None:
         """Load ``model.*`` and ``objectives.itm.head.*`` of a PretrainTask checkpoint strictly."""
         file = Path(path)
-        if not file.is_file():
-            raise FileNotFoundError(
-                f"reranker checkpoint {file} not found: train it first "
-                "(python -m vlp fit --config configs/ernie_vilg/shapes_itm_reranker.yaml)"
-            )
-        checkpoint = torch_load(file)
+        checkpoint = load_existing(
+            file,
+            f"reranker checkpoint {file} not found: train it first "
+            "(python -m vlp fit --config configs/ernie_vilg/shapes_itm_reranker.yaml)",
+        )
         state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
         if not isinstance(state, dict):
             raise ValueError(f"{file}: no 'state_dict' entry; not a Lightning checkpoint")

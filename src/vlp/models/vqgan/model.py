@@ -19,7 +19,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlp.checkpoints import check_state_matches, torch_load
+from vlp.checkpoints import check_state_matches, load_existing
 from vlp.models.layers.attention import sdpa
 from vlp.models.vqgan.quantizer import VectorQuantizer
 
@@ -359,9 +359,7 @@ class VQGAN(nn.Module):
         ``prefix``; every VQGAN key must be there and nothing else under the prefix, or the error names them.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"VQGAN checkpoint {path} not found (a VQGANTask .ckpt file)")
-        checkpoint = torch_load(path)
+        checkpoint = load_existing(path, f"VQGAN checkpoint {path} not found (a VQGANTask .ckpt file)")
         if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint:
             raise ValueError(f"{path}: no '{CONFIG_KEY}' entry; not a VQGANTask checkpoint")
         model = cls(**checkpoint[CONFIG_KEY])
