@@ -175,36 +175,17 @@ class ObjectiveTask(PredictionWriter, LightningModule, ABC):
         """Under ``ModelParallelStrategy``, shard with FSDP2 (per block / embedder, then each root).
 
         Lightning calls this after the process group and device mesh exist and before
-        ``configure_optimizers``, so the optimiser is built on the sharded (DTensor) parameters.
-        vlp applies no tensor parallelism: the strategy's whole mesh must be its data-parallel
-        dimension (``data_parallel_size`` = number of processes, ``tensor_parallel_size: 1``). Lightning's
-        ``"auto"`` sizes put the processes of a node on the tensor-parallel dimension, where nothing would
-        shard or reduce gradients, so that is refused here.
+        ``configure_optimizers``, so the optimiser is built on the sharded (DTensor) parameters. The mesh
+        must be all data-parallel (:func:`~vlp.tasks.sharding.fsdp2_mesh`).
         """
-        from lightning.pytorch.strategies import ModelParallelStrategy
+        from vlp.tasks.sharding import apply_fsdp2, check_sharded, fsdp2_mesh
 
-        if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+        mesh = fsdp2_mesh(self)
+        if mesh is None:
             return
-        from torch.distributed.fsdp import FSDPModule
-
-        if isinstance(self.model, FSDPModule):
-            return  # already sharded (configure_model may run again, e.g. in trainer.test after fit)
-        from vlp.tasks.sharding import apply_fsdp2
-
-        mesh = self.device_mesh
-        if mesh["tensor_parallel"].size() > 1:
-            raise ValueError(
-                f"ModelParallelStrategy mesh is {dict(zip(mesh.mesh_dim_names, mesh.shape))}, but vlp shards "
-                "over data_parallel only: set data_parallel_size to the number of processes "
-                "(num_nodes x devices) and tensor_parallel_size: 1 (configs/trainer/fsdp.yaml)"
-            )
         bf16 = str(self.trainer.precision).startswith("bf16")
-        apply_fsdp2([self.model, *self.objectives.values()], mesh["data_parallel"], bf16=bf16)
-        from torch.distributed.tensor import DTensor
-
-        outside = [name for name, p in self.named_parameters() if not isinstance(p, DTensor)]
-        if outside:  # nothing would average their gradients across ranks
-            raise RuntimeError(f"parameters outside the model and objectives were not sharded: {outside}")
+        apply_fsdp2([self.model, *self.objectives.values()], mesh, bf16=bf16)
+        check_sharded(self.named_parameters(), "the model and objectives")
 
     def configure_gradient_clipping(
         self,

@@ -8,12 +8,16 @@ process (loss trajectory, sharding, bf16, activation checkpointing, distributed 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
+from lightning import LightningModule
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 from vlp.models.embedders.base import VisualEmbedder
 from vlp.models.embedders.text import TextEmbedder
@@ -21,6 +25,40 @@ from vlp.models.layers.decoder import DecoderLayer
 from vlp.models.layers.transformer import Block
 
 SHARD_UNITS: tuple[type[nn.Module], ...] = (Block, DecoderLayer, VisualEmbedder, TextEmbedder)
+
+
+def fsdp2_mesh(task: LightningModule) -> DeviceMesh | None:
+    """The mesh to shard ``task`` over with FSDP2 in its ``configure_model``: the data-parallel dimension
+    of Lightning's ``ModelParallelStrategy``. ``None`` when there is nothing to shard: no trainer, another
+    strategy, or ``task.model`` already sharded (``configure_model`` may run again, e.g. in
+    ``trainer.test`` after fit).
+
+    vlp applies no tensor parallelism: the strategy's whole mesh must be its data-parallel dimension
+    (``data_parallel_size`` = number of processes, ``tensor_parallel_size: 1``). Lightning's ``"auto"``
+    sizes put the processes of a node on the tensor-parallel dimension, where nothing would shard or
+    reduce gradients, so that is refused here.
+    """
+    if task._trainer is None or not isinstance(task.trainer.strategy, ModelParallelStrategy):
+        return None
+    if isinstance(task.model, FSDPModule):
+        return None
+    mesh = task.device_mesh
+    if mesh["tensor_parallel"].size() > 1:
+        raise ValueError(
+            f"ModelParallelStrategy mesh is {dict(zip(mesh.mesh_dim_names, mesh.shape))}, but vlp shards "
+            "over data_parallel only: set data_parallel_size to the number of processes "
+            "(num_nodes x devices) and tensor_parallel_size: 1 (configs/trainer/fsdp.yaml)"
+        )
+    return mesh["data_parallel"]
+
+
+def check_sharded(named_parameters: Iterable[tuple[str, nn.Parameter]], roots: str) -> None:
+    """Refuse any of ``named_parameters`` left outside the sharded ``roots`` (named in the message):
+    ``ModelParallelStrategy`` does no other gradient reduction, so nothing would average their gradients
+    across ranks."""
+    outside = [name for name, p in named_parameters if not isinstance(p, DTensor)]
+    if outside:
+        raise RuntimeError(f"parameters outside {roots} were not sharded: {outside}")
 
 
 def shard_units(module: nn.Module, units: tuple[type[nn.Module], ...] = SHARD_UNITS) -> list[nn.Module]:

@@ -310,35 +310,20 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, ObjectiveTask):
         """FSDP2 as :meth:`ObjectiveTask.configure_model` for the model and objectives; the frozen VQGAN
         is not sharded: rank 0's copy is broadcast and every process keeps it whole (the frozen reranker,
         loaded from the same file on every process, is kept whole too)."""
-        from lightning.pytorch.strategies import ModelParallelStrategy
+        from vlp.tasks.sharding import apply_fsdp2, broadcast_from_first_rank, check_sharded, fsdp2_mesh
 
-        if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
-            return
-        from torch.distributed.fsdp import FSDPModule
-        from torch.distributed.tensor import DTensor
-
-        from vlp.tasks.sharding import apply_fsdp2, broadcast_from_first_rank
-
-        if isinstance(self.model, FSDPModule):
+        mesh = fsdp2_mesh(self)
+        if mesh is None:
             return
         if any(p.requires_grad for p in self.vqgan.parameters()):
             raise ValueError(
                 "train_decoder=True is not supported under FSDP2 (the VQGAN is kept whole, outside the "
                 "sharded model): train end to end with a frozen decoder or under DDP"
             )
-        mesh = self.device_mesh
-        if mesh["tensor_parallel"].size() > 1:
-            raise ValueError(
-                f"ModelParallelStrategy mesh is {dict(zip(mesh.mesh_dim_names, mesh.shape))}, but vlp shards "
-                "over data_parallel only: tensor_parallel_size: 1 (configs/trainer/fsdp.yaml)"
-            )
-        broadcast_from_first_rank(self.vqgan, mesh["data_parallel"])
+        broadcast_from_first_rank(self.vqgan, mesh)
         bf16 = str(self.trainer.precision).startswith("bf16")
-        apply_fsdp2([self.model, *self.objectives.values()], mesh["data_parallel"], bf16=bf16)
-        outside = [
-            name
-            for name, p in self.named_parameters()
-            if not isinstance(p, DTensor) and not name.startswith(("vqgan.", "reranker."))
+        apply_fsdp2([self.model, *self.objectives.values()], mesh, bf16=bf16)
+        sharded = [
+            (name, p) for name, p in self.named_parameters() if not name.startswith(("vqgan.", "reranker."))
         ]
-        if outside:
-            raise RuntimeError(f"parameters outside the model and objectives were not sharded: {outside}")
+        check_sharded(sharded, "the model and objectives")

@@ -195,31 +195,15 @@ class VQGANTask(RowPredictionWriter, LightningModule):
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``, shard the VQGAN and the discriminator with FSDP2 (each one root)."""
-        from lightning.pytorch.strategies import ModelParallelStrategy
+        from vlp.tasks.sharding import apply_fsdp2, check_sharded, fsdp2_mesh
 
-        if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+        mesh = fsdp2_mesh(self)
+        if mesh is None:
             return
-        from torch.distributed.fsdp import FSDPModule
-        from torch.distributed.tensor import DTensor
-
-        from vlp.tasks.sharding import apply_fsdp2
-
-        if isinstance(self.model, FSDPModule):
-            return
-        mesh = self.device_mesh
-        if mesh["tensor_parallel"].size() > 1:
-            raise ValueError(
-                f"ModelParallelStrategy mesh is {dict(zip(mesh.mesh_dim_names, mesh.shape))}, but vlp shards "
-                "over data_parallel only: set data_parallel_size to the number of processes and "
-                "tensor_parallel_size: 1 (configs/trainer/fsdp.yaml)"
-            )
         roots = [self.model] + ([self.discriminator] if self.discriminator is not None else [])
-        apply_fsdp2(roots, mesh["data_parallel"], bf16=str(self.trainer.precision).startswith("bf16"))
-        outside = [n for n, p in self.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
-        if outside:
-            raise RuntimeError(
-                f"parameters outside the VQGAN and the discriminator were not sharded: {outside}"
-            )
+        apply_fsdp2(roots, mesh, bf16=str(self.trainer.precision).startswith("bf16"))
+        trainable = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+        check_sharded(trainable, "the VQGAN and the discriminator")
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
         hp = self.hparams
