@@ -82,3 +82,38 @@ def test_vilt_b32_has_the_paper_sizes() -> None:
     assert cli.datamodule.transform.patch_size == 32 and cli.datamodule.transform.image_size == 384
     assert cli.datamodule.collator.max_text_len == 40 and cli.datamodule.collator.grounded_words  # kept
     assert cli.model.hparams.lr == 1e-4
+
+
+# Where each full recipe (a file with a trainer section) is run for a few steps through the CLI.
+RUN_BY = {
+    "vilt/shapes_pretrain.yaml": "test_cli.py::test_fit_fast_dev_run_through_the_real_cli",
+    "vilt/shapes_vqa.yaml": "test_finetune_recipes.py::test_recipe_runs_fast_dev_run_from_a_pretraining_checkpoint_and_prints_its_metric",
+    "vilt/shapes_nlvr2.yaml": "test_finetune_recipes.py::test_recipe_runs_fast_dev_run_from_a_pretraining_checkpoint_and_prints_its_metric",
+    "vilt/shapes_retrieval.yaml": "test_finetune_recipes.py::test_recipe_runs_fast_dev_run_from_a_pretraining_checkpoint_and_prints_its_metric",
+    "e2e_vlp/shapes_pretrain.yaml": "test_e2e_recipes.py::test_recipe_runs_fast_dev_run_and_prints_its_metrics",
+    "e2e_vlp/shapes_detection.yaml": "test_e2e_recipes.py::test_recipe_runs_fast_dev_run_and_prints_its_metrics",
+    "e2e_vlp/shapes_captioning.yaml": "test_e2e_recipes.py::test_recipe_runs_fast_dev_run_and_prints_its_metrics",
+    "e2e_vlp/shapes_vqa.yaml": "test_e2e_recipes.py::test_recipe_runs_fast_dev_run_and_prints_its_metrics",
+    "ernie_vilg/shapes_pretrain.yaml": "test_ernie_vilg_recipes.py::test_recipe_runs_fast_dev_run_and_predicts",
+    "ernie_vilg/shapes_itm_reranker.yaml": "test_ernie_vilg_recipes.py::test_itm_recipe_trains_and_its_checkpoint_reranks_through_the_cli",
+    "vqgan/shapes_vqgan.yaml": "test_vqgan_recipe.py::test_recipe_runs_fast_dev_run_and_prints_its_metrics",
+    "probe/shapes_judge.yaml": "tasks/test_shapes_judge.py::test_recipe_fits_through_the_cli_and_its_checkpoint_loads_as_a_judge",
+}  # fmt: skip
+
+
+def is_full_recipe(path: Path) -> bool:
+    config = yaml.safe_load(path.read_text()) or {}
+    return "trainer" in config and "class_path" in (config.get("model") or {})
+
+
+def test_every_full_recipe_is_run_by_a_test() -> None:
+    """A new recipe needs a test that runs it: the list above names one per recipe, and that test exists and
+    names the recipe's file."""
+    full = sorted(str(path.relative_to(CONFIGS)) for path in CONFIGS.rglob("*.yaml") if is_full_recipe(path))
+    assert full == sorted(RUN_BY)
+    tests = Path(__file__).parent
+    for recipe, test in RUN_BY.items():
+        file, name = test.split("::")
+        source = (tests / file).read_text()
+        assert f"def {name}(" in source, test
+        assert Path(recipe).name in source or Path(recipe).parent.name + "/" in source, (recipe, file)
