@@ -8,14 +8,14 @@ from typing import Any
 from vlp.batch import Batch
 from vlp.tasks.e2e_base import E2ETask
 from vlp.tasks.predict_files import Row, RowPredictionWriter, itm_rows, write_jsonl
+from vlp.tasks.pretrain import itm_view, mlm_text_ids
 
 
 class E2EPretrainTask(RowPredictionWriter, E2ETask):
     """Pre-training an :class:`~vlp.models.e2e_vlp.model.E2EVLP` (Xu et al. 2021) with any of four views.
 
-    * ``"mlm"``: the masked text with each sample's own image (official ViLT's MLM view);
-    * ``"itm"``: the clean text with the image ``batch.itm_image_index`` names (a negative's is another
-      sample's);
+    * ``"mlm"``, ``"itm"``: as :class:`~vlp.tasks.pretrain.PretrainTask`'s (the masked text with each
+      sample's own image; the clean text with the image ``batch.itm_image_index`` names);
     * ``"detection"``: the object queries decoded against the encoder pass over ``[text; own image]``.
       With MLM active that is the MLM pass (masked text), so the two share one encoder pass; otherwise
       an encoder pass over the clean text;
@@ -40,14 +40,7 @@ class E2EPretrainTask(RowPredictionWriter, E2ETask):
             raise ValueError("E2EPretrainTask needs batch.pixels")
         visual = self.model.embed_images(batch.pixels, batch.pixel_mask)
         if views & {"mlm", "detection"}:
-            if "mlm" in views:
-                if batch.mlm_text_ids is None:
-                    raise ValueError(
-                        "the MLM view needs batch.mlm_text_ids; enable MLM masking in the data module"
-                    )
-                text = batch.mlm_text_ids
-            else:
-                text = batch.text_ids
+            text = mlm_text_ids(batch) if "mlm" in views else batch.text_ids
             if text is None or batch.text_mask is None:
                 raise ValueError("the detection view reads the paired text: batch.text_ids is None")
             paired = self.model(text, batch.text_mask, None, visual=visual)
@@ -56,12 +49,7 @@ class E2EPretrainTask(RowPredictionWriter, E2ETask):
             if "detection" in views:
                 outputs["detection"] = self.model.detect(paired)
         if "itm" in views:
-            if batch.itm_image_index is None:
-                raise ValueError(
-                    "the ITM view needs batch.itm_image_index; enable ITM pairs in the data module"
-                )
-            shown = visual.select(batch.itm_image_index)
-            outputs["itm"] = self.model(batch.text_ids, batch.text_mask, None, visual=shown)
+            outputs["itm"] = itm_view(self.model, batch, visual)
         if "caption" in views:
             if batch.caption_ids is None:
                 raise ValueError(

@@ -5,15 +5,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from vlp.batch import Batch
+from vlp.models.embedders.base import VisualTokens
 from vlp.models.outputs import FusionOutput
 from vlp.models.vilt import ViLT
 from vlp.tasks.base import ObjectiveTask
 from vlp.tasks.predict_files import Row, RowPredictionWriter, itm_rows, write_jsonl
 
 VIEWS = ("mlm", "itm")
+
+
+def mlm_text_ids(batch: Batch) -> Tensor:
+    """The text of the ``"mlm"`` view: the masked ids."""
+    if batch.mlm_text_ids is None:
+        raise ValueError("the MLM view needs batch.mlm_text_ids; enable MLM masking in the data module")
+    return batch.mlm_text_ids
+
+
+def itm_view(model: nn.Module, batch: Batch, visual: VisualTokens) -> FusionOutput:
+    """The ``"itm"`` view: ``model``'s pass over the clean text with the image ``batch.itm_image_index``
+    names (another sample's for a negative), taken from ``visual``, the batch's embedded images."""
+    if batch.itm_image_index is None:
+        raise ValueError("the ITM view needs batch.itm_image_index; enable ITM pairs in the data module")
+    shown = visual.select(batch.itm_image_index)
+    return model(batch.text_ids, batch.text_mask, None, visual=shown)
 
 
 class PretrainTask(RowPredictionWriter, ObjectiveTask):
@@ -66,20 +83,11 @@ class PretrainTask(RowPredictionWriter, ObjectiveTask):
         outputs = {}
         visual = self.model.embed_images(batch.pixels, batch.pixel_mask)  # once for both views
         if "mlm" in views:
-            if batch.mlm_text_ids is None:
-                raise ValueError(
-                    "the MLM view needs batch.mlm_text_ids; enable MLM masking in the data module"
-                )
             outputs["mlm"] = self.model(
-                batch.mlm_text_ids, batch.text_mask, None, visual=visual, **self.mlm_view_rows(batch)
+                mlm_text_ids(batch), batch.text_mask, None, visual=visual, **self.mlm_view_rows(batch)
             )
         if "itm" in views:
-            if batch.itm_image_index is None:
-                raise ValueError(
-                    "the ITM view needs batch.itm_image_index; enable ITM pairs in the data module"
-                )
-            shown = visual.select(batch.itm_image_index)
-            outputs["itm"] = self.model(batch.text_ids, batch.text_mask, None, visual=shown)
+            outputs["itm"] = itm_view(self.model, batch, visual)
         return outputs
 
     def predict_rows(self, batch: Batch, batch_idx: int) -> list[Row]:
