@@ -1,4 +1,5 @@
-"""Collation of decoded samples into a pre-training :class:`~vlp.batch.Batch` (MLM + ITM).
+"""Collation of decoded samples into a :class:`~vlp.batch.Batch`: what every collator shares
+(:class:`SampleCollator`) and the pre-training collator (:class:`PretrainCollator`, MLM + ITM).
 
 Decoding (:mod:`vlp.datamodules.decode`, in loader workers) turns every webdataset sample into a
 :class:`~vlp.datamodules.decode.DecodedSample` or a :class:`~vlp.datamodules.decode.SkippedSample` marker;
@@ -17,14 +18,16 @@ from __future__ import annotations
 
 import logging
 import os
+from abc import abstractmethod
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Self
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+from transformers import BatchEncoding, DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from vlp.batch import Batch
 from vlp.datamodules.decode import DecodedSample, SampleDecoder, SkippedSample
@@ -100,7 +103,123 @@ def process_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, rank, worker]).generate_state(1)[0])
 
 
-class PretrainCollator(Collator):
+class SampleCollator(Collator):
+    """What the collators share: ``list[decoded sample | SkippedSample] -> Batch``, text tokenized.
+
+    Skip markers are counted in the batch (``num_skipped`` / ``skipped_keys``), the first
+    ``max_logged_skips`` logged by name, and dropped; subclasses implement :meth:`collate` on the usable
+    samples. An all-skipped batch comes back empty (``len(batch) == 0``, tensors None) with its skips
+    counted. Randomness comes from the generator passed with each call, else from this process's own
+    (:meth:`generator`), seeded from the ``seed`` :meth:`for_split` hands over.
+
+    Args:
+        tokenizer, max_text_len: how the text is tokenized (longer text is truncated).
+        max_logged_skips: skipped samples logged by name (the rest are counted).
+    """
+
+    def __init__(self, tokenizer: str = BUNDLED, max_text_len: int = 40, max_logged_skips: int = 5) -> None:
+        self.tokenizer_name = tokenizer
+        self.max_text_len = max_text_len
+        self.max_logged_skips = max_logged_skips
+        self.seed = 0  # the split's, handed over by for_split
+        self._generator: torch.Generator | None = None
+        self._logged_skips = 0
+
+    def for_split(self, train: bool, seed: int = 0, vocab: Vocab | None = None) -> Self:
+        """The split's collator, randomness from ``seed`` when no generator is passed."""
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        bound = self._bound_copy()
+        bound.seed = seed
+        return bound
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the per-process state, so each loader worker derives its own generator."""
+        state = self.__dict__.copy()
+        state.update(_generator=None, _logged_skips=0)
+        return state
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.tokenizer_name)
+
+    def generator(self) -> torch.Generator:
+        """This process's generator, created on first use from ``(seed, rank, worker)``."""
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(process_seed(self.seed))
+        return self._generator
+
+    def tokenize(self, texts: list[str], **options: Any) -> BatchEncoding:
+        """``texts`` tokenized into tensors, padded to the longest, truncated to ``max_text_len``;
+        ``options`` ask the tokenizer for more (offsets, special-token masks)."""
+        return self.tokenizer(
+            texts,
+            padding="longest",
+            truncation=True,
+            max_length=self.max_text_len,
+            return_token_type_ids=False,
+            return_tensors="pt",
+            **options,
+        )
+
+    def images(self, images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """``pixels`` and ``pixel_mask`` of the images (:func:`pad_images`)."""
+        return pad_images(images)
+
+    def text_image_batch(
+        self,
+        keys: list[str],
+        images: Sequence[Tensor],
+        texts: list[str],
+        encoding: BatchEncoding | None = None,
+        **fields: Any,
+    ) -> Batch:
+        """The batch of ``images`` (:meth:`images`) and ``texts`` (as ``captions``, and their ``encoding``,
+        by default :meth:`tokenize`'s, as ``text_ids``/``text_mask``), row keys ``keys``, the task's
+        ``fields`` besides."""
+        pixels, pixel_mask = self.images(images)
+        encoding = self.tokenize(texts) if encoding is None else encoding
+        return Batch(
+            keys=keys,
+            pixels=pixels,
+            pixel_mask=pixel_mask,
+            text_ids=encoding["input_ids"],
+            text_mask=encoding["attention_mask"].bool(),
+            captions=texts,
+            **fields,
+        )
+
+    def __call__(self, samples: Sequence[Any], generator: torch.Generator | None = None) -> Batch:
+        """Collate; randomness comes from ``generator`` when given (a stream passes one per batch,
+        seeded by the batch's coordinates), else from this process's own generator."""
+        self._check_bound()
+        kept = [s for s in samples if not isinstance(s, SkippedSample)]
+        skipped = [s for s in samples if isinstance(s, SkippedSample)]
+        self._log_skips(skipped)
+        skipped_keys = [s.key for s in skipped]
+        if not kept:
+            return Batch(keys=[], num_skipped=len(skipped), skipped_keys=skipped_keys)
+        batch = self.collate(kept, generator if generator is not None else self.generator())
+        return replace(batch, num_skipped=len(skipped), skipped_keys=skipped_keys)
+
+    @abstractmethod
+    def collate(self, samples: list[Any], generator: torch.Generator) -> Batch:
+        """The batch of the usable (decoded) samples; skips are added by :meth:`__call__`."""
+
+    def _log_skips(self, skipped: Sequence[SkippedSample]) -> None:
+        for marker in skipped:
+            if self._logged_skips >= self.max_logged_skips:
+                return
+            self._logged_skips += 1
+            tail = (
+                " (further skips are counted, not logged)"
+                if self._logged_skips == self.max_logged_skips
+                else ""
+            )
+            log.warning("vlp: skipped sample %s: %s%s", marker.key, marker.reason, tail)
+
+
+class PretrainCollator(SampleCollator):
     """``list[DecodedSample | SkippedSample] -> Batch`` for MLM + ITM pre-training.
 
     Per batch: skip markers are counted and dropped; one caption per sample is chosen at random;
@@ -147,22 +266,17 @@ class PretrainCollator(Collator):
             raise ValueError(f"grounded_mask_probability must be in [0, 1], got {grounded_mask_probability}")
         if grounded_mask_probability > 0 and grounded_words is not None and not grounded_words:
             raise ValueError("grounded_mask_probability > 0 needs grounded_words (the words to mask)")
-        self.tokenizer_name = tokenizer
-        self.max_text_len = max_text_len
+        super().__init__(tokenizer, max_text_len, max_logged_skips)
         self.mlm_probability = mlm_probability
         self.whole_word_masking = whole_word_masking
         self.itm = itm
         self.shuffle_images = shuffle_images
         self.grounded_mask_probability = grounded_mask_probability
         self.grounded_words = None if grounded_words is None else list(grounded_words)
-        self.max_logged_skips = max_logged_skips
         # the split's settings, handed over by for_split
-        self.seed = 0
         self.shuffle = False
         self.words: tuple[str, ...] = ()
-        self._generator: torch.Generator | None = None
         self._masker: DataCollatorForLanguageModeling | None = None
-        self._logged_skips = 0
 
     def decoder_type(self) -> type[Decoder]:
         return SampleDecoder
@@ -170,10 +284,7 @@ class PretrainCollator(Collator):
     def for_split(self, train: bool, seed: int = 0, vocab: Vocab | None = None) -> Self:
         """The split's collator: images shuffled when :meth:`shuffles` says so, randomness from ``seed``
         (when no generator is passed), grounded words from ``vocab`` unless ``grounded_words`` lists them."""
-        if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
-        bound = self._bound_copy()
-        bound.seed = seed
+        bound = super().for_split(train, seed, vocab)
         bound.shuffle = self.shuffles(train)
         bound.words = tuple(self.masked_words(vocab or Vocab()))
         return bound
@@ -198,20 +309,7 @@ class PretrainCollator(Collator):
         return words
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle without the per-process generator, so each loader worker derives its own."""
-        state = self.__dict__.copy()
-        state.update(_generator=None, _masker=None, _logged_skips=0)
-        return state
-
-    @property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        return load_tokenizer(self.tokenizer_name)
-
-    def generator(self) -> torch.Generator:
-        """This process's generator, created on first use from ``(seed, rank, worker)``."""
-        if self._generator is None:
-            self._generator = torch.Generator().manual_seed(process_seed(self.seed))
-        return self._generator
+        return {**super().__getstate__(), "_masker": None}
 
     def masker(self) -> DataCollatorForLanguageModeling:
         """transformers' MLM masker; each call to the collator points its ``generator`` at the batch's."""
@@ -227,65 +325,35 @@ class PretrainCollator(Collator):
             self._masker = masker
         return self._masker
 
-    def __call__(
-        self, samples: Sequence[DecodedSample | SkippedSample], generator: torch.Generator | None = None
-    ) -> Batch:
-        """Collate; randomness comes from ``generator`` when given (a stream passes one per batch,
-        seeded by the batch's coordinates), else from this process's own generator."""
-        self._check_bound()
-        kept = [s for s in samples if isinstance(s, DecodedSample)]
-        skipped = [s for s in samples if isinstance(s, SkippedSample)]
-        self._log_skips(skipped)
-        skipped_keys = [s.key for s in skipped]
-        if not kept:
-            return Batch(keys=[], num_skipped=len(skipped), skipped_keys=skipped_keys)
-
-        generator = generator if generator is not None else self.generator()
-        images = [s.image for s in kept]
+    def collate(self, samples: list[DecodedSample], generator: torch.Generator) -> Batch:
+        images = [s.image for s in samples]
         if self.shuffle:
             images = [images[j] for j in random_derangement(len(images), generator)]
         itm_labels = itm_image_index = None
         if self.itm:
             sources, itm_labels = itm_pairing(len(images), generator)
             itm_image_index = torch.tensor(sources, dtype=torch.long)
-        pixels, pixel_mask = pad_images(images)
-
-        captions = [pick_caption(s.captions, generator) for s in kept]
-        text_ids, text_mask, mlm_text_ids, mlm_labels = self._encode(captions, generator)
-        return Batch(
-            keys=[s.key for s in kept],
-            pixels=pixels,
-            pixel_mask=pixel_mask,
-            text_ids=text_ids,
-            text_mask=text_mask,
+        captions = [pick_caption(s.captions, generator) for s in samples]
+        encoding = self.tokenize(captions, return_offsets_mapping=True, return_special_tokens_mask=True)
+        mlm_text_ids, mlm_labels = self._mask(captions, encoding, generator)
+        return self.text_image_batch(
+            [s.key for s in samples],
+            images,
+            captions,
+            encoding,
             mlm_text_ids=mlm_text_ids,
             mlm_labels=mlm_labels,
             itm_labels=itm_labels,
             itm_image_index=itm_image_index,
-            captions=captions,
-            num_skipped=len(skipped),
-            skipped_keys=skipped_keys,
         )
 
-    def _encode(
-        self, captions: list[str], generator: torch.Generator
-    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """Tokenize and (unless MLM is off) mask a copy: ``text_ids``, ``text_mask`` (bool),
-        ``mlm_text_ids``, ``mlm_labels``."""
-        encoding = self.tokenizer(
-            captions,
-            padding="longest",
-            truncation=True,
-            max_length=self.max_text_len,
-            return_offsets_mapping=True,
-            return_special_tokens_mask=True,
-            return_token_type_ids=False,
-            return_tensors="pt",
-        )
+    def _mask(
+        self, captions: list[str], encoding: BatchEncoding, generator: torch.Generator
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Unless MLM is off, a masked copy of the captions' tokens: ``mlm_text_ids``, ``mlm_labels``."""
         text_ids = encoding["input_ids"]
-        text_mask = encoding["attention_mask"].bool()
         if self.mlm_probability == 0 and self.grounded_mask_probability == 0:
-            return text_ids, text_mask, None, None
+            return None, None
         if self.mlm_probability > 0:
             masker = self.masker()
             masker.generator = generator
@@ -303,16 +371,4 @@ class PretrainCollator(Collator):
             picked &= mlm_labels == -100
             mlm_text_ids[picked] = self.tokenizer.mask_token_id
             mlm_labels[picked] = text_ids[picked]
-        return text_ids, text_mask, mlm_text_ids, mlm_labels
-
-    def _log_skips(self, skipped: Sequence[SkippedSample]) -> None:
-        for marker in skipped:
-            if self._logged_skips >= self.max_logged_skips:
-                return
-            self._logged_skips += 1
-            tail = (
-                " (further skips are counted, not logged)"
-                if self._logged_skips == self.max_logged_skips
-                else ""
-            )
-            log.warning("vlp: skipped sample %s: %s%s", marker.key, marker.reason, tail)
+        return mlm_text_ids, mlm_labels

@@ -23,7 +23,6 @@ for the captioning metrics.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,7 +30,7 @@ import torch
 
 from vlp.batch import Batch, Targets
 from vlp.datamodules.collate import PretrainCollator
-from vlp.datamodules.decode import DecodedSample, SampleDecoder, SkippedSample, Unusable
+from vlp.datamodules.decode import DecodedSample, SampleDecoder, Unusable
 from vlp.datamodules.parts import Decoder, Vocab
 
 
@@ -152,25 +151,20 @@ class E2ECollator(PretrainCollator):
     def shuffles(self, train: bool) -> bool:
         return self.shuffle_images and (train or self.shuffle_eval_images)
 
-    def __call__(
-        self, samples: Sequence[DecodedSample | SkippedSample], generator: torch.Generator | None = None
-    ) -> Batch:
-        batch = super().__call__(samples, generator)
-        if len(batch) == 0:
-            return batch
-        kept = [s for s in samples if isinstance(s, DecodedSample)]
+    def collate(self, samples: list[DecodedSample], generator: torch.Generator) -> Batch:
+        batch = super().collate(samples, generator)
         targets = None
         if self.targets:
-            missing = [s.key for s in kept if getattr(s, "targets", None) is None]
+            missing = [s.key for s in samples if getattr(s, "targets", None) is None]
             if missing:
                 raise ValueError(
                     f"samples {missing[:5]} carry no detection targets: decode them with ObjectDecoder"
                 )
-            targets = [s.targets for s in kept]
+            targets = [s.targets for s in samples]
         return replace(
             batch,
             targets=targets,
             caption_ids=batch.text_ids if self.captions else None,
             caption_mask=batch.text_mask if self.captions else None,
-            references=[list(s.captions) for s in kept],
+            references=[list(s.captions) for s in samples],
         )

@@ -58,18 +58,12 @@ class PairCollator(FinetuneCollator):
         return PairDecoder
 
     def collate(self, samples: list[DecodedPair], generator: torch.Generator) -> Batch:
-        pixels, pixel_mask = self.images([s.left for s in samples])
         pixels_right, pixel_mask_right = self.images([s.right for s in samples])
-        statements = [s.statement for s in samples]
-        text_ids, text_mask = self.encode(statements)
-        return Batch(
-            keys=[s.key for s in samples],
-            pixels=pixels,
-            pixel_mask=pixel_mask,
+        return self.text_image_batch(
+            [s.key for s in samples],
+            [s.left for s in samples],
+            [s.statement for s in samples],
             pixels_right=pixels_right,
             pixel_mask_right=pixel_mask_right,
-            text_ids=text_ids,
-            text_mask=text_mask,
             pair_labels=torch.tensor([s.label for s in samples], dtype=torch.long),
-            captions=statements,
         )

@@ -27,17 +27,8 @@ class CaptionCollator(FinetuneCollator):
         return SampleDecoder
 
     def collate(self, samples: list[DecodedSample], generator: torch.Generator) -> Batch:
-        pixels, pixel_mask = self.images([s.image for s in samples])
         captions = [pick_caption(s.captions, generator) for s in samples]
-        text_ids, text_mask = self.encode(captions)
-        return Batch(
-            keys=[s.key for s in samples],
-            pixels=pixels,
-            pixel_mask=pixel_mask,
-            text_ids=text_ids,
-            text_mask=text_mask,
-            captions=captions,
-        )
+        return self.text_image_batch([s.key for s in samples], [s.image for s in samples], captions)
 
 
 class RetrievalCollator(FinetuneCollator):
@@ -75,19 +66,14 @@ class RetrievalCollator(FinetuneCollator):
         return super().for_split(train, seed, vocab)
 
     def collate(self, samples: list[DecodedSample], generator: torch.Generator) -> Batch:
-        pixels, pixel_mask = self.images([s.image for s in samples])
         texts, owners = [], []
         for row, sample in enumerate(samples):
             captions = sample.captions[: self.max_captions]
             texts += captions
             owners += [row] * len(captions)
-        text_ids, text_mask = self.encode(texts)
-        return Batch(
-            keys=[s.key for s in samples],
-            pixels=pixels,
-            pixel_mask=pixel_mask,
-            text_ids=text_ids,
-            text_mask=text_mask,
+        return self.text_image_batch(
+            [s.key for s in samples],
+            [s.image for s in samples],
+            texts,
             text_image_index=torch.tensor(owners, dtype=torch.long),
-            captions=texts,
         )

@@ -120,14 +120,4 @@ class VQACollator(FinetuneCollator):
                 images.append(sample.image)
                 questions.append(qa[j]["question"])
                 scores.append(answer_scores(qa[j]["answers"], self.answer_index, self.full_credit_answers))
-        pixels, pixel_mask = self.images(images)
-        text_ids, text_mask = self.encode(questions)
-        return Batch(
-            keys=keys,
-            pixels=pixels,
-            pixel_mask=pixel_mask,
-            text_ids=text_ids,
-            text_mask=text_mask,
-            answers=torch.stack(scores),
-            captions=questions,
-        )
+        return self.text_image_batch(keys, images, questions, answers=torch.stack(scores))
