@@ -42,12 +42,9 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from vlp.datamodules.synth import folder, render, scenes, statements, text
+from vlp.datamodules.synth.folder import *  # noqa: F403 (re-exported: see __all__)
 from vlp.datamodules.synth.folder import (
-    FORMAT_VERSION,
-    GENERATOR,
-    STAMP,
-    FolderState,
-    ShapesFolderError,
     _clear_incomplete,
     _folder_error,
     _remove_dead_staging,
@@ -55,67 +52,32 @@ from vlp.datamodules.synth.folder import (
     _write_json,
     _write_stamp,
     shapes_folder_state,
-    shapes_ready,
 )
 from vlp.datamodules.synth.glyphs import object_side, outline_width
 from vlp.datamodules.synth.render import render_scene
+from vlp.datamodules.synth.scenes import *  # noqa: F403 (re-exported: see __all__)
 from vlp.datamodules.synth.scenes import (
     COLOUR_NAMES,
-    COLOURS,
     DEFAULT_CONFIG,
     IMAGE_SPLITS,
-    MAX_OBJECTS,
-    NUMBER_WORDS,
     PAIR_SPLITS,
-    RELATIONS,
     SHAPES,
     SIZES,
     STYLES,
-    Background,
     Scene,
-    ShapeObject,
     ShapesConfig,
-    relation_holds,
     sample_scene,
 )
 from vlp.datamodules.synth.statements import pair_statement
 from vlp.datamodules.synth.text import captions_for, questions_for
 
-__all__ = [
-    "COLOURS",
-    "COLOUR_NAMES",
-    "DEFAULT_CONFIG",
-    "FORMAT_VERSION",
-    "GENERATOR",
-    "IMAGE_SPLITS",
-    "MAX_OBJECTS",
-    "NUMBER_WORDS",
-    "PAIR_SPLITS",
-    "RELATIONS",
-    "SHAPES",
-    "SIZES",
-    "STAMP",
-    "STYLES",
-    "Background",
-    "FolderState",
-    "Scene",
-    "ShapeObject",
-    "ShapesConfig",
-    "ShapesFolderError",
-    "captions_for",
-    "object_side",
-    "outline_width",
-    "pair_statement",
-    "questions_for",
-    "relation_holds",
-    "render_scene",
-    "sample_scene",
-    "scene_record",
-    "shapes_folder_state",
-    "shapes_ready",
-    "vocabulary",
-    "write_shapes",
-]
+# This module's names, the sizes of a glyph, and every public name of the other parts.
+__all__ = ["object_side", "outline_width", "scene_record", "vocabulary", "write_shapes"]
+__all__ += folder.__all__
+__all__ += render.__all__
+__all__ += scenes.__all__
+__all__ += statements.__all__
+__all__ += text.__all__
 
 log = logging.getLogger(__name__)
 
