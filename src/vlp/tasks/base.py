@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
@@ -18,6 +19,25 @@ from vlp.tasks.init_from import InitReport, load_matching, log_report, read_chec
 from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups, schedule_steps
 from vlp.tasks.predict_files import PredictionWriter
 from vlp.tasks.rng import CHECKPOINT_KEY, gather_rng_states, restore_rank_rng_state
+
+
+def check_views(objectives: Mapping[str, Objective], views: Collection[str | None], runs: str) -> None:
+    """Refuse an objective that reads a view not in ``views``; ``runs`` ends the message, saying which
+    passes the task runs."""
+    for name, objective in objectives.items():
+        if objective.view not in views:
+            raise ValueError(
+                f"objectives.{name}: {type(objective).__name__} reads view {objective.view!r}; {runs}"
+            )
+
+
+def check_objective_types(objectives: Mapping[str, Objective], kind: type[Objective], use: str) -> None:
+    """Refuse an objective that is not a ``kind``; ``use`` says what the task does with them."""
+    for name, objective in objectives.items():
+        if not isinstance(objective, kind):
+            raise ValueError(
+                f"objectives.{name}: {use} {kind.__name__} heads, got {type(objective).__name__}"
+            )
 
 
 def has_grad_scaler(plugin: Precision) -> bool:

@@ -33,6 +33,7 @@ from vlp.batch import Batch
 from vlp.metrics.detection import detections, ground_truth, image_sizes, map_figures, mean_average_precision
 from vlp.models.outputs import DecoderOutput
 from vlp.objectives.detection import DetectionObjective
+from vlp.tasks.base import check_objective_types
 from vlp.tasks.e2e_base import E2ETask, fsdp_gathered
 from vlp.tasks.predict_files import Row, RowPredictionWriter, vocab_list, write_json
 
@@ -53,12 +54,7 @@ class DetectionTask(RowPredictionWriter, E2ETask):
     def __init__(self, *args: Any, use_text: bool = True, **kwargs: Any) -> None:
         self.use_text = use_text  # read by uses_text() inside super().__init__
         super().__init__(*args, **kwargs)
-        for name, objective in self.objectives.items():
-            if not isinstance(objective, DetectionObjective):
-                raise ValueError(
-                    f"objectives.{name}: DetectionTask evaluates DetectionObjective heads, "
-                    f"got {type(objective).__name__}"
-                )
+        check_objective_types(self.objectives, DetectionObjective, "DetectionTask evaluates")
         self.val_map = mean_average_precision()
         self.test_map = mean_average_precision()
         self._categories: list[str] = []

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from vlp.tasks.base import ObjectiveTask
+from vlp.tasks.base import ObjectiveTask, check_views
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,7 @@ class E2ETask(ObjectiveTask):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for name, objective in self.objectives.items():
-            if objective.view not in self.VIEWS:
-                raise ValueError(
-                    f"objectives.{name}: {type(objective).__name__} reads view {objective.view!r}; "
-                    f"{type(self).__name__} runs {list(self.VIEWS)}"
-                )
+        check_views(self.objectives, self.VIEWS, f"{type(self).__name__} runs {list(self.VIEWS)}")
         for method in FSDP_METHODS:
             if not callable(getattr(self.model, method, None)):
                 raise ValueError(f"model: {type(self.model).__name__} has no {method}(); an E2EVLP is needed")

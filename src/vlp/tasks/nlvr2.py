@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from vlp.batch import Batch
 from vlp.models.outputs import FusionOutput
 from vlp.objectives.nlvr2 import NLVR2Objective
-from vlp.tasks.base import ObjectiveTask
+from vlp.tasks.base import ObjectiveTask, check_views
 from vlp.tasks.e2e_base import fsdp_gathered
 from vlp.tasks.predict_files import Row, RowPredictionWriter, active_objective, batch_texts, write_jsonl
 
@@ -67,12 +67,9 @@ class NLVR2Task(RowPredictionWriter, ObjectiveTask):
     def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
         grow_modality_types(model)
         super().__init__(model, *args, **kwargs)
-        for name, objective in self.objectives.items():
-            if objective.view is not None:
-                raise ValueError(
-                    f"objectives.{name}: {type(objective).__name__} reads view {objective.view!r}; "
-                    "NLVR2Task hands its objectives the (left, right) pair of passes"
-                )
+        check_views(
+            self.objectives, (None,), "NLVR2Task hands its objectives the (left, right) pair of passes"
+        )
 
     def adapt_init_state(self, state: dict[str, Tensor]) -> dict[str, str]:
         table = state.get(MODALITY_KEY)

@@ -11,7 +11,7 @@ from vlp.batch import Batch
 from vlp.models.embedders.base import VisualTokens
 from vlp.models.outputs import FusionOutput
 from vlp.models.vilt import ViLT
-from vlp.tasks.base import ObjectiveTask
+from vlp.tasks.base import ObjectiveTask, check_views
 from vlp.tasks.predict_files import Row, RowPredictionWriter, itm_rows, write_jsonl
 
 VIEWS = ("mlm", "itm")
@@ -51,12 +51,7 @@ class PretrainTask(RowPredictionWriter, ObjectiveTask):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for name, objective in self.objectives.items():
-            if objective.view not in VIEWS:
-                raise ValueError(
-                    f"objectives.{name}: {type(objective).__name__} reads view {objective.view!r}; "
-                    f"PretrainTask runs {list(VIEWS)}"
-                )
+        check_views(self.objectives, VIEWS, f"PretrainTask runs {list(VIEWS)}")
 
     def configure_model(self) -> None:
         """FSDP2 (see :meth:`ObjectiveTask.configure_model`), then ``embed_images`` registered: it runs

@@ -28,7 +28,7 @@ from vlp.batch import Batch
 from vlp.metrics.retrieval import retrieval_recall, score_pair_range
 from vlp.models.outputs import FusionOutput
 from vlp.objectives.retrieval import RetrievalObjective
-from vlp.tasks.base import ObjectiveTask
+from vlp.tasks.base import ObjectiveTask, check_objective_types
 from vlp.tasks.predict_files import batch_texts, gather_rows, write_json
 
 
@@ -66,12 +66,7 @@ class RetrievalTask(ObjectiveTask):
             )
         self._itm_source = itm_source  # read by adapt_init_state, which runs inside super().__init__
         super().__init__(*args, **kwargs)
-        for name, objective in self.objectives.items():
-            if not isinstance(objective, RetrievalObjective):
-                raise ValueError(
-                    f"objectives.{name}: RetrievalTask scores pairs with RetrievalObjective heads, "
-                    f"got {type(objective).__name__}"
-                )
+        check_objective_types(self.objectives, RetrievalObjective, "RetrievalTask scores pairs with")
         self.negatives = negatives
         self.eval_chunk_size = eval_chunk_size
         self.recall_at = tuple(recall_at)

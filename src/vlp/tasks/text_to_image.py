@@ -39,7 +39,7 @@ from vlp.models.ernie_vilg.model import ERNIEViLG, ERNIEViLGOutput
 from vlp.models.ernie_vilg.sampling import caption_images
 from vlp.objectives.base import Objective
 from vlp.objectives.reconstruction import ReconstructionObjective
-from vlp.tasks.base import ObjectiveTask
+from vlp.tasks.base import ObjectiveTask, check_views
 from vlp.tasks.caption_evaluation import CaptionEvaluation
 from vlp.tasks.e2e_base import fsdp_gathered
 from vlp.tasks.text_to_image_predict import TextToImagePrediction
@@ -73,12 +73,7 @@ def check_settings(
     max_caption_len: int,
 ) -> None:
     """The objectives read the task's views; the decoding and sampling settings are in range."""
-    for name, objective in objectives.items():
-        if objective.view not in VIEWS:
-            raise ValueError(
-                f"objectives.{name}: {type(objective).__name__} reads view {objective.view!r}; "
-                f"ERNIEViLGTask runs {list(VIEWS)}"
-            )
+    check_views(objectives, VIEWS, f"ERNIEViLGTask runs {list(VIEWS)}")
     if num_beams < 1 or num_candidates < 1:
         raise ValueError(f"num_beams and num_candidates must be >= 1, got {num_beams}, {num_candidates}")
     if not 2 <= max_caption_len <= model.max_text_len:

@@ -10,7 +10,7 @@ import torch
 from vlp.batch import Batch
 from vlp.models.outputs import FusionOutput
 from vlp.objectives.vqa import VQAObjective
-from vlp.tasks.base import ObjectiveTask
+from vlp.tasks.base import ObjectiveTask, check_views
 from vlp.tasks.e2e_base import fsdp_gathered
 from vlp.tasks.predict_files import (
     Row,
@@ -40,12 +40,7 @@ class VQATask(RowPredictionWriter, ObjectiveTask):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for name, objective in self.objectives.items():
-            if objective.view is not None:
-                raise ValueError(
-                    f"objectives.{name}: {type(objective).__name__} reads view {objective.view!r}; "
-                    "VQATask runs one pass (question with its image)"
-                )
+        check_views(self.objectives, (None,), "VQATask runs one pass (question with its image)")
         self._answers: list[str] = []
 
     def forward_model(self, batch: Batch) -> FusionOutput:
