@@ -25,8 +25,8 @@ from PIL import Image
 from shard_helpers import data_module, png_bytes, write_dataset, write_shard
 
 from vlp.batch import Batch
+from vlp.datamodules.loader import StreamLoader
 from vlp.datamodules.shards import ShardDataModule
-from vlp.datamodules.stream import StreamLoader
 
 CAPTION = json.dumps({"captions": ["a test caption"]}).encode()
 SMALL = {"batch_size": 4, "shuffle_buffer": 1}

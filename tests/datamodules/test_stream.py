@@ -11,8 +11,9 @@ import torch
 from shard_helpers import data_module, shards_of, write_dataset
 
 from vlp.batch import Batch
+from vlp.datamodules.loader import StreamLoader
 from vlp.datamodules.shards import ShardDataModule
-from vlp.datamodules.stream import StreamLoader, shard_sample_count
+from vlp.datamodules.tar_reader import shard_sample_count
 
 SMALL = {"batch_size": 4, "shuffle_buffer": 6}
 

@@ -3,7 +3,7 @@
 A dataset folder holds one subfolder of ``*.tar`` shards per split and, for tasks that classify over
 categories, attributes or answers, a ``vocab.json``. Every split is read as a
 :class:`~vlp.datamodules.stream.ShardStream` (tar reader, shard shuffle, split by rank and by worker,
-sample shuffle, decode, collate) behind a :class:`~vlp.datamodules.stream.StreamLoader`. What a task's
+sample shuffle, decode, collate) behind a :class:`~vlp.datamodules.loader.StreamLoader`. What a task's
 batches hold is up to the parts (:mod:`vlp.datamodules.parts`): the image ``transform``, the ``decoder``
 and the ``collator``. Pre-training is a :class:`~vlp.datamodules.decode.SampleDecoder` with a
 :class:`~vlp.datamodules.collate.PretrainCollator`; E2E-VLP, VQA, image pairs and retrieval have their
@@ -37,8 +37,9 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from vlp.batch import Batch
 from vlp.datamodules.decode import MAX_IMAGE_PIXELS
+from vlp.datamodules.loader import StreamLoader
 from vlp.datamodules.parts import Collator, Decoder, Vocab
-from vlp.datamodules.stream import ShardStream, StreamLoader, local_sample_counts, shared_shards
+from vlp.datamodules.stream import ShardStream, local_sample_counts, shared_shards
 from vlp.datamodules.synth.shapes import ShapesConfig, shapes_folder_state, write_shapes
 from vlp.datamodules.transforms import ViltTransform
 
