@@ -169,11 +169,16 @@ class ObjectiveTask(PredictionWriter, LightningModule, ABC):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if len(batch):
-            self.compute_losses(batch, "val")
+            self.evaluate(batch, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         if len(batch):
-            self.compute_losses(batch, "test")
+            self.evaluate(batch, "test")
+
+    def evaluate(self, batch: Batch, stage: str) -> None:
+        """A non-empty validation (``stage="val"``) or test batch: its losses. Tasks with figures of their
+        own (captions, detections) override this."""
+        self.compute_losses(batch, stage)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save every rank's RNG states (Lightning saves none), so a resumed run draws the same

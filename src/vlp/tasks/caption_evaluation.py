@@ -10,7 +10,7 @@ which is not the corpus score).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch.distributed as dist
@@ -20,16 +20,16 @@ from vlp.metrics.captioning import caption_scores
 
 
 class CaptionEvaluation:
-    """Mixin for a LightningModule: caption bookkeeping, the val/test hooks and the scoring.
+    """Mixin for an :class:`~vlp.tasks.base.ObjectiveTask`: caption bookkeeping, the epoch hooks and the
+    scoring.
 
-    The task defines ``evaluate_captions(batch, stage)`` (its losses, then ``record_captions``) and sets
-    ``self.meteor`` (``None``: METEOR when Java is available). Put the mixin before the LightningModule
-    base so its hooks are the ones Lightning calls.
+    The task's :meth:`~vlp.tasks.base.ObjectiveTask.evaluate` computes a batch's losses, then calls
+    ``record_captions``; the task sets ``self.meteor`` (``None``: METEOR when Java is available). Put the
+    mixin before the LightningModule base so its hooks are the ones Lightning calls.
     """
 
     meteor: bool | None
     log: Any
-    evaluate_captions: Callable[[Batch, str], None]  # the task's: its losses, then record_captions
 
     def reset_captions(self) -> None:
         self._predictions: dict[str, str] = {}
@@ -42,14 +42,6 @@ class CaptionEvaluation:
         for key, caption, refs in zip(batch.keys, captions, batch.references):
             self._predictions[key] = caption
             self._references[key] = list(refs)
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        if len(batch):
-            self.evaluate_captions(batch, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        if len(batch):
-            self.evaluate_captions(batch, "test")
 
     def on_validation_epoch_start(self) -> None:
         self.reset_captions()

@@ -98,7 +98,7 @@ class CaptioningTask(RowPredictionWriter, CaptionEvaluation, E2ETask):
 
     # --------------------------------------------------------------------------------- evaluation
 
-    def evaluate_captions(self, batch: Batch, stage: str) -> None:
+    def evaluate(self, batch: Batch, stage: str) -> None:
         self.compute_losses(batch, stage)
         self.record_captions(batch, self.generate(batch.pixels, batch.pixel_mask))
 

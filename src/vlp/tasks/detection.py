@@ -80,9 +80,7 @@ class DetectionTask(RowPredictionWriter, E2ETask):
 
     # --------------------------------------------------------------------------------- evaluation
 
-    def _evaluate(self, batch: Batch, stage: str) -> None:
-        if len(batch) == 0:
-            return
+    def evaluate(self, batch: Batch, stage: str) -> None:
         if batch.targets is None or batch.pixel_mask is None:
             raise ValueError("detection evaluation needs batch.targets and batch.pixel_mask")
         outputs = self.forward_model(batch)
@@ -98,12 +96,6 @@ class DetectionTask(RowPredictionWriter, E2ETask):
         metric = self.val_map if stage == "val" else self.test_map
         found = detections(predictions.logits[0], predictions.boxes[0], sizes, self.detector.scores)
         metric.update(found, ground_truth(batch.targets, sizes))
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         self._log_map(self.val_map, "val")

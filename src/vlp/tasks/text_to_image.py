@@ -274,7 +274,7 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, ObjectiveTask):
             output.sequences.cpu(), skip_special_tokens=True
         )
 
-    def evaluate_captions(self, batch: Batch, stage: str) -> None:
+    def evaluate(self, batch: Batch, stage: str) -> None:
         batch = self.with_codes(batch)
         self.compute_losses(batch, stage)
         self.record_captions(batch, self.generate_captions(batch.image_codes))
