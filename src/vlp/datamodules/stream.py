@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,7 @@ def shared_shards(num_shards: int, world_size: int, workers: int) -> int:
     return num_shards % (world_size * workers) % world_size
 
 
+@dataclass(eq=False)  # compared and hashed by identity, as a dataset
 class ShardStream(IterableDataset):
     """Batches from shards, each worker's order a function of ``(seed, epoch, rank, worker)``.
 
@@ -134,43 +135,33 @@ class ShardStream(IterableDataset):
             rank the same number of batches without resampling (:meth:`common_batches`).
     """
 
-    def __init__(
-        self,
-        urls: Sequence[str],
-        decode: Callable[[dict[str, Any]], Any],
-        collate: Collate,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        shuffle_buffer: int = 1000,
-        resampled: bool = False,
-        worker_batches: int | None = None,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        sample_counts: Sequence[int] | None = None,
-    ) -> None:
-        super().__init__()
-        if resampled and worker_batches is None:
+    urls: Sequence[str]
+    decode: Callable[[dict[str, Any]], Any]
+    collate: Collate
+    batch_size: int
+    _: KW_ONLY
+    shuffle: bool = False
+    shuffle_buffer: int = 1000
+    resampled: bool = False
+    worker_batches: int | None = None
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    sample_counts: Sequence[int] | None = None
+    # Set by StreamLoader before each pass (workers receive a pickled copy at iterator creation):
+    # the epoch, the batches each logical worker already consumed, and the rotation (physical worker p
+    # plays logical worker (p + rotation) % num_workers).
+    epoch: int = field(default=0, init=False)
+    skip_batches: dict[int, int] = field(default_factory=dict, init=False)
+    rotation: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.resampled and self.worker_batches is None:
             raise ValueError("a resampled stream is endless: set worker_batches")
-        if not urls:
+        if not self.urls:
             raise ValueError("a stream needs at least one shard")
-        self.urls = list(urls)
-        self.decode = decode
-        self.collate = collate
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.shuffle_buffer = shuffle_buffer
-        self.resampled = resampled
-        self.worker_batches = worker_batches
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.sample_counts = None if sample_counts is None else list(sample_counts)
-        # Set by StreamLoader before each pass (workers receive a pickled copy at iterator creation).
-        self.epoch = 0
-        self.skip_batches: dict[int, int] = {}  # logical worker → batches already consumed
-        self.rotation = 0  # physical worker p plays logical worker (p + rotation) % num_workers
+        self.urls = list(self.urls)
+        self.sample_counts = None if self.sample_counts is None else list(self.sample_counts)
 
     def shard_order(self, epoch: int) -> list[str]:
         """The epoch's shard list before the rank/worker split (same in every process)."""
