@@ -41,6 +41,13 @@ def _listing(keys: Iterable[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
+def _refuse(keys: Iterable[str], problem: str) -> None:
+    """Raise ``problem`` followed by the listing of ``keys``, when there are any."""
+    keys = list(keys)
+    if keys:
+        raise KeyMappingError(f"{problem} {_listing(keys)}")
+
+
 def import_state(
     state: Mapping[str, Tensor],
     links: Iterable[Link],
@@ -67,11 +74,8 @@ def import_state(
         parts = [state[key] for key in link.theirs]
         out[link.ours] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         consumed.update(link.theirs)
-    if missing:
-        raise KeyMappingError(f"{source}: missing keys {_listing(missing)}")
-    unmapped = set(state) - consumed
-    if unmapped:
-        raise KeyMappingError(f"{source}: unmapped keys {_listing(unmapped)}")
+    _refuse(missing, f"{source}: missing keys")
+    _refuse(set(state) - consumed, f"{source}: unmapped keys")
     return out
 
 
@@ -101,9 +105,6 @@ def export_state(state: Mapping[str, Tensor], links: Iterable[Link], target: str
             )
         for key, part in zip(link.theirs, tensor.chunk(len(link.theirs), dim=0)):
             out[key] = part.clone()
-    if missing:
-        raise KeyMappingError(f"{target}: cannot fill from missing keys {_listing(missing)}")
-    unmapped = set(state) - used
-    if unmapped:
-        raise KeyMappingError(f"{target}: has no place for keys {_listing(unmapped)}")
+    _refuse(missing, f"{target}: cannot fill from missing keys")
+    _refuse(set(state) - used, f"{target}: has no place for keys")
     return out

@@ -50,20 +50,22 @@ _OFFICIAL_MODEL = {
 }
 _BLOCK_PARAMS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
 _CLASSIFIER_KEYS = tuple(f"classifier.{i}.{p}" for i in (0, 1, 3) for p in ("weight", "bias"))
+# vlp head key → key in both layouts: the MLM transform (its output bias differs) and the rank head
+_MLM_TRANSFORM = {
+    "dense.weight": "mlm_score.transform.dense.weight",
+    "dense.bias": "mlm_score.transform.dense.bias",
+    "norm.weight": "mlm_score.transform.LayerNorm.weight",
+    "norm.bias": "mlm_score.transform.LayerNorm.bias",
+    "decoder.weight": "mlm_score.decoder.weight",
+}
+_RANK = {"fc.weight": "rank_output.weight", "fc.bias": "rank_output.bias"}
 # vlp head key → official key, per head
 _OFFICIAL_HEADS = {
-    "mlm": {
-        "dense.weight": "mlm_score.transform.dense.weight",
-        "dense.bias": "mlm_score.transform.dense.bias",
-        "norm.weight": "mlm_score.transform.LayerNorm.weight",
-        "norm.bias": "mlm_score.transform.LayerNorm.bias",
-        "decoder.weight": "mlm_score.decoder.weight",
-        "bias": "mlm_score.bias",
-    },
+    "mlm": {**_MLM_TRANSFORM, "bias": "mlm_score.bias"},
     "itm": {"fc.weight": "itm_score.fc.weight", "fc.bias": "itm_score.fc.bias"},
     "vqa": {key: "vqa_" + key for key in _CLASSIFIER_KEYS},
     "nlvr2": {key: "nlvr2_" + key for key in _CLASSIFIER_KEYS},
-    "rank": {"fc.weight": "rank_output.weight", "fc.bias": "rank_output.bias"},
+    "rank": _RANK,
 }
 # vlp key → HF key (after the ``vilt.`` prefix), outside the blocks
 _HF_MODEL = {
@@ -90,17 +92,10 @@ _HF_BLOCK = {
     "mlp.fc2": "output.dense",
 }
 _HF_HEADS = {
-    "mlm": {
-        "dense.weight": "mlm_score.transform.dense.weight",
-        "dense.bias": "mlm_score.transform.dense.bias",
-        "norm.weight": "mlm_score.transform.LayerNorm.weight",
-        "norm.bias": "mlm_score.transform.LayerNorm.bias",
-        "decoder.weight": "mlm_score.decoder.weight",
-        "bias": "mlm_score.decoder.bias",
-    },
+    "mlm": {**_MLM_TRANSFORM, "bias": "mlm_score.decoder.bias"},
     "vqa": {key: key for key in _CLASSIFIER_KEYS},
     "nlvr2": {key: key for key in _CLASSIFIER_KEYS},
-    "rank": {"fc.weight": "rank_output.weight", "fc.bias": "rank_output.bias"},
+    "rank": _RANK,
 }
 HF_ARCHITECTURES = {
     None: "ViltModel",
