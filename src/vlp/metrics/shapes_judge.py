@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vlp.checkpoints import check_state_matches, torch_load
+from vlp.checkpoints import check_state_matches, load_existing
 
 CONFIG_KEY = "shapes_judge_config"
 
@@ -136,12 +136,11 @@ class ShapesJudge(nn.Module):
         under ``prefix``; every key must match, or the error names those that do not.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"shapes judge checkpoint {path} not found: train one with "
-                "`python -m vlp fit --config configs/probe/shapes_judge.yaml` (a ShapesJudgeTask .ckpt)"
-            )
-        checkpoint = torch_load(path)
+        checkpoint = load_existing(
+            path,
+            f"shapes judge checkpoint {path} not found: train one with "
+            "`python -m vlp fit --config configs/probe/shapes_judge.yaml` (a ShapesJudgeTask .ckpt)",
+        )
         if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint:
             raise ValueError(f"{path}: no '{CONFIG_KEY}' entry; not a ShapesJudgeTask checkpoint")
         judge = cls(**checkpoint[CONFIG_KEY])
