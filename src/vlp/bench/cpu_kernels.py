@@ -18,12 +18,10 @@ bf16 rounding; AdamW parameters equal after a step) and the run stops otherwise.
 
 from __future__ import annotations
 
-import shlex
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from vlp.bench.command import command_line, cpu_name, parse_options, publish
 from vlp.models.layers.attention import explicit_attention
 from vlp.tasks.optim import ADAMW_IMPLEMENTATIONS
 
@@ -172,8 +171,6 @@ def markdown(
 
     "vlp's path" is what :func:`vlp.models.layers.attention.sdpa` runs: explicit in bf16, SDPA's default in fp32.
     """
-    from vlp.bench.scaling import cpu_name
-
     lines = [
         f"`{command}`",
         "",
@@ -202,22 +199,8 @@ def markdown(
 
 def main(argv: list[str]) -> None:
     """Parse the options, check the alternatives agree, time them, print the table."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(prog="python -m vlp bench cpu-kernels", description=__doc__)
-    parser.add_class_arguments(CpuKernelsConfig, as_group=False)
-    parser.add_argument("--out", type=str | None, default=None, help="also write the markdown section here")
-    args = parser.parse_args(argv)
-    values: dict[str, Any] = args.as_dict()
-    config = CpuKernelsConfig(**{f.name: values[f.name] for f in fields(CpuKernelsConfig)})
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    config, args = parse_options("cpu-kernels", CpuKernelsConfig, __doc__, argv, set_threads=True)
     section = markdown(
-        config,
-        measure_attention(config),
-        measure_adamw(config),
-        shlex.join(["python", "-m", "vlp", "bench", "cpu-kernels", *argv]),
+        config, measure_attention(config), measure_adamw(config), command_line("cpu-kernels", argv)
     )
-    if args.out:
-        Path(args.out).write_text(section + "\n")
-    print(section, flush=True)
+    publish(section, args.out)

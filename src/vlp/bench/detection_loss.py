@@ -19,18 +19,16 @@ line printed is ``ratio: R``, transformers' median time divided by vlp's.
 
 from __future__ import annotations
 
-import shlex
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from vlp.batch import Targets
+from vlp.bench.command import command_line, cpu_name, parse_options, publish
 
 
 @dataclass
@@ -194,8 +192,6 @@ def markdown(
     import scipy
     import transformers
 
-    from vlp.bench.scaling import cpu_name
-
     device = torch.cuda.get_device_name() if torch.device(config.device).type == "cuda" else cpu_name()
     titles = {
         "vlp": "vlp `HungarianMatcher` + `SetCriterion`",
@@ -228,16 +224,7 @@ def markdown(
 
 def main(argv: list[str]) -> None:
     """Parse the options, check both sides agree, time them, print the table and ``ratio: R`` last."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(prog="python -m vlp bench detection-loss", description=__doc__)
-    parser.add_class_arguments(DetectionLossConfig, as_group=False)
-    parser.add_argument("--out", type=str | None, default=None, help="also write the markdown section here")
-    args = parser.parse_args(argv)
-    values: dict[str, Any] = args.as_dict()
-    config = DetectionLossConfig(**{f.name: values[f.name] for f in fields(DetectionLossConfig)})
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    config, args = parse_options("detection-loss", DetectionLossConfig, __doc__, argv, set_threads=True)
     inputs = make_inputs(config)
     losses = compare_losses(config, inputs)
     if abs(losses[0] - losses[1]) > 1e-4 * max(1.0, abs(losses[1])):
@@ -246,9 +233,4 @@ def main(argv: list[str]) -> None:
             "on the same inputs; the timings would not compare the same computation"
         )
     times = time_steps(config, inputs)
-    section = markdown(
-        config, inputs, times, losses, shlex.join(["python", "-m", "vlp", "bench", "detection-loss", *argv])
-    )
-    if args.out:
-        Path(args.out).write_text(section + "\n")
-    print(section, flush=True)
+    publish(markdown(config, inputs, times, losses, command_line("detection-loss", argv)), args.out)

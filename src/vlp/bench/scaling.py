@@ -19,19 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from vlp.bench.command import command_line, cpu_name, parse_options, publish
 
 Setup = Literal["single", "ddp", "fsdp"]
 SETUP_TITLES: dict[str, str] = {
@@ -102,17 +102,6 @@ def use_gpu(config: ScalingConfig) -> bool:
 
 def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def cpu_name() -> str:
-    """The CPU model (``/proc/cpuinfo``), or the machine type where that does not exist."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def build_task(config: ScalingConfig) -> Any:
@@ -347,21 +336,14 @@ def markdown(config: ScalingConfig, records: list[dict[str, Any]], command: str)
 
 def main(argv: list[str]) -> None:
     """Parse ``python -m vlp bench scaling`` options, run every setup, print the table."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(prog="python -m vlp bench scaling", description=__doc__)
-    parser.add_class_arguments(ScalingConfig, as_group=False)
-    parser.add_argument("--out", type=str | None, default=None, help="also write the markdown section here")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per setup")
-    args = parser.parse_args(argv)
-    values = args.as_dict()
-    config = ScalingConfig(**{f.name: values[f.name] for f in fields(ScalingConfig)})
+    timeout = {"type": float, "default": 1800.0, "help": "seconds allowed per setup"}
+    config, args = parse_options("scaling", ScalingConfig, __doc__, argv, extra={"--timeout": timeout})
     gpu = use_gpu(config)
     if gpu and torch.cuda.device_count() < config.processes and set(config.setups) - {"single"}:
         raise SystemExit(
             f"{torch.cuda.device_count()} GPU(s) for {config.processes} processes: pass --processes or --setups"
         )
-    command = shlex.join(["python", "-m", "vlp", "bench", "scaling", *argv])
+    command = command_line("scaling", argv)
     runs: dict[str, list[dict[str, Any]]] = {setup: [] for setup in config.setups}
     with tempfile.TemporaryDirectory(prefix="vlp-bench-") as workdir:
         for repeat in range(config.repeats):
@@ -375,10 +357,7 @@ def main(argv: list[str]) -> None:
     records = [max(runs[setup], key=lambda r: r["samples_per_s"]) for setup in config.setups]
     for record in records:
         record["all_samples_per_s"] = [r["samples_per_s"] for r in runs[record["setup"]]]
-    section = markdown(config, records, command)
-    print(section)
-    if args.out:
-        Path(args.out).write_text(section)
+    publish(markdown(config, records, command), args.out)
 
 
 def worker_main(argv: list[str]) -> None:

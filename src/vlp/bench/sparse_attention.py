@@ -50,13 +50,11 @@ from 0.9x dense with 2 spinning threads to 1.7x with passive waits and 1.8x with
 from __future__ import annotations
 
 import copy
-import shlex
 import statistics
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -64,6 +62,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
+from vlp.bench.command import command_line, cpu_name, parse_options, publish
 from vlp.models.ernie_vilg.sparse_attention import DEFAULT_CHUNKS, SparseSelfAttention
 from vlp.models.ernie_vilg.sparse_blocks import DEFAULT_BLOCK
 from vlp.models.ernie_vilg.sparse_patterns import ImageTextLayout, ernie_vilg_schedule
@@ -263,8 +262,6 @@ def markdown(
     command: str,
 ) -> str:
     """The report; its last two lines are ``speedup: S`` and ``memory: M``."""
-    from vlp.bench.scaling import cpu_name
-
     medians = [statistics.median(t) for t in times]
     reference = {s.name: i for i, s in enumerate(setups) if s.attention == "dense"}
     padded = config.text_len // 4
@@ -314,16 +311,7 @@ def markdown(
 
 def main(argv: list[str]) -> None:
     """Parse the options, check blocked == dense, time and measure every setup, print the report."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(prog="python -m vlp bench sparse-attention", description=__doc__)
-    parser.add_class_arguments(SparseAttentionConfig, as_group=False)
-    parser.add_argument("--out", type=str | None, default=None, help="also write the markdown section here")
-    args = parser.parse_args(argv)
-    values: dict[str, Any] = args.as_dict()
-    config = SparseAttentionConfig(**{f.name: values[f.name] for f in fields(SparseAttentionConfig)})
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    config, args = parse_options("sparse-attention", SparseAttentionConfig, __doc__, argv, set_threads=True)
     layout = make_layout(config)
     setups = make_setups(config)
     x = torch.randn(config.batch_size, layout.length, config.dim, generator=torch.Generator().manual_seed(1))
@@ -333,8 +321,5 @@ def main(argv: list[str]) -> None:
     for setup in setups:
         clear_grads(setup)
         peaks.append(peak_memory(lambda s=setup: step(s, x, layout)))
-    command = shlex.join(["python", "-m", "vlp", "bench", "sparse-attention", *argv])
-    section = markdown(config, setups, times, peaks, agreement, layout, command)
-    if args.out:
-        Path(args.out).write_text(section + "\n")
-    print(section, flush=True)
+    command = command_line("sparse-attention", argv)
+    publish(markdown(config, setups, times, peaks, agreement, layout, command), args.out)

@@ -43,10 +43,9 @@ transformers samples/s.
 
 from __future__ import annotations
 
-import shlex
-from dataclasses import fields, replace
-from pathlib import Path
+from dataclasses import replace
 
+from vlp.bench.command import command_line, parse_options, publish
 from vlp.bench.vilt.batch import BenchBatch, make_batch
 from vlp.bench.vilt.config import SIDES, SMOKE, ViltBenchConfig
 from vlp.bench.vilt.measure import count_step_flops, run
@@ -77,25 +76,15 @@ __all__ = [
 
 def main(argv: list[str]) -> None:
     """Parse ``python -m vlp bench vilt`` options, measure, print the table and ``ratio: R`` last."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(prog="python -m vlp bench vilt", description=__doc__)
-    parser.add_class_arguments(ViltBenchConfig, as_group=False)
-    parser.add_argument(
-        "--smoke", type=bool, default=False, help="tiny sizes, 2 steps, no memory runs (tests)"
-    )
-    parser.add_argument("--out", type=str | None, default=None, help="also write the markdown section here")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per memory subprocess")
-    args = parser.parse_args(argv)
-    values = args.as_dict()
-    config = ViltBenchConfig(**{f.name: values[f.name] for f in fields(ViltBenchConfig)})
+    extra = {
+        "--smoke": {"type": bool, "default": False, "help": "tiny sizes, 2 steps, no memory runs (tests)"},
+        "--timeout": {"type": float, "default": 1800.0, "help": "seconds allowed per memory subprocess"},
+    }
+    config, args = parse_options("vilt", ViltBenchConfig, __doc__, argv, extra=extra)
     if args.smoke:
         config = replace(config, **SMOKE)
     report = run(config, args.timeout, log=lambda text: print(text, flush=True))
-    section = markdown(config, report, shlex.join(["python", "-m", "vlp", "bench", "vilt", *argv]))
-    if args.out:
-        Path(args.out).write_text(section)
+    publish(markdown(config, report, command_line("vilt", argv)), args.out)
     by_precision = ratios(report)
-    print(section)
     print(", ".join(f"{precision} ratio: {value:.3f}" for precision, value in by_precision.items()))
     print(f"ratio: {min(by_precision.values()):.3f}")

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from vlp.allocator import is_active
-from vlp.bench.scaling import cpu_name
+from vlp.bench.command import cpu_name
 from vlp.bench.vilt.batch import make_batch
 from vlp.bench.vilt.config import MATMUL_SHAPE, SIDES, Precision, Side, ViltBenchConfig
 from vlp.bench.vilt.memory import run_memory
