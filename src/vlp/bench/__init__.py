@@ -15,11 +15,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
-import sys
 from collections.abc import Sequence
-
-from vlp.errors import UserError
 
 BENCHMARKS: dict[str, str] = {
     "scaling": "vlp.bench.scaling",
@@ -35,25 +33,23 @@ SUMMARIES: dict[str, str] = {
     "sparse-attention": "ERNIE-ViLG's sparse attention against dense attention, time and memory",
     "cpu-kernels": "SDPA's CPU kernels and AdamW's step implementations, fp32 and bf16",
 }
-HELP = "\n".join(
-    [
-        "usage: python -m vlp bench <name> [options]",
-        "",
-        "Benchmarks; every published figure is in benchmarks/RESULTS.md.",
-        "",
-        "benchmarks:",
-        *[f"  {name:<17s} {SUMMARIES[name]}" for name in BENCHMARKS],
-        "",
-        "`python -m vlp bench <name> --help` lists a benchmark's options.",
-    ]
-)
 
 
 def main(args: Sequence[str]) -> None:
-    """Run the benchmark named by ``args[0]`` with the remaining arguments; help for none or ``--help``."""
-    if not args or args[0] in ("-h", "--help"):
-        print(HELP, file=sys.stdout if args else sys.stderr)
-        raise SystemExit(0 if args else 2)
-    if args[0] not in BENCHMARKS:
-        raise UserError(f"unknown benchmark {args[0]!r}; the benchmarks are {', '.join(BENCHMARKS)}")
-    importlib.import_module(BENCHMARKS[args[0]]).main(list(args[1:]))
+    """Run the benchmark named by ``args[0]`` with the remaining arguments; help for none or ``--help``.
+    A benchmark's module is imported only when it runs."""
+    from vlp.cli import run_tool, tool_help
+
+    help_text = tool_help(
+        "python -m vlp bench <name> [options]",
+        "Benchmarks; every published figure is in benchmarks/RESULTS.md.",
+        "benchmarks",
+        SUMMARIES,
+        "`python -m vlp bench <name> --help` lists a benchmark's options.",
+    )
+    runners = {name: functools.partial(_run, module) for name, module in BENCHMARKS.items()}
+    run_tool(args, help_text, "benchmark", runners)
+
+
+def _run(module: str, argv: list[str]) -> None:
+    importlib.import_module(module).main(argv)

@@ -10,13 +10,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlp.checkpoints import read_state_dict
-from vlp.errors import UserError
 from vlp.zoo.files import read_hf_folder, write_hf_folder, write_state_dict
 from vlp.zoo.vilt import ViLTWeights, hf_architecture, hf_to_vlp, official_to_vlp, vlp_to_hf, vlp_to_official
 
@@ -77,25 +75,17 @@ def convert_vilt(args: Sequence[str]) -> Path:
 
 COMMANDS = {"convert-vilt": convert_vilt}
 SUMMARIES = {"convert-vilt": "ViLT weights between the official, Hugging Face and vlp layouts"}
-HELP = "\n".join(
-    [
-        "usage: python -m vlp zoo <command> [options]",
-        "",
-        "Published weights into vlp and back.",
-        "",
-        "commands:",
-        *[f"  {name:<13s} {SUMMARIES[name]}" for name in COMMANDS],
-        "",
-        "`python -m vlp zoo <command> --help` lists a command's options.",
-    ]
-)
 
 
 def main(args: Sequence[str]) -> None:
     """Run the zoo command named by ``args[0]`` with the remaining arguments; help for none or ``--help``."""
-    if not args or args[0] in ("-h", "--help"):
-        print(HELP, file=sys.stdout if args else sys.stderr)
-        raise SystemExit(0 if args else 2)
-    if args[0] not in COMMANDS:
-        raise UserError(f"unknown zoo command {args[0]!r}; the zoo commands are {', '.join(COMMANDS)}")
-    COMMANDS[args[0]](args[1:])
+    from vlp.cli import run_tool, tool_help
+
+    help_text = tool_help(
+        "python -m vlp zoo <command> [options]",
+        "Published weights into vlp and back.",
+        "commands",
+        SUMMARIES,
+        "`python -m vlp zoo <command> --help` lists a command's options.",
+    )
+    run_tool(args, help_text, "zoo command", COMMANDS)
