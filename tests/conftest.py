@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
+from vlp.datamodules.synth.scenes import ShapesConfig
+from vlp.datamodules.synth.shapes import write_shapes
 from vlp.models.embedders.text import TextEmbedder
 from vlp.models.embedders.vit_patch import ViTPatchEmbedder
 from vlp.models.layers.transformer import TransformerEncoder

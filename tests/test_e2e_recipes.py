@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from vlp.cli import VLPCLI, main
-from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
+from vlp.datamodules.synth.scenes import ShapesConfig
+from vlp.datamodules.synth.shapes import write_shapes
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRETRAIN = CONFIGS / "e2e_vlp/shapes_pretrain.yaml"

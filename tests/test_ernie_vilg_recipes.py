@@ -13,7 +13,8 @@ import yaml
 from PIL import Image
 
 from vlp.cli import main
-from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
+from vlp.datamodules.synth.scenes import ShapesConfig
+from vlp.datamodules.synth.shapes import write_shapes
 from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

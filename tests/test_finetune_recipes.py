@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from vlp.cli import VLPCLI, main
-from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
+from vlp.datamodules.synth.scenes import ShapesConfig
+from vlp.datamodules.synth.shapes import write_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -81,7 +82,7 @@ def test_recipe_combines_with_the_multi_process_trainer_configs(
 
 
 def test_the_vqa_head_covers_the_shapes_answer_vocabulary() -> None:
-    from vlp.datamodules.synth.shapes import COLOUR_NAMES, NUMBER_WORDS, SHAPES, SIZES, STYLES
+    from vlp.datamodules.synth.scenes import COLOUR_NAMES, NUMBER_WORDS, SHAPES, SIZES, STYLES
 
     # every answer shapes can give: attributes, counts zero..four, yes/no
     answers = {*COLOUR_NAMES, *SHAPES, *SIZES, *STYLES, *NUMBER_WORDS[:5], "yes", "no"}

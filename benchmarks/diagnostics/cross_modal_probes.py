@@ -23,11 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlp.datamodules.synth.shapes import render_scene, sample_scene
+from vlp.datamodules.synth.render import render_scene
+from vlp.datamodules.synth.scenes import sample_scene
 from vlp.datamodules.transforms import ViltTransform
 from vlp.models.embedders import ViTPatchEmbedder
-from vlp.models.layers.heads import ITMHead, MLMHead
 from vlp.models.embedders.text import TextEmbedder
+from vlp.models.layers.heads import ITMHead, MLMHead
 from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
 from vlp.tokenizers import BUNDLED, load_tokenizer

@@ -28,7 +28,7 @@ import webdataset as wds
 
 from vlp.datamodules.collate import PretrainCollator
 from vlp.datamodules.decode import DecodedSample, SampleDecoder
-from vlp.datamodules.synth.shapes import COLOUR_NAMES
+from vlp.datamodules.synth.scenes import COLOUR_NAMES
 from vlp.datamodules.transforms import ViltTransform
 from vlp.models.embedders import ViTPatchEmbedder
 from vlp.models.embedders.text import TextEmbedder

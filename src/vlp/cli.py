@@ -172,7 +172,8 @@ def run_data(args: Sequence[str]) -> None:
 def synth_shapes(args: Sequence[str]) -> None:
     from jsonargparse import ArgumentParser
 
-    from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
+    from vlp.datamodules.synth.scenes import ShapesConfig
+    from vlp.datamodules.synth.shapes import write_shapes
 
     parser = ArgumentParser(
         prog=f"{PROG} data synth shapes",

@@ -13,7 +13,7 @@ from shard_helpers import data_module, good_sample, keyed_shards, png_bytes, wri
 from vlp.batch import Batch
 from vlp.datamodules.decode import DecodedSample, SampleDecoder, SkippedSample
 from vlp.datamodules.shards import ShardDataModule
-from vlp.datamodules.synth.shapes import ShapesConfig
+from vlp.datamodules.synth.scenes import ShapesConfig
 from vlp.datamodules.transforms import ViltTransform
 
 SMALL = {"batch_size": 4, "shuffle_buffer": 8}

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from vlp.datamodules.synth.shapes import COLOUR_NAMES, SHAPES, captions_for, sample_scene
+from vlp.datamodules.synth.scenes import COLOUR_NAMES, SHAPES, sample_scene
+from vlp.datamodules.synth.text import captions_for
 from vlp.metrics.generation import GenerationEvaluation
 from vlp.metrics.shapes_judge import JudgeOutput
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlp.datamodules.synth.shapes import COLOUR_NAMES, SHAPES, Scene, captions_for, sample_scene
+from vlp.datamodules.synth.scenes import COLOUR_NAMES, SHAPES, Scene, sample_scene
+from vlp.datamodules.synth.text import captions_for
 from vlp.metrics.semantic import PromptObjects, SemanticScore, parse_prompt, prompt_satisfied
 
 COLOURS, NAMES = list(COLOUR_NAMES), list(SHAPES)
@@ -92,8 +93,8 @@ def test_shape_of_the_presence_grid_is_checked() -> None:
 
 
 def test_the_count_words_are_the_generators() -> None:
-    """The metric keeps its own list (metrics do not import the generator); it must read what shapes writes."""
-    from vlp.datamodules.synth import shapes
+    """The metric keeps its own list (metrics do not import the generator); it must read what the generator writes."""
+    from vlp.datamodules.synth import scenes
     from vlp.metrics import semantic
 
-    assert semantic.NUMBER_WORDS == shapes.NUMBER_WORDS
+    assert semantic.NUMBER_WORDS == scenes.NUMBER_WORDS

@@ -30,7 +30,8 @@ from vlp.datamodules.pairs import PairCollator, PairDecoder
 from vlp.datamodules.parts import Collator, Decoder
 from vlp.datamodules.retrieval import RetrievalCollator
 from vlp.datamodules.shards import ShardDataModule
-from vlp.datamodules.synth.shapes import ShapesConfig, write_shapes
+from vlp.datamodules.synth.scenes import ShapesConfig
+from vlp.datamodules.synth.shapes import write_shapes
 from vlp.datamodules.transforms import ViltTransform
 from vlp.datamodules.vqa import VQACollator, VQADecoder
 from vlp.models.e2e_vlp.model import E2EVLP

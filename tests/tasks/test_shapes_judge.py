@@ -9,7 +9,7 @@ import torch
 
 from vlp.batch import Batch, Targets
 from vlp.cli import VLPCLI, main, run_lightning
-from vlp.datamodules.synth.shapes import COLOUR_NAMES, MAX_OBJECTS, SHAPES
+from vlp.datamodules.synth.scenes import COLOUR_NAMES, MAX_OBJECTS, SHAPES
 from vlp.metrics.shapes_judge import ShapesJudge
 from vlp.tasks.shapes_judge import ShapesJudgeTask
 

@@ -14,7 +14,7 @@ from lightning import LightningDataModule, Trainer
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from vlp.datamodules.synth.shapes import COLOUR_NAMES, MAX_OBJECTS, SHAPES
+from vlp.datamodules.synth.scenes import COLOUR_NAMES, MAX_OBJECTS, SHAPES
 from vlp.models.embedders import VQTokenEmbedder
 from vlp.models.embedders.text import TextEmbedder
 from vlp.models.ernie_vilg.itm_scorer import ITMScorer

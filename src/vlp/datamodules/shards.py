@@ -40,7 +40,9 @@ from vlp.datamodules.decode import MAX_IMAGE_PIXELS
 from vlp.datamodules.loader import StreamLoader
 from vlp.datamodules.parts import Collator, Decoder, Vocab
 from vlp.datamodules.stream import ShardStream, local_sample_counts, shared_shards
-from vlp.datamodules.synth.shapes import ShapesConfig, shapes_folder_state, write_shapes
+from vlp.datamodules.synth.folder import shapes_folder_state
+from vlp.datamodules.synth.scenes import ShapesConfig
+from vlp.datamodules.synth.shapes import write_shapes
 from vlp.datamodules.transforms import ViltTransform
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
 either part ``None`` when the caption leaves it open ("there are exactly two red shapes" names
 ``("red", None)``, "there is a circle" ``(None, "circle")``), plus the total number of shapes when the
 caption states it ("three shapes: ...", "there are exactly two shapes"). The shapes captions are
-templated (:func:`vlp.datamodules.synth.shapes.captions_for`): every object mention is
+templated (:func:`vlp.datamodules.synth.text.captions_for`): every object mention is
 ``[size] [colour] [style] noun`` with the noun a shape name (plural in counts) or "shape(s)", so a colour
 belongs to the next noun. Sizes and styles are not checked.
 

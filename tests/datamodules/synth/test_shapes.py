@@ -21,19 +21,13 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from vlp.datamodules.synth import shapes
-from vlp.datamodules.synth.shapes import (
-    ShapesConfig,
-    ShapesFolderError,
-    captions_for,
-    pair_statement,
-    questions_for,
-    render_scene,
-    sample_scene,
-    scene_record,
-    shapes_ready,
-    write_shapes,
-)
+from vlp.datamodules.synth import folder, glyphs, scenes, shapes
+from vlp.datamodules.synth.folder import ShapesFolderError, shapes_ready
+from vlp.datamodules.synth.render import render_scene
+from vlp.datamodules.synth.scenes import ShapesConfig, sample_scene
+from vlp.datamodules.synth.shapes import scene_record, write_shapes
+from vlp.datamodules.synth.statements import pair_statement
+from vlp.datamodules.synth.text import captions_for, questions_for
 
 COLOUR_RGB = {
     "red": (230, 30, 30),
@@ -259,11 +253,11 @@ def statement_truth(statement: str, left: list[Obj], right: list[Obj]) -> bool:
     raise AssertionError(f"unknown statement form: {statement!r}")
 
 
-def records(scene: shapes.Scene) -> list[Obj]:
+def records(scene: scenes.Scene) -> list[Obj]:
     return [json.loads(json.dumps(obj.to_json())) for obj in scene.objects]
 
 
-def scenes(seed: int, count: int, resolution: int) -> list[tuple[shapes.Scene, np.random.Generator]]:
+def sampled_scenes(seed: int, count: int, resolution: int) -> list[tuple[scenes.Scene, np.random.Generator]]:
     rng = np.random.default_rng(seed)
     return [(sample_scene(rng, resolution), rng) for _ in range(count)]
 
@@ -299,15 +293,15 @@ def decode(png: bytes) -> np.ndarray:
 
 
 def test_vocabulary_constants() -> None:
-    assert shapes.COLOURS == COLOUR_RGB
-    assert shapes.SHAPES == SHAPE_NAMES
-    assert (shapes.SIZES, shapes.STYLES) == (SIZE_NAMES, STYLE_NAMES)
+    assert scenes.COLOURS == COLOUR_RGB
+    assert scenes.SHAPES == SHAPE_NAMES
+    assert (scenes.SIZES, scenes.STYLES) == (SIZE_NAMES, STYLE_NAMES)
 
 
 @pytest.mark.parametrize("resolution", [32, 64, 128, 256])
 def test_scene_geometry(resolution: int) -> None:
     counts = set()
-    for scene, _ in scenes(seed=resolution, count=150, resolution=resolution):
+    for scene, _ in sampled_scenes(seed=resolution, count=150, resolution=resolution):
         objects = scene.objects
         counts.add(len(objects))
         assert 1 <= len(objects) <= 4
@@ -326,11 +320,11 @@ def test_scene_geometry(resolution: int) -> None:
 
 def test_sizes_scale_with_resolution() -> None:
     for resolution in (32, 64, 128, 256):
-        small, large = shapes.object_side("small", resolution), shapes.object_side("large", resolution)
+        small, large = glyphs.object_side("small", resolution), glyphs.object_side("large", resolution)
         assert 1.6 <= large / small <= 2.0
-    assert shapes.object_side("small", 64) >= 10
-    assert shapes.outline_width(64) >= 2 and shapes.outline_width(256) > shapes.outline_width(64)
-    for scene, _ in scenes(seed=1, count=100, resolution=64):
+    assert glyphs.object_side("small", 64) >= 10
+    assert glyphs.outline_width(64) >= 2 and glyphs.outline_width(256) > glyphs.outline_width(64)
+    for scene, _ in sampled_scenes(seed=1, count=100, resolution=64):
         for obj in scene.objects:
             minimum = 10 if obj.size == "small" else 18
             assert min(obj.box[2:]) >= minimum, obj
@@ -338,7 +332,7 @@ def test_sizes_scale_with_resolution() -> None:
 
 @pytest.mark.parametrize("resolution", [32, 64, 160])
 def test_rendered_pixels_follow_boxes(resolution: int) -> None:
-    for scene, rng in scenes(seed=11, count=80, resolution=resolution):
+    for scene, rng in sampled_scenes(seed=11, count=80, resolution=resolution):
         pixels = np.asarray(render_scene(scene, resolution, rng)).astype(int)
         assert pixels.shape == (resolution, resolution, 3)
         outside = np.ones((resolution, resolution), dtype=bool)
@@ -359,7 +353,7 @@ def test_rendered_pixels_follow_boxes(resolution: int) -> None:
 
 def test_backgrounds_are_dark_and_sometimes_textured() -> None:
     textured = 0
-    for scene, rng in scenes(seed=5, count=200, resolution=64):
+    for scene, rng in sampled_scenes(seed=5, count=200, resolution=64):
         pixels = np.asarray(render_scene(scene, 64, rng)).astype(int)
         mask = np.ones((64, 64), dtype=bool)
         for obj in scene.objects:
@@ -374,7 +368,7 @@ def test_backgrounds_are_dark_and_sometimes_textured() -> None:
 def test_captions_are_true() -> None:
     families: set[str] = set()
     for resolution in (48, 64, 128):
-        for scene, rng in scenes(seed=resolution + 1, count=150, resolution=resolution):
+        for scene, rng in sampled_scenes(seed=resolution + 1, count=150, resolution=resolution):
             captions = captions_for(scene, rng, resolution)
             assert 3 <= len(captions) <= 5 and len(set(captions)) == len(captions)
             objects = records(scene)
@@ -388,7 +382,7 @@ def test_answers_are_true_and_balanced() -> None:
     kinds: dict[str, int] = {}
     yes_no: list[str] = []
     for resolution in (48, 64, 128):
-        for scene, rng in scenes(seed=resolution + 2, count=150, resolution=resolution):
+        for scene, rng in sampled_scenes(seed=resolution + 2, count=150, resolution=resolution):
             qa = questions_for(scene, rng, resolution)
             assert 4 <= len(qa) <= 8
             assert len({pair["question"] for pair in qa}) == len(qa)
@@ -549,7 +543,7 @@ def test_matching_folder_is_reused_without_rewriting(tmp_path: Path) -> None:
     before = snapshot(out)
     assert write_shapes(out, SMALL_CONFIG) == stats
     assert snapshot(out) == before
-    stamp = json.loads((out / shapes.STAMP).read_text())
+    stamp = json.loads((out / folder.STAMP).read_text())
     assert stamp["complete"] is True and stamp["config"] == asdict(SMALL_CONFIG)
 
 
@@ -589,7 +583,7 @@ def test_unstamped_folder_written_by_the_generator_is_recognised(tmp_path: Path)
     """A folder generated before folders were stamped: its stats.json records the settings."""
     out = tmp_path / "out"
     write_shapes(out, SMALL_CONFIG)
-    (out / shapes.STAMP).unlink()
+    (out / folder.STAMP).unlink()
     before = snapshot(out)
     write_shapes(out, SMALL_CONFIG)
     with pytest.raises(ShapesFolderError, match="seed: 3 in the folder, 4 asked"):
@@ -605,9 +599,9 @@ def test_empty_and_interrupted_folders_are_generated(tmp_path: Path) -> None:
     interrupted = tmp_path / "interrupted"
     (interrupted / "train").mkdir(parents=True)
     (interrupted / "train" / "shard-000000.tar").write_bytes(b"half written")
-    stamp = {"generator": shapes.GENERATOR, "format_version": 1, "complete": False, "config": {}}
-    (interrupted / shapes.STAMP).write_text(json.dumps(stamp))
-    assert shapes.shapes_folder_state(interrupted).kind == "incomplete"
+    stamp = {"generator": folder.GENERATOR, "format_version": 1, "complete": False, "config": {}}
+    (interrupted / folder.STAMP).write_text(json.dumps(stamp))
+    assert folder.shapes_folder_state(interrupted).kind == "incomplete"
     write_shapes(interrupted, SMALL_CONFIG)
     assert digests(interrupted) == digests(empty)
 
@@ -617,14 +611,14 @@ def test_staging_folder_of_a_dead_process_is_removed(tmp_path: Path) -> None:
     dead = tmp_path / "out.vlp-tmp-99999999"  # no such process
     dead.mkdir()
     stamp = {
-        "generator": shapes.GENERATOR,
+        "generator": folder.GENERATOR,
         "format_version": 1,
         "complete": False,
         "config": {},
         "host": socket.gethostname(),
         "pid": 99999999,
     }
-    (dead / shapes.STAMP).write_text(json.dumps(stamp))
+    (dead / folder.STAMP).write_text(json.dumps(stamp))
     unrelated = tmp_path / "out.vlp-tmp-unstamped"
     unrelated.mkdir()
     write_shapes(out, SMALL_CONFIG)

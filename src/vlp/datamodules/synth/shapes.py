@@ -42,8 +42,6 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from vlp.datamodules.synth import folder, render, scenes, statements, text
-from vlp.datamodules.synth.folder import *  # noqa: F403 (re-exported: see __all__)
 from vlp.datamodules.synth.folder import (
     _clear_incomplete,
     _folder_error,
@@ -53,9 +51,7 @@ from vlp.datamodules.synth.folder import (
     _write_stamp,
     shapes_folder_state,
 )
-from vlp.datamodules.synth.glyphs import object_side, outline_width
 from vlp.datamodules.synth.render import render_scene
-from vlp.datamodules.synth.scenes import *  # noqa: F403 (re-exported: see __all__)
 from vlp.datamodules.synth.scenes import (
     COLOUR_NAMES,
     DEFAULT_CONFIG,
@@ -71,13 +67,7 @@ from vlp.datamodules.synth.scenes import (
 from vlp.datamodules.synth.statements import pair_statement
 from vlp.datamodules.synth.text import captions_for, questions_for
 
-# This module's names, the sizes of a glyph, and every public name of the other parts.
-__all__ = ["object_side", "outline_width", "scene_record", "vocabulary", "write_shapes"]
-__all__ += folder.__all__
-__all__ += render.__all__
-__all__ += scenes.__all__
-__all__ += statements.__all__
-__all__ += text.__all__
+__all__ = ["scene_record", "vocabulary", "write_shapes"]
 
 log = logging.getLogger(__name__)
 
