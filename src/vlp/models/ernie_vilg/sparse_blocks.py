@@ -118,51 +118,65 @@ def block_plan(
     if chunks < 1:
         raise ValueError(f"chunks must be >= 1, got {chunks}")
     with torch.inference_mode(False):
-        return _block_plan(text_len, grid, direction, source_first, pattern, block, chunks, device)
+        layout = ImageTextLayout(text_len, grid, direction, source_first)
+        positions = torch.arange(layout.length, device=device)
+        text = slice(layout.text_start, layout.text_start + text_len)
+        image = slice(layout.image_start, layout.image_start + layout.image_len)
+        text_keys = text if layout.image_is_target else slice(0, layout.length)
+        text_q, text_k = positions[text, None], positions[None, text_keys]
+        query_pos, key_pos = image_block_positions(layout, pattern, block, positions)
+        query, key = query_pos[:, :, None], key_pos[:, None, :]
+        real = query_pos >= 0
+        query_index, key_index = query_pos.clamp(min=0), key_pos.clamp(min=0)
+        return BlockPlan(
+            text=text,
+            text_keys=text_keys,
+            text_rule=allowed_pairs(text_q, text_k, layout, pattern),
+            text_itself=text_q == text_k,
+            image=image,
+            text_first=layout.text_start == 0,
+            query_index=query_index,
+            key_index=key_index,
+            rule=allowed_pairs(query, key, layout, pattern) & (key >= 0),
+            itself=((query == key) & (query >= 0)) | (query < 0),
+            image_order=block_major_order(query_pos, layout),
+            query_real=real,
+            chunks=plan_chunks(query_index, key_index, real, chunks),
+        )
 
 
-def chunk_ranges(blocks: int, chunks: int) -> list[slice]:
-    """``chunks`` (at most ``blocks``) consecutive ranges of blocks, sizes differing by at most one."""
-    chunks = max(1, min(chunks, blocks))
-    bounds = [round(i * blocks / chunks) for i in range(chunks + 1)]
-    return [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
-
-
-def _block_plan(
-    text_len: int,
-    grid: tuple[int, int],
-    direction: str,
-    source_first: bool,
-    pattern: SparsePattern,
-    block: int | None,
-    chunks: int,
-    device: torch.device,
-) -> BlockPlan:
-    layout = ImageTextLayout(text_len, grid, direction, source_first)
-    (h, w), length = grid, layout.length
-    positions = torch.arange(length, device=device)
-    text = slice(layout.text_start, layout.text_start + text_len)
-    image = slice(layout.image_start, layout.image_start + layout.image_len)
-    text_keys = text if layout.image_is_target else slice(0, length)
-    text_q, text_k = positions[text, None], positions[None, text_keys]
-
+def image_block_positions(
+    layout: ImageTextLayout, pattern: SparsePattern, block: int | None, positions: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Sequence positions of each image block's queries ``[blocks, Q]`` and keys ``[blocks, K]`` (-1 off
+    the grid); a block of a target image also sees the text (its source), ahead of its image keys."""
     tile, halo = block_geometry(pattern, layout, block)
-    image_grid = positions[image].view(h, w)
-    query_pos = to_blocks(image_grid, tile, (0, 0, 0, 0), -1)  # [blocks, Q]
-    key_pos = to_blocks(image_grid, tile, halo, -1)  # [blocks, K_image]
-    if layout.image_is_target and text_len:  # every image block also sees the text (the source)
-        key_pos = torch.cat([positions[text].expand(key_pos.shape[0], text_len), key_pos], 1)
-    query, key = query_pos[:, :, None], key_pos[:, None, :]
+    image_grid = positions[layout.image_start : layout.image_start + layout.image_len].view(layout.grid)
+    query_pos = to_blocks(image_grid, tile, (0, 0, 0, 0), -1)
+    key_pos = to_blocks(image_grid, tile, halo, -1)
+    text_len = layout.text_len
+    if layout.image_is_target and text_len:
+        text = positions[layout.text_start : layout.text_start + text_len]
+        key_pos = torch.cat([text.expand(key_pos.shape[0], text_len), key_pos], 1)
+    return query_pos, key_pos
+
+
+def block_major_order(query_pos: Tensor, layout: ImageTextLayout) -> Tensor | None:
+    """Raster image token -> row of the block-major output; ``None`` when they are the same order."""
     real = query_pos >= 0
     raster = (query_pos - layout.image_start).clamp(min=0)
-    flat = torch.arange(query_pos.numel(), device=device)
-    image_order = None
-    if query_pos.numel() != layout.image_len or not bool((raster.flatten() == flat).all()):
-        image_order = torch.empty(layout.image_len, dtype=torch.long, device=device)
-        image_order[raster.flatten()[real.flatten()]] = flat[real.flatten()]
-    query_index, key_index = query_pos.clamp(min=0), key_pos.clamp(min=0)
+    flat = torch.arange(query_pos.numel(), device=query_pos.device)
+    if query_pos.numel() == layout.image_len and bool((raster.flatten() == flat).all()):
+        return None
+    order = torch.empty(layout.image_len, dtype=torch.long, device=query_pos.device)
+    order[raster.flatten()[real.flatten()]] = flat[real.flatten()]
+    return order
+
+
+def plan_chunks(query_index: Tensor, key_index: Tensor, real: Tensor, chunks: int) -> tuple[Chunk, ...]:
+    """The blocks in ``chunks`` consecutive groups, each with the fused-projection rows it reads."""
     groups = []
-    for blocks in chunk_ranges(query_pos.shape[0], chunks):
+    for blocks in chunk_ranges(query_index.shape[0], chunks):
         queries, keys = query_index[blocks].flatten(), key_index[blocks].flatten()
         fill = not bool(real[blocks].all())
         groups.append(
@@ -175,21 +189,14 @@ def _block_plan(
                 real=real[blocks].flatten() if fill else None,
             )
         )
-    return BlockPlan(
-        text=text,
-        text_keys=text_keys,
-        text_rule=allowed_pairs(text_q, text_k, layout, pattern),
-        text_itself=text_q == text_k,
-        image=image,
-        text_first=layout.text_start == 0,
-        query_index=query_index,
-        key_index=key_index,
-        rule=allowed_pairs(query, key, layout, pattern) & (key >= 0),
-        itself=((query == key) & (query >= 0)) | (query < 0),
-        image_order=image_order,
-        query_real=real,
-        chunks=tuple(groups),
-    )
+    return tuple(groups)
+
+
+def chunk_ranges(blocks: int, chunks: int) -> list[slice]:
+    """``chunks`` (at most ``blocks``) consecutive ranges of blocks, sizes differing by at most one."""
+    chunks = max(1, min(chunks, blocks))
+    bounds = [round(i * blocks / chunks) for i in range(chunks + 1)]
+    return [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
 
 
 def padded(rule: Tensor, itself: Tensor, key_index: Tensor | slice, key_mask: Tensor | None) -> Tensor:
