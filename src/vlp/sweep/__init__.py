@@ -1,0 +1,1 @@
+"""Sweeps: many runs of recipes over a grid of settings and seeds, launched, tracked and reported."""
