@@ -1,0 +1,108 @@
+"""``status.json`` of a run folder, and what to do with a run on the next ``sweep run``.
+
+::
+
+    {"state": "queued" | "running" | "done" | "failed", "exit_code": int | null, "job_id": str | null,
+     "host": str | null, "pid": int | null, "started": ISO-8601 | null, "finished": ISO-8601 | null,
+     "attempts": int}
+
+``queued``: waiting to start, or stopped cleanly before its end (a stop request or preemption: it saved
+``last.ckpt`` and exited with status 0); ``running``: its process (``pid`` on ``host``, or SLURM job
+``job_id``) runs it; ``done``: training reached its end; ``failed``: the process exited with an error.
+A ``running`` (or queued, with a job) run whose process or job is gone is *dead*: the next ``sweep run``
+restarts it, from its ``checkpoints/last.ckpt`` when there is one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from vlp.sweep.callback import write_json
+
+STATUS_FILE = "status.json"
+State = Literal["queued", "running", "done", "failed"]
+FINISHED_JOB_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                       "PREEMPTED", "BOOT_FAIL", "DEADLINE", "FINISHED", "INTERRUPTED")  # fmt: skip
+
+
+@dataclass
+class Status:
+    state: State = "queued"
+    exit_code: int | None = None
+    job_id: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    started: str | None = None
+    finished: str | None = None
+    attempts: int = 0
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_status(run_dir: Path) -> Status | None:
+    path = run_dir / STATUS_FILE
+    if not path.is_file():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return Status(**{key: data.get(key) for key in Status.__dataclass_fields__ if key in data})
+
+
+def write_status(run_dir: Path, status: Status) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / STATUS_FILE, asdict(status))
+
+
+def pid_alive(pid: int, marker: str) -> bool:
+    """Process ``pid`` on this host exists and, where /proc tells, its command line holds ``marker`` (a
+    run folder or a job folder: a reused pid runs something else)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path(f"/proc/{pid}")
+    try:
+        if proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False  # exited, not yet reaped (an orphan in a container whose init does not reap)
+        text = proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return proc.parent.joinpath("self").exists() is False  # no /proc here: the pid exists
+    except OSError:
+        return False
+    return not text or marker in text  # empty for a moment while a process starts: counted as alive
+
+
+def job_finished(job_id: str, folder: Path) -> bool:
+    """A SLURM job that SLURM reports finished, or no longer knows."""
+    import submitit
+
+    state = submitit.SlurmJob(folder=folder, job_id=job_id).state.upper()
+    return state.split()[0] in FINISHED_JOB_STATES or state == "UNKNOWN"
+
+
+def is_dead(status: Status, run_dir: Path, cluster: str | None, job_folder: Path) -> bool:
+    """A run marked running (or queued under a job) whose process or job no longer exists.
+
+    ``cluster``: ``None`` for the local launcher, else submitit's (``slurm`` or ``local``). A run's own
+    process on this host is looked up by its pid; a job not yet started by its id (a SLURM job through
+    SLURM, a local job by its process). A run on another host without a SLURM job cannot be looked up and
+    counts as alive.
+    """
+    if status.state not in ("running", "queued"):
+        return False
+    if status.state == "running" and status.host == socket.gethostname() and status.pid is not None:
+        return not pid_alive(status.pid, str(run_dir.resolve()))
+    if status.job_id is not None and cluster == "slurm":
+        return job_finished(status.job_id, job_folder)
+    if status.job_id is not None and cluster == "local" and status.job_id.isdigit():
+        return not pid_alive(int(status.job_id), str(job_folder.resolve()))
+    return status.state == "running" and status.host == socket.gethostname()

@@ -1,0 +1,209 @@
+"""Launching and resuming: what ``sweep run`` does with each trial from its runs' status.json, how a stage
+restarts (from last.ckpt, or afresh with the old files moved aside), and 2 x 2 sweeps of a tiny recipe run
+end to end locally and through submitit's local executor, killed mid-way and finished by running again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from sweep_parts import COLLATOR, tiny_recipe, two_by_two, write_yaml
+
+from vlp.errors import UserError
+from vlp.sweep.command import plan_trial, run_sweep, status_lines
+from vlp.sweep.launch import resume_args
+from vlp.sweep.spec import parse_spec
+from vlp.sweep.status import Status, read_status, write_status
+from vlp.sweep.trials import expand
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+REPO = Path(__file__).resolve().parents[2]
+ARMS = ["whole_word_masking=true", "whole_word_masking=false"]
+TRIALS = [f"{arm}/seed_{seed}" for arm in ARMS for seed in (0, 1)]
+
+
+# ------------------------------------------------------------------------------------------- planning
+
+
+def chain(tmp_path: Path) -> list:
+    spec = parse_spec(
+        {"name": "s", "recipe": "r.yaml", "stages": [{"name": "pre"}, {"name": "ft", "init_from": "pre"}]}
+    )
+    return expand(spec)
+
+
+def set_status(tmp_path: Path, run_dir: str, **fields: object) -> None:
+    write_status(tmp_path / run_dir, Status(**fields))
+
+
+def test_plan_starts_new_skips_done_and_leaves_failed_without_retry(tmp_path: Path) -> None:
+    runs = chain(tmp_path)
+    assert plan_trial(runs, tmp_path, False, None).action == "start"
+    set_status(tmp_path, runs[0].run_dir, state="done", exit_code=0, attempts=1)
+    step = plan_trial(runs, tmp_path, False, None)
+    assert (step.action, step.stage, step.why) == ("start", "ft", "new")
+    set_status(tmp_path, runs[1].run_dir, state="failed", exit_code=1, attempts=1)
+    assert plan_trial(runs, tmp_path, False, None).action == "failed"
+    assert plan_trial(runs, tmp_path, True, None).action == "start"
+    set_status(tmp_path, runs[1].run_dir, state="done", exit_code=0, attempts=2)
+    assert plan_trial(runs, tmp_path, False, None).action == "done"
+
+
+def test_plan_leaves_a_live_run_and_restarts_a_dead_one(tmp_path: Path) -> None:
+    runs = chain(tmp_path)
+    folder = (tmp_path / runs[0].run_dir).resolve()
+    # a live process whose command line names the run folder, as a fit's does
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(folder)])
+    try:
+        host = os.uname().nodename
+        set_status(tmp_path, runs[0].run_dir, state="running", host=host, pid=process.pid, attempts=1)
+        assert plan_trial(runs, tmp_path, False, None).action == "active"
+    finally:
+        process.kill()
+        process.wait()
+    step = plan_trial(runs, tmp_path, False, None)
+    assert (step.action, step.stage) == ("start", "pre") and step.why.startswith("dead (running")
+    # stopped cleanly before its end (a stop request saved last.ckpt): resumed
+    set_status(tmp_path, runs[0].run_dir, state="queued", exit_code=0, host=host, pid=process.pid, attempts=1)
+    assert plan_trial(runs, tmp_path, False, None).why == "stopped before its end: resumes"
+
+
+def test_restart_resumes_from_last_ckpt_or_moves_the_old_attempt_aside(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"state")
+    assert resume_args(run) == ["--ckpt_path", "last"]
+    (run / "hpc_ckpt_1.ckpt").write_bytes(b"slurm")
+    assert resume_args(run) == []  # Lightning resumes SLURM's requeue checkpoint by itself
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    write_status(fresh, Status(state="failed", exit_code=1, attempts=1))
+    (fresh / "metrics.csv").write_text("step\n")
+    (fresh / "fit.log").write_text("first\n")
+    assert resume_args(fresh) == []
+    assert sorted(p.name for p in fresh.iterdir()) == ["attempt_1", "status.json"]
+    assert (fresh / "attempt_1" / "fit.log").read_text() == "first\n"
+    (fresh / "fit.log").write_text("second\n")
+    resume_args(fresh)
+    assert (fresh / "attempt_2" / "fit.log").read_text() == "second\n"
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+def check_done(out: Path, attempts: dict[str, int]) -> None:
+    """Every trial done with metrics.json from the callback, the arm's setting and the seed in its config."""
+    records = json.loads((out / "trials.json").read_text())
+    assert [r["trial"] for r in records] == TRIALS
+    for record in records:
+        folder = out / record["run_dir"]
+        status = read_status(folder)
+        assert status is not None and (status.state, status.exit_code) == ("done", 0), record["trial"]
+        assert status.attempts == attempts.get(record["trial"], 1), record["trial"]
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["complete"] and 0.0 <= metrics["final"]["val/itm_acc"] <= 1.0
+        assert [v["step"] for v in metrics["validations"]] == [3]
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        assert config["seed_everything"] == record["seed"]
+        wwm = config["data"]["init_args"]["collator"]["init_args"]["whole_word_masking"]
+        assert wwm == (record["arm"] == ARMS[0])
+        assert (folder / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_local_two_by_two_runs_then_skips_done_and_refuses_another_sweep_in_its_folder(
+    tmp_path: Path, tiny_shapes: Path
+) -> None:
+    spec = two_by_two(tmp_path, tiny_shapes, {"kind": "local", "parallel": 2})
+    lines: list[str] = []
+    results = run_sweep(spec, report=lines.append)
+    assert results == {trial: ["done"] for trial in TRIALS}
+    assert "local: 4 trials, 2 at a time (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1)" in lines  # 2 cores, 2 runs
+    out = tmp_path / "sweep"
+    check_done(out, {})
+    assert (out / "sweep.yaml").read_text() == spec.read_text()
+    assert run_sweep(spec, report=lines.append) == {}
+    assert "4 done" in status_lines(spec).splitlines()[0]
+
+    changed = yaml.safe_load(spec.read_text())
+    changed["seeds"] = [0, 1, 2]
+    changed["launcher"]["parallel"] = 1  # how runs start may change; what runs may not
+    with pytest.raises(UserError, match="these keys differ: seeds"):
+        run_sweep(write_yaml(tmp_path / "changed.yaml", changed))
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_two_by_two(tmp_path: Path, tiny_shapes: Path) -> None:
+    launcher = {"kind": "slurm", "cluster": "local", "time_min": 10, "threads": 1}
+    spec = two_by_two(tmp_path, tiny_shapes, launcher)
+    results = run_sweep(spec, report=print)
+    assert results == {trial: ["done"] for trial in TRIALS}
+    out = tmp_path / "sweep"
+    check_done(out, {})
+    job_ids = {read_status(out / t / "main").job_id for t in TRIALS}
+    assert len(job_ids) == 4 and None not in job_ids
+    assert len(list((out / "jobs").glob("*_submitted.pkl"))) == 4
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_finishes_only_what_is_missing_when_run_again(
+    tmp_path: Path, tiny_shapes: Path
+) -> None:
+    spec = two_by_two(tmp_path, tiny_shapes, {"kind": "local", "parallel": 1})
+    out = tmp_path / "sweep"
+    first, second = (out / t / "main" for t in TRIALS[:2])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "vlp", "sweep", "run", str(spec)], cwd=REPO, env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and sweep.poll() is None:
+            done = (read_status(first) or Status()).state == "done"
+            if done and (read_status(second) or Status()).state == "running":
+                break
+            time.sleep(0.2)
+        assert sweep.poll() is None, "the sweep ended before it could be killed"
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and its running fit, at once
+        sweep.wait()
+    assert (read_status(second) or Status()).state == "running"  # as the killed sweep left it
+    assert not (out / TRIALS[2]).exists()
+
+    lines: list[str] = []
+    results = run_sweep(spec, report=lines.append)
+    assert results == {trial: ["done"] for trial in TRIALS[1:]}  # the first trial is not run again
+    assert f"done   {TRIALS[0]}" in lines
+    assert any(line.startswith(f"to run {TRIALS[1]} from main: dead (running") for line in lines)
+    check_done(out, {TRIALS[1]: 2})
+
+
+@pytest.mark.slow
+def test_a_two_stage_trial_starts_its_second_stage_from_the_first_ones_checkpoint(
+    tmp_path: Path, tiny_shapes: Path
+) -> None:
+    recipe = write_yaml(tmp_path / "tiny.yaml", tiny_recipe(tiny_shapes, steps=2))
+    spec = write_yaml(
+        tmp_path / "chain.yaml",
+        {
+            "name": "chain",
+            "recipe": str(recipe),
+            "stages": [{"name": "pre"}, {"name": "ft", "init_from": "pre", "overrides": {COLLATOR: False}}],
+            "metrics": [{"name": "val/itm_acc", "mode": "max", "stage": "pre"}],
+            "out": str(tmp_path / "sweep"),
+        },
+    )
+    assert run_sweep(spec, report=print) == {"base/seed_0": ["done", "done"]}
+    pre, ft = tmp_path / "sweep" / "base" / "seed_0" / "pre", tmp_path / "sweep" / "base" / "seed_0" / "ft"
+    config = yaml.safe_load((ft / "config.yaml").read_text())
+    assert config["model"]["init_args"]["init_from"] == str((pre / "checkpoints" / "last.ckpt").resolve())
+    assert json.loads((pre / "metrics.json").read_text())["best"]["val/itm_acc"]["step"] == 2
+    assert json.loads((ft / "metrics.json").read_text())["best"] == {}  # no metric of the sweep at ft
