@@ -71,7 +71,7 @@ def test_fit_fast_dev_run_through_the_real_cli(tmp_path: Path) -> None:
 
 # ---- one top-level help, every --help exits 0 -----------------------------------------------------------
 
-COMMANDS = ["fit", "validate", "test", "predict", "data", "zoo", "bench"]
+COMMANDS = ["fit", "validate", "test", "predict", "data", "zoo", "bench", "sweep"]
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int | str | None, str, str]:
@@ -103,7 +103,7 @@ def test_an_unknown_command_names_itself_and_the_commands(capsys: pytest.Capture
     assert code == 2
     assert err.strip().splitlines() == [
         "vlp: error: unknown command 'fitt' (did you mean fit?); the commands are "
-        "fit, validate, test, predict, data, zoo, bench (`python -m vlp --help`)"
+        "fit, validate, test, predict, data, zoo, bench, sweep (`python -m vlp --help`)"
     ]
 
 
@@ -115,6 +115,8 @@ def test_an_unknown_command_names_itself_and_the_commands(capsys: pytest.Capture
         ["data", "synth", "--help"],
         ["data", "synth", "shapes", "--help"],
         ["zoo", "convert-vilt", "--help"],
+        ["sweep", "run", "--help"],
+        ["sweep", "status", "--help"],
         *[["bench", name, "--help"] for name in BENCHMARKS],
     ],
     ids=" ".join,
@@ -125,7 +127,7 @@ def test_every_help_prints_usage_and_exits_0(argv: list[str], capsys: pytest.Cap
     assert out.startswith("usage: python -m vlp")
 
 
-@pytest.mark.parametrize("command", ["data", "zoo", "bench"])
+@pytest.mark.parametrize("command", ["data", "zoo", "bench", "sweep"])
 def test_a_tool_command_without_its_subcommand_prints_its_help_as_a_usage_error(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

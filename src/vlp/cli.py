@@ -5,7 +5,7 @@
   and a misspelt key or a wrong type fails before any work starts, naming the key. Options are never
   abbreviated (``--trainer.max_step`` is refused, not taken as ``max_steps``). Before anything runs, the
   data is checked against the model (:mod:`vlp.checks`).
-- ``data``, ``zoo``, ``bench``: tool commands, dispatched before Lightning.
+- ``data``, ``zoo``, ``bench``, ``sweep``: tool commands, dispatched before Lightning.
 
 A user error (a bad recipe, value, data folder or checkpoint; :mod:`vlp.errors` says which errors count)
 prints one line, ``vlp: error: ...``, and exits with status 2. ``--traceback`` anywhere on the command line
@@ -208,10 +208,21 @@ def run_zoo(args: Sequence[str]) -> None:
     zoo_main(args)
 
 
+def run_sweep(args: Sequence[str]) -> None:
+    """``python -m vlp sweep run|status|report SWEEP.yaml``: see :mod:`vlp.sweep.command`."""
+    from vlp.sweep.command import main as sweep_main
+
+    sweep_main(args)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], object]]] = {
     "data": ("write datasets as webdataset shards: data synth shapes --out DIR", run_data),
     "zoo": ("convert published weights: zoo convert-vilt --from hf --to vlp SRC DST", run_zoo),
     "bench": ("benchmarks side by side with peer implementations: bench vilt, bench scaling, ...", run_bench),
+    "sweep": (
+        "comparative sweeps of recipes over settings and seeds: sweep run|status|report SWEEP.yaml",
+        run_sweep,
+    ),
 }
 
 
