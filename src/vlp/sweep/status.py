@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from vlp.processes import pid_alive
 from vlp.sweep.callback import write_json
 
 STATUS_FILE = "status.json"
@@ -58,27 +58,6 @@ def read_status(run_dir: Path) -> Status | None:
 def write_status(run_dir: Path, status: Status) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / STATUS_FILE, asdict(status))
-
-
-def pid_alive(pid: int, marker: str) -> bool:
-    """Process ``pid`` on this host exists and, where /proc tells, its command line holds ``marker`` (a
-    run folder or a job folder: a reused pid runs something else)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path(f"/proc/{pid}")
-    try:
-        if proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return False  # exited, not yet reaped (an orphan in a container whose init does not reap)
-        text = proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except FileNotFoundError:
-        return proc.parent.joinpath("self").exists() is False  # no /proc here: the pid exists
-    except OSError:
-        return False
-    return not text or marker in text  # empty for a moment while a process starts: counted as alive
 
 
 def job_finished(job_id: str, folder: Path) -> bool:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from vlp.datamodules.synth.scenes import IMAGE_SPLITS, PAIR_SPLITS, ShapesConfig
 from vlp.errors import UserError
+from vlp.processes import pid_alive
 
 __all__ = [
     "FORMAT_VERSION",
@@ -151,18 +152,10 @@ def _remove_dead_staging(target: Path) -> None:
         if stamp is None or stamp.get("complete") is not False or stamp.get("host") != host:
             continue
         pid = stamp.get("pid")
-        if isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+        if isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid):
             log.info("vlp: removing %s, left by an interrupted shapes generation", folder)
             shutil.rmtree(folder)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
