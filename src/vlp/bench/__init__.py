@@ -11,6 +11,8 @@
   (:mod:`vlp.bench.sparse_attention`).
 - ``cpu-kernels``: SDPA's fused vs math CPU kernel in fp32 and bf16, and AdamW's for-loop / foreach /
   fused step, the two choices behind vlp's CPU training speed (:mod:`vlp.bench.cpu_kernels`).
+- ``sweep-overhead``: a sweep of 4 short trials against the same 4 fits run by hand, the overhead per
+  trial (:mod:`vlp.bench.sweep_overhead`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "vilt": "vlp.bench.vilt",
     "sparse-attention": "vlp.bench.sparse_attention",
     "cpu-kernels": "vlp.bench.cpu_kernels",
+    "sweep-overhead": "vlp.bench.sweep_overhead",
 }
 SUMMARIES: dict[str, str] = {
     "scaling": "training samples/s with 1 process, 2-process DDP and 2-process FSDP2",
@@ -32,6 +35,7 @@ SUMMARIES: dict[str, str] = {
     "vilt": "ViLT-B/32 training and inference, vlp against transformers, fp32 and bf16",
     "sparse-attention": "ERNIE-ViLG's sparse attention against dense attention, time and memory",
     "cpu-kernels": "SDPA's CPU kernels and AdamW's step implementations, fp32 and bf16",
+    "sweep-overhead": "wall time of a 4-trial sweep against the same 4 fits run by hand, per trial",
 }
 
 
