@@ -16,7 +16,8 @@ import pytest
 
 from vlp.cli import main as cli_main
 from vlp.errors import UserError
-from vlp.sweep.report import CSV_COLUMNS, Report, Row, build_report, main, write_report
+from vlp.sweep.report import CSV_COLUMNS, main, write_report
+from vlp.sweep.results import Report, Row, build_report
 
 T1 = math.tan(math.pi * (0.975 - 0.5))  # Student's t quantile, 1 df
 T2 = (2 * 0.975 - 1) * math.sqrt(2 / (4 * 0.975 * (1 - 0.975)))  # Student's t quantile, 2 df

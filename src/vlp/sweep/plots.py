@@ -12,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from vlp.sweep.report import Row
+    from vlp.sweep.results import Row
 
 SEED_SPREAD = 0.25  # seeds of one arm are spread over this width, right of its error bar
 SEED_SHIFT = 0.1  # the error bar sits this far left of the arm's tick, its seeds as far right
