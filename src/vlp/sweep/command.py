@@ -23,10 +23,11 @@ from jsonargparse import ArgumentParser
 
 from vlp.errors import UserError
 from vlp.parse_errors import describe_parse_error, option_strings
+from vlp.sweep.axes import arm_names
 from vlp.sweep.callback import METRICS_FILE, write_json
 from vlp.sweep.check import check_runs
 from vlp.sweep.launch import ChainJob, StageJob, launch_local, launch_submitit
-from vlp.sweep.spec import SweepSpec, arm_names, load_spec
+from vlp.sweep.spec import SweepSpec, load_spec
 from vlp.sweep.status import Status, is_dead, read_status, write_status
 from vlp.sweep.trials import Run, expand, trials
 

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from vlp.errors import UserError
+from vlp.sweep.axes import Arm, parse_distribution, split_key
 from vlp.sweep.callback import METRICS_FILE
 from vlp.sweep.check import check_runs
-from vlp.sweep.spec import Arm, SweepSpec, parse_distribution, split_key
+from vlp.sweep.spec import SweepSpec
 from vlp.sweep.status import read_status
 from vlp.sweep.trials import Run, expand
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from vlp.sweep.spec import Arm, SweepSpec, arms, split_key
+from vlp.sweep.axes import Arm, arms, split_key
+from vlp.sweep.spec import SweepSpec
 
 CALLBACK = "vlp.sweep.callback.MetricsRecord"
 INIT_FROM = "model.init_args.init_from"
