@@ -207,3 +207,43 @@ def test_a_two_stage_trial_starts_its_second_stage_from_the_first_ones_checkpoin
     assert config["model"]["init_args"]["init_from"] == str((pre / "checkpoints" / "last.ckpt").resolve())
     assert json.loads((pre / "metrics.json").read_text())["best"]["val/itm_acc"]["step"] == 2
     assert json.loads((ft / "metrics.json").read_text())["best"] == {}  # no metric of the sweep at ft
+
+
+def test_sigterm_stops_the_sweep_cleanly_its_fits_recorded_queued_and_nothing_new_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in fit (a child that, like a fit, saves and exits 0 on SIGTERM) runs in the first of three
+    trials, one at a time; SIGTERM to the sweep reaches it, it is recorded ``queued`` (to be resumed), the
+    other trials never start, and the sweep returns with its handlers restored."""
+    from vlp.sweep import launch
+    from vlp.sweep.spec import Launcher
+
+    child = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(60)"
+    monkeypatch.setattr(launch, "fit_command", lambda argv: [sys.executable, "-c", child])
+    chains = [
+        launch.ChainJob(
+            f"arm/seed_{i}", (launch.StageJob(f"arm/seed_{i}/main", str(tmp_path / f"r{i}"), ()),), {}
+        )
+        for i in range(3)
+    ]
+    before = signal.getsignal(signal.SIGTERM)
+
+    def stop_soon() -> None:
+        for _ in range(200):  # once the first run's child is up
+            status = read_status(tmp_path / "r0")
+            if status is not None and status.pid is not None:
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    import threading
+
+    threading.Thread(target=stop_soon, daemon=True).start()
+    lines: list[str] = []
+    states = launch.launch_local(chains, Launcher(parallel=1), report=lines.append)
+    assert states == {"arm/seed_0": ["queued"], "arm/seed_1": [], "arm/seed_2": []}
+    status = read_status(tmp_path / "r0")
+    assert status is not None and (status.state, status.exit_code) == ("queued", 0)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+    assert any(line.startswith("stop") for line in lines)
+    assert signal.getsignal(signal.SIGTERM) is before

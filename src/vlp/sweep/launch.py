@@ -128,17 +128,26 @@ def run_stage(
     return status
 
 
-def run_chain(chain: ChainJob, job_id: str | None = None, report: Callable[[str], None] = print) -> list[str]:
-    """Run a trial's stages in order (done ones skipped); the final state of each stage reached."""
+def run_chain(
+    chain: ChainJob,
+    job_id: str | None = None,
+    report: Callable[[str], None] = print,
+    started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    stop: threading.Event | None = None,
+) -> list[str]:
+    """Run a trial's stages in order (done ones skipped); the final state of each stage reached. Once
+    ``stop`` is set no further stage starts."""
     states = []
     for stage in chain.stages:
         status = read_status(Path(stage.run_dir))
         if status is not None and status.state == "done":
             states.append("done")
             continue
+        if stop is not None and stop.is_set():
+            break
         report(f"start  {stage.label}")
         begin = time.monotonic()
-        status = run_stage(stage, chain.env, job_id)
+        status = run_stage(stage, chain.env, job_id, started)
         elapsed = time.monotonic() - begin
         report(
             f"{status.state:<6s} {stage.label} (exit {status.exit_code}, {elapsed:.0f} s, attempt {status.attempts})"
@@ -182,26 +191,61 @@ def launch_local(
     parallel: int | None = None,
     report: Callable[[str], None] = print,
 ) -> dict[str, list[str]]:
-    """Run ``chains`` on a queue of concurrent processes; ``{trial: stage states}`` once all ended."""
+    """Run ``chains`` on a queue of concurrent processes; ``{trial: stage states}`` once all ended.
+
+    SIGTERM or SIGINT to the sweep stops it cleanly: its running fits get SIGTERM (each saves
+    ``last.ckpt`` and exits, recorded ``queued``), no further run starts, and the sweep returns once they
+    have ended; the same command resumes them."""
     slots = local_slots(launcher, parallel)
     free = list(range(len(slots)))
     lock = threading.Lock()
+    stop = threading.Event()
+    children: list[subprocess.Popen[bytes]] = []
     report(
         f"local: {len(chains)} trials, {len(slots)} at a time ({', '.join(f'{k}={v}' for k, v in slots[0].items())})"
     )
 
+    def started(process: subprocess.Popen[bytes]) -> None:
+        with lock:
+            children.append(process)
+        if stop.is_set():  # started as the stop came
+            process.send_signal(signal.SIGTERM)
+
+    def stop_runs(signum: int, frame: FrameType | None) -> None:
+        report(f"stop   signal {signum}: the running fits save and stop; re-run the sweep to resume")
+        stop.set()
+        with lock:
+            running = [p for p in children if p.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+
     def work(chain: ChainJob) -> list[str]:
+        if stop.is_set():
+            return []
         with lock:
             slot = free.pop(0)
         try:
-            return run_chain(ChainJob(chain.trial, chain.stages, {**chain.env, **slots[slot]}), report=report)
+            job = ChainJob(chain.trial, chain.stages, {**chain.env, **slots[slot]})
+            return run_chain(job, report=report, started=started, stop=stop)
         finally:
             with lock:
                 free.append(slot)
 
-    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-        results = list(pool.map(work, chains))
+    handlers = on_stop_signals(stop_runs)
+    try:
+        with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+            results = list(pool.map(work, chains))
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     return {chain.trial: states for chain, states in zip(chains, results)}
+
+
+def on_stop_signals(handler: Callable[[int, FrameType | None], None]) -> dict[int, Any]:
+    """Install ``handler`` for SIGTERM and SIGINT (main thread only); the handlers it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
 
 
 # ---------------------------------------------------------------------------------------------- submitit
