@@ -35,6 +35,12 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(partial, path)
 
 
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """``<run_dir>/metrics.json``, or ``None`` before the run has written one."""
+    path = run_dir / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 class MetricsRecord(Callback):
     """Writes ``<trainer.default_root_dir>/metrics.json`` (see the module docstring).
 
@@ -50,9 +56,11 @@ class MetricsRecord(Callback):
         self.record: dict[str, Any] = {"final": {}, "validations": [], "best": {}, "complete": False}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.path = Path(trainer.default_root_dir) / METRICS_FILE
-        if self.path.is_file():
-            self.record = json.loads(self.path.read_text())
+        run_dir = Path(trainer.default_root_dir)
+        self.path = run_dir / METRICS_FILE
+        record = read_metrics(run_dir)
+        if record is not None:
+            self.record = record
             self.record["complete"] = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -24,16 +24,15 @@ from jsonargparse import ArgumentParser
 from vlp.errors import UserError
 from vlp.parse_errors import describe_parse_error, option_strings
 from vlp.sweep.axes import arm_names
-from vlp.sweep.callback import METRICS_FILE, write_json
+from vlp.sweep.callback import read_metrics, write_json
 from vlp.sweep.check import check_runs
 from vlp.sweep.launch import ChainJob, StageJob, launch_local, launch_submitit
 from vlp.sweep.spec import SweepSpec, load_spec
 from vlp.sweep.status import Status, is_dead, read_status, write_status
-from vlp.sweep.trials import Run, expand, trials
+from vlp.sweep.trials import TRIALS_FILE, Run, expand, read_records, trials
 
 PROG = "python -m vlp sweep"
 SPEC_COPY = "sweep.yaml"
-TRIALS_FILE = "trials.json"
 JOBS_FOLDER = "jobs"
 # Keys of the sweep file that may change between launches of one sweep folder: how runs start, not what runs.
 MAY_CHANGE = ("launcher",)
@@ -116,7 +115,7 @@ def prepare_folder(spec_path: Path, spec: SweepSpec, records: list[dict[str, Any
         shutil.copyfile(spec_path, copy)
     trials_path = out / TRIALS_FILE
     if trials_path.exists():
-        old = {r["run_dir"]: r["run_id"] for r in json.loads(trials_path.read_text())}
+        old = {r["run_dir"]: r["run_id"] for r in read_records(out)}
         for record in records:
             before = old.get(record["run_dir"])
             if before is not None and before != record["run_id"] and read_status(out / record["run_dir"]):
@@ -258,8 +257,8 @@ def status_lines(spec_path: Path) -> str:
         if status is not None and is_dead(status, folder, cluster, out / JOBS_FOLDER):
             state += " (dead)"
         counts[state] = counts.get(state, 0) + 1
-        metrics_path = folder / METRICS_FILE
-        final = json.loads(metrics_path.read_text())["final"] if metrics_path.is_file() else {}
+        record = read_metrics(folder)
+        final = record["final"] if record is not None else {}
         shown = [m.name for m in spec.metrics if spec.metric_stage(m) == run.stage] or sorted(final)[:3]
         values = " ".join(f"{name}={final[name]:.4f}" for name in shown if name in final) or "-"
         rows.append(

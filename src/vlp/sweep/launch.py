@@ -16,7 +16,6 @@ A chain stops at its first stage that is not done.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -32,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 from vlp.runs import last_checkpoint
-from vlp.sweep.callback import METRICS_FILE
+from vlp.sweep.callback import read_metrics
 from vlp.sweep.spec import Launcher
 from vlp.sweep.status import STATUS_FILE, Status, now, read_status, write_status
 
@@ -90,8 +89,8 @@ def move_aside(run_dir: Path) -> Path | None:
 
 
 def completed(run_dir: Path) -> bool:
-    path = run_dir / METRICS_FILE
-    return path.is_file() and bool(json.loads(path.read_text()).get("complete"))
+    record = read_metrics(run_dir)
+    return record is not None and bool(record.get("complete"))
 
 
 def run_stage(

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 from vlp.errors import UserError
 from vlp.sweep.claims import Verdict, judge, parse_claim
 from vlp.sweep.stats import Difference, Summary, difference, summarize
+from vlp.sweep.trials import TRIALS_FILE
 
 ValueKind = Literal["final", "best"]
 VALUE_KINDS: tuple[ValueKind, ...] = ("final", "best")
@@ -127,7 +128,7 @@ def read_json(path: Path) -> tuple[Any, str]:
 
 def read_runs(out: Path) -> list[Run]:
     """Every trial stage of ``<out>/trials.json`` with its state and metrics."""
-    table_path = out / "trials.json"
+    table_path = out / TRIALS_FILE
     table, why = read_json(table_path)
     if not isinstance(table, list):
         reason = why or "not a JSON list"

@@ -17,7 +17,6 @@ trials are asked until ``n_trials`` are finished.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -25,11 +24,11 @@ from typing import Any
 
 from vlp.errors import UserError
 from vlp.sweep.axes import Arm, parse_distribution, split_key
-from vlp.sweep.callback import METRICS_FILE
+from vlp.sweep.callback import read_metrics
 from vlp.sweep.check import check_runs
 from vlp.sweep.spec import SweepSpec
 from vlp.sweep.status import read_status
-from vlp.sweep.trials import Run, expand
+from vlp.sweep.trials import Run, expand, read_records
 
 JOURNAL = "optuna.jsonl"
 
@@ -93,10 +92,10 @@ def objective(spec: SweepSpec, runs: list[Run], out: Path) -> float | None:
         if run.stage != stage:
             continue
         status = read_status(run.folder(out))
-        path = run.folder(out) / METRICS_FILE
-        if status is None or status.state != "done" or not path.is_file():
+        record = read_metrics(run.folder(out))
+        if status is None or status.state != "done" or record is None:
             return None
-        value = json.loads(path.read_text())["final"].get(metric.name)
+        value = record["final"].get(metric.name)
         if value is None:
             return None
         values.append(float(value))
@@ -168,10 +167,7 @@ def run_search(
 
 def merged_records(out: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``trials.json``'s entries with ``records`` added (or replacing those of the same run folder)."""
-    from vlp.sweep.command import TRIALS_FILE
-
-    path = out / TRIALS_FILE
-    merged = {r["run_dir"]: r for r in (json.loads(path.read_text()) if path.is_file() else [])}
+    merged = {r["run_dir"]: r for r in read_records(out)}
     merged.update({r["run_dir"]: r for r in records})
     return sorted(merged.values(), key=lambda r: (r["arm"], r["seed"]))
 

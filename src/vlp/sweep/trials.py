@@ -23,6 +23,13 @@ from vlp.sweep.spec import SweepSpec
 
 CALLBACK = "vlp.sweep.callback.MetricsRecord"
 INIT_FROM = "model.init_args.init_from"
+TRIALS_FILE = "trials.json"
+
+
+def read_records(out: Path) -> list[dict[str, Any]]:
+    """The entries of ``<out>/trials.json`` (:meth:`Run.record`), none before the sweep has written it."""
+    path = out / TRIALS_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 @dataclass(frozen=True)
