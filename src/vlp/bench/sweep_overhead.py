@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -172,12 +171,11 @@ def write_sweep(folder: Path, repeat: int, spec: dict[str, Any]) -> Path:
 
 
 def run_logged(command: list[str], log: Path, env: dict[str, str] | None = None) -> int:
-    """Run ``command`` to its end, its output appended to ``log``; its exit status."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as stream:
-        stream.write(f"\n$ {' '.join(command)}\n".encode())
-        stream.flush()
-        return subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env=env).returncode
+    """Run ``command`` to its end, its output appended to ``log`` as the sweep's launcher logs a fit; its
+    exit status."""
+    from vlp.sweep.launch import start_logged
+
+    return start_logged(command, log, env).wait()
 
 
 def sweep_command(spec_path: Path, *extra: str) -> list[str]:

@@ -93,6 +93,15 @@ def completed(run_dir: Path) -> bool:
     return record is not None and bool(record.get("complete"))
 
 
+def start_logged(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``command`` with its output appended to ``log``, after a line naming the command."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as stream:
+        stream.write(f"\n$ {' '.join(command)}\n".encode())
+        stream.flush()
+        return subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
+
+
 def run_stage(
     stage: StageJob,
     env: dict[str, str],
@@ -104,10 +113,7 @@ def run_stage(
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = read_status(run_dir) or Status()
     command = fit_command([*stage.argv, *resume_args(run_dir)])
-    with open(run_dir / LOG_FILE, "ab") as log:
-        log.write(f"\n$ {' '.join(command)}\n".encode())
-        log.flush()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    process = start_logged(command, run_dir / LOG_FILE, {**os.environ, **env})
     status = Status(
         state="running",
         job_id=job_id,
