@@ -5,7 +5,9 @@ The module tree follows CompVis/taming-transformers (``taming/models/vqgan.py`` 
 (``encoder.*``, ``decoder.*``, ``quantize.embedding.weight``, ``quant_conv.*``, ``post_quant_conv.*``) map
 1:1 onto :class:`VQGAN`'s state dict; taming keeps its discriminator under ``loss.discriminator``, vlp in
 :class:`~vlp.models.vqgan.discriminator.NLayerDiscriminator`. An EMA quantizer adds two statistics buffers
-(``quantize.cluster_size``, ``quantize.embed_avg``) that taming does not have.
+(``quantize.cluster_size``, ``quantize.embed_avg``) that taming does not have. ``quantizer="gumbel"``
+takes :class:`~vlp.models.vqgan.gumbel.GumbelQuantizer` (taming's ``GumbelVQ``: ``quantize.proj.*`` and the
+codebook ``quantize.embedding.weight``, which taming calls ``quantize.embed.weight``).
 
 Pixels are in ``[-1, 1]`` (the shards' normalisation with mean = std = 0.5 gives exactly that).
 """
@@ -14,13 +16,14 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlp.checkpoints import check_state_matches, load_existing
 from vlp.models.layers.attention import sdpa
+from vlp.models.vqgan.gumbel import GumbelQuantizer, GumbelQuantizerOutput
 from vlp.models.vqgan.quantizer import VectorQuantizer
 
 CONFIG_KEY = "vqgan_config"
@@ -217,10 +220,11 @@ class VQGANOutput:
     z_e: Tensor  # [B, code_dim, h, w] encoder output after quant_conv
     codes: Tensor  # [B, code_dim, h, w] chosen code vectors
     ids: Tensor  # [B, h, w] long
+    kl: Tensor | None = None  # Gumbel quantizer: KL(softmax(logits) || uniform), mean over positions
 
 
 class VQGAN(nn.Module):
-    """Encoder → ``quant_conv`` → :class:`~vlp.models.vqgan.quantizer.VectorQuantizer` → ``post_quant_conv`` → Decoder.
+    """Encoder → ``quant_conv`` → quantizer → ``post_quant_conv`` → Decoder.
 
     Args (taming's ``ddconfig`` names in brackets):
         resolution: training image side [resolution]; decides where attention sits, not a limit on
@@ -230,6 +234,10 @@ class VQGAN(nn.Module):
         num_codes, code_dim: codebook size and width [n_embed, embed_dim].
         norm_groups: GroupNorm groups (taming: 32; CPU-sized channel counts may need fewer).
         ema, ema_decay, dead_code_threshold: see :class:`~vlp.models.vqgan.quantizer.VectorQuantizer`.
+        quantizer: ``"vector"`` (nearest code, :class:`~vlp.models.vqgan.quantizer.VectorQuantizer`) or
+            ``"gumbel"`` (logits over the codes, :class:`~vlp.models.vqgan.gumbel.GumbelQuantizer`).
+        gumbel_temperature, gumbel_straight_through: the Gumbel quantizer's initial temperature and
+            straight-through flag (training only).
 
     taming's f8 / 8192 model: ``resolution=256, ch=128, ch_mult=(1, 1, 2, 4), num_res_blocks=2,
     attn_resolutions=(32,), z_channels=256, num_codes=8192, code_dim=256``.
@@ -252,10 +260,20 @@ class VQGAN(nn.Module):
         ema: bool = False,
         ema_decay: float = 0.99,
         dead_code_threshold: float = 0.0,
+        quantizer: Literal["vector", "gumbel"] = "vector",
+        gumbel_temperature: float = 1.0,
+        gumbel_straight_through: bool = True,
     ) -> None:
         super().__init__()
         if not ch_mult:
             raise ValueError("VQGAN: ch_mult needs at least one level")
+        if quantizer not in ("vector", "gumbel"):
+            raise ValueError(f"VQGAN: quantizer must be 'vector' or 'gumbel', got {quantizer!r}")
+        if quantizer == "gumbel" and (ema or dead_code_threshold > 0):
+            raise ValueError(
+                "VQGAN: ema and dead_code_threshold belong to the vector quantizer; with quantizer='gumbel' "
+                "leave them at ema=false, dead_code_threshold=0"
+            )
         self.config: dict[str, Any] = {
             "resolution": resolution,
             "ch": ch,
@@ -272,6 +290,9 @@ class VQGAN(nn.Module):
             "ema": ema,
             "ema_decay": ema_decay,
             "dead_code_threshold": dead_code_threshold,
+            "quantizer": quantizer,
+            "gumbel_temperature": gumbel_temperature,
+            "gumbel_straight_through": gumbel_straight_through,
         }
         self.resolution = resolution
         self.downsample_factor = 2 ** (len(ch_mult) - 1)
@@ -289,9 +310,15 @@ class VQGAN(nn.Module):
         )
         self.encoder = Encoder(in_channels, stack)
         self.decoder = Decoder(out_channels, stack)
-        self.quantize = VectorQuantizer(
-            num_codes, code_dim, ema=ema, decay=ema_decay, dead_code_threshold=dead_code_threshold
-        )
+        self.quantize: VectorQuantizer | GumbelQuantizer
+        if quantizer == "gumbel":
+            self.quantize = GumbelQuantizer(
+                num_codes, code_dim, temperature=gumbel_temperature, straight_through=gumbel_straight_through
+            )
+        else:
+            self.quantize = VectorQuantizer(
+                num_codes, code_dim, ema=ema, decay=ema_decay, dead_code_threshold=dead_code_threshold
+            )
         self.quant_conv = nn.Conv2d(z_channels, code_dim, 1)
         self.post_quant_conv = nn.Conv2d(code_dim, z_channels, 1)
 
@@ -333,6 +360,7 @@ class VQGAN(nn.Module):
             z_e=quantized.z_e,
             codes=quantized.codes,
             ids=quantized.ids,
+            kl=quantized.kl if isinstance(quantized, GumbelQuantizerOutput) else None,
         )
 
     def encode(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
