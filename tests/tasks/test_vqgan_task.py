@@ -146,3 +146,20 @@ def test_mismatched_ema_and_missing_pixels_are_named() -> None:
         VQGANTask(model, VQGANLoss(ema=False))
     with pytest.raises(ValueError, match=r"batch\.pixels is None"):
         VQGANTask.pixels(Batch(keys=["a"]))
+
+
+def test_a_gumbel_vqgan_is_refused_by_name() -> None:
+    model = VQGAN(
+        resolution=16,
+        ch=8,
+        ch_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attn_resolutions=(4,),
+        z_channels=8,
+        num_codes=16,
+        code_dim=4,
+        norm_groups=4,
+        quantizer="gumbel",
+    )
+    with pytest.raises(ValueError, match="GumbelQuantizer"):
+        VQGANTask(model, VQGANLoss(ema=False))

@@ -41,6 +41,7 @@ from vlp.batch import Batch
 from vlp.metrics.codebook import CodebookUsage, usage_from_counts
 from vlp.models.vqgan.discriminator import NLayerDiscriminator
 from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
+from vlp.models.vqgan.quantizer import VectorQuantizer
 from vlp.objectives.vq import VQGANLoss
 from vlp.tasks.optim import linear_warmup_decay, schedule_steps
 from vlp.tasks.predict_files import Row, RowPredictionWriter, write_jsonl, write_png
@@ -76,6 +77,12 @@ class VQGANTask(RowPredictionWriter, LightningModule):
         predict_dir: str | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(model.quantize, VectorQuantizer):
+            raise ValueError(
+                f"VQGANTask trains a VQGAN with the vector quantizer; this model's is "
+                f"{type(model.quantize).__name__} (quantizer: gumbel loads published weights for encoding "
+                "and decoding, its training loss and temperature schedule are not part of this task)"
+            )
         if loss.ema != model.quantize.ema:
             raise ValueError(
                 f"VQGANTask: loss.ema={loss.ema} but the model's quantizer has ema={model.quantize.ema}"

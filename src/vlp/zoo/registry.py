@@ -118,25 +118,29 @@ _HF_VILT = {
     "hf-b32-coco": ("dandelin/vilt-b32-finetuned-coco", "COCO 5k retrieval (Table 3)"),
     "hf-b32-flickr30k": ("dandelin/vilt-b32-finetuned-flickr30k", "Flickr30k 1k retrieval (Table 3)"),
 }
-# taming-transformers' first stages: Lightning checkpoints with the loss (LPIPS + discriminator) inside.
+# taming-transformers' first stages: Lightning checkpoints with the loss (LPIPS + discriminator) inside;
+# the parameter counts are the autoencoder's (what vlp loads).
 TAMING_DROPPED = ("loss.*",)
 _TAMING = {
     "imagenet-f16-1024": (
         "vqgan_imagenet_f16_1024.ckpt",
         "https://heibox.uni-heidelberg.de/d/8088892a516d4e3baf92/files/?p=%2Fckpts%2Flast.ckpt&dl=1",
         "vqgan-taming",
+        "72.1M",
         "ImageNet f=16, 1024 codes: FID 7.94 on ImageNet val reconstructions (taming-transformers README)",
     ),
     "imagenet-f16-16384": (
         "vqgan_imagenet_f16_16384.ckpt",
         "https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/files/?p=%2Fckpts%2Flast.ckpt&dl=1",
         "vqgan-taming",
+        "76.1M",
         "ImageNet f=16, 16384 codes: FID 4.98 on ImageNet val reconstructions (taming-transformers README)",
     ),
     "openimages-f8-8192-gumbel": (
         "vqgan_gumbel_f8_8192.ckpt",
         "https://heibox.uni-heidelberg.de/d/2e5662443a6b4307b470/files/?p=%2Fckpts%2Flast.ckpt&dl=1",
         "vqgan-taming-gumbel",
+        "69.0M",
         "OpenImages f=8, 8192 codes (Gumbel quantizer): FID 1.49 on ImageNet val reconstructions",
     ),
 }
@@ -177,14 +181,14 @@ def _entries() -> list[Entry]:
             filename=filename,
             converter=converter,
             preprocessing=Preprocessing(256, HALF, HALF),
-            params="91.5M" if "f16" in tag else "94.1M",
+            params=params,
             license="MIT",
             figure=figure,
             url=url,
             container_key="state_dict",
             expected_dropped=TAMING_DROPPED,
         )
-        for tag, (filename, url, converter, figure) in _TAMING.items()
+        for tag, (filename, url, converter, params, figure) in _TAMING.items()
     ]
     for depth, prefix, box_ap in (("50", "e632da11", "42.0"), ("101", "2c7b67e5", "43.5")):
         common = dict(
@@ -201,6 +205,7 @@ def _entries() -> list[Entry]:
                 url=f"{DETR_RELEASE}detr-r{depth}-{prefix}.pth",
                 sha256_prefix=prefix,
                 container_key="model",
+                expected_dropped=("transformer.encoder.*",),  # DETR's image encoder: E2E-VLP has its own
                 **common,
             )
         )
@@ -210,6 +215,7 @@ def _entries() -> list[Entry]:
                 filename=f"detr-resnet-{depth}.safetensors",
                 converter="detr-hf",
                 hub=HubFile(f"facebook/detr-resnet-{depth}", "model.safetensors"),
+                expected_dropped=("model.encoder.*",),
                 **common,
             )
         )
