@@ -121,6 +121,25 @@ def test_safetensors_and_plain_state_dicts_load_too(
         assert len(task.init_report.loaded) == sum(k.startswith("model.") for k in weights)
 
 
+def test_positions_of_another_grid_are_resampled_and_reported(
+    pretrained: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    from vlp.zoo.timm_weights import interpolate_positions
+
+    _, weights = pretrained
+    key = "model.visual_embedder.pos_embed"
+    wider = interpolate_positions(weights[key], 4)  # the checkpoint of a 4x4-patch run; the task has 2x2
+    save_file(
+        {**{k: v.contiguous() for k, v in weights.items()}, key: wider}, str(tmp_path / "w.safetensors")
+    )
+    task = vqa_task(seed=11, init_from=str(tmp_path / "w.safetensors"))
+    assert task.init_report.adapted == {
+        key: "positions resampled from a 4x4 to a 2x2 grid (bicubic, [CLS] kept)"
+    }
+    torch.testing.assert_close(task.state_dict()[key], interpolate_positions(wider, 2), rtol=0, atol=0)
+    assert key not in task.init_report.loaded
+
+
 def test_a_pattern_is_refused_not_resolved_by_recency(tmp_path: Path) -> None:
     for version in (0, 1):
         path = tmp_path / f"version_{version}" / "last.ckpt"

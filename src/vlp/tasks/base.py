@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 from vlp.batch import Batch
 from vlp.models.layers.transformer import TransformerEncoder
 from vlp.objectives.base import Objective
-from vlp.tasks.init_from import InitReport, load_matching, log_report, read_checkpoint, resolve_checkpoint
+from vlp.tasks.init_from import InitReport, load_matching, log_report, read_init_source, resample_positions
 from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups, schedule_steps
 from vlp.tasks.predict_files import PredictionWriter
 from vlp.tasks.rng import CHECKPOINT_KEY, gather_rng_states, restore_rank_rng_state
@@ -60,8 +60,8 @@ class ObjectiveTask(PredictionWriter, LightningModule, ABC):
             every :class:`~vlp.models.layers.transformer.TransformerEncoder` of the task (blocks recompute
             their activations in backward instead of storing them: less memory for about a third
             more compute, same numbers); ``None`` leaves each encoder's own setting.
-        init_from: start from another run's weights (a checkpoint path or glob, see
-            :mod:`vlp.tasks.init_from`): keys are matched by name, and which were loaded, newly
+        init_from: start from another run's weights or a zoo entry (a checkpoint path or
+            ``zoo:<family>:<tag>``, see :mod:`vlp.tasks.init_from`): keys are matched by name, and which were loaded, newly
             initialised or dropped is logged and kept in :attr:`init_report`.
         predict_dir: where ``predict`` writes its files (:mod:`vlp.tasks.predict_files`); ``None``:
             ``<trainer.default_root_dir>/predictions``.
@@ -112,10 +112,9 @@ class ObjectiveTask(PredictionWriter, LightningModule, ABC):
                 encoder.activation_checkpointing = activation_checkpointing
         self.init_report: InitReport | None = None
         if init_from is not None:
-            path = resolve_checkpoint(init_from)
-            state = read_checkpoint(path)
-            adapted = self.adapt_init_state(state)
-            self.init_report = load_matching(self, state, str(path), adapted)
+            state, source = read_init_source(init_from)
+            adapted = {**resample_positions(self, state), **self.adapt_init_state(state)}
+            self.init_report = load_matching(self, state, source, adapted)
             log_report(self.init_report)
 
     def adapt_init_state(self, state: dict[str, Tensor]) -> dict[str, str]:

@@ -9,8 +9,9 @@ derives its rank head from the ITM head), which the report lists too. Loading is
 complete state dict, so nothing is silently left out.
 
 Readable: a Lightning ``.ckpt`` (its ``state_dict``), a ``torch.save``'d state dict (both through
-``torch.load(..., weights_only=True)``), a ``.safetensors`` file, or a sharded (FSDP2 / DCP) checkpoint
-directory. The path names one checkpoint exactly: a pattern (``runs/x/*/last.ckpt``) is refused, since
+``torch.load(..., weights_only=True)``), a ``.safetensors`` file, a sharded (FSDP2 / DCP) checkpoint
+directory, or a model-zoo name ``zoo:<family>:<tag>`` (``python -m vlp zoo list``): fetched and verified
+against its sha256, converted to vlp's keys, and the conversion's own report logged first. The path names one checkpoint exactly: a pattern (``runs/x/*/last.ckpt``) is refused, since
 picking among its matches by recency silently starts from whichever run happened to write last.
 """
 
@@ -120,6 +121,39 @@ def read_checkpoint(path: Path) -> dict[str, Tensor]:
             f"init_from: {path} holds neither a Lightning checkpoint nor a state dict of tensors"
         )
     return dict(state)
+
+
+def read_init_source(init_from: str) -> tuple[dict[str, Tensor], str]:
+    """The weights ``init_from`` names and how to name them in the report: a checkpoint path, or a
+    zoo entry (fetched, verified and converted to a task's keys; its conversion report is logged)."""
+    from vlp.zoo.pipeline import convert_entry, entry_of, is_zoo_name
+
+    if is_zoo_name(init_from):
+        converted = convert_entry(entry_of(init_from))
+        if rank_zero_only.rank == 0:
+            log.info(converted.report.summary())
+        return converted.state, init_from
+    path = resolve_checkpoint(init_from)
+    return read_checkpoint(path), str(path)
+
+
+def resample_positions(module: nn.Module, state: dict[str, Tensor]) -> dict[str, str]:
+    """Resample, in place, every ViT position table (``*visual_embedder.pos_embed``) of ``state`` whose
+    grid differs from ``module``'s (a recipe at another image size than the checkpoint's); return the
+    report's ``adapted`` lines. Same width is required: a width mismatch stays an error."""
+    from vlp.zoo.timm_weights import interpolate_positions, position_grid
+
+    own = module.state_dict()
+    adapted = {}
+    for key, table in state.items():
+        if not key.endswith("visual_embedder.pos_embed") or key not in own or own[key].shape == table.shape:
+            continue
+        if table.dim() != 3 or own[key].dim() != 3 or table.shape[-1] != own[key].shape[-1]:
+            continue
+        old, new = position_grid(table, key), position_grid(own[key], key)
+        state[key] = interpolate_positions(table, new)
+        adapted[key] = f"positions resampled from a {old}x{old} to a {new}x{new} grid (bicubic, [CLS] kept)"
+    return adapted
 
 
 def load_matching(
