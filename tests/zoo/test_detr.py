@@ -26,7 +26,7 @@ from vlp.models.embedders.cnn_grid import CNNGridEmbedder
 from vlp.models.embedders.text import TextEmbedder
 from vlp.models.layers.decoder import TransformerDecoder
 from vlp.models.layers.heads import DetectionHead
-from vlp.models.layers.transformer import TransformerEncoder, key_padding_mask
+from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.outputs import FusionOutput
 from vlp.objectives.detection import DetectionObjective
 from vlp.tasks.detection import DetectionTask
@@ -155,14 +155,21 @@ def official_value(key: str, hub: dict[str, Tensor]) -> Tensor:
 
 
 def e2e_task(freeze_bn: bool = True) -> DetectionTask:
-    """A tiny E2E-VLP detection task with DETR's sizes where DETR's weights go (LayerNorm eps 1e-5)."""
+    """A tiny E2E-VLP detection task with DETR's sizes and decoder where DETR's weights go (LayerNorm eps
+    1e-5, post-norm, ReLU)."""
     torch.manual_seed(2)
     model = E2EVLP(
         TextEmbedder(vocab_size=32, dim=DIM, max_len=8),
         CNNGridEmbedder(dim=DIM, backbone="resnet18", freeze_bn=freeze_bn),
         TransformerEncoder(dim=DIM, depth=1, num_heads=HEADS),
         TransformerDecoder(
-            dim=DIM, depth=DECODER_LAYERS, num_heads=HEADS, mlp_ratio=FFN / DIM, norm_eps=1e-5
+            dim=DIM,
+            depth=DECODER_LAYERS,
+            num_heads=HEADS,
+            mlp_ratio=FFN / DIM,
+            norm_eps=1e-5,
+            post_norm=True,
+            activation="relu",
         ),
         num_queries=QUERIES,
     )
@@ -251,22 +258,6 @@ def task(hub_state: dict[str, Tensor]) -> DetectionTask:
     return task
 
 
-def post_norm_decoder(
-    decoder: TransformerDecoder, memory: Tensor, memory_mask: Tensor, memory_pos: Tensor, query_pos: Tensor
-) -> Tensor:
-    """DETR's decoder (post-norm, ReLU) from the modules of vlp's: its attentions, linear maps and
-    LayerNorms composed in DETR's order; the last layer's output through the final norm."""
-    x = torch.zeros_like(query_pos)
-    cross_mask = key_padding_mask(memory_mask)
-    for layer in decoder.layers:
-        x = layer.norm1(x + layer.self_attn(x, pos=query_pos))
-        q = layer.cross_attn.project_q(x + query_pos)
-        k, v = layer.cross_attn.project_kv(memory + memory_pos, memory)
-        x = layer.norm2(x + layer.cross_attn.attend(q, k, v, cross_mask))
-        x = layer.norm3(x + layer.mlp.fc2(torch.relu(layer.mlp.fc1(x))))
-    return decoder.norm(x)
-
-
 def pre_norm_decoder(
     official: nn.Module, memory: Tensor, memory_mask: Tensor, memory_pos: Tensor, query_pos: Tensor
 ) -> Tensor:
@@ -288,6 +279,19 @@ def pre_norm_decoder(
         x = x + layer["linear2"](torch.relu(layer["linear1"](h)))
         outputs.append(decoder["norm"](x))
     return torch.stack(outputs)
+
+
+def detr_memory(task: DetectionTask, ref: DetrRun, pixels: Tensor, mask: Tensor) -> FusionOutput:
+    """A fusion output whose image states are DETR's encoder memory, with vlp's own token mask and positions."""
+    tokens = task.model.visual_embedder(pixels, mask)
+    return FusionOutput(
+        text_states=ref.memory[:, :0],
+        image_states=ref.memory,
+        text_mask=tokens.mask[:, :0],
+        image_mask=tokens.mask,
+        pooled=ref.memory[:, 0],
+        visual=tokens,
+    )
 
 
 def max_diff(a: Tensor, b: Tensor) -> float:
@@ -344,14 +348,12 @@ def test_visual_embedder_matches_detr(detr: DetrForObjectDetection, task: Detect
 def test_decoder_and_heads_match_detr_in_detr_order(
     detr: DetrForObjectDetection, task: DetectionTask
 ) -> None:
-    """vlp's decoder modules composed as DETR's post-norm layers reproduce DETR's decoder and heads,
-    given DETR's memory and vlp's own token mask and positions."""
+    """E2E-VLP's object-query pass (``detect``) with a post-norm ReLU decoder reproduces DETR's decoder
+    and heads, given DETR's memory and vlp's own token mask and positions."""
     pixels, mask = images()
     ref = run_detr(detr, pixels, mask)
     with torch.no_grad():
-        tokens = task.model.visual_embedder(pixels, mask)
-        query_pos = task.model.query_embed.weight[None].expand(BATCH, -1, -1)
-        states = post_norm_decoder(task.model.decoder, ref.memory, tokens.mask, tokens.pos, query_pos)
+        states = task.model.detect(detr_memory(task, ref, pixels, mask)).query_states[-1]
         predictions = task.objectives["detection"].head(states)
     assert max_diff(states, ref.states) <= ATOL
     assert max_diff(predictions.logits, ref.logits) <= ATOL
@@ -363,25 +365,17 @@ def test_e2e_detect_is_detr_pre_norm_with_relu(
 ) -> None:
     """E2E-VLP's own object-query pass (``detect``: zero queries, query positions in every layer's queries
     and keys, memory positions in the cross-attention keys, every layer through the final norm) is
-    DETR's pre_norm decoder variant once its FFN activation is DETR's ReLU, not GELU."""
+    DETR's pre_norm decoder variant with the same weights once the layers are pre-norm."""
     pixels, mask = images()
     ref = run_detr(detr, pixels, mask)
     official = official_modules()
     official.load_state_dict(official_state)
     model = copy.deepcopy(task.model)
     for layer in model.decoder.layers:
-        layer.mlp.act = nn.ReLU()
+        layer.post_norm = False
     with torch.no_grad():
         tokens = model.visual_embedder(pixels, mask)
-        fusion = FusionOutput(
-            text_states=ref.memory[:, :0],
-            image_states=ref.memory,
-            text_mask=tokens.mask[:, :0],
-            image_mask=tokens.mask,
-            pooled=ref.memory[:, 0],
-            visual=tokens,
-        )
-        states = model.detect(fusion).query_states
+        states = model.detect(detr_memory(task, ref, pixels, mask)).query_states
         query_pos = official["query_embed"].weight[None].expand(BATCH, -1, -1)
         expected = pre_norm_decoder(official, ref.memory, tokens.mask, tokens.pos, query_pos)
     assert states.shape == (DECODER_LAYERS, BATCH, QUERIES, DIM)

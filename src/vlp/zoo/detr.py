@@ -28,16 +28,11 @@ encoder reads text and image together: its keys are dropped.
 
 The weights are a part, not a model (``model_config`` is ``None``): a recipe's E2E-VLP must have DETR's
 sizes where it takes them (width 256, 8 heads, 6 decoder layers, FFN 2048 = ``mlp_ratio: 8.0``,
-LayerNorm eps 1e-5, 100 queries, the same ResNet), or ``init_from`` names the keys whose shapes differ.
-
-What transfers exactly and what does not: the backbone, the input projection, the sine positions, each
-attention (positions added to the queries and keys of the self-attention, to the memory's keys in the
-cross-attention), the FFN's linear maps, the final LayerNorm and the heads compute what DETR's do. vlp's
-decoder layer is pre-norm with a GELU FFN, while the published DETR decoders are post-norm
-(``x = norm1(x + self_attn(x))``, ...) with ReLU: ``norm1..3`` load as the LayerNorm of the layer's first,
-second and third sub-layer, but vlp applies them to the sub-layer's input where DETR normalises its
-output, so the decoder starts from DETR's weights, not DETR's function (DETR's own ``pre_norm`` variant
-orders its layers as vlp does).
+LayerNorm eps 1e-5, 100 queries, the same ResNet), or ``init_from`` names the keys whose shapes differ,
+and its decoder DETR's layer order and activation (``post_norm: true, activation: relu``): then the
+backbone, the input projection, the sine positions, the decoder and the heads compute what DETR's do
+(``tests/zoo/test_detr.py``). With vlp's default pre-norm GELU decoder the weights load but start it from
+DETR's weights, not DETR's function.
 """
 
 from __future__ import annotations

@@ -67,11 +67,19 @@ class DecoderCache:
         )
 
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
 class DecoderLayer(nn.Module):
-    """Pre-LN: ``x + self_attn(norm1(x))``, ``x + cross_attn(norm2(x), memory)``, ``x + mlp(norm3(x))``.
+    """Pre-LN: ``x + self_attn(norm1(x))``, ``x + cross_attn(norm2(x), memory)``, ``x + mlp(norm3(x))``;
+    with ``post_norm`` (DETR's published decoders, BERT's layout): ``norm1(x + self_attn(x))`` and so on.
 
     Positions follow DETR: ``query_pos`` is added to the queries and keys of the self-attention and to
     the queries of the cross-attention; ``memory_pos`` to the memory's keys. Values never carry them.
+
+    Args:
+        post_norm: LayerNorm after each residual sum instead of before each sub-layer.
+        activation: of the MLP, ``gelu`` or ``relu`` (DETR).
     """
 
     def __init__(
@@ -83,14 +91,19 @@ class DecoderLayer(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         norm_eps: float = 1e-6,
+        post_norm: bool = False,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.post_norm = post_norm
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.self_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.cross_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=ACTIVATIONS[activation], drop=drop)
 
     def forward(
         self,
@@ -102,9 +115,9 @@ class DecoderLayer(nn.Module):
         memory_pos: Tensor | None = None,
         cache: LayerCache | None = None,
     ) -> Tensor:
-        h = self.norm1(x)
+        h = self._sublayer_input(self.norm1, x)
         if cache is None:
-            x = x + self.self_attn(h, self_mask, pos=query_pos)
+            x = self._residual(self.norm1, x, self.self_attn(h, self_mask, pos=query_pos))
         else:
             qk = h if query_pos is None else h + query_pos
             q = self.self_attn.project_q(qk)
@@ -112,9 +125,9 @@ class DecoderLayer(nn.Module):
             if cache.self_k is not None:
                 k, v = torch.cat([cache.self_k, k], dim=2), torch.cat([cache.self_v, v], dim=2)
             cache.self_k, cache.self_v = k, v
-            x = x + self.self_attn.attend(q, k, v, self_mask)
+            x = self._residual(self.norm1, x, self.self_attn.attend(q, k, v, self_mask))
 
-        h = self.norm2(x)
+        h = self._sublayer_input(self.norm2, x)
         q = self.cross_attn.project_q(h if query_pos is None else h + query_pos)
         if cache is not None and cache.cross_k is not None:
             k, v = cache.cross_k, cache.cross_v
@@ -122,8 +135,14 @@ class DecoderLayer(nn.Module):
             k, v = self.cross_attn.project_kv(memory if memory_pos is None else memory + memory_pos, memory)
             if cache is not None:
                 cache.cross_k, cache.cross_v = k, v
-        x = x + self.cross_attn.attend(q, k, v, memory_mask)
-        return x + self.mlp(self.norm3(x))
+        x = self._residual(self.norm2, x, self.cross_attn.attend(q, k, v, memory_mask))
+        return self._residual(self.norm3, x, self.mlp(self._sublayer_input(self.norm3, x)))
+
+    def _sublayer_input(self, norm: nn.LayerNorm, x: Tensor) -> Tensor:
+        return x if self.post_norm else norm(x)
+
+    def _residual(self, norm: nn.LayerNorm, x: Tensor, update: Tensor) -> Tensor:
+        return norm(x + update) if self.post_norm else x + update
 
 
 def causal_mask(
@@ -150,7 +169,7 @@ def causal_mask(
 
 
 class TransformerDecoder(nn.Module):
-    """A stack of pre-LN :class:`DecoderLayer` with a final LayerNorm.
+    """A stack of :class:`DecoderLayer` (pre-LN, or post-LN with ``post_norm``) with a final LayerNorm.
 
     ``forward`` returns ``[L, B, T, D]``: every layer's output through the final norm (DETR's
     ``return_intermediate``, what the detection objective's auxiliary losses read), or ``[1, B, T, D]``,
@@ -167,6 +186,8 @@ class TransformerDecoder(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         norm_eps: float = 1e-6,
+        post_norm: bool = False,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -174,7 +195,10 @@ class TransformerDecoder(nn.Module):
         self.dim = dim
         self.depth = depth
         self.layers = nn.ModuleList(
-            DecoderLayer(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, norm_eps) for _ in range(depth)
+            DecoderLayer(
+                dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, norm_eps, post_norm, activation
+            )
+            for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.apply(init_weights)
