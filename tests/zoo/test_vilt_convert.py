@@ -435,43 +435,47 @@ def test_converted_weights_load_strictly_into_a_pretrain_task() -> None:
 
 
 def test_official_ckpt_pickling_training_objects_still_reads_with_weights_only(tmp_path: Path) -> None:
-    """A Lightning checkpoint with hyper-parameter containers of code that is not installed here."""
+    """A Lightning 1.x checkpoint (as official ViLT's): hyper-parameters in an AttributeDict, callback states
+    keyed by the callback's class. They load as inert stand-ins; a class of an unknown module is refused."""
+    from argparse import Namespace
+
+    from pytorch_lightning.callbacks.model_checkpoint import ModelCheckpoint
+    from pytorch_lightning.utilities.parsing import AttributeDict
+
     official, _, _ = official_from_hf()
-    module = types.ModuleType("old_lightning_utils")
-
-    class AttributeDict(dict):
-        pass
-
-    class Namespace:
-        def __init__(self, **kwargs: object) -> None:
-            self.__dict__.update(kwargs)
-
-    for cls in (AttributeDict, Namespace):
-        cls.__module__, cls.__qualname__ = module.__name__, cls.__name__
-        setattr(module, cls.__name__, cls)
-    sys.modules[module.__name__] = module
-    try:
-        checkpoint = {
-            "epoch": 3,
-            "state_dict": official,
-            "hyper_parameters": AttributeDict(config={"hidden_size": 32, "loss_names": {"mlm": 1}}),
-            "callbacks": {
-                "ModelCheckpoint": Namespace(best_model_path=str(tmp_path), best_score=torch.ones(()))
-            },
-        }
-        torch.save(checkpoint, tmp_path / "vilt.ckpt")
-    finally:
-        del sys.modules[module.__name__]
-    with pytest.raises(Exception, match="old_lightning_utils"):
+    checkpoint = {
+        "epoch": 3,
+        "state_dict": official,
+        "hyper_parameters": AttributeDict(config={"hidden_size": 32, "loss_names": {"mlm": 1}}),
+        "callbacks": {ModelCheckpoint: {"best_model_path": str(tmp_path), "best_score": torch.ones(())}},
+        "args": Namespace(out=tmp_path),
+    }
+    torch.save(checkpoint, tmp_path / "vilt.ckpt")
+    with pytest.raises(Exception, match="AttributeDict"):
         torch.load(tmp_path / "vilt.ckpt", weights_only=True)
     state = read_state_dict(tmp_path / "vilt.ckpt")
     assert state.keys() == official.keys()
     assert all(torch.equal(state[key], official[key]) for key in official)
-    assert "old_lightning_utils" not in sys.modules  # nothing of it was imported or rebuilt
     model, heads, config = load_official_checkpoint(tmp_path / "vilt.ckpt", num_attention_heads=4)
     assert sorted(heads) == ["itm", "mlm"] and config.num_attention_heads == 4
     assert model.encoder.blocks[0].norm1.eps == 1e-6 and model.text_embedder.norm.eps == 1e-12
     assert torch.equal(heads["itm"].fc.weight, official["itm_score.fc.weight"])
+
+    module = types.ModuleType("old_lightning_utils")
+
+    class Unknown:
+        pass
+
+    Unknown.__module__, Unknown.__qualname__ = module.__name__, "Unknown"
+    module.Unknown = Unknown  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    try:
+        torch.save({**checkpoint, "args": Unknown()}, tmp_path / "unknown.ckpt")
+    finally:
+        del sys.modules[module.__name__]
+    with pytest.raises(ValueError, match=r"unknown\.ckpt: refused.*\['old_lightning_utils\.Unknown'\]"):
+        read_state_dict(tmp_path / "unknown.ckpt")
+    assert "old_lightning_utils" not in sys.modules  # nothing of it was imported or rebuilt
 
 
 def test_a_file_that_is_not_a_state_dict_is_refused_naming_it(tmp_path: Path) -> None:
