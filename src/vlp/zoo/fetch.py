@@ -166,6 +166,28 @@ def _target(entry: Entry) -> Path:
     return (mirror if mirror is not None else cache_dir()) / entry.filename
 
 
+def pinned_sha256(entry: Entry) -> str | None:
+    """The sha256 the lock file pins for ``entry``, if a fetch has pinned one."""
+    return read_lock().get(entry.name)
+
+
+def local_file(entry: Entry) -> Path | None:
+    """Where ``entry``'s file is on this machine without any download (mirror, cache, or the Hugging
+    Face cache), not yet verified; ``None`` when nowhere."""
+    mirror = mirror_dir()
+    if mirror is not None and (mirror / entry.filename).is_file():
+        return mirror / entry.filename
+    if (cache_dir() / entry.filename).is_file():
+        return cache_dir() / entry.filename
+    if entry.hub is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(entry.hub.repo_id, entry.hub.filename, revision=entry.hub.revision)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
 def _cannot_fetch(entry: Entry, why: str) -> str:
     sources = ", ".join(entry.source_names()) or "none"
     return (
