@@ -13,6 +13,8 @@
   fused step, the two choices behind vlp's CPU training speed (:mod:`vlp.bench.cpu_kernels`).
 - ``sweep-overhead``: a sweep of 4 short trials against the same 4 fits run by hand, the overhead per
   trial (:mod:`vlp.bench.sweep_overhead`).
+- ``zoo-load``: time to a ready ViLT-B/32, ``vlp.zoo.load`` of a pretrained folder against transformers'
+  ``ViltModel.from_pretrained`` of the same weights (:mod:`vlp.bench.zoo_load`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "sparse-attention": "vlp.bench.sparse_attention",
     "cpu-kernels": "vlp.bench.cpu_kernels",
     "sweep-overhead": "vlp.bench.sweep_overhead",
+    "zoo-load": "vlp.bench.zoo_load",
 }
 SUMMARIES: dict[str, str] = {
     "scaling": "training samples/s with 1 process, 2-process DDP and 2-process FSDP2",
@@ -36,6 +39,7 @@ SUMMARIES: dict[str, str] = {
     "sparse-attention": "ERNIE-ViLG's sparse attention against dense attention, time and memory",
     "cpu-kernels": "SDPA's CPU kernels and AdamW's step implementations, fp32 and bf16",
     "sweep-overhead": "wall time of a 4-trial sweep against the same 4 fits run by hand, per trial",
+    "zoo-load": "time to a ready ViLT-B/32: vlp.zoo.load against transformers' from_pretrained",
 }
 
 
