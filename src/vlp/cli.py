@@ -217,7 +217,10 @@ def run_sweep(args: Sequence[str]) -> None:
 
 COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], object]]] = {
     "data": ("write datasets as webdataset shards: data synth shapes --out DIR", run_data),
-    "zoo": ("convert published weights: zoo convert-vilt --from hf --to vlp SRC DST", run_zoo),
+    "zoo": (
+        "published checkpoints by name and your own exported: zoo list | info | fetch | convert | export",
+        run_zoo,
+    ),
     "bench": ("benchmarks side by side with peer implementations: bench vilt, bench scaling, ...", run_bench),
     "sweep": (
         "comparative sweeps of recipes over settings and seeds: sweep run|status|report SWEEP.yaml",

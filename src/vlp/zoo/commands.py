@@ -1,4 +1,5 @@
-"""``python -m vlp zoo convert-vilt --from {hf,official,vlp} --to {vlp,hf,official} SRC DST``.
+"""``python -m vlp zoo <command>``: the registry commands (:mod:`vlp.zoo.entry_commands`) and
+``convert-vilt --from {hf,official,vlp} --to {vlp,hf,official} SRC DST``, ViLT between layouts:
 
 - ``hf``: a local Hugging Face model folder (``config.json`` + weights; written as ``model.safetensors``).
 - ``official``: official ViLT's Lightning ``.ckpt`` (or any file holding that state dict); written as
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlp.checkpoints import read_state_dict, torch_load
 from vlp.errors import UserError
+from vlp.zoo import entry_commands
 from vlp.zoo.files import read_hf_folder, write_hf_folder, write_state_dict
 from vlp.zoo.keys import KeyMappingError
 from vlp.zoo.vilt import ViLTWeights, hf_architecture, hf_to_vlp, official_to_vlp, vlp_to_hf, vlp_to_official
@@ -204,8 +206,26 @@ def convert_vilt(args: Sequence[str]) -> Path:
     return out
 
 
-COMMANDS = {"convert-vilt": convert_vilt}
-SUMMARIES = {"convert-vilt": "ViLT weights between the official, Hugging Face and vlp layouts"}
+COMMANDS = {
+    "list": entry_commands.list_entries,
+    "info": entry_commands.info,
+    "fetch": entry_commands.fetch_entry,
+    "verify": entry_commands.verify_entry,
+    "inspect": entry_commands.inspect_file,
+    "convert": entry_commands.convert_entry_command,
+    "export": entry_commands.export_run,
+    "convert-vilt": convert_vilt,
+}
+SUMMARIES = {
+    "list": "the published checkpoints vlp loads by name (--family vilt|vqgan|detr|timm)",
+    "info": "one entry: sources, sha256, converter, preprocessing, licence, figure, local copy",
+    "fetch": "download (or find locally) an entry's file, verified against its sha256",
+    "verify": "check a local file against an entry's sha256",
+    "inspect": "a checkpoint's structure and keys, read safely",
+    "convert": "an entry's weights in vlp's keys, as a .safetensors file for init_from",
+    "export": "a run as a folder vlp.zoo.load rebuilds without the recipe (safetensors + config + card)",
+    "convert-vilt": "ViLT weights between the official, Hugging Face and vlp layouts",
+}
 
 
 def main(args: Sequence[str]) -> None:

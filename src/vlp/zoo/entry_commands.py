@@ -28,6 +28,8 @@ def _hash_state(entry: Entry) -> str:
     pinned = pinned_sha256(entry)
     if entry.sha256_prefix:
         return "prefix, pinned" if pinned else f"prefix {entry.sha256_prefix}"
+    if entry.hub is not None:
+        return "Hub LFS, pinned" if pinned else "Hub LFS"
     return "pinned" if pinned else "pinned on first fetch"
 
 
@@ -205,4 +207,19 @@ def convert_entry_command(args: Sequence[str]) -> Path:
     print(converted.report.summary())
     out = write_state_dict(converted.state, cfg.out)
     print(f"{out}: {len(converted.state)} tensors; use it as init_from, or init_from: zoo:{entry.name}")
+    return out
+
+
+def export_run(args: Sequence[str]) -> Path:
+    """Export a run (folder or checkpoint) as a folder ``vlp.zoo.load`` rebuilds without the recipe."""
+    from vlp.zoo.pretrained import save_pretrained
+
+    parser = _parser(
+        "export", "A run as model.safetensors + config.yaml + a model card, loadable by vlp.zoo.load."
+    )
+    parser.add_argument("source", type=Path, help="a run folder (its last checkpoint) or a checkpoint file")
+    parser.add_argument("out", type=Path, help="a new or empty folder (never written into otherwise)")
+    cfg = parser.parse_args(list(args))
+    out = save_pretrained(cfg.source, cfg.out)
+    print(f"{out}: load it with vlp.zoo.load({str(out)!r}), or use {out}/model.safetensors as init_from")
     return out
