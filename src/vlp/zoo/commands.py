@@ -75,7 +75,7 @@ def _read(layout: str, src: Path, need_heads: bool) -> Source:
     if layout == "official":
         weights = official_to_vlp(read_state_dict(src), source=str(src))
         return Source(weights, None, None, {}, *(_official_num_heads(src) if need_heads else (None, "")))
-    from vlp.zoo.pretrained import read_task_weights
+    from vlp.zoo.task_weights import read_task_weights
 
     task = read_task_weights(src)
     weights = ViLTWeights.from_task_state_dict(task.state, source=str(src))

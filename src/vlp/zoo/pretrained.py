@@ -13,18 +13,18 @@ unexpected or mis-shaped key fails, naming it. :func:`load_pretrained` gives the
 
 ``model.safetensors`` keeps a task's key names, so a recipe can also start from it by name:
 ``init_from: <out_dir>/model.safetensors``.
+
+Runs, checkpoints and folders are read by :mod:`vlp.zoo.task_weights`; the card is :mod:`vlp.zoo.model_card`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import os
-import re
 from argparse import ArgumentError
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -33,17 +33,25 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from vlp.checkpoints import check_state_matches, torch_load
+from vlp.checkpoints import check_state_matches
 from vlp.errors import UserError
+from vlp.zoo.model_card import model_card
+from vlp.zoo.task_weights import (
+    CONFIG_FILE,
+    MODEL_PREFIX,
+    WEIGHTS_FILE,
+    TaskWeights,
+    is_class_config,
+    plain,
+    read_pretrained_config,
+    read_task_weights,
+    split_task_state,
+    task_parts,
+)
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
-RUN_METRICS = "metrics.csv"
-MODEL_PREFIX = "model."
-HEAD_KEY = re.compile(r"objectives\.([^.]+)\.head\.(.+)")
 # init_args that make a module read weights from elsewhere while it is built (a timm file, a VQGAN task
 # checkpoint, timm's download): a pretrained folder's own weights replace them, so they are switched off
 WEIGHT_SOURCE_ARGS: dict[str, Any] = {"init_from": None, "checkpoint": None, "pretrained": False}
@@ -67,51 +75,7 @@ class Pretrained:
     source: str
 
 
-@dataclass
-class TaskWeights:
-    """A vlp task's weights and what builds them, as read from a run, a checkpoint or a pretrained folder.
-
-    Attributes:
-        state: task-layout keys (``model.*``, ``objectives.<name>.head.*``, and whatever else the task holds).
-        model_config: the model's ``class_path`` / ``init_args``; ``None`` when no config was found.
-        head_configs: objective name → its head's ``class_path`` / ``init_args``.
-        source: what was read.
-        run_config: the run's whole resolved recipe (its ``config.yaml``), when read from a run.
-        run_dir: the run folder, when known.
-        step: the checkpoint's ``global_step``, when it records one.
-        looked: the config files looked for, for a message when there was none.
-    """
-
-    state: dict[str, Tensor]
-    model_config: dict[str, Any] | None
-    head_configs: dict[str, dict[str, Any]]
-    source: str
-    run_config: dict[str, Any] | None = None
-    run_dir: Path | None = None
-    step: int | None = None
-    looked: list[str] = field(default_factory=list)
-
-
 # ---------------------------------------------------------------------------------------------- configs
-
-
-def plain(value: Any, where: str = "config") -> Any:
-    """``value`` as YAML-safe data: mappings (jsonargparse namespaces too) → dicts, sequences → lists."""
-    if hasattr(value, "as_dict") and callable(value.as_dict):
-        value = value.as_dict()
-    if isinstance(value, Mapping):
-        return {str(k): plain(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise ValueError(f"{where}: a {type(value).__name__} has no place in a config file (give plain values)")
-
-
-def _is_class_config(value: Any) -> bool:
-    return isinstance(value, Mapping) and isinstance(value.get("class_path"), str)
 
 
 def _without_weight_sources(config: Any, where: str, removed: list[str]) -> Any:
@@ -124,7 +88,7 @@ def _without_weight_sources(config: Any, where: str, removed: list[str]) -> Any:
     out = {}
     for key, value in config.items():
         here = f"{where}.{key}"
-        if key == "init_args" and _is_class_config(config) and isinstance(value, dict):
+        if key == "init_args" and is_class_config(config) and isinstance(value, dict):
             value = dict(value)
             for name, off in WEIGHT_SOURCE_ARGS.items():
                 if name in value and value[name] not in (None, off):
@@ -132,24 +96,6 @@ def _without_weight_sources(config: Any, where: str, removed: list[str]) -> Any:
                     value[name] = off
         out[key] = _without_weight_sources(value, here, removed)
     return out
-
-
-def task_parts(task: Any, where: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The model config and the objectives' head configs of a task config (``class_path`` of an
-    :class:`~vlp.tasks.base.ObjectiveTask`, ``init_args`` with ``model`` and ``objectives``)."""
-    init = task.get("init_args") if isinstance(task, Mapping) else None
-    model = (init or {}).get("model")
-    if not _is_class_config(model):
-        raise ValueError(
-            f"{where}: no model.init_args.model with a class_path; save_pretrained exports a task that holds "
-            "a model and objectives (vlp.tasks.*)"
-        )
-    heads = {}
-    for name, objective in ((init or {}).get("objectives") or {}).items():
-        head = (objective.get("init_args") or {}).get("head") if isinstance(objective, Mapping) else None
-        if _is_class_config(head):
-            heads[str(name)] = head
-    return dict(model), heads
 
 
 def build_module(config: Mapping[str, Any], what: str, meta: bool = False) -> nn.Module:
@@ -195,131 +141,6 @@ def instantiate_loaded(config: Mapping[str, Any], state: Mapping[str, Tensor], w
     return module.eval()
 
 
-# ---------------------------------------------------------------------------------------------- reading
-
-
-def _read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML: {error}") from error
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: holds a {type(config).__name__}, not a mapping")
-    return config
-
-
-def _read_state(path: Path) -> tuple[dict[str, Tensor], int | None]:
-    """The weights of a checkpoint (a Lightning ``.ckpt``, a sharded checkpoint folder, a ``.safetensors``
-    or ``torch.save`` state dict) and its ``global_step`` when it records one; read once."""
-    if path.is_dir():
-        from vlp.zoo.consolidate import consolidate_checkpoint
-
-        return consolidate_checkpoint(path), None
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path)), None
-    loaded = torch_load(path)
-    state = loaded.get("state_dict", loaded) if isinstance(loaded, Mapping) else None
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: holds neither a Lightning checkpoint nor a state dict of tensors")
-    step = loaded.get("global_step") if state is not loaded else None
-    return dict(state), int(step) if isinstance(step, int) else None
-
-
-def _run_folder_of(checkpoint: Path) -> list[Path]:
-    """Where a checkpoint's run folder may be: ``<run>/checkpoints/<file>`` or beside the file."""
-    parent = checkpoint.resolve().parent
-    return [parent.parent, parent] if parent.name == "checkpoints" else [parent]
-
-
-def read_task_weights(source: str | os.PathLike[str]) -> TaskWeights:
-    """A vlp task's weights and configs from a run folder (its current ``checkpoints/last.ckpt`` and its
-    ``config.yaml``), one checkpoint of a run (the run folder's ``config.yaml`` found from it: a task's
-    hyper-parameters leave the model and objectives out), a pretrained folder, or a lone state-dict file
-    (no configs then)."""
-    path = Path(source)
-    if path.is_dir() and (path / WEIGHTS_FILE).is_file():
-        return _read_pretrained_folder(path)
-    if path.name == WEIGHTS_FILE and path.is_file() and (path.parent / CONFIG_FILE).is_file():
-        return _read_pretrained_folder(path.parent)
-    if path.is_dir() and not (path / ".metadata").is_file():  # a run folder, not a sharded checkpoint
-        from vlp.runs import CHECKPOINTS, LAST, last_checkpoint
-
-        checkpoint = last_checkpoint(path)
-        if checkpoint is None:
-            raise FileNotFoundError(
-                f"{path}: neither a pretrained folder ({WEIGHTS_FILE}) nor a run folder with "
-                f"{CHECKPOINTS}/{LAST}; name a checkpoint file instead"
-            )
-        return _read_checkpoint(checkpoint, [path])
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    return _read_checkpoint(path, _run_folder_of(path))
-
-
-def _read_checkpoint(checkpoint: Path, run_dirs: list[Path]) -> TaskWeights:
-    state, step = _read_state(checkpoint)
-    looked = [str(folder / CONFIG_FILE) for folder in run_dirs]
-    for folder in run_dirs:
-        if (folder / CONFIG_FILE).is_file():
-            run_config = _read_config_file(folder / CONFIG_FILE)
-            model, heads = task_parts(run_config.get("model"), f"{folder / CONFIG_FILE}: model")
-            return TaskWeights(state, model, heads, str(checkpoint), run_config, folder, step, looked)
-    return TaskWeights(state, None, {}, str(checkpoint), step=step, looked=looked)
-
-
-def _read_pretrained_folder(path: Path) -> TaskWeights:
-    from safetensors.torch import load_file
-
-    model, heads = _pretrained_config(path)
-    return TaskWeights(load_file(str(path / WEIGHTS_FILE)), model, heads, str(path))
-
-
-def _pretrained_config(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """``config.yaml`` of a pretrained folder: the model config and the head configs, checked."""
-    file = path / CONFIG_FILE
-    if not file.is_file():
-        hint = (
-            " (it holds config.json: a Hugging Face folder; vlp.zoo.vilt_build.load_hf_folder reads a ViLT one)"
-            if (path / "config.json").is_file()
-            else ""
-        )
-        raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a folder vlp.zoo.save_pretrained wrote{hint}")
-    config = _read_config_file(file)
-    unknown = sorted(set(config) - {"model", "heads"})
-    if unknown or not _is_class_config(config.get("model")):
-        raise ValueError(
-            f"{file}: expected `model: {{class_path, init_args}}` and optionally `heads: {{name: ...}}`"
-            + (f"; unknown keys {unknown}" if unknown else "")
-        )
-    heads = config.get("heads") or {}
-    if not isinstance(heads, Mapping):
-        raise ValueError(f"{file}: heads is a {type(heads).__name__}, not a mapping of name to head config")
-    bad = sorted(str(name) for name, head in heads.items() if not _is_class_config(head))
-    if bad:
-        raise ValueError(f"{file}: heads {bad} have no class_path")
-    return dict(config["model"]), {str(k): dict(v) for k, v in heads.items()}
-
-
-def split_task_state(
-    state: Mapping[str, Tensor],
-) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]], list[str]]:
-    """``model.*`` (prefix removed), ``objectives.<name>.head.*`` per objective (prefix removed), other keys."""
-    model: dict[str, Tensor] = {}
-    heads: dict[str, dict[str, Tensor]] = {}
-    other = []
-    for key, value in state.items():
-        match = HEAD_KEY.fullmatch(key)
-        if key.startswith(MODEL_PREFIX):
-            model[key[len(MODEL_PREFIX) :]] = value
-        elif match:
-            heads.setdefault(match[1], {})[match[2]] = value
-        else:
-            other.append(key)
-    return model, heads, sorted(other)
-
-
 # ---------------------------------------------------------------------------------------------- saving
 
 
@@ -333,11 +154,11 @@ def _from_pair(module: nn.Module, config: Any) -> TaskWeights:
         )
     whole_run = "model" in config and "class_path" not in config
     task = config["model"] if whole_run else config
-    if _is_class_config(task) and _is_class_config((task.get("init_args") or {}).get("model")):
+    if is_class_config(task) and is_class_config((task.get("init_args") or {}).get("model")):
         model, heads = task_parts(task, "save_pretrained: the task config")
         source = f"a {type(module).__name__} in memory"
         return TaskWeights(dict(module.state_dict()), model, heads, source, config if whole_run else None)
-    if not _is_class_config(config):
+    if not is_class_config(config):
         raise ValueError("save_pretrained: the config of a (module, config) pair has no class_path")
     state = {MODEL_PREFIX + key: value for key, value in module.state_dict().items()}
     return TaskWeights(state, config, {}, f"a {type(module).__name__} in memory")
@@ -442,145 +263,6 @@ def _write(out: Path, state: Mapping[str, Tensor], config: dict[str, Any], card:
     (out / CARD_FILE).write_text(card, encoding="utf-8")
 
 
-# ---------------------------------------------------------------------------------------------- model card
-
-
-def _short(class_path: str) -> str:
-    return class_path.rsplit(".", 1)[-1]
-
-
-def _scalars(init_args: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in init_args.items() if isinstance(v, (bool, int, float, str)))
-
-
-def _part_lines(config: Mapping[str, Any]) -> Iterator[str]:
-    """One line per part of a model config: its class and scalar arguments; then the model's own scalars."""
-    init = config.get("init_args") or {}
-    for name, value in init.items():
-        if _is_class_config(value):
-            yield f"- `{name}`: {_short(value['class_path'])}({_scalars(value.get('init_args') or {})})"
-    own = _scalars(init)
-    if own:
-        yield f"- {_short(config['class_path'])}: {own}"
-
-
-def _count(state: Mapping[str, Tensor], prefix: str) -> int:
-    return sum(t.numel() for k, t in state.items() if k.startswith(prefix))
-
-
-def _millions(count: int) -> str:
-    return f"{count / 1e6:.2f}M" if count >= 10_000 else str(count)
-
-
-def validation_metrics(run_dir: Path, step: int | None) -> tuple[dict[str, float], int | None]:
-    """The last logged value of every ``val/*`` metric in the run's ``metrics.csv`` (at or before
-    ``step`` when given), and the step of the latest of them."""
-    path = run_dir / RUN_METRICS
-    if not path.is_file():
-        return {}, None
-    values: dict[str, float] = {}
-    last: int | None = None
-    with path.open(newline="", encoding="utf-8") as file:
-        for row in csv.DictReader(file):
-            try:
-                row_step = int(float(row.get("step") or "nan"))
-            except ValueError:
-                continue
-            if step is not None and row_step > step:
-                continue
-            for name, value in row.items():
-                if name and name.startswith("val/") and value not in (None, ""):
-                    values[name] = float(value)
-                    last = row_step if last is None else max(last, row_step)
-    return values, last
-
-
-def _recipe_lines(run: Mapping[str, Any]) -> Iterator[str]:
-    task = run.get("model") or {}
-    init = task.get("init_args") or {}
-    yield f"- task: {task.get('class_path')}"
-    weights = init.get("loss_weights") or {}
-    objectives = [f"{name} (weight {weights.get(name, 1.0)})" for name in init.get("objectives") or {}]
-    if objectives:
-        yield f"- objectives: {', '.join(objectives)}"
-    optimiser = {k: init[k] for k in ("lr", "weight_decay", "warmup", "end_lr_ratio") if k in init}
-    if optimiser:
-        yield "- AdamW: " + ", ".join(f"{k} {v}" for k, v in optimiser.items())
-    if init.get("init_from"):
-        yield f"- started from: {init['init_from']}"
-    trainer = run.get("trainer") or {}
-    settings = {k: trainer[k] for k in ("max_steps", "precision", "devices", "num_nodes") if k in trainer}
-    if settings:
-        yield "- trainer: " + ", ".join(f"{k} {v}" for k, v in settings.items())
-    if "seed_everything" in run:
-        yield f"- seed: {run['seed_everything']}"
-    data = run.get("data") or {}
-    if data:
-        root = (data.get("init_args") or {}).get("root")
-        yield f"- data: {data.get('class_path')}" + (f" from {root}" if root else "")
-
-
-def model_card(
-    out: Path,
-    weights: TaskWeights,
-    config: Mapping[str, Any],
-    state: Mapping[str, Tensor],
-    left_out: Sequence[str],
-    removed: Sequence[str],
-) -> str:
-    """The folder's README.md: what it is, sizes, parameters, the recipe and metrics of its run, how to load."""
-    model_class = config["model"]["class_path"]
-    heads = config["heads"]
-    total = sum(t.numel() for t in state.values())
-    lines = [
-        f"# {out.name}",
-        "",
-        f"A vlp `{model_class}`"
-        + (f" with heads {', '.join(f'`{h}`' for h in heads)}" if heads else "")
-        + f", exported by `vlp.zoo.save_pretrained` from `{weights.source}`"
-        + (f" (step {weights.step})" if weights.step is not None else "")
-        + ".",
-        "",
-        "## Sizes",
-        "",
-        *_part_lines(config["model"]),
-        "",
-        f"Parameters: {_millions(total)} in all; model {_millions(_count(state, MODEL_PREFIX))}"
-        + "".join(
-            f"; head `{name}` ({_short(head['class_path'])}) {_millions(_count(state, f'objectives.{name}.head.'))}"
-            for name, head in heads.items()
-        )
-        + ".",
-    ]
-    if weights.run_config is not None:
-        recipe = weights.run_dir / CONFIG_FILE if weights.run_dir else "given with the model"
-        lines += ["", "## Training", "", f"Recipe: `{recipe}`.", ""]
-        lines += list(_recipe_lines(weights.run_config))
-        metrics, at = validation_metrics(weights.run_dir, weights.step) if weights.run_dir else ({}, None)
-        if metrics:
-            lines += ["", f"## Metrics (validation, `{RUN_METRICS}`, step {at})", "", "| metric | value |"]
-            lines += ["|---|---|", *(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items()))]
-    if removed or left_out:
-        lines += ["", "## Not in this folder", ""]
-        lines += [f"- `{item}` (switched off: the weights are in {WEIGHTS_FILE})" for item in removed]
-        lines += [f"- `{key}` (left out)" for key in left_out]
-    lines += [
-        "",
-        "## Load",
-        "",
-        "```python",
-        "import vlp.zoo",
-        "",
-        f'model = vlp.zoo.load("{out.name}")  # the path of this folder; eval mode',
-        f'pretrained = vlp.zoo.load_pretrained("{out.name}")  # .model, .heads[name]',
-        "```",
-        "",
-        f"A recipe starts from it with `init_from: {out.name}/{WEIGHTS_FILE}` (keys matched by name).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------------------------------------- loading
 
 
@@ -617,7 +299,7 @@ def load_pretrained(name_or_dir: str | os.PathLike[str]) -> Pretrained:
 def _load_folder(path: Path) -> Pretrained:
     from safetensors.torch import load_file
 
-    model_config, head_configs = _pretrained_config(path)
+    model_config, head_configs = read_pretrained_config(path)
     if not (path / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}")
     model_state, head_states, other = split_task_state(load_file(str(path / WEIGHTS_FILE)))
