@@ -180,19 +180,23 @@ def claim_folder(out: Path, settings: dict[str, Any]) -> None:
         except ValueError as exn:
             raise OutFolderError(f"{stamp_path} is not readable json ({exn}): give a new --out") from None
         changed = differences(found, settings)
-        if changed:
+        if not changed:
+            log.info("vlp: %s holds this conversion: complete shards are kept, the others written", out)
+            return
+        if found.get("complete") or any((out / STATE_DIR).glob("*/shard-*.json")):
             raise OutFolderError(
                 f"--out {out} holds a {found.get('converter')} conversion with other settings: "
                 f"{'; '.join(changed)}. Re-run with that folder's settings to finish it, or give a new --out"
             )
-        log.info("vlp: %s holds this conversion: complete shards are kept, the others written", out)
-        return
-    if out.is_dir() and any(out.iterdir()):
+        # A conversion that stopped before its first shard (a bad annotation file, say): nothing to keep.
+        log.info("vlp: %s holds a conversion stopped before its first shard: starting it again", out)
+    elif out.is_dir() and any(out.iterdir()):
         raise OutFolderError(
             f"--out {out} is not empty and holds no vlp conversion ({STAMP_FILE}); vlp writes only into a "
             "new or empty folder, or one a conversion with the same settings started: give a new --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
     write_json(stamp_path, {**_stamp(settings), "complete": False})
 
 
