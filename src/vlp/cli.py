@@ -147,25 +147,34 @@ def run_lightning(args: Sequence[str], first_batch: FirstBatch | None = None) ->
 # ---- tool commands -----------------------------------------------------------------------------------
 
 DATA_HELP = f"""usage: {PROG} data synth shapes --out DIR [--config.resolution 64 --config.train_samples N ...]
+       {PROG} data convert <dataset> --root RAW --out DIR [options]
 
 Write a dataset as webdataset shards.
 
 commands:
-  synth shapes   the seeded shapes scenes (images, captions, boxes, QA, image pairs) into DIR
+  synth shapes        the seeded shapes scenes (images, captions, boxes, QA, image pairs) into DIR
+  convert <dataset>   a published dataset's raw download (coco, flickr30k, web, vqav2, nlvr2, ...) into DIR
 
-`{PROG} data synth shapes --help` lists its options."""
+`{PROG} data synth shapes --help` and `{PROG} data convert --help` list their options."""
 
 
 def run_data(args: Sequence[str]) -> None:
-    """``python -m vlp data synth shapes --out DIR [--config.resolution 64 --config.train_samples N ...]``."""
+    """``python -m vlp data synth shapes --out DIR [--config.resolution 64 --config.train_samples N ...]``
+    and ``python -m vlp data convert <dataset> --root RAW --out DIR`` (:mod:`vlp.datamodules.convert`)."""
     args = list(args)
     if args[:2] == ["synth", "shapes"]:
         synth_shapes(args[2:])
         return
+    if args[:1] == ["convert"]:
+        from vlp.datamodules.convert.command import main as convert_main
+
+        convert_main(args[1:])
+        return
     if not args or args == ["synth"] or any(arg in HELP_FLAGS for arg in args):
         print_help(DATA_HELP, asked=any(arg in HELP_FLAGS for arg in args))
     raise UserError(
-        f"unknown data command {' '.join(args[:2])!r}; the data command is `{PROG} data synth shapes`"
+        f"unknown data command {' '.join(args[:2])!r}; the data commands are `{PROG} data synth shapes` "
+        f"and `{PROG} data convert <dataset>`"
     )
 
 
@@ -216,7 +225,7 @@ def run_sweep(args: Sequence[str]) -> None:
 
 
 COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], object]]] = {
-    "data": ("write datasets as webdataset shards: data synth shapes --out DIR", run_data),
+    "data": ("write datasets as webdataset shards: data synth shapes | data convert <dataset>", run_data),
     "zoo": (
         "published checkpoints by name and your own exported: zoo list | info | fetch | convert | export",
         run_zoo,
