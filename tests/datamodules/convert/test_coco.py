@@ -86,6 +86,10 @@ def test_karpathy_split_with_boxes_reads_back_with_restval_in_train(tmp_path: Pa
 
 def test_restval_is_its_own_split_when_not_folded(tmp_path: Path) -> None:
     root = coco_root(tmp_path / "raw")
+    converter = COCOConverter(root, restval_to_train=False)
+    sizes = {split: converter.size(split) for split in converter.splits()}
+    assert sizes == {split: len(list(converter.records(split))) for split in converter.splits()}
+    assert sizes == {"train": 2, "restval": 1, "val": 1, "test": 1}
     manifest = write_shards(
         COCOConverter(root, restval_to_train=False), tmp_path / "out", workers=1, progress=False
     )

@@ -276,3 +276,21 @@ def test_image_bytes_given_directly_are_stored(tmp_path: Path) -> None:
     manifest = write_shards(BytesConverter(root), tmp_path / "out", workers=1, progress=False)
     assert sorted(shard_members(tmp_path / "out", "train")) == ["inline.json", "inline.png"]
     assert manifest.splits["train"].extensions_fixed == {"jpg->png": 1}
+
+
+def test_an_image_pair_named_png_holding_a_jpeg_is_stored_under_its_real_extension(tmp_path: Path) -> None:
+    class PairConverter(ListConverter):
+        def records(self, split: str) -> Iterator[Record]:
+            if split == "train":
+                images = {
+                    "left.png": image_bytes("JPEG", colour=1),
+                    "right.png": image_bytes("PNG", colour=2),
+                }
+                yield Record("pair", {"statement": "two images", "label": True}, images)
+
+    root = raw_dataset(tmp_path / "raw", train=0, val=0)
+    manifest = write_shards(PairConverter(root), tmp_path / "out", workers=1, progress=False)
+    members = shard_members(tmp_path / "out", "train")
+    assert sorted(members) == ["pair.json", "pair.left.jpg", "pair.right.png"]
+    assert members["pair.left.jpg"] == image_bytes("JPEG", colour=1)
+    assert manifest.splits["train"].extensions_fixed == {"png->jpg": 1}

@@ -197,9 +197,9 @@ class COCOConverter(DatasetConverter):
 
     def size(self, split: str) -> int | None:
         if self.split_source == "official":
-            return len(self.official_images(split))
+            return sum(bool(image.captions) for image in self.official_images(split))
         wanted = self._karpathy_splits(split)
-        return sum(image.split in wanted for image in self.karpathy_images())
+        return sum(image.split in wanted and bool(image.captions) for image in self.karpathy_images())
 
     def records(self, split: str) -> Iterator[Record]:
         if split not in self.splits():

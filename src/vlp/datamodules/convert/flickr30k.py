@@ -70,7 +70,7 @@ class Flickr30kConverter(DatasetConverter):
         return self._images
 
     def size(self, split: str) -> int | None:
-        return sum(image.split == split for image in self.images())
+        return sum(image.split == split and bool(image.captions) for image in self.images())
 
     def records(self, split: str) -> Iterator[Record]:
         if split not in SPLITS:

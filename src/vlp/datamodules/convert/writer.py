@@ -112,15 +112,6 @@ def write_shards(
     manifest = collect_manifest(converter, target, settings, counts, vocab is not None)
     manifest.write(target)
     write_json(target / STAMP_FILE, {**_stamp(settings), "complete": True})
-    for split, info in manifest.splits.items():
-        log.info(
-            "vlp: %s %s: %d samples in %d shards, %d dropped",
-            converter.name,
-            split,
-            info.samples,
-            info.shards,
-            info.dropped,
-        )
     return manifest
 
 
