@@ -1,4 +1,9 @@
-"""Detection mAP (COCO-style) of set predictions, through torchmetrics' ``MeanAveragePrecision``.
+"""Detection mAP of set predictions by COCO's protocol, through torchmetrics' ``MeanAveragePrecision``.
+
+The computation is pycocotools' ``COCOeval`` (bbox) itself (the metric's ``pycocotools`` backend): AP
+averaged over the IoU thresholds 0.50:0.05:0.95 and 101 recall points, AP50, AP75, at most 100
+detections per image; ``tests/metrics/test_detection_coco_protocol.py`` checks it against ``COCOeval`` run
+directly on the same boxes in COCO's own format.
 
 DETR-style predictions become COCO detections as in DETR's ``PostProcess``: each query's class is its
 most probable real class (the no-object column is dropped before the arg-max, after the softmax over
