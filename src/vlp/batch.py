@@ -49,7 +49,9 @@ class Batch:
     caption_mask: Tensor | None = None  # [B, T] bool
     image_codes: Tensor | None = None  # [B, h*w] long, VQGAN code ids
     captions: list[str] | None = None  # raw text, for generation metrics
-    references: list[list[str]] | None = None  # every caption of each sample: captioning metrics
+    references: list[list[str]] | None = None  # every caption of each sample (captioning metrics) or
+    # the annotators' answers of each VQA row ([]: a test question), for the official VQA accuracy
+    question_ids: list[int | None] | None = None  # each VQA row's dataset question id (VQAv2's)
     num_skipped: int = 0  # samples dropped while building this batch (corrupt / missing fields)
     skipped_keys: list[str] = field(default_factory=list)
     position: tuple[int, int, int] | None = (
