@@ -15,6 +15,8 @@
   trial (:mod:`vlp.bench.sweep_overhead`).
 - ``zoo-load``: time to a ready ViLT-B/32, ``vlp.zoo.load`` of a pretrained folder against transformers'
   ``ViltModel.from_pretrained`` of the same weights (:mod:`vlp.bench.zoo_load`).
+- ``data``: images/s of vlp's training loader against a bare decode-and-resize loop over the same JPEG
+  shards, and of the shard writer against copying the files (:mod:`vlp.bench.data_loader`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ BENCHMARKS: dict[str, str] = {
     "cpu-kernels": "vlp.bench.cpu_kernels",
     "sweep-overhead": "vlp.bench.sweep_overhead",
     "zoo-load": "vlp.bench.zoo_load",
+    "data": "vlp.bench.data_loader",
 }
 SUMMARIES: dict[str, str] = {
     "scaling": "training samples/s with 1 process, 2-process DDP and 2-process FSDP2",
@@ -40,6 +43,7 @@ SUMMARIES: dict[str, str] = {
     "cpu-kernels": "SDPA's CPU kernels and AdamW's step implementations, fp32 and bf16",
     "sweep-overhead": "wall time of a 4-trial sweep against the same 4 fits run by hand, per trial",
     "zoo-load": "time to a ready ViLT-B/32: vlp.zoo.load against transformers' from_pretrained",
+    "data": "images/s of vlp's training loader against bare JPEG decode + resize, and of the converter",
 }
 
 
