@@ -132,8 +132,11 @@ class ObjectiveTask(PredictionWriter, LightningModule, ABC):
         """Run the assembly on a batch and return what the objectives read: one output, or a dict of
         outputs by view name when the objectives read different passes (``Objective.view``)."""
 
-    def compute_losses(self, batch: Batch, stage: str) -> Tensor:
-        outputs = self.forward_model(batch)
+    def compute_losses(self, batch: Batch, stage: str, outputs: Any = None) -> Tensor:
+        """The weighted loss of ``batch``, each objective's loss and figures logged under ``stage``;
+        ``outputs``: the batch's :meth:`forward_model` result when the caller has it already."""
+        if outputs is None:
+            outputs = self.forward_model(batch)
         batch_size = len(batch)
         total = torch.zeros((), device=self.device)
         for name, objective in self.active_objectives.items():

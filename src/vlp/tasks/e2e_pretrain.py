@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from vlp.batch import Batch
-from vlp.tasks.e2e_base import E2ETask
+from vlp.metrics.detection import detections, ground_truth, image_sizes, map_figures, mean_average_precision
+from vlp.objectives.detection import DetectionObjective
+from vlp.tasks.e2e_base import E2ETask, fsdp_gathered
 from vlp.tasks.predict_files import Row, RowPredictionWriter, itm_rows, write_jsonl
 from vlp.tasks.pretrain import itm_view, mlm_text_ids
 
@@ -26,12 +28,23 @@ class E2EPretrainTask(RowPredictionWriter, E2ETask):
     only it reaches (:mod:`vlp.tasks.e2e_base`). A step with all four views costs three encoder passes
     over one CNN pass: the images are embedded once and every view reads those tokens (ITM's reordered).
 
+    With detection active, validation and test also feed the detection view's last decoder layer to COCO's
+    mAP (:mod:`vlp.metrics.detection`, on the batch's ``targets``: converted COCO instances, Visual
+    Genome objects) and log ``val/map``, ``val/map_50``, ``val/map_75``, ``val/map_small|medium|large`` and
+    ``val/mar_100`` as :class:`~vlp.tasks.detection.DetectionTask` does. The detections are those the
+    objective is trained on: with MLM active, decoded against the pass over the masked text.
+
     ``predict`` writes ``itm_scores.jsonl`` as :class:`~vlp.tasks.pretrain.PretrainTask` does (each
     sample's caption with its own image; it needs the ITM objective active).
     """
 
     VIEWS = ("mlm", "itm", "detection", "caption")
     PREDICT_FILES = ("itm_scores.jsonl",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.val_map = mean_average_precision()
+        self.test_map = mean_average_precision()
 
     def forward_model(self, batch: Batch) -> dict[str, Any]:
         views = self.views_used()
@@ -58,6 +71,34 @@ class E2EPretrainTask(RowPredictionWriter, E2ETask):
             image_only = self.model(None, None, None, visual=visual)
             outputs["caption"] = self.model.decode_captions(image_only, batch.caption_ids, batch.caption_mask)
         return outputs
+
+    def evaluate(self, batch: Batch, stage: str) -> None:
+        outputs = self.forward_model(batch)
+        self.compute_losses(batch, stage, outputs)
+        detector = next(
+            (o for o in self.active_objectives.values() if isinstance(o, DetectionObjective)), None
+        )
+        if detector is None or batch.targets is None or batch.pixel_mask is None:
+            return
+        with fsdp_gathered(detector):
+            predictions = detector.predict(outputs["detection"], last_only=True)
+        sizes = image_sizes(batch.pixel_mask)
+        found = detections(predictions.logits[0], predictions.boxes[0], sizes, detector.scores)
+        metric = self.val_map if stage == "val" else self.test_map
+        metric.update(found, ground_truth(batch.targets, sizes))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map(self.val_map, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map(self.test_map, "test")
+
+    def _log_map(self, metric: Any, stage: str) -> None:
+        if not metric.update_called:
+            return
+        for name, value in map_figures(metric.compute()).items():
+            self.log(f"{stage}/{name}", value, sync_dist=False)  # computed over every process's detections
+        metric.reset()
 
     def predict_rows(self, batch: Batch, batch_idx: int) -> list[Row]:
         return itm_rows(self, batch)
