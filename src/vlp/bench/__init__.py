@@ -50,7 +50,7 @@ SUMMARIES: dict[str, str] = {
 def main(args: Sequence[str]) -> None:
     """Run the benchmark named by ``args[0]`` with the remaining arguments; help for none or ``--help``.
     A benchmark's module is imported only when it runs."""
-    from vlp.cli import run_tool, tool_help
+    from vlp.tool_commands import run_tool, tool_help
 
     help_text = tool_help(
         "python -m vlp bench <name> [options]",

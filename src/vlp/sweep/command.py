@@ -318,7 +318,7 @@ def report_command(args: list[str]) -> None:
 
 
 def main(args: Sequence[str]) -> None:
-    from vlp.cli import run_tool
+    from vlp.tool_commands import run_tool
 
     runners = {"run": run_command, "status": status_command, "report": report_command}
     run_tool(list(args), HELP, "sweep command", runners)

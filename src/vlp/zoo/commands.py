@@ -230,7 +230,7 @@ SUMMARIES = {
 
 def main(args: Sequence[str]) -> None:
     """Run the zoo command named by ``args[0]`` with the remaining arguments; help for none or ``--help``."""
-    from vlp.cli import run_tool, tool_help
+    from vlp.tool_commands import run_tool, tool_help
 
     help_text = tool_help(
         "python -m vlp zoo <command> [options]",

@@ -59,7 +59,7 @@ WRITER_OPTIONS = ("root", "out", "workers", "max_side", "samples_per_shard", "pr
 
 def main(args: Sequence[str]) -> None:
     """``data convert <dataset> [options]``; help for no dataset or ``--help``."""
-    from vlp.cli import run_tool, tool_help
+    from vlp.tool_commands import run_tool, tool_help
 
     help_text = tool_help(
         f"{PROG} <dataset> --root RAW --out OUT [--workers N] [--max-side S] [--samples-per-shard N] [options]",
