@@ -83,6 +83,14 @@ def resized_shape(height: int, width: int, image_size: int, patch_size: int) -> 
     return _floor_to_patch(int(new_h + 0.5), patch_size), _floor_to_patch(int(new_w + 0.5), patch_size)
 
 
+def shorter_side_shape(height: int, width: int, side: int) -> tuple[int, int]:
+    """``(height, width)`` scaled so the shorter side is ``side`` (rounded, neither below ``side``)."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image has no pixels: {height}x{width}")
+    scale = side / min(height, width)
+    return max(side, int(height * scale + 0.5)), max(side, int(width * scale + 0.5))
+
+
 def _floor_to_patch(side: int, patch_size: int) -> int:
     return max(patch_size, side // patch_size * patch_size)
 
@@ -105,32 +113,52 @@ class ViltTransform:
     generators, which the stream seeds per sample from the sample's coordinates
     (:mod:`vlp.datamodules.stream`). As a data module's ``transform`` part, :meth:`for_split` gives the
     transform of a split: RandAugment in training only.
+
+    ``center_crop``: instead of ViLT's resize, the shorter side to ``image_size`` and the centre
+    ``image_size`` x ``image_size`` square cut out (the square input of the VQGAN image tokenizers, as
+    taming-transformers and DALL-E prepare images). Only for tasks that read no boxes: detection targets
+    describe the whole image.
     """
 
-    def __init__(self, image_size: int = 384, patch_size: int = 32, randaugment: bool = False) -> None:
+    def __init__(
+        self,
+        image_size: int = 384,
+        patch_size: int = 32,
+        randaugment: bool = False,
+        center_crop: bool = False,
+    ) -> None:
         if image_size < patch_size:
             raise ValueError(f"image_size {image_size} is smaller than one patch ({patch_size})")
         self.image_size = image_size
         self.patch_size = patch_size
         self.randaugment = vilt_randaugment() if randaugment else None
+        self.center_crop = center_crop
 
     def for_split(self, train: bool) -> ViltTransform:
         """The transform of a training split (``train``) or an evaluation one, which never augments."""
         return ViltTransform(
-            self.image_size, self.patch_size, randaugment=train and self.randaugment is not None
+            self.image_size,
+            self.patch_size,
+            randaugment=train and self.randaugment is not None,
+            center_crop=self.center_crop,
         )
 
     def __call__(self, image: Image.Image) -> Tensor:
         image = image.convert("RGB")
         if self.randaugment is not None:
             image = self.randaugment(image)
-        size = resized_shape(image.height, image.width, self.image_size, self.patch_size)
+        if self.center_crop:
+            size = shorter_side_shape(image.height, image.width, self.image_size)
+        else:
+            size = resized_shape(image.height, image.width, self.image_size, self.patch_size)
         image = F.resize(image, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+        if self.center_crop:
+            image = F.center_crop(image, [self.image_size, self.image_size])
         pixels = F.to_dtype(F.pil_to_tensor(image), dtype=torch.float32, scale=True)
         return F.normalize(pixels, mean=list(VILT_MEAN), std=list(VILT_STD))
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(image_size={self.image_size}, patch_size={self.patch_size}, "
-            f"randaugment={self.randaugment is not None})"
+            f"randaugment={self.randaugment is not None}, center_crop={self.center_crop})"
         )

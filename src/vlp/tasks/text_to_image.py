@@ -49,19 +49,35 @@ VIEWS = ("text_to_image", "image_to_text")
 
 
 def load_vqgan(vqgan: nn.Module | None, vqgan_checkpoint: str | None) -> nn.Module:
-    """The task's VQGAN: ``vqgan`` as given, or read from ``vqgan_checkpoint`` (exactly one of them)."""
+    """The task's VQGAN: ``vqgan`` as given, or read from ``vqgan_checkpoint`` (exactly one of them).
+
+    ``vqgan_checkpoint`` is a ``VQGANTask`` checkpoint file, a zoo name (``zoo:vqgan:imagenet-f16-16384``:
+    taming's checkpoint fetched, verified and converted; ``VLP_OFFLINE=1`` reads a local copy only) or a
+    folder :func:`vlp.zoo.save_pretrained` wrote (``python -m vlp zoo export`` of a VQGAN run).
+    """
+    from vlp.models.vqgan.model import VQGAN
+    from vlp.zoo.pipeline import is_zoo_name
+
     if (vqgan is None) == (vqgan_checkpoint is None):
         raise ValueError("ERNIEViLGTask needs exactly one of vqgan (a module) and vqgan_checkpoint (a path)")
     if vqgan is not None:
         return vqgan
     path = Path(vqgan_checkpoint)
+    if is_zoo_name(vqgan_checkpoint) or path.is_dir():
+        import vlp.zoo
+
+        loaded = vlp.zoo.load(vqgan_checkpoint)
+        if not isinstance(loaded, VQGAN):
+            raise ValueError(
+                f"vqgan_checkpoint {vqgan_checkpoint} holds a {type(loaded).__name__}, not a VQGAN"
+            )
+        return loaded
     if not path.is_file():
         raise FileNotFoundError(
             f"vqgan_checkpoint {path} not found: train the VQGAN first (configs/vqgan/, a VQGANTask .ckpt) "
-            "or point model.init_args.vqgan_checkpoint at its checkpoint"
+            "or point model.init_args.vqgan_checkpoint at its checkpoint, a zoo name (zoo:vqgan:<tag>) "
+            "or a folder vlp.zoo.save_pretrained wrote"
         )
-    from vlp.models.vqgan.model import VQGAN
-
     return VQGAN.from_checkpoint(path)
 
 
@@ -94,7 +110,8 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, ObjectiveTask):
         objectives: read the views ``text_to_image`` (:class:`~vlp.objectives.TextToImageLM`,
             :class:`~vlp.objectives.ReconstructionObjective`) and ``image_to_text``
             (:class:`~vlp.objectives.ImageToTextLM`).
-        vqgan, vqgan_checkpoint: the VQGAN module, or the path of a ``VQGANTask`` checkpoint.
+        vqgan, vqgan_checkpoint: the VQGAN module, or where to read it (:func:`load_vqgan`): a
+            ``VQGANTask`` checkpoint, a zoo name (``zoo:vqgan:<tag>``) or a pretrained folder.
         train_decoder: end to end, let the reconstruction loss train the VQGAN decoder (and
             ``post_quant_conv``) too; one process or DDP, not FSDP2 (the VQGAN is kept whole there).
         tokenizer: decodes captions; its ``[CLS]``/``[SEP]``/``[PAD]`` are BOS/EOS/padding.
