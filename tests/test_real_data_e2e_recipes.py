@@ -25,7 +25,7 @@ from convert_helpers import coco_root
 from test_visual_genome import write_vg, write_vocab
 from vqav2_shards import write_raw_vqav2
 
-from vlp.cli import main
+from vlp.cli import VLPCLI, main
 from vlp.datamodules.transforms import ViltTransform
 from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
 from vlp.tasks.text_to_image import load_vqgan
@@ -242,3 +242,32 @@ def test_fine_tuning_recipes_build_the_pretrainings_model() -> None:
     encoder_side["init_args"]["decoder"] = None
     del encoder_side["init_args"]["num_queries"]
     assert yaml.safe_load((CONFIGS / VQAV2).read_text())["model"]["init_args"]["model"] == encoder_side
+
+
+def test_recipes_are_the_papers_model_parts() -> None:
+    """E2E-VLP: configs/model/e2e_vlp_paper.yaml with timm's download off (init_from starts the ResNet);
+    ERNIE-ViLG: configs/model/ernie_vilg_paper.yaml with the codes of the VQGAN it reads (16 x 16 of 16384)."""
+    e2e = model_part("e2e_vlp_paper.yaml")
+    e2e["init_args"]["visual_embedder"]["init_args"]["pretrained"] = False
+    assert yaml.safe_load((CONFIGS / PRETRAIN).read_text())["model"]["init_args"]["model"] == e2e
+    ernie = model_part("ernie_vilg_paper.yaml")
+    ernie["init_args"].update(num_codes=16384, grid=[16, 16])
+    recipe = yaml.safe_load((CONFIGS / TEXT_TO_IMAGE).read_text())["model"]["init_args"]
+    assert recipe["model"] == ernie and recipe["vqgan_checkpoint"] == "zoo:vqgan:imagenet-f16-16384"
+
+
+def test_pretraining_recipe_builds_at_the_papers_size() -> None:
+    cli = VLPCLI(
+        args=["--config", str(CONFIGS / PRETRAIN), "--model.init_args.init_from=null",
+              "--trainer.accelerator=cpu", "--trainer.strategy=auto", "--trainer.devices=1"],
+        run=False,
+    )  # fmt: skip
+    model = cli.model.model
+    assert (len(model.encoder.blocks), len(model.decoder.layers), model.num_queries) == (6, 6, 100)
+    assert model.dim == 256 and model.visual_embedder.backbone.feature_info.channels()[-1] == 2048
+    head = cli.model.objectives["detection"].head
+    assert (head.num_classes, head.num_attributes) == (1600, 400)
+    assert cli.model.loss_weights == {"mlm": 1.0, "itm": 1.0, "detection": 1.0, "caption": 1.0}
+    transform = cli.datamodule.transform
+    assert (transform.image_size, transform.patch_size, transform.center_crop) == (800, 32, False)
+    assert [str(root) for root in cli.datamodule.roots] == ["data/coco_karpathy", "data/vg_e2e_vlp"]
