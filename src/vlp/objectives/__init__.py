@@ -3,6 +3,7 @@
 from vlp.objectives.base import Objective, ObjectiveOutput
 from vlp.objectives.captioning import CaptioningObjective
 from vlp.objectives.detection import DetectionObjective
+from vlp.objectives.generative_vqa import AnswerLM
 from vlp.objectives.itm import ITMObjective
 from vlp.objectives.lm_directions import ImageToTextLM, TextToImageLM
 from vlp.objectives.mlm import MLMObjective
@@ -13,6 +14,7 @@ from vlp.objectives.vqa import VQAObjective
 from vlp.objectives.wpa import WPAObjective
 
 __all__ = [
+    "AnswerLM",
     "CaptioningObjective",
     "DetectionObjective",
     "ITMObjective",

@@ -3,6 +3,7 @@
 from vlp.tasks.captioning import CaptioningTask
 from vlp.tasks.detection import DetectionTask
 from vlp.tasks.e2e_pretrain import E2EPretrainTask
+from vlp.tasks.generative_vqa import GenerativeVQATask
 from vlp.tasks.nlvr2 import NLVR2Task
 from vlp.tasks.pretrain import PretrainTask
 from vlp.tasks.retrieval import RetrievalTask
@@ -14,6 +15,7 @@ __all__ = [
     "DetectionTask",
     "E2EPretrainTask",
     "ERNIEViLGTask",
+    "GenerativeVQATask",
     "NLVR2Task",
     "PretrainTask",
     "RetrievalTask",

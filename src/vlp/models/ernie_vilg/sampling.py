@@ -182,8 +182,13 @@ def caption_images(
     num_beams: int = 1,
     alpha: float = 0.0,
     use_cache: bool = True,
+    prompt: Tensor | None = None,
 ) -> GenerationOutput:
-    """Captions for code grids ``[B, h*w]``: greedy (``num_beams=1``) or beam search, ``[BOS] .. [EOS]``."""
+    """Captions for code grids ``[B, h*w]``: greedy (``num_beams=1``) or beam search, ``[BOS] .. [EOS]``.
+
+    ``prompt`` ``[B, P]``: the text every caption continues (a question ``[CLS] q [SEP]`` for generative
+    VQA), in place of the ``[BOS]`` column; ``max_len`` counts it. The returned sequences start with it.
+    """
     if max_len > model.max_text_len:
         raise ValueError(f"max_len ({max_len}) exceeds the model's max_text_len ({model.max_text_len})")
 
@@ -200,7 +205,12 @@ def caption_images(
             last, cache = model.extend(ids[:, -1], state["cache"])
         return model.text_logits(last), {"codes": codes, "cache": cache}
 
-    prompt = torch.full((image_codes.shape[0], 1), bos_id, dtype=torch.long, device=image_codes.device)
+    if prompt is None:
+        prompt = torch.full((image_codes.shape[0], 1), bos_id, dtype=torch.long, device=image_codes.device)
+    elif prompt.ndim != 2 or prompt.shape[0] != image_codes.shape[0]:
+        raise ValueError(
+            f"prompt must be [B, P] with B = {image_codes.shape[0]} (one row per image), got {tuple(prompt.shape)}"
+        )
     state = {"codes": image_codes, "cache": None}
     if num_beams == 1:
         return greedy_search(step, prompt, max_len, eos_id, pad_id, state=state)
