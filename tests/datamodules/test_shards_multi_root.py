@@ -14,7 +14,8 @@ from shard_helpers import data_module, shards_of, write_dataset, write_shard
 from test_stream import assert_same_batches
 
 from vlp.batch import Batch
-from vlp.datamodules.shards import MixedShardStream, ShardDataModule, weighted_interleave
+from vlp.datamodules.mixed import MixedShardStream, weighted_interleave
+from vlp.datamodules.shards import ShardDataModule
 
 SMALL = {"batch_size": 4, "shuffle_buffer": 6}
 
