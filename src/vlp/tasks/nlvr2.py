@@ -37,7 +37,7 @@ def grow_modality_types(model: nn.Module) -> bool:
     table = getattr(model, MODALITY_TABLE, None)
     if not isinstance(table, nn.Embedding):
         raise ValueError(
-            f"NLVR2Task needs a model with a `{MODALITY_TABLE}` nn.Embedding (ViLT), {type(model).__name__} has none"
+            f"NLVR2Task needs a model with a `{MODALITY_TABLE}` nn.Embedding (ViLT, E2EVLP), {type(model).__name__} has none"
         )
     if table.num_embeddings == 3:
         return False

@@ -107,6 +107,12 @@ class RetrievalTask(ObjectiveTask):
             if isinstance(objective, FSDPModule) and not getattr(objective, "_vlp_score_registered", False):
                 register_fsdp_forward_method(objective, "score")
                 objective._vlp_score_registered = True
+        # Evaluation also calls the model's `embed_images` first: through the root's hooks, so the model
+        # (not its embedder) is initialised as the FSDP2 root when no training step ran before.
+        model = self.model
+        if isinstance(model, FSDPModule) and not getattr(model, "_vlp_embed_registered", False):
+            register_fsdp_forward_method(model, "embed_images")
+            model._vlp_embed_registered = True
 
     def forward_model(self, batch: Batch) -> FusionOutput:
         """``B x (1 + k)`` pairs, image-major: image ``i`` with its caption, then ``k`` other captions."""
@@ -207,14 +213,21 @@ class RetrievalTask(ObjectiveTask):
 
     @torch.no_grad()
     def score_pairs(self, pool: dict[str, Tensor], text_index: Tensor, image_index: Tensor) -> Tensor:
-        """Matching scores ``[C]`` of the given (text, image) pairs of ``pool``."""
+        """Matching scores ``[C]`` of the given (text, image) pairs of ``pool``. Each distinct image of
+        the pairs is embedded once (``model.embed_images``) and its tokens shared by its pairs: with a
+        CNN grid (E2E-VLP) embedding is most of a pair's cost, and a chunk of the text-major grid holds
+        each image about ``C / images`` times."""
         device = self.device
         text_index, image_index = text_index.cpu(), image_index.cpu()
+        images, owners = image_index.unique(return_inverse=True)
+        visual = self.model.embed_images(
+            pool["pixels"][images].to(device), pool["pixel_mask"][images].to(device)
+        )
         outputs = self.model(
             pool["text_ids"][text_index].to(device),
             pool["text_mask"][text_index].to(device),
-            pool["pixels"][image_index].to(device),
-            pool["pixel_mask"][image_index].to(device),
+            None,
+            visual=visual.select(owners.to(device)),
         )
         return self.ranker.score(outputs.pooled)
 

@@ -193,16 +193,18 @@ class E2EVLP(SingleStreamFusion):
         pixels: Tensor | None,
         pixel_mask: Tensor | None = None,
         visual: VisualTokens | None = None,
+        image_token_type: int = 1,
     ) -> FusionOutput:
         """The encoder pass (ViLT's signature, so ViLT's pre-training task drives it as it is): encode
         ``[text; image]``, or the image alone with ``text_ids=None`` (the memory captioning
         decodes from; ``text_states`` is then empty and ``pooled`` reads the first image token).
-        ``visual``: the images' tokens from :meth:`embed_images`, used instead of embedding ``pixels``."""
+        ``visual``: the images' tokens from :meth:`embed_images`, used instead of embedding ``pixels``.
+        ``image_token_type``: the image's row of the modality-type table (NLVR2's second image: 2)."""
         if visual is None:
             if pixels is None:
                 raise ValueError("E2EVLP needs pixels or visual (tokens from embed_images)")
             visual = self.visual_embedder(pixels, pixel_mask)
-        image = visual.embeds + self.token_type_embeddings.weight[1]
+        image = visual.embeds + self.token_type_embeddings.weight[image_token_type]
         if visual.pos is not None and not self.pos_every_layer:
             image = image + visual.pos
         batch = image.shape[0]
