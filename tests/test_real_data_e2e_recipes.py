@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +139,38 @@ def test_pretraining_trains_on_coco_and_visual_genome_and_validates(
     logged, checkpoint = pretrained
     assert_finite(logged, ["train/loss", "val/mlm_loss", "val/itm_acc", "val/detection_loss",
                            "val/caption_loss", "val/map", "val/map_50", "val/map_75"])  # fmt: skip
-    # the validation images (COCO's Karpathy val, converted with captions only) hold no boxes
+    # the validation images (COCO's Karpathy val, converted with captions only) have no objects list: none
+    # is annotated, so the mAP has no ground truth (COCO's -1) rather than scoring them as empty images
     assert logged["val/map"] == -1.0
     assert checkpoint.is_file()
+
+
+def with_val_split(folder: Path, out: Path, samples: int) -> Path:
+    """A copy of a converted folder whose ``val`` split is the first ``samples`` of its ``train`` split."""
+    copy = Path(shutil.copytree(folder, out))
+    (copy / "val").mkdir()
+    with tarfile.open(sorted((copy / "train").glob("*.tar"))[0]) as source:
+        members = source.getmembers()
+        keys = list(dict.fromkeys(member.name.split(".")[0] for member in members))[:samples]
+        with tarfile.open(copy / "val" / "shard-000000.tar", "w") as shard:
+            for member in members:
+                if member.name.split(".")[0] in keys:
+                    shard.addfile(member, source.extractfile(member))
+    return copy
+
+
+def test_pretraining_maps_the_annotated_images_of_a_mixed_validation_batch(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    """Validation over a Visual Genome image (annotated) and COCO's (not): the mAP scores the first."""
+    vg = with_val_split(data["vg"], tmp_path / "vg_e2e_vlp", samples=1)
+    config = shrunk(PRETRAIN, tmp_path / "run")
+    tiny_e2e(config)
+    config["data"]["init_args"]["root"] = [str(vg), str(data["coco"])]  # the one val batch: VG's, then COCO's
+    detection_sizes(config, vg / "vocab.json")
+    logged = fit(config, tmp_path)
+    assert_finite(logged, ["val/detection_loss", "val/map", "val/map_50", "val/map_75", "val/mar_100"])
+    assert 0.0 <= logged["val/map"] <= logged["val/map_50"] <= 1.0  # ground truth present: not -1
 
 
 def test_pretraining_logs_coco_map_on_converted_coco_instances(data: dict[str, Path], tmp_path: Path) -> None:

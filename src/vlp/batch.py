@@ -38,6 +38,9 @@ class Batch:
     itm_labels: Tensor | None = None  # [B] long, 1 = image and text match
     itm_image_index: Tensor | None = None  # [B] long, whose image sample i is shown with for ITM
     targets: list[Targets] | None = None
+    objects_annotated: list[bool] | None = None  # per sample with targets: False = its objects are not
+    # annotated (no ``objects`` in its json; empty targets the detection loss and mAP skip), True = they are
+    # (``objects: []`` included: an image with no object); None = every sample's are
     answers: Tensor | None = None  # [B, num_answers] float VQA soft scores
     pair_labels: Tensor | None = None  # [B] long, NLVR2-style statement truth
     text_image_index: Tensor | None = (

@@ -167,3 +167,33 @@ def test_detection_needs_categories_in_the_vocabulary(tiny_shapes: Path, tmp_pat
     ):
         first_batch(root)
     assert first_batch(root, detection=False).targets is None
+
+
+def annotated_sample(i: int, annotation: dict) -> dict:
+    """A png sample whose json is ``annotation`` with a caption."""
+    encoded = sample(i, [])
+    encoded["json"] = json.dumps({"captions": ["a shape"], **annotation}).encode()
+    return encoded
+
+
+def test_a_sample_without_objects_is_not_annotated_and_objects_empty_is() -> None:
+    vocab = Vocab(lists={"categories": list(CATEGORIES), "attributes": list(ATTRIBUTES)})
+    decoder = ObjectDecoder().bind(lambda image: torch.zeros(3, 32, 32), vocab)
+    boxes = decoder(annotated_sample(1, {"objects": [{"bbox": [0, 0, 16, 8], "category": "circle"}]}))
+    empty = decoder(annotated_sample(2, {"objects": []}))  # annotated: an image with no object
+    captions_only = decoder(annotated_sample(3, {}))  # COCO converted without its instances
+    null = decoder(annotated_sample(4, {"objects": None}))
+    assert [s.annotated for s in (boxes, empty, captions_only, null)] == [True, True, False, False]
+    for decoded in (empty, captions_only, null):
+        assert decoded.targets.boxes.shape == (0, 4) and decoded.targets.attributes.shape == (0, 3)
+    collate = E2ECollator(mlm_probability=0.0, itm=False).for_split(train=True)
+    batch = collate([boxes, captions_only, empty], torch.Generator().manual_seed(0))
+    assert batch.objects_annotated == [True, False, True]
+    assert [len(t.labels) for t in batch.targets] == [1, 0, 0]
+    plain = E2ECollator(mlm_probability=0.0, itm=False, targets=False).for_split(train=True)([boxes])
+    assert plain.objects_annotated is None
+
+
+def test_shapes_batches_have_every_image_annotated(tiny_shapes: Path) -> None:
+    batch = first_batch(tiny_shapes)
+    assert batch.objects_annotated == [True] * len(batch)

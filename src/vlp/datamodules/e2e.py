@@ -14,6 +14,11 @@ other bad sample:
 * ``objects[i].category`` → its index in ``vocab.json``'s ``categories``;
 * ``objects[i].attributes`` → a multi-hot row over ``vocab.json``'s ``attributes``.
 
+A sample whose json has no ``objects`` (or ``"objects": null``) is *not annotated*: captions-only data
+mixed in, such as COCO converted without its instances when the boxes are another dataset's classes. Its
+targets are empty and ``Batch.objects_annotated`` marks it ``False``, so the detection loss and mAP skip
+it. ``"objects": []`` is an annotated image with no object: every query learns "no object" on it.
+
 Caption tokens are the chosen caption's tokenization, ``[CLS] w1 .. wn [SEP]``: the tokenizer's
 ``[CLS]`` is the decoder's BOS and ``[SEP]`` its EOS (what :meth:`~vlp.models.e2e_vlp.model.E2EVLP.generate_captions`
 is given), padding ``[PAD] = 0`` is masked. ``Batch.references`` holds every caption of each sample,
@@ -36,9 +41,11 @@ from vlp.datamodules.parts import Decoder, Vocab
 
 @dataclass
 class ObjectSample(DecodedSample):
-    """A decoded sample with its detection targets."""
+    """A decoded sample with its detection targets; ``annotated=False``: its json has no ``objects``
+    (the targets are empty and are not to be supervised)."""
 
     targets: Targets | None = None
+    annotated: bool = True
 
 
 def parse_objects(
@@ -108,19 +115,21 @@ class ObjectDecoder(SampleDecoder):
 
     def decode(self, key: str, sample: dict[str, Any]) -> ObjectSample:
         decoded = super().decode(key, sample)
+        objects = decoded.annotation.get("objects")
         try:
             targets = parse_objects(
-                decoded.annotation.get("objects"), decoded.orig_size, self.categories, self.attributes
+                [] if objects is None else objects, decoded.orig_size, self.categories, self.attributes
             )
         except ValueError as exn:
             raise Unusable(str(exn)) from None
-        return ObjectSample(**vars(decoded), targets=targets)
+        return ObjectSample(**vars(decoded), targets=targets, annotated=objects is not None)
 
 
 class E2ECollator(PretrainCollator):
     """:class:`~vlp.datamodules.collate.PretrainCollator` plus, per flag, detection ``targets`` and the
     chosen caption as decoder tokens (``caption_ids``/``caption_mask``, the same tokens as ``text_ids``).
-    ``references`` always carries every caption of each sample.
+    ``references`` always carries every caption of each sample. With ``targets``,
+    ``objects_annotated`` says which samples' objects are annotated (see the module's docstring).
 
     Args:
         targets: put each sample's :class:`Targets` in the batch (detection: the decoder must be an
@@ -153,7 +162,7 @@ class E2ECollator(PretrainCollator):
 
     def collate(self, samples: list[DecodedSample], generator: torch.Generator) -> Batch:
         batch = super().collate(samples, generator)
-        targets = None
+        targets, annotated = None, None
         if self.targets:
             missing = [s.key for s in samples if getattr(s, "targets", None) is None]
             if missing:
@@ -161,9 +170,11 @@ class E2ECollator(PretrainCollator):
                     f"samples {missing[:5]} carry no detection targets: decode them with ObjectDecoder"
                 )
             targets = [s.targets for s in samples]
+            annotated = [getattr(s, "annotated", True) for s in samples]
         return replace(
             batch,
             targets=targets,
+            objects_annotated=annotated,
             caption_ids=batch.text_ids if self.captions else None,
             caption_mask=batch.text_mask if self.captions else None,
             references=[list(s.captions) for s in samples],

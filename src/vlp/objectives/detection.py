@@ -3,6 +3,13 @@
 Every decoder layer is matched on its own and supervised with the same weights (DETR's auxiliary losses),
 but the work is not repeated per layer: the matcher scores all layers in one call with one host transfer,
 and each loss is computed for all layers in one go, then summed per layer with ``index_add``.
+
+Only images whose objects are annotated are supervised (``Batch.objects_annotated``; ``objects: []`` is
+annotated, an image without an ``objects`` list is not): the others are dropped before matching, so
+they add no "no object" class loss and no box: the cross-entropy's weighted mean runs over the annotated
+images' queries and the box normaliser counts their boxes (the mean over processes,
+:func:`num_boxes_across_processes`). A batch with no annotated image has a zero loss that keeps every parameter the loss reads in the graph
+(DDP, ``find_unused_parameters=False``) and joins the box count's all-reduce like any other batch.
 """
 
 from __future__ import annotations
@@ -129,9 +136,25 @@ class SetCriterion(nn.Module):
         class_weight[-1] = eos_coef
         self.register_buffer("class_weight", class_weight, persistent=False)
 
-    def forward(self, predictions: DetectionPredictions, targets: Sequence[Targets]) -> ObjectiveOutput:
-        """The weighted sum over layers and losses, and the last layer's figures as logs."""
-        losses = self.losses(predictions, targets)
+    def forward(
+        self,
+        predictions: DetectionPredictions,
+        targets: Sequence[Targets],
+        annotated: Sequence[bool] | None = None,
+    ) -> ObjectiveOutput:
+        """The weighted sum over layers and losses, and the last layer's figures as logs.
+
+        ``annotated``: which images are supervised (``None``: all). The loss is that of the annotated
+        images alone; with none, a zero loss (and zero figures) that keeps every prediction in the graph.
+        """
+        rows = annotated_rows(annotated, len(targets))
+        if rows is None:
+            losses = self.losses(predictions, targets)
+        elif rows:
+            self.check_logits(predictions.logits, len(targets))
+            losses = self.losses(select_images(predictions, rows), [targets[i] for i in rows])
+        else:
+            losses = self.unsupervised(predictions, targets)
         per_layer = self.weights["ce"] * losses.ce + self.weights["l1"] * losses.l1
         per_layer = per_layer + self.weights["giou"] * losses.giou
         if losses.attribute is not None:
@@ -176,25 +199,49 @@ class SetCriterion(nn.Module):
             cardinality_error=cardinality_error,
         )
 
+    def unsupervised(self, predictions: DetectionPredictions, targets: Sequence[Targets]) -> SetLosses:
+        """Zero losses of a batch with no annotated image, each ``0 *`` the sum of what it reads, so that
+        every parameter behind the predictions gets a (zero) gradient as in any other step; the box count
+        is still all-reduced (0 here), as the processes with annotated images wait for it."""
+        logits, boxes, attribute_logits = self.supervised_layers(predictions, targets)
+        padded = pad_targets(targets, logits.device)
+        check_attribute_logits(attribute_logits, logits, padded)
+        num_boxes_across_processes(0, logits.device)
+        zero = logits.new_zeros((), dtype=torch.float)
+
+        def nothing(tensor: Tensor) -> Tensor:
+            return tensor.float().flatten(1).sum(1) * 0.0
+
+        return SetLosses(
+            ce=nothing(logits),
+            l1=nothing(boxes),
+            giou=torch.zeros(len(logits), device=logits.device),
+            attribute=nothing(attribute_logits) if attribute_logits is not None else None,
+            class_accuracy=zero,
+            cardinality_error=zero,
+        )
+
     def supervised_layers(
         self, predictions: DetectionPredictions, targets: Sequence[Targets]
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """The logits, boxes and attribute logits of the layers the loss supervises: all of them, or
         the last alone without ``aux_loss``; the logits are checked against ``targets``."""
         logits, boxes, attribute_logits = predictions.logits, predictions.boxes, predictions.attribute_logits
+        self.check_logits(logits, len(targets))
+        if not self.aux_loss:
+            logits, boxes = logits[-1:], boxes[-1:]
+            attribute_logits = attribute_logits[-1:] if attribute_logits is not None else None
+        return logits, boxes, attribute_logits
+
+    def check_logits(self, logits: Tensor, images: int) -> None:
+        """``logits`` are ``[L, B, Q, num_classes + 1]`` with one image per target (``images``)."""
         if logits.ndim != 4 or logits.shape[-1] != self.num_classes + 1:
             raise ValueError(
                 f"predictions.logits must be [L, B, Q, num_classes + 1 = {self.num_classes + 1}], "
                 f"got {tuple(logits.shape)}"
             )
-        if len(targets) != logits.shape[1]:
-            raise ValueError(
-                f"targets has {len(targets)} images but predictions.logits has {logits.shape[1]}"
-            )
-        if not self.aux_loss:
-            logits, boxes = logits[-1:], boxes[-1:]
-            attribute_logits = attribute_logits[-1:] if attribute_logits is not None else None
-        return logits, boxes, attribute_logits
+        if images != logits.shape[1]:
+            raise ValueError(f"targets has {images} images but predictions.logits has {logits.shape[1]}")
 
     def matched_class_loss(
         self, logits: Tensor, padded: PaddedTargets, pairs: MatchedPairs, num_boxes: float | Tensor
@@ -221,6 +268,36 @@ class SetCriterion(nn.Module):
         one_hot = F.one_hot(classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
         loss = sigmoid_focal_loss(logits[..., :-1], one_hot, self.focal_alpha, self.focal_gamma)
         return loss.flatten(1).sum(1)
+
+
+def annotated_rows(annotated: Sequence[bool] | None, images: int) -> list[int] | None:
+    """The indices of the annotated images; ``None`` when every image is (nothing to leave out)."""
+    if annotated is None:
+        return None
+    if len(annotated) != images:
+        raise ValueError(f"objects_annotated has {len(annotated)} flags for {images} images")
+    if all(annotated):
+        return None
+    return [i for i, flag in enumerate(annotated) if flag]
+
+
+def annotated_images(batch: Batch, items: Sequence[Any]) -> list[Any]:
+    """The ``items`` (one per image of ``batch``) of the images whose objects are annotated, for the
+    detection metrics: the others have no ground truth to score detections against."""
+    rows = annotated_rows(batch.objects_annotated, len(items))
+    return list(items) if rows is None else [items[i] for i in rows]
+
+
+def select_images(predictions: DetectionPredictions, rows: Sequence[int]) -> DetectionPredictions:
+    """The predictions ``[L, B, Q, ...]`` of images ``rows`` only: ``[L, len(rows), Q, ...]``."""
+    index = torch.tensor(rows, dtype=torch.long).to(predictions.logits.device, non_blocking=True)
+
+    def select(tensor: Tensor | None) -> Tensor | None:
+        return None if tensor is None else tensor.index_select(1, index)
+
+    return DetectionPredictions(
+        select(predictions.logits), select(predictions.boxes), select(predictions.attribute_logits)
+    )
 
 
 @torch.no_grad()
@@ -310,8 +387,9 @@ def matched_box_losses(
 class DetectionObjective(Objective):
     """E2E-VLP's object detection: a :class:`DetectionHead` on every decoder layer, DETR's set criterion.
 
-    Reads :class:`~vlp.models.outputs.DecoderOutput` (``query_states [L, B, Q, D]``) and
-    ``batch.targets``. The loss sums the layers (DETR's auxiliary losses) and, per layer,
+    Reads :class:`~vlp.models.outputs.DecoderOutput` (``query_states [L, B, Q, D]``), ``batch.targets``
+    and ``batch.objects_annotated`` (images without annotated objects are not supervised, see the
+    module's docstring). The loss sums the layers (DETR's auxiliary losses) and, per layer,
     ``ce_weight * CE + bbox_weight * L1 + giou_weight * (1 - GIoU) + attribute_weight * BCE``; the
     attribute term is there when the head predicts attributes. ``matcher`` and the keyword arguments
     ``criterion`` (``eos_coef``, the loss weights, ``aux_loss``, ``class_loss``, ``focal_alpha``,
@@ -376,12 +454,15 @@ class DetectionObjective(Objective):
         # without aux losses the head need not run on layers nobody supervises
         predictions = self.predict(outputs, last_only=not self.criterion.aux_loss)
         groups = outputs.groups if isinstance(outputs, ObjectQueryOutput) else 1
+        annotated = batch.objects_annotated
         if groups == 1:
-            return self.criterion(predictions, batch.targets)
+            return self.criterion(predictions, batch.targets, annotated)
         # Group DETR: each group is matched and supervised as an image of its own with the same targets
         # (the losses, normalised by G times the boxes, are the mean over the groups)
         targets = [target for target in batch.targets for _ in range(groups)]
-        return self.criterion(split_groups(predictions, groups), targets)
+        if annotated is not None:
+            annotated = [flag for flag in annotated for _ in range(groups)]
+        return self.criterion(split_groups(predictions, groups), targets, annotated)
 
 
 def split_groups(predictions: DetectionPredictions, groups: int) -> DetectionPredictions:

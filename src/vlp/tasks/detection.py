@@ -32,7 +32,7 @@ from torchvision.ops import box_convert
 from vlp.batch import Batch
 from vlp.metrics.detection import detections, ground_truth, image_sizes, map_figures, mean_average_precision
 from vlp.models.outputs import DecoderOutput
-from vlp.objectives.detection import DetectionObjective
+from vlp.objectives.detection import DetectionObjective, annotated_images
 from vlp.tasks.base import check_objective_types
 from vlp.tasks.e2e_base import E2ETask, fsdp_gathered
 from vlp.tasks.predict_files import Row, RowPredictionWriter, vocab_list, write_json
@@ -95,7 +95,9 @@ class DetectionTask(RowPredictionWriter, E2ETask):
         sizes = image_sizes(batch.pixel_mask)
         metric = self.val_map if stage == "val" else self.test_map
         found = detections(predictions.logits[0], predictions.boxes[0], sizes, self.detector.scores)
-        metric.update(found, ground_truth(batch.targets, sizes))
+        # annotated images only; updated on every batch (maybe with none) so every process computes it
+        truth = ground_truth(batch.targets, sizes)
+        metric.update(annotated_images(batch, found), annotated_images(batch, truth))
 
     def on_validation_epoch_end(self) -> None:
         self._log_map(self.val_map, "val")

@@ -7,7 +7,7 @@ from typing import Any
 
 from vlp.batch import Batch
 from vlp.metrics.detection import detections, ground_truth, image_sizes, map_figures, mean_average_precision
-from vlp.objectives.detection import DetectionObjective
+from vlp.objectives.detection import DetectionObjective, annotated_images
 from vlp.tasks.e2e_base import E2ETask, fsdp_gathered
 from vlp.tasks.predict_files import Row, RowPredictionWriter, itm_rows, write_jsonl
 from vlp.tasks.pretrain import itm_view, mlm_text_ids
@@ -85,7 +85,9 @@ class E2EPretrainTask(RowPredictionWriter, E2ETask):
         sizes = image_sizes(batch.pixel_mask)
         found = detections(predictions.logits[0], predictions.boxes[0], sizes, detector.scores)
         metric = self.val_map if stage == "val" else self.test_map
-        metric.update(found, ground_truth(batch.targets, sizes))
+        # annotated images only; updated on every batch (maybe with none) so every process computes it
+        truth = ground_truth(batch.targets, sizes)
+        metric.update(annotated_images(batch, found), annotated_images(batch, truth))
 
     def on_validation_epoch_end(self) -> None:
         self._log_map(self.val_map, "val")
