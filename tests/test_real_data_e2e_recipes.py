@@ -30,7 +30,7 @@ from vqav2_shards import write_raw_vqav2
 from vlp.cli import VLPCLI, main
 from vlp.datamodules.transforms import ViltTransform
 from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
-from vlp.tasks.text_to_image import load_vqgan
+from vlp.tasks.vqgan_codes import load_vqgan
 from vlp.zoo import save_pretrained
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

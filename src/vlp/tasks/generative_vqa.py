@@ -22,7 +22,6 @@ row gets the codes of one grey image and the answer can only come from the quest
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,10 @@ from vlp.datamodules.generative_vqa import target_answer
 from vlp.models.ernie_vilg.model import ERNIEViLG, ERNIEViLGOutput
 from vlp.models.ernie_vilg.sampling import caption_images
 from vlp.objectives.base import Objective
-from vlp.tasks.base import ObjectiveTask, check_views
+from vlp.tasks.base import check_views
 from vlp.tasks.e2e_base import fsdp_gathered
 from vlp.tasks.predict_files import Row, RowPredictionWriter, batch_texts, write_jsonl
-from vlp.tasks.text_to_image import load_vqgan
+from vlp.tasks.vqgan_codes import VQGANCodesTask, load_vqgan
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
 VIEW = "image_to_text"
@@ -51,7 +50,7 @@ def answer_matches(prediction: str, answers: list[str]) -> bool:
     return target is not None and normalize_answer(prediction) == normalize_answer(target)
 
 
-class GenerativeVQATask(RowPredictionWriter, ObjectiveTask):
+class GenerativeVQATask(RowPredictionWriter, VQGANCodesTask):
     """Generative VQA with ERNIE-ViLG (module docstring).
 
     Args:
@@ -59,7 +58,7 @@ class GenerativeVQATask(RowPredictionWriter, ObjectiveTask):
             from a pre-training run (``init_from``).
         objectives: read the ``image_to_text`` view (:class:`~vlp.objectives.AnswerLM`).
         vqgan, vqgan_checkpoint: the frozen VQGAN module, or where to read it
-            (:func:`~vlp.tasks.text_to_image.load_vqgan`: a ``VQGANTask`` checkpoint, a zoo name or a folder).
+            (:func:`~vlp.tasks.vqgan_codes.load_vqgan`: a ``VQGANTask`` checkpoint, a zoo name or a folder).
         tokenizer: decodes answers; its ``[CLS]``/``[SEP]``/``[PAD]`` are BOS/EOS/padding.
         num_beams, length_penalty: answer decoding (greedy when ``num_beams=1``).
         max_answer_len: tokens decoded after the question, the closing ``[SEP]`` included (the
@@ -104,11 +103,7 @@ class GenerativeVQATask(RowPredictionWriter, ObjectiveTask):
     def setup_vqgan(self, vqgan: nn.Module) -> None:
         """Hold ``vqgan`` frozen in eval mode; the model's ``to_codebook`` head (end-to-end pre-training
         only) gets no gradient here and is frozen too (DDP refuses unused parameters)."""
-        if vqgan.num_codes != self.model.num_codes or tuple(vqgan.grid) != tuple(self.model.grid):
-            raise ValueError(
-                f"the VQGAN has {vqgan.num_codes} codes on a {tuple(vqgan.grid)} grid, the model "
-                f"num_codes={self.model.num_codes} and grid={tuple(self.model.grid)}: set model.init_args to match"
-            )
+        self.check_vqgan_grid(vqgan)
         self.vqgan = vqgan.requires_grad_(False).eval()
         if self.model.to_codebook is not None:
             self.model.to_codebook.requires_grad_(False)
@@ -135,36 +130,14 @@ class GenerativeVQATask(RowPredictionWriter, ObjectiveTask):
                 "vqgan_checkpoint"
             )
 
-    def train(self, mode: bool = True) -> GenerativeVQATask:
-        """The VQGAN stays in eval mode (its EMA codebook must not move)."""
-        super().train(mode)
-        self.vqgan.eval()
-        return self
-
     # ---------------------------------------------------------------------------------- training
 
-    @torch.no_grad()
-    def encode_images(self, pixels: Tensor) -> Tensor:
-        """Pixels ``[B, 3, H, W]`` in [-1, 1] → code ids ``[B, h*w]`` (frozen VQGAN)."""
-        _, ids = self.vqgan.encode(pixels)
-        if tuple(ids.shape[1:]) != tuple(self.model.grid):
-            raise ValueError(
-                f"images of {tuple(pixels.shape[-2:])} px give a {tuple(ids.shape[1:])} code grid, the model's "
-                f"is {tuple(self.model.grid)}: set the data module's image_size to match"
-            )
-        return ids.flatten(1)
-
-    def with_codes(self, batch: Batch) -> Batch:
+    def check_text_fields(self, batch: Batch) -> None:
         if batch.caption_ids is None or batch.caption_mask is None or batch.text_ids is None:
             raise ValueError(
                 "GenerativeVQATask needs batch.text_ids (the question) and batch.caption_ids/caption_mask "
                 "(question and answer): read the data with vlp.datamodules.generative_vqa.GenerativeVQACollator"
             )
-        if batch.image_codes is not None:
-            return batch
-        if batch.pixels is None:
-            raise ValueError("GenerativeVQATask needs batch.pixels or batch.image_codes")
-        return replace(batch, image_codes=self.encode_images(batch.pixels))
 
     def forward_model(self, batch: Batch) -> dict[str, ERNIEViLGOutput]:
         batch = self.with_codes(batch)
@@ -253,21 +226,3 @@ class GenerativeVQATask(RowPredictionWriter, ObjectiveTask):
 
     def write_predictions(self, rows: list[Row], folder: Path) -> list[Path]:
         return [write_jsonl(folder / "answers.jsonl", rows)]
-
-    # ----------------------------------------------------------------------------------- scaling
-
-    def configure_model(self) -> None:
-        """FSDP2 as :meth:`ObjectiveTask.configure_model` for the model and objectives; the frozen VQGAN is
-        not sharded: rank 0's copy is broadcast and every process keeps it whole."""
-        from vlp.tasks.sharding import apply_fsdp2, broadcast_from_first_rank, check_sharded, fsdp2_mesh
-
-        mesh = fsdp2_mesh(self)
-        if mesh is None:
-            return
-        broadcast_from_first_rank(self.vqgan, mesh)
-        bf16 = str(self.trainer.precision).startswith("bf16")
-        apply_fsdp2([self.model, *self.objectives.values()], mesh, bf16=bf16)
-        check_sharded(
-            [(name, p) for name, p in self.named_parameters() if not name.startswith("vqgan.")],
-            "the model and objectives",
-        )

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -39,46 +38,14 @@ from vlp.models.ernie_vilg.model import ERNIEViLG, ERNIEViLGOutput
 from vlp.models.ernie_vilg.sampling import caption_images
 from vlp.objectives.base import Objective
 from vlp.objectives.reconstruction import ReconstructionObjective
-from vlp.tasks.base import ObjectiveTask, check_views
+from vlp.tasks.base import check_views
 from vlp.tasks.caption_evaluation import CaptionEvaluation
 from vlp.tasks.e2e_base import fsdp_gathered
 from vlp.tasks.text_to_image_predict import TextToImagePrediction
+from vlp.tasks.vqgan_codes import VQGANCodesTask, load_vqgan
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
 VIEWS = ("text_to_image", "image_to_text")
-
-
-def load_vqgan(vqgan: nn.Module | None, vqgan_checkpoint: str | None) -> nn.Module:
-    """The task's VQGAN: ``vqgan`` as given, or read from ``vqgan_checkpoint`` (exactly one of them).
-
-    ``vqgan_checkpoint`` is a ``VQGANTask`` checkpoint file, a zoo name (``zoo:vqgan:imagenet-f16-16384``:
-    taming's checkpoint fetched, verified and converted; ``VLP_OFFLINE=1`` reads a local copy only) or a
-    folder :func:`vlp.zoo.save_pretrained` wrote (``python -m vlp zoo export`` of a VQGAN run).
-    """
-    from vlp.models.vqgan.model import VQGAN
-    from vlp.zoo.pipeline import is_zoo_name
-
-    if (vqgan is None) == (vqgan_checkpoint is None):
-        raise ValueError("ERNIEViLGTask needs exactly one of vqgan (a module) and vqgan_checkpoint (a path)")
-    if vqgan is not None:
-        return vqgan
-    path = Path(vqgan_checkpoint)
-    if is_zoo_name(vqgan_checkpoint) or path.is_dir():
-        import vlp.zoo
-
-        loaded = vlp.zoo.load(vqgan_checkpoint)
-        if not isinstance(loaded, VQGAN):
-            raise ValueError(
-                f"vqgan_checkpoint {vqgan_checkpoint} holds a {type(loaded).__name__}, not a VQGAN"
-            )
-        return loaded
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"vqgan_checkpoint {path} not found: train the VQGAN first (configs/vqgan/, a VQGANTask .ckpt) "
-            "or point model.init_args.vqgan_checkpoint at its checkpoint, a zoo name (zoo:vqgan:<tag>) "
-            "or a folder vlp.zoo.save_pretrained wrote"
-        )
-    return VQGAN.from_checkpoint(path)
 
 
 def check_settings(
@@ -98,7 +65,7 @@ def check_settings(
         )
 
 
-class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, ObjectiveTask):
+class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, VQGANCodesTask):
     """ERNIE-ViLG training, caption evaluation and image generation (module docstring).
 
     Data: batches with ``pixels`` (normalised to [-1, 1], the VQGAN's range), ``caption_ids`` /
@@ -110,8 +77,9 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, ObjectiveTask):
         objectives: read the views ``text_to_image`` (:class:`~vlp.objectives.TextToImageLM`,
             :class:`~vlp.objectives.ReconstructionObjective`) and ``image_to_text``
             (:class:`~vlp.objectives.ImageToTextLM`).
-        vqgan, vqgan_checkpoint: the VQGAN module, or where to read it (:func:`load_vqgan`): a
-            ``VQGANTask`` checkpoint, a zoo name (``zoo:vqgan:<tag>``) or a pretrained folder.
+        vqgan, vqgan_checkpoint: the VQGAN module, or where to read it
+            (:func:`~vlp.tasks.vqgan_codes.load_vqgan`): a ``VQGANTask`` checkpoint, a zoo name
+            (``zoo:vqgan:<tag>``) or a pretrained folder.
         train_decoder: end to end, let the reconstruction loss train the VQGAN decoder (and
             ``post_quant_conv``) too; one process or DDP, not FSDP2 (the VQGAN is kept whole there).
         tokenizer: decodes captions; its ``[CLS]``/``[SEP]``/``[PAD]`` are BOS/EOS/padding.
@@ -131,6 +99,9 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, ObjectiveTask):
             this task's checkpoints; loading one restores the reranker as constructed.
         Others: as :class:`~vlp.tasks.base.ObjectiveTask`.
     """
+
+    # FSDP2 keeps the frozen reranker whole too: it is loaded from the same file on every process
+    WHOLE_PREFIXES: ClassVar[tuple[str, ...]] = ("vqgan.", "reranker.")
 
     def __init__(
         self,
@@ -200,11 +171,7 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, ObjectiveTask):
 
     def check_vqgan(self) -> None:
         model, vqgan = self.model, self.vqgan
-        if vqgan.num_codes != model.num_codes or tuple(vqgan.grid) != tuple(model.grid):
-            raise ValueError(
-                f"the VQGAN has {vqgan.num_codes} codes on a {tuple(vqgan.grid)} grid, the model "
-                f"num_codes={model.num_codes} and grid={tuple(model.grid)}: set model.init_args to match"
-            )
+        self.check_vqgan_grid(vqgan)
         if self.end_to_end and model.code_dim != vqgan.code_dim:
             raise ValueError(
                 f"end to end: model.code_dim ({model.code_dim}) must be the VQGAN's code_dim ({vqgan.code_dim})"
@@ -225,36 +192,14 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, ObjectiveTask):
         """Whether a reconstruction objective trains through the VQGAN decoder."""
         return any(isinstance(o, ReconstructionObjective) for o in self.active_objectives.values())
 
-    def train(self, mode: bool = True) -> ERNIEViLGTask:
-        """The VQGAN stays in eval mode (its EMA codebook must not move; no dropout in the decoder)."""
-        super().train(mode)
-        self.vqgan.eval()
-        return self
-
     # ---------------------------------------------------------------------------------- training
 
-    @torch.no_grad()
-    def encode_images(self, pixels: Tensor) -> Tensor:
-        """Pixels ``[B, 3, H, W]`` in [-1, 1] → code ids ``[B, h*w]`` (frozen VQGAN)."""
-        _, ids = self.vqgan.encode(pixels)
-        if tuple(ids.shape[1:]) != tuple(self.model.grid):
-            raise ValueError(
-                f"images of {tuple(pixels.shape[-2:])} px give a {tuple(ids.shape[1:])} code grid, the model's "
-                f"is {tuple(self.model.grid)}: set the data module's image_size to match"
-            )
-        return ids.flatten(1)
-
-    def with_codes(self, batch: Batch) -> Batch:
+    def check_text_fields(self, batch: Batch) -> None:
         if batch.caption_ids is None or batch.caption_mask is None:
             raise ValueError(
                 "ERNIEViLGTask needs batch.caption_ids and batch.caption_mask: read the data with an "
                 "E2ECollator with captions: true (data.init_args.collator.init_args.captions)"
             )
-        if batch.image_codes is not None:
-            return batch
-        if batch.pixels is None:
-            raise ValueError("ERNIEViLGTask needs batch.pixels or batch.image_codes")
-        return replace(batch, image_codes=self.encode_images(batch.pixels))
 
     def decode_latents(self, latents: Tensor) -> Tensor:
         """VQGAN decoder on ``[B, code_dim, h, w]`` latents → pixels (the end-to-end path)."""
@@ -315,27 +260,3 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, ObjectiveTask):
         if any(k.startswith("reranker.") for k in state):
             raise KeyError("the checkpoint holds 'reranker.*' weights; ERNIEViLGTask never saves them")
         state.update({f"reranker.{k}": v for k, v in self.reranker.state_dict().items()})
-
-    # ----------------------------------------------------------------------------------- scaling
-
-    def configure_model(self) -> None:
-        """FSDP2 as :meth:`ObjectiveTask.configure_model` for the model and objectives; the frozen VQGAN
-        is not sharded: rank 0's copy is broadcast and every process keeps it whole (the frozen reranker,
-        loaded from the same file on every process, is kept whole too)."""
-        from vlp.tasks.sharding import apply_fsdp2, broadcast_from_first_rank, check_sharded, fsdp2_mesh
-
-        mesh = fsdp2_mesh(self)
-        if mesh is None:
-            return
-        if any(p.requires_grad for p in self.vqgan.parameters()):
-            raise ValueError(
-                "train_decoder=True is not supported under FSDP2 (the VQGAN is kept whole, outside the "
-                "sharded model): train end to end with a frozen decoder or under DDP"
-            )
-        broadcast_from_first_rank(self.vqgan, mesh)
-        bf16 = str(self.trainer.precision).startswith("bf16")
-        apply_fsdp2([self.model, *self.objectives.values()], mesh, bf16=bf16)
-        sharded = [
-            (name, p) for name, p in self.named_parameters() if not name.startswith(("vqgan.", "reranker."))
-        ]
-        check_sharded(sharded, "the model and objectives")
