@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -109,45 +110,77 @@ def _decoder_depth(state: Mapping[str, Tensor], prefix: str, source: str) -> int
     return depth
 
 
-def official_links(state: Mapping[str, Tensor], source: str = "DETR") -> list[Link]:
-    """vlp ← facebookresearch/detr, for the decoder and box-MLP depths found in ``state``."""
-    links = _backbone_links(state, OFFICIAL_BODY)
-    links += _affine(f"{VISUAL}input_proj", "input_proj")
-    links.append(Link(QUERIES, ("query_embed.weight",)))
-    links += _affine(f"{DECODER}norm", "transformer.decoder.norm")
-    links += _affine(f"{HEAD}class_embed", "class_embed")
-    for i in range(_count(state, r"bbox_embed\.layers\.(\d+)\.")):
-        links += _affine(f"{HEAD}bbox_embed.{2 * i}", f"bbox_embed.layers.{i}")
-    for n in range(_decoder_depth(state, "transformer.decoder.layers.", source)):
-        ours, theirs = f"{DECODER}layers.{n}.", f"transformer.decoder.layers.{n}."
-        for attn, their_attn in (("self_attn", "self_attn"), ("cross_attn", "multihead_attn")):
-            links.append(Link(f"{ours}{attn}.qkv.weight", (f"{theirs}{their_attn}.in_proj_weight",)))
-            links.append(Link(f"{ours}{attn}.qkv.bias", (f"{theirs}{their_attn}.in_proj_bias",)))
+@dataclass(frozen=True)
+class _Layout:
+    """Where one source layout keeps each part vlp takes (prefixes and names in its state dict)."""
+
+    body: str  # the ResNet
+    input_proj: str
+    queries: str
+    decoder_norm: str
+    class_embed: str
+    bbox_layers: str  # the box MLP's layers, ``<bbox_layers>N.*``
+    decoder_layers: str  # ``<decoder_layers>N.*``
+    attentions: tuple[tuple[str, str], ...]  # (vlp attention, theirs) in a decoder layer
+    qkv: tuple[str, ...]  # the source(s) of vlp's fused ``qkv.<p>``, filled with ``attn`` and ``p``
+    layer: Mapping[str, str]  # vlp decoder-layer module -> theirs, outside the attentions
+
+
+_OFFICIAL = _Layout(
+    body=OFFICIAL_BODY,
+    input_proj="input_proj",
+    queries="query_embed.weight",
+    decoder_norm="transformer.decoder.norm",
+    class_embed="class_embed",
+    bbox_layers="bbox_embed.layers.",
+    decoder_layers="transformer.decoder.layers.",
+    attentions=(("self_attn", "self_attn"), ("cross_attn", "multihead_attn")),
+    qkv=("{attn}.in_proj_{p}",),
+    layer=_OFFICIAL_LAYER,
+)
+_HF = _Layout(
+    body=HF_BODY,
+    input_proj="model.input_projection",
+    queries="model.query_position_embeddings.weight",
+    decoder_norm="model.decoder.layernorm",
+    class_embed="class_labels_classifier",
+    bbox_layers="bbox_predictor.layers.",
+    decoder_layers="model.decoder.layers.",
+    attentions=(("self_attn", "self_attn"), ("cross_attn", "encoder_attn")),
+    qkv=tuple(f"{{attn}}.{x}_proj.{{p}}" for x in "qkv"),
+    layer=_HF_LAYER,
+)
+
+
+def _links(state: Mapping[str, Tensor], layout: _Layout, source: str) -> list[Link]:
+    """vlp ← ``layout``, for the decoder and box-MLP depths found in ``state``."""
+    links = _backbone_links(state, layout.body)
+    links += _affine(f"{VISUAL}input_proj", layout.input_proj)
+    links.append(Link(QUERIES, (layout.queries,)))
+    links += _affine(f"{DECODER}norm", layout.decoder_norm)
+    links += _affine(f"{HEAD}class_embed", layout.class_embed)
+    for i in range(_count(state, rf"{re.escape(layout.bbox_layers)}(\d+)\.")):
+        links += _affine(f"{HEAD}bbox_embed.{2 * i}", f"{layout.bbox_layers}{i}")
+    for n in range(_decoder_depth(state, layout.decoder_layers, source)):
+        ours, theirs = f"{DECODER}layers.{n}.", f"{layout.decoder_layers}{n}."
+        for attn, their_attn in layout.attentions:
+            for p in _AFFINE:
+                sources = tuple(name.format(attn=theirs + their_attn, p=p) for name in layout.qkv)
+                links.append(Link(f"{ours}{attn}.qkv.{p}", sources))
             links += _affine(f"{ours}{attn}.proj", f"{theirs}{their_attn}.out_proj")
-        for module, their_module in _OFFICIAL_LAYER.items():
+        for module, their_module in layout.layer.items():
             links += _affine(ours + module, theirs + their_module)
     return links
+
+
+def official_links(state: Mapping[str, Tensor], source: str = "DETR") -> list[Link]:
+    """vlp ← facebookresearch/detr, for the decoder and box-MLP depths found in ``state``."""
+    return _links(state, _OFFICIAL, source)
 
 
 def hf_links(state: Mapping[str, Tensor], source: str = "DETR") -> list[Link]:
     """vlp ← transformers' ``DetrForObjectDetection`` (Hub file names), for the depths in ``state``."""
-    links = _backbone_links(state, HF_BODY)
-    links += _affine(f"{VISUAL}input_proj", "model.input_projection")
-    links.append(Link(QUERIES, ("model.query_position_embeddings.weight",)))
-    links += _affine(f"{DECODER}norm", "model.decoder.layernorm")
-    links += _affine(f"{HEAD}class_embed", "class_labels_classifier")
-    for i in range(_count(state, r"bbox_predictor\.layers\.(\d+)\.")):
-        links += _affine(f"{HEAD}bbox_embed.{2 * i}", f"bbox_predictor.layers.{i}")
-    for n in range(_decoder_depth(state, "model.decoder.layers.", source)):
-        ours, theirs = f"{DECODER}layers.{n}.", f"model.decoder.layers.{n}."
-        for attn, their_attn in (("self_attn", "self_attn"), ("cross_attn", "encoder_attn")):
-            for p in _AFFINE:
-                projections = tuple(f"{theirs}{their_attn}.{x}_proj.{p}" for x in "qkv")
-                links.append(Link(f"{ours}{attn}.qkv.{p}", projections))
-            links += _affine(f"{ours}{attn}.proj", f"{theirs}{their_attn}.out_proj")
-        for module, their_module in _HF_LAYER.items():
-            links += _affine(ours + module, theirs + their_module)
-    return links
+    return _links(state, _HF, source)
 
 
 def _convert(state: Mapping[str, Tensor], links: list[Link], encoder: str, source: str) -> Converted:
