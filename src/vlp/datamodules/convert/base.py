@@ -21,12 +21,12 @@ match, so a record's boxes must belong to its single image.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-__all__ = ["DatasetConverter", "InputTreeError", "Record"]
+__all__ = ["DatasetConverter", "InputTreeError", "Record", "chosen_splits"]
 
 
 @dataclass
@@ -46,6 +46,19 @@ class Record:
     key: str
     json: dict[str, Any]
     images: dict[str, Path | bytes]
+
+
+def chosen_splits(dataset: str, splits: str | Sequence[str], known: Collection[str]) -> list[str]:
+    """A converter's ``splits`` option as a list (one name given alone is a list of one), refused unless
+    they are distinct names of ``known`` and at least one."""
+    splits = [splits] if isinstance(splits, str) else list(splits)
+    unknown = [split for split in splits if split not in known]
+    if unknown or not splits or len(set(splits)) != len(splits):
+        raise ValueError(
+            f"{dataset}: splits must be distinct names of {', '.join(known)}, got {splits} "
+            f"({'unknown: ' + ', '.join(unknown) if unknown else 'empty or repeated'})"
+        )
+    return splits
 
 
 class InputTreeError(FileNotFoundError):

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from vlp.datamodules.convert.base import DatasetConverter, Record
+from vlp.datamodules.convert.base import DatasetConverter, Record, chosen_splits
 
 __all__ = ["LABELS", "SPLITS", "NLVR2Converter"]
 
@@ -50,13 +50,7 @@ class NLVR2Converter(DatasetConverter):
     name = "nlvr2"
 
     def __init__(self, root: Path, splits: Sequence[str] = ("train", "dev", "test1")) -> None:
-        splits = [splits] if isinstance(splits, str) else list(splits)
-        unknown = [split for split in splits if split not in SPLITS]
-        if unknown or not splits or len(set(splits)) != len(splits):
-            raise ValueError(
-                f"nlvr2: splits must be distinct names of {', '.join(SPLITS)}, got {splits} "
-                f"({'unknown: ' + ', '.join(unknown) if unknown else 'empty or repeated'})"
-            )
+        splits = chosen_splits(self.name, splits, SPLITS)
         super().__init__(root, splits=splits)
         self.split_names = splits
         self._dropped: dict[str, list[tuple[str, str]]] = {}

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlp.datamodules.convert.base import DatasetConverter, Record
+from vlp.datamodules.convert.base import DatasetConverter, Record, chosen_splits
 from vlp.datamodules.convert.vqa_answers import vilt_answer, vilt_score
 
 __all__ = ["SPLITS", "VQAv2Converter"]
@@ -88,13 +88,7 @@ class VQAv2Converter(DatasetConverter):
     def __init__(
         self, root: Path, splits: Sequence[str] = ("train", "val"), min_answer_count: int = 9
     ) -> None:
-        splits = [splits] if isinstance(splits, str) else list(splits)
-        unknown = [split for split in splits if split not in SPLITS]
-        if unknown or not splits or len(set(splits)) != len(splits):
-            raise ValueError(
-                f"vqav2: splits must be distinct names of {', '.join(SPLITS)}, got {splits} "
-                f"({'unknown: ' + ', '.join(unknown) if unknown else 'empty or repeated'})"
-            )
+        splits = chosen_splits(self.name, splits, SPLITS)
         if min_answer_count < 1:
             raise ValueError(f"vqav2: min_answer_count must be at least 1, got {min_answer_count}")
         super().__init__(root, splits=splits, min_answer_count=min_answer_count)
