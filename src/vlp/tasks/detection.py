@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert
 
 from vlp.batch import Batch
@@ -38,7 +39,49 @@ from vlp.tasks.e2e_base import E2ETask, fsdp_gathered
 from vlp.tasks.predict_files import Row, RowPredictionWriter, vocab_list, write_json
 
 
-class DetectionTask(RowPredictionWriter, E2ETask):
+class DetectionEvaluation:
+    """Mixin for an :class:`~vlp.tasks.e2e_base.E2ETask` that scores detections: the COCO mAP of a
+    :class:`~vlp.objectives.DetectionObjective`'s last decoder layer on the batch's annotated images, logged
+    at the end of validation and test as ``<stage>/map``, ``<stage>/map_50`` ... (:mod:`vlp.metrics.detection`).
+
+    The task builds ``val_map`` and ``test_map`` (:func:`~vlp.metrics.detection.mean_average_precision`)
+    and calls :meth:`update_map` in its ``evaluate``. Put the mixin before the LightningModule base so its
+    hooks are the ones Lightning calls.
+    """
+
+    val_map: MeanAveragePrecision
+    test_map: MeanAveragePrecision
+    log: Any
+
+    def update_map(
+        self, detector: DetectionObjective, output: DecoderOutput, batch: Batch, stage: str
+    ) -> None:
+        """Add the detections ``detector`` makes of ``output`` (the batch's detection view) to the stage's
+        mAP. The batch needs ``targets`` and ``pixel_mask``. Only annotated images are scored; the metric is
+        updated on every batch (maybe with no image) so that every process computes it."""
+        with fsdp_gathered(detector):
+            predictions = detector.predict(output, last_only=True)
+        sizes = image_sizes(batch.pixel_mask)
+        found = detections(predictions.logits[0], predictions.boxes[0], sizes, detector.scores)
+        metric = self.val_map if stage == "val" else self.test_map
+        truth = ground_truth(batch.targets, sizes)
+        metric.update(annotated_images(batch, found), annotated_images(batch, truth))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map(self.val_map, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map(self.test_map, "test")
+
+    def _log_map(self, metric: MeanAveragePrecision, stage: str) -> None:
+        if not metric.update_called:
+            return
+        for name, value in map_figures(metric.compute()).items():
+            self.log(f"{stage}/{name}", value, sync_dist=False)  # computed over every process's detections
+        metric.reset()
+
+
+class DetectionTask(RowPredictionWriter, DetectionEvaluation, E2ETask):
     """Fine-tuning and evaluation of E2E-VLP detection (data: an :class:`~vlp.datamodules.e2e.ObjectDecoder`
     with an :class:`~vlp.datamodules.e2e.E2ECollator` with ``targets: true``).
 
@@ -90,27 +133,7 @@ class DetectionTask(RowPredictionWriter, E2ETask):
             total = total + self.loss_weights[name] * result.loss
             self.log(f"{stage}/{name}_loss", result.loss, batch_size=len(batch), sync_dist=True)
         self.log(f"{stage}/loss", total, batch_size=len(batch), sync_dist=True)
-        with fsdp_gathered(self.detector):
-            predictions = self.detector.predict(outputs, last_only=True)
-        sizes = image_sizes(batch.pixel_mask)
-        metric = self.val_map if stage == "val" else self.test_map
-        found = detections(predictions.logits[0], predictions.boxes[0], sizes, self.detector.scores)
-        # annotated images only; updated on every batch (maybe with none) so every process computes it
-        truth = ground_truth(batch.targets, sizes)
-        metric.update(annotated_images(batch, found), annotated_images(batch, truth))
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_map(self.val_map, "val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_map(self.test_map, "test")
-
-    def _log_map(self, metric: Any, stage: str) -> None:
-        if not metric.update_called:
-            return
-        for name, value in map_figures(metric.compute()).items():
-            self.log(f"{stage}/{name}", value, sync_dist=False)  # computed over every process's detections
-        metric.reset()
+        self.update_map(self.detector, outputs, batch, stage)
 
     # --------------------------------------------------------------------------------- prediction
 

@@ -6,14 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from vlp.batch import Batch
-from vlp.metrics.detection import detections, ground_truth, image_sizes, map_figures, mean_average_precision
-from vlp.objectives.detection import DetectionObjective, annotated_images
-from vlp.tasks.e2e_base import E2ETask, fsdp_gathered
+from vlp.metrics.detection import mean_average_precision
+from vlp.objectives.detection import DetectionObjective
+from vlp.tasks.detection import DetectionEvaluation
+from vlp.tasks.e2e_base import E2ETask
 from vlp.tasks.predict_files import Row, RowPredictionWriter, itm_rows, write_jsonl
 from vlp.tasks.pretrain import itm_view, mlm_text_ids
 
 
-class E2EPretrainTask(RowPredictionWriter, E2ETask):
+class E2EPretrainTask(RowPredictionWriter, DetectionEvaluation, E2ETask):
     """Pre-training an :class:`~vlp.models.e2e_vlp.model.E2EVLP` (Xu et al. 2021) with any of four views.
 
     * ``"mlm"``, ``"itm"``: as :class:`~vlp.tasks.pretrain.PretrainTask`'s (the masked text with each
@@ -80,27 +81,7 @@ class E2EPretrainTask(RowPredictionWriter, E2ETask):
         )
         if detector is None or batch.targets is None or batch.pixel_mask is None:
             return
-        with fsdp_gathered(detector):
-            predictions = detector.predict(outputs["detection"], last_only=True)
-        sizes = image_sizes(batch.pixel_mask)
-        found = detections(predictions.logits[0], predictions.boxes[0], sizes, detector.scores)
-        metric = self.val_map if stage == "val" else self.test_map
-        # annotated images only; updated on every batch (maybe with none) so every process computes it
-        truth = ground_truth(batch.targets, sizes)
-        metric.update(annotated_images(batch, found), annotated_images(batch, truth))
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_map(self.val_map, "val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_map(self.test_map, "test")
-
-    def _log_map(self, metric: Any, stage: str) -> None:
-        if not metric.update_called:
-            return
-        for name, value in map_figures(metric.compute()).items():
-            self.log(f"{stage}/{name}", value, sync_dist=False)  # computed over every process's detections
-        metric.reset()
+        self.update_map(detector, outputs["detection"], batch, stage)
 
     def predict_rows(self, batch: Batch, batch_idx: int) -> list[Row]:
         return itm_rows(self, batch)
