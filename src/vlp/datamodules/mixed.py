@@ -30,9 +30,10 @@ from vlp.datamodules.stream import (
     mixed_seed,
     rank_items,
     reader_workers,
+    resampled_samples,
     shared_shards,
 )
-from vlp.datamodules.tar_reader import read_shard, shard_sample_count
+from vlp.datamodules.tar_reader import shard_sample_count
 
 log = logging.getLogger(__name__)
 
@@ -291,20 +292,8 @@ class MixedShardStream(ShardStream):
 
     def _resampled_source(self, epoch: int, worker: int, source: int) -> Iterator[dict[str, Any]]:
         """Samples of dataset ``source``'s shards drawn with replacement, endlessly."""
-        urls = self.source_urls()[source]
         rng = random.Random(mixed_seed(self.seed, epoch, self.rank, worker, source, 8))
-        limit = 10 * len(urls) + 10
-        barren = 0  # consecutive draws that gave no sample
-        while barren < limit:
-            read = 0
-            for sample in read_shard(rng.choice(urls)):
-                read += 1
-                yield sample
-            barren = 0 if read else barren + 1
-        raise RuntimeError(
-            f"no sample could be read from {limit} shards drawn in a row from {len(urls)} shards "
-            f"({urls[0]} ...): see the warnings naming each shard"
-        )
+        yield from resampled_samples(self.source_urls()[source], rng)
 
     def raw_samples(self, epoch: int, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
         sources: list[Iterator[dict[str, Any]]]

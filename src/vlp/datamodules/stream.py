@@ -85,6 +85,23 @@ class ShardItem:
         return itertools.islice(samples, remainder, None, modulus)
 
 
+def resampled_samples(urls: Sequence[str], rng: random.Random) -> Iterator[dict[str, Any]]:
+    """Samples of shards of ``urls`` drawn with replacement by ``rng``, endlessly; an error when none can be
+    read at all (``10 * len(urls) + 10`` draws in a row gave no sample)."""
+    limit = 10 * len(urls) + 10
+    barren = 0  # consecutive draws that gave no sample
+    while barren < limit:
+        read = 0
+        for sample in read_shard(rng.choice(urls)):
+            read += 1
+            yield sample
+        barren = 0 if read else barren + 1
+    raise RuntimeError(
+        f"no sample could be read from {limit} shards drawn in a row from {len(urls)} shards "
+        f"({urls[0]} ...): see the warnings naming each shard"
+    )
+
+
 def rank_items(urls: Sequence[str], rank: int, world_size: int, workers: int) -> list[ShardItem]:
     """What ``rank`` reads of the ordered shard list ``urls`` (see the module docstring); its worker
     ``w`` reads items ``w, w + workers, ...``. The list has the same length on every rank."""
@@ -203,18 +220,7 @@ class ShardStream(IterableDataset):
     def _resampled_samples(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
         """Samples of shards drawn with replacement, endlessly; an error when none can be read at all."""
         rng = random.Random(mixed_seed(self.seed, epoch, self.rank, worker, 1))
-        limit = 10 * len(self.urls) + 10
-        barren = 0  # consecutive draws that gave no sample
-        while barren < limit:
-            read = 0
-            for sample in read_shard(rng.choice(self.urls)):
-                read += 1
-                yield sample
-            barren = 0 if read else barren + 1
-        raise RuntimeError(
-            f"no sample could be read from {limit} shards drawn in a row from {len(self.urls)} shards "
-            f"({self.urls[0]} ...): see the warnings naming each shard"
-        )
+        yield from resampled_samples(self.urls, rng)
 
     def raw_samples(self, epoch: int, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
         """Undecoded samples of logical ``worker`` in this epoch, in their (shuffled) order."""
