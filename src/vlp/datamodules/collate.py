@@ -151,16 +151,16 @@ class SampleCollator(Collator):
 
     def tokenize(self, texts: list[str], **options: Any) -> BatchEncoding:
         """``texts`` tokenized into tensors, padded to the longest, truncated to ``max_text_len``;
-        ``options`` ask the tokenizer for more (offsets, special-token masks)."""
-        return self.tokenizer(
-            texts,
-            padding="longest",
-            truncation=True,
-            max_length=self.max_text_len,
-            return_token_type_ids=False,
-            return_tensors="pt",
-            **options,
-        )
+        ``options`` ask the tokenizer for more (offsets, special-token masks) or replace a setting (a
+        shorter ``max_length``)."""
+        settings: dict[str, Any] = {
+            "padding": "longest",
+            "truncation": True,
+            "max_length": self.max_text_len,
+            "return_token_type_ids": False,
+            "return_tensors": "pt",
+        }
+        return self.tokenizer(texts, **(settings | options))
 
     def images(self, images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """``pixels`` and ``pixel_mask`` of the images (:func:`pad_images`)."""

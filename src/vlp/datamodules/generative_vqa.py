@@ -80,15 +80,7 @@ class GenerativeVQACollator(VQACollator):
 
     def tokenize(self, texts: list[str], **options: Any) -> Any:
         """The questions, each cut to :attr:`question_budget` tokens."""
-        return self.tokenizer(
-            texts,
-            padding="longest",
-            truncation=True,
-            max_length=self.question_budget,
-            return_token_type_ids=False,
-            return_tensors="pt",
-            **options,
-        )
+        return super().tokenize(texts, max_length=self.question_budget, **options)
 
     def collate(self, samples: list[DecodedSample], generator: torch.Generator) -> Batch:
         batch = super().collate(samples, generator)
