@@ -125,11 +125,11 @@ def make_batches(steps: int = STEPS, size: int = GLOBAL_BATCH) -> list[Batch]:
 
 
 def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
-    """Rows ``[start, stop)`` of every per-sample field."""
-    sliced: dict[str, Any] = {"keys": batch.keys[start:stop]}
+    """Rows ``[start, stop)`` of every per-sample field, lists (keys, targets, references) included."""
+    sliced: dict[str, Any] = {}
     for f in fields(batch):
         value = getattr(batch, f.name)
-        if isinstance(value, Tensor):
+        if isinstance(value, Tensor | list) and f.name != "skipped_keys":
             sliced[f.name] = value[start:stop]
     if batch.itm_image_index is not None:
         sliced["itm_image_index"] = batch.itm_image_index[start:stop] - start
@@ -159,6 +159,26 @@ class StepBatches(LightningDataModule):
             for i in range(self.micro_batches)
         ]
         return DataLoader(pieces, batch_size=None, shuffle=False)
+
+
+class RankRows(LightningDataModule):
+    """Training epoch ``e`` is this rank's rows of global batch ``e``; validation is this rank's rows of
+    every validation batch (equal shares: under FSDP2 every process must run the same forwards)."""
+
+    def __init__(self, train: list[Batch], val: list[Batch]) -> None:
+        super().__init__()
+        self.train, self.val = train, val
+
+    def _rows(self, batch: Batch) -> Batch:
+        share = len(batch) // self.trainer.world_size
+        start = self.trainer.global_rank * share
+        return slice_batch(batch, start, start + share)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader([self._rows(self.train[self.trainer.current_epoch])], batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader([self._rows(batch) for batch in self.val], batch_size=None)
 
 
 class ShardReport(Callback):
@@ -191,7 +211,10 @@ def make_trainer(
     accumulate_grad_batches: int = 1,
     callbacks: list[Callback] | None = None,
     root: Path | None = None,
+    **overrides: Any,
 ) -> Trainer:
+    """The Trainer of every run here: :data:`STEPS` steps, one per epoch (loaders rebuilt each epoch),
+    no sampler, logger or progress bar; ``overrides`` are further ``Trainer`` arguments."""
     return Trainer(
         accelerator="cpu",
         devices=devices,
@@ -207,16 +230,37 @@ def make_trainer(
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=root,
+        **overrides,
     )
 
 
-def global_losses(task: RecordingTask, trainer: Trainer) -> list[float]:
-    """Per-step losses averaged over ranks (= the global-batch mean under equal per-rank counts)."""
-    losses = torch.stack(task.step_losses)
+def rank_mean(losses: list[Tensor], trainer: Trainer, micro_batches: int = 1) -> list[float]:
+    """Per-step losses averaged over ranks (= the global-batch mean under equal per-rank counts).
+
+    ``losses`` holds one loss per micro-batch; Lightning records each divided by ``micro_batches``, so a
+    step's loss is the sum of its micro-batches'."""
+    stacked = torch.stack(losses).view(-1, micro_batches).sum(1)
     if trainer.world_size > 1:
-        torch.distributed.all_reduce(losses)  # gloo has no AVG
-        losses = losses / trainer.world_size
-    return losses.tolist()
+        torch.distributed.all_reduce(stacked)  # gloo has no AVG
+        stacked = stacked / trainer.world_size
+    return stacked.tolist()
+
+
+def global_losses(task: RecordingTask, trainer: Trainer) -> list[float]:
+    """The task's per-step losses (one per micro-batch) averaged over ranks."""
+    return rank_mean(task.step_losses, trainer)
+
+
+def val_metrics(trainer: Trainer) -> dict[str, float]:
+    """The ``val/`` figures the last validation logged."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+
+def validate_alone(task: Any, data: LightningDataModule) -> dict[str, float]:
+    """``task`` validated by one process on ``data``: the reference for figures gathered over ranks."""
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(task, datamodule=data, verbose=False)
+    return val_metrics(trainer)
 
 
 def full_state_dict(task: RecordingTask) -> dict[str, Tensor]:
@@ -301,26 +345,46 @@ class EvalBatches(LightningDataModule):
         return DataLoader(self.batches[rank::world], batch_size=None, shuffle=False)
 
 
+def train_finetune(
+    make_task: Callable[[int], Any],
+    batches: list[Batch],
+    devices: int,
+    strategy: str | ModelParallelStrategy,
+    eval_batches: list[Batch] | None = None,
+    micro_batches: int = 1,
+) -> dict[str, Any]:
+    """Train ``make_task(INIT_SEED + rank)`` (the strategy must make rank 0's weights everyone's) on
+    ``batches``, one global batch a step, each process accumulating ``micro_batches`` pieces of its rows;
+    then validate on ``eval_batches`` (:class:`EvalBatches`) if given. Returns the per-step global losses,
+    the validation metrics and the full weights."""
+    recorder = LossRecorder()
+    trainer = make_trainer(
+        devices=devices, strategy=strategy, accumulate_grad_batches=micro_batches, callbacks=[recorder]
+    )
+    task = make_task(INIT_SEED + trainer.global_rank)
+    trainer.fit(task, datamodule=StepBatches(batches, micro_batches))
+    result: dict[str, Any] = {"losses": rank_mean(recorder.losses, trainer, micro_batches)}
+    if eval_batches is not None:
+        trainer.validate(task, datamodule=EvalBatches(eval_batches), verbose=False)
+        result["metrics"] = val_metrics(trainer)
+    result["state"] = full_state_dict(task)
+    return result
+
+
 def fit_finetune(
     kind: str, devices: int, strategy: Callable[[], str | ModelParallelStrategy]
 ) -> dict[str, Any]:
-    """Train ``kind`` for :data:`STEPS` steps (weights from a rank-dependent seed); retrieval then
-    validates on :func:`finetune_parts.retrieval_eval_batches`. ``strategy`` makes a fresh strategy
-    (a strategy object belongs to one trainer)."""
-    recorder = LossRecorder()
-    trainer = make_trainer(devices=devices, strategy=strategy(), callbacks=[recorder])
-    task = make_finetune_task(kind, seed=INIT_SEED + trainer.global_rank)
-    trainer.fit(task, datamodule=StepBatches(make_finetune_batches(kind)))
-    losses = torch.stack(recorder.losses)
-    if trainer.world_size > 1:
-        torch.distributed.all_reduce(losses)
-        losses = losses / trainer.world_size
-    result: dict[str, Any] = {"losses": losses.tolist()}
-    if kind == "retrieval":
-        trainer.validate(task, datamodule=EvalBatches(parts.retrieval_eval_batches()), verbose=False)
-        result["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    result["state"] = full_state_dict(task)
-    return result
+    """Train ``kind`` for :data:`STEPS` steps; retrieval then validates on
+    :func:`finetune_parts.retrieval_eval_batches`. ``strategy`` makes a fresh strategy (a strategy object
+    belongs to one trainer)."""
+    eval_batches = parts.retrieval_eval_batches() if kind == "retrieval" else None
+    return train_finetune(
+        lambda seed: make_finetune_task(kind, seed),
+        make_finetune_batches(kind),
+        devices,
+        strategy(),
+        eval_batches,
+    )
 
 
 def run_finetune(devices: int, strategy: Callable[[], str | ModelParallelStrategy]) -> dict[str, Any]:
@@ -396,6 +460,25 @@ def run_single(
     ]
     result["eval"] = evaluate(task, make_batches()[0])
     return result
+
+
+def script_main(
+    argv: list[str],
+    description: str | None,
+    run_all: Callable[[int, Callable[[], str | ModelParallelStrategy]], dict[str, Any]],
+) -> None:
+    """``SCRIPT {ddp,fsdp} --out PATH`` of the task families' runners: ``run_all(2, make_strategy)`` on two
+    processes (``make_strategy`` makes a fresh strategy: one belongs to one trainer), rank 0 saving its dict."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("mode", choices=["ddp", "fsdp"])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # two processes share two cores
+    make_strategy = (lambda: "ddp") if args.mode == "ddp" else (lambda: fsdp_strategy(2))
+    results = run_all(2, make_strategy)
+    if torch.distributed.get_rank() == 0:
+        torch.save(results, args.out)
+    torch.distributed.destroy_process_group()  # before exit: a live gloo group can abort the process
 
 
 def main(argv: list[str]) -> None:

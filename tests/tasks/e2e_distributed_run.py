@@ -15,20 +15,14 @@ one process. Rank 0 writes a ``torch.save`` dict (``weights_only`` loadable).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import sys
-from dataclasses import fields, replace
-from pathlib import Path
 from typing import Any
 
 import distributed_run as run
 import e2e_parts as parts
-import torch
-from lightning import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from vlp.batch import Batch
 from vlp.objectives import matcher
@@ -88,38 +82,6 @@ def assignment_margin(cost: Tensor) -> float:
     return totals[1] - totals[0] if len(totals) > 1 else float("inf")
 
 
-def slice_rows(batch: Batch, start: int, stop: int) -> Batch:
-    """Rows ``[start, stop)`` of every per-sample field, lists (targets, references) included."""
-    sliced: dict[str, Any] = {}
-    for f in fields(batch):
-        value = getattr(batch, f.name)
-        if isinstance(value, Tensor | list) and f.name != "skipped_keys":
-            sliced[f.name] = value[start:stop]
-    if batch.itm_image_index is not None:
-        sliced["itm_image_index"] = batch.itm_image_index[start:stop] - start
-    return replace(batch, **sliced)
-
-
-class RankRows(LightningDataModule):
-    """Training epoch ``e`` is this rank's rows of global batch ``e``; validation is this rank's rows of
-    every validation batch."""
-
-    def __init__(self, train: list[Batch], val: list[Batch]) -> None:
-        super().__init__()
-        self.train, self.val = train, val
-
-    def _rows(self, batch: Batch) -> Batch:
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        share = len(batch) // world
-        return slice_rows(batch, rank * share, (rank + 1) * share)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader([self._rows(self.train[self.trainer.current_epoch])], batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader([self._rows(batch) for batch in self.val], batch_size=None)
-
-
 def train_batches() -> list[Batch]:
     """One global batch for every step: the loss then falls step by step, which shows the runs learn."""
     return parts.e2e_batches(1, size=run.GLOBAL_BATCH) * run.STEPS
@@ -135,20 +97,16 @@ def fit(kind: str, devices: int, strategy: Any) -> dict[str, Any]:
     recorder = run.LossRecorder()
     trainer = run.make_trainer(devices=devices, strategy=strategy, callbacks=[recorder])
     task = make_task(kind, seed=run.INIT_SEED + trainer.global_rank)
-    data = RankRows(train_batches(), val_batches())
+    data = run.RankRows(train_batches(), val_batches())
     with MatchingMargins() as matchings:
         trainer.fit(task, datamodule=data)
-    losses = torch.stack(recorder.losses)
-    if trainer.world_size > 1:
-        torch.distributed.all_reduce(losses)
-        losses = losses / trainer.world_size
     result: dict[str, Any] = {
-        "losses": losses.tolist(),
+        "losses": run.rank_mean(recorder.losses, trainer),
         "min_margin": min(matchings.margins, default=math.inf),
     }
     if kind != "pretrain":
         trainer.validate(task, datamodule=data, verbose=False)
-        result["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        result["metrics"] = run.val_metrics(trainer)
         if kind == "captioning":
             result["predictions"] = task.predictions  # every process's, gathered for scoring
     result["state"] = run.full_state_dict(task)
@@ -160,16 +118,7 @@ def run_all(devices: int, make_strategy: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["ddp", "fsdp"])
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # two processes share two cores
-    make_strategy = (lambda: "ddp") if args.mode == "ddp" else (lambda: run.fsdp_strategy(2))
-    results = run_all(2, make_strategy)
-    if torch.distributed.get_rank() == 0:
-        torch.save(results, args.out)
-    torch.distributed.destroy_process_group()  # before exit: a live gloo group can abort the process
+    run.script_main(argv, __doc__, run_all)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ Lightning strategy.
 
 ``tests/tasks/test_e2e_finetune.py`` imports this module for the tasks, the batches and the
 single-process references, and launches it as a script for the 2-process runs (gloo on the CPU), as
-``distributed_run.py`` does for the ViLT tasks, whose trainer and helpers it reuses::
+``distributed_run.py`` does for the ViLT tasks, whose trainer and helpers it reuses (and
+``finetune_parts``' batches, at this model's image size)::
 
     python tests/tasks/e2e_finetune_distributed_run.py {ddp,fsdp} --out results.pt
 
@@ -30,14 +31,13 @@ Rank 0 writes a ``torch.save`` dict (``weights_only`` loadable).
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import distributed_run as run
+import finetune_parts as parts
 import torch
-from torch import Tensor
 
 from vlp.batch import Batch
 from vlp.models.e2e_vlp.model import E2EVLP
@@ -50,7 +50,6 @@ from vlp.tasks import NLVR2Task, RetrievalTask
 
 DIM = 32
 VOCAB = 100
-TEXT_LEN = 8
 IMAGE = 64
 KINDS = ("nlvr2", "retrieval")
 NEGATIVES = 3  # per rank: 4 rows, so every other caption of the rank's rows
@@ -79,59 +78,10 @@ def retrieval_task(seed: int | None = 0, freeze_bn: bool = False, **kwargs: Any)
     return RetrievalTask(model, {"rank": RetrievalObjective(RankHead(DIM))}, **kwargs)
 
 
-def _text(generator: torch.Generator, size: int, length: int = TEXT_LEN) -> tuple[Tensor, Tensor]:
-    ids = torch.randint(5, VOCAB, (size, length), generator=generator)
-    ids[:, 0] = 2  # a [CLS]-like first token
-    lengths = torch.randint(3, length + 1, (size,), generator=generator)
-    mask = torch.arange(length)[None] < lengths[:, None]
-    return ids.masked_fill(~mask, 0), mask
-
-
-def _pixels(generator: torch.Generator, size: int) -> tuple[Tensor, Tensor]:
-    pixels = torch.randn(size, 3, IMAGE, IMAGE, generator=generator)
-    return pixels, torch.ones(size, IMAGE, IMAGE, dtype=torch.bool)
-
-
-def pair_batches(steps: int = 1, size: int = 8, seed: int = 8) -> list[Batch]:
-    """NLVR2 batches: a statement, a left and a right image, a true/false label per row."""
-    generator = torch.Generator().manual_seed(seed)
-    batches = []
-    for step in range(steps):
-        ids, mask = _text(generator, size)
-        left, left_mask = _pixels(generator, size)
-        right, right_mask = _pixels(generator, size)
-        batches.append(
-            Batch(
-                keys=[f"{step}-{i}" for i in range(size)],
-                pixels=left,
-                pixel_mask=left_mask,
-                pixels_right=right,
-                pixel_mask_right=right_mask,
-                text_ids=ids,
-                text_mask=mask,
-                pair_labels=torch.randint(0, 2, (size,), generator=generator),
-            )
-        )
-    return batches
-
-
-def caption_batches(steps: int = 1, size: int = 8, seed: int = 9) -> list[Batch]:
-    """Retrieval training batches: text ``i`` describes image ``i``."""
-    generator = torch.Generator().manual_seed(seed)
-    batches = []
-    for step in range(steps):
-        ids, mask = _text(generator, size)
-        pixels, pixel_mask = _pixels(generator, size)
-        batches.append(
-            Batch(
-                keys=[f"{step}-{i}" for i in range(size)],
-                pixels=pixels,
-                pixel_mask=pixel_mask,
-                text_ids=ids,
-                text_mask=mask,
-            )
-        )
-    return batches
+# finetune_parts' batches at the CNN's image size
+pair_batches = partial(parts.pair_batches, image=IMAGE)
+caption_batches = partial(parts.caption_batches, image=IMAGE)
+retrieval_eval_batches = partial(parts.retrieval_eval_batches, image=IMAGE)
 
 
 def colour_batch(size: int = 2, seed: int = 4) -> Batch:
@@ -141,7 +91,7 @@ def colour_batch(size: int = 2, seed: int = 4) -> Batch:
         raise ValueError(f"colour_batch has 4 colours, asked for {size} images")
     generator = torch.Generator().manual_seed(seed)
     colours = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]])[:size]
-    ids, mask = _text(generator, 1)
+    ids, mask = parts.random_text(generator, 1)
     ids, mask = ids.expand(size, -1).clone(), mask.expand(size, -1).clone()
     ids[:, 1] = torch.arange(10, 10 + size)  # the colour word
     pixels = colours[:, :, None, None] + 0.3 * torch.randn(size, 3, IMAGE, IMAGE, generator=generator)
@@ -152,35 +102,6 @@ def colour_batch(size: int = 2, seed: int = 4) -> Batch:
         text_ids=ids,
         text_mask=mask,
     )
-
-
-def retrieval_eval_batches(sizes: tuple[int, ...] = (3, 2, 4), seed: int = 10) -> list[Batch]:
-    """Evaluation batches of ``sizes`` images with 1-3 texts each, text lengths differing per batch."""
-    generator = torch.Generator().manual_seed(seed)
-    batches = []
-    for b, size in enumerate(sizes):
-        owners = torch.repeat_interleave(
-            torch.arange(size), torch.randint(1, 4, (size,), generator=generator)
-        )
-        ids, mask = _text(generator, len(owners), length=TEXT_LEN - b)
-        pixels, pixel_mask = _pixels(generator, size)
-        batches.append(
-            Batch(
-                keys=[f"{b}-{i}" for i in range(size)],
-                pixels=pixels,
-                pixel_mask=pixel_mask,
-                text_ids=ids,
-                text_mask=mask,
-                text_image_index=owners,
-            )
-        )
-    return batches
-
-
-def eval_pool_batches(batches: list[Batch]) -> list[dict[str, Tensor]]:
-    """``batches`` as :meth:`RetrievalTask._keep` keeps them, for ``gather_eval_pool``."""
-    names = ("pixels", "pixel_mask", "text_ids", "text_mask", "text_image_index")
-    return [{name: getattr(batch, name) for name in names} for batch in batches]
 
 
 def make_task(kind: str, seed: int = run.INIT_SEED) -> NLVR2Task | RetrievalTask:
@@ -201,31 +122,17 @@ def train_batches(kind: str) -> list[Batch]:
 def fit(
     kind: str, devices: int, strategy: Any, micro_batches: int = 1, rows: tuple[int, int] | None = None
 ) -> dict[str, Any]:
-    """Train ``kind`` for :data:`distributed_run.STEPS` steps (weights from a rank-dependent seed: the
-    strategy must make rank 0's everyone's); retrieval then validates. ``micro_batches``: each process
-    accumulates that many pieces of its rows per step. ``rows``: train on those rows of every global
-    batch only (what one rank would do if nothing synchronised the ranks). Returns the per-step global
-    losses, the validation metrics (retrieval) and the full weights."""
-    recorder = run.LossRecorder()
-    trainer = run.make_trainer(
-        devices=devices, strategy=strategy, accumulate_grad_batches=micro_batches, callbacks=[recorder]
-    )
-    task = make_task(kind, seed=run.INIT_SEED + trainer.global_rank)
+    """Train ``kind`` for :data:`distributed_run.STEPS` steps; retrieval then validates. ``micro_batches``:
+    each process accumulates that many pieces of its rows per step. ``rows``: train on those rows of every
+    global batch only (what one rank would do if nothing synchronised the ranks). Returns the per-step
+    global losses, the validation metrics (retrieval) and the full weights."""
     batches = train_batches(kind)
     if rows is not None:
         batches = [run.slice_batch(batch, *rows) for batch in batches]
-    trainer.fit(task, datamodule=run.StepBatches(batches, micro_batches))
-    # Lightning records each piece's loss divided by micro_batches: a step's loss is their sum
-    losses = torch.stack(recorder.losses).view(run.STEPS, micro_batches).sum(1)
-    if trainer.world_size > 1:
-        torch.distributed.all_reduce(losses)  # gloo has no AVG
-        losses = losses / trainer.world_size
-    result: dict[str, Any] = {"losses": losses.tolist()}
-    if kind == "retrieval":
-        trainer.validate(task, datamodule=run.EvalBatches(retrieval_eval_batches()), verbose=False)
-        result["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    result["state"] = run.full_state_dict(task)
-    return result
+    eval_batches = retrieval_eval_batches() if kind == "retrieval" else None
+    return run.train_finetune(
+        lambda seed: make_task(kind, seed), batches, devices, strategy, eval_batches, micro_batches
+    )
 
 
 def run_single(kind: str) -> dict[str, Any]:
@@ -233,17 +140,12 @@ def run_single(kind: str) -> dict[str, Any]:
     return fit(kind, 1, "auto", micro_batches=2 if kind == "retrieval" else 1)
 
 
+def run_all(devices: int, make_strategy: Any) -> dict[str, Any]:
+    return {kind: fit(kind, devices, make_strategy()) for kind in KINDS}
+
+
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["ddp", "fsdp"])
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # two processes share two cores
-    make_strategy = (lambda: "ddp") if args.mode == "ddp" else (lambda: run.fsdp_strategy(2))
-    results = {kind: fit(kind, 2, make_strategy()) for kind in KINDS}
-    if torch.distributed.get_rank() == 0:
-        torch.save(results, args.out)
-    torch.distributed.destroy_process_group()  # before exit: a live gloo group can abort the process
+    run.script_main(argv, __doc__, run_all)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """ERNIEViLGTask trained and validated under a Lightning strategy, for ``test_ernie_vilg_distributed.py``.
 
-As ``e2e_distributed_run.py`` for the E2E-VLP tasks, whose data module, trainer and helpers it reuses::
+As ``e2e_distributed_run.py`` for the E2E-VLP tasks, with ``distributed_run.py``'s data module, trainer
+and helpers::
 
     python tests/tasks/ernie_vilg_distributed_run.py {ddp,fsdp} --out results.pt
 
@@ -13,15 +14,11 @@ VQGAN's included: the strategy must make rank 0's everyone's. Rank 0 writes a ``
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import distributed_run as run
-import e2e_distributed_run as e2e
 import ernie_vilg_parts as parts
-import torch
 
 from vlp.batch import Batch
 
@@ -46,16 +43,12 @@ def fit(kind: str, devices: int, strategy: Any) -> dict[str, Any]:
     recorder = run.LossRecorder()
     trainer = run.make_trainer(devices=devices, strategy=strategy, callbacks=[recorder])
     task = make_task(kind, seed=run.INIT_SEED + trainer.global_rank)
-    data = e2e.RankRows(train_batches(), val_batches())
+    data = run.RankRows(train_batches(), val_batches())
     trainer.fit(task, datamodule=data)
-    losses = torch.stack(recorder.losses)
-    if trainer.world_size > 1:
-        torch.distributed.all_reduce(losses)
-        losses = losses / trainer.world_size
-    result: dict[str, Any] = {"losses": losses.tolist()}
+    result: dict[str, Any] = {"losses": run.rank_mean(recorder.losses, trainer)}
     if kind == "two_stage":
         trainer.validate(task, datamodule=data, verbose=False)
-        result["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        result["metrics"] = run.val_metrics(trainer)
         result["predictions"] = task.predictions
     result["state"] = run.full_state_dict(task)
     return result
@@ -66,16 +59,7 @@ def run_all(devices: int, make_strategy: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["ddp", "fsdp"])
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # two processes share two cores
-    make_strategy = (lambda: "ddp") if args.mode == "ddp" else (lambda: run.fsdp_strategy(2))
-    results = run_all(2, make_strategy)
-    if torch.distributed.get_rank() == 0:
-        torch.save(results, args.out)
-    torch.distributed.destroy_process_group()  # before exit: a live gloo group can abort the process
+    run.script_main(argv, __doc__, run_all)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Tiny fine-tuning tasks (VQA, NLVR2, retrieval) and fixed batches for them.
+"""Tiny fine-tuning tasks (VQA, NLVR2, retrieval) and fixed batches for them (the image size a parameter:
+E2E-VLP's fine-tuning tests use the same batches at its CNN's size).
 
 Shared by the task tests and by ``distributed_run.py`` (imported there as a plain module: the 2-process
 runs put this folder on ``sys.path``). Dropout is off and all patches are kept, so a forward pass is a
@@ -58,7 +59,10 @@ def retrieval_task(seed: int | None = 0, **kwargs: Any) -> RetrievalTask:
     return RetrievalTask(model, {"rank": RetrievalObjective(RankHead(DIM))}, **kwargs)
 
 
-def _text(generator: torch.Generator, size: int, length: int = TEXT_LEN) -> tuple[torch.Tensor, torch.Tensor]:
+def random_text(
+    generator: torch.Generator, size: int, length: int = TEXT_LEN
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` texts of 3 to ``length`` random tokens after a [CLS]-like one, padded with 0; their mask."""
     ids = torch.randint(5, VOCAB, (size, length), generator=generator)
     ids[:, 0] = 2  # a [CLS]-like first token
     lengths = torch.randint(3, length + 1, (size,), generator=generator)
@@ -66,18 +70,20 @@ def _text(generator: torch.Generator, size: int, length: int = TEXT_LEN) -> tupl
     return ids.masked_fill(~mask, 0), mask
 
 
-def _pixels(generator: torch.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.randn(size, 3, IMAGE, IMAGE, generator=generator), torch.ones(
-        size, IMAGE, IMAGE, dtype=torch.bool
-    )
+def random_pixels(
+    generator: torch.Generator, size: int, image: int = IMAGE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` noise images of ``image`` x ``image`` pixels, every pixel real."""
+    pixels = torch.randn(size, 3, image, image, generator=generator)
+    return pixels, torch.ones(size, image, image, dtype=torch.bool)
 
 
 def vqa_batches(steps: int = 1, size: int = 8, seed: int = 7) -> list[Batch]:
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for step in range(steps):
-        ids, mask = _text(generator, size)
-        pixels, pixel_mask = _pixels(generator, size)
+        ids, mask = random_text(generator, size)
+        pixels, pixel_mask = random_pixels(generator, size)
         answers = torch.zeros(size, NUM_ANSWERS)
         answers[torch.arange(size), torch.randint(0, NUM_ANSWERS, (size,), generator=generator)] = 1.0
         answers[torch.arange(size), torch.randint(0, NUM_ANSWERS, (size,), generator=generator)] += 1 / 3
@@ -94,13 +100,14 @@ def vqa_batches(steps: int = 1, size: int = 8, seed: int = 7) -> list[Batch]:
     return batches
 
 
-def pair_batches(steps: int = 1, size: int = 8, seed: int = 8) -> list[Batch]:
+def pair_batches(steps: int = 1, size: int = 8, seed: int = 8, image: int = IMAGE) -> list[Batch]:
+    """NLVR2 batches: a statement, a left and a right image, a true/false label per row."""
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for step in range(steps):
-        ids, mask = _text(generator, size)
-        left, left_mask = _pixels(generator, size)
-        right, right_mask = _pixels(generator, size)
+        ids, mask = random_text(generator, size)
+        left, left_mask = random_pixels(generator, size, image)
+        right, right_mask = random_pixels(generator, size, image)
         batches.append(
             Batch(
                 keys=[f"{step}-{i}" for i in range(size)],
@@ -116,13 +123,13 @@ def pair_batches(steps: int = 1, size: int = 8, seed: int = 8) -> list[Batch]:
     return batches
 
 
-def caption_batches(steps: int = 1, size: int = 8, seed: int = 9) -> list[Batch]:
+def caption_batches(steps: int = 1, size: int = 8, seed: int = 9, image: int = IMAGE) -> list[Batch]:
     """Retrieval training batches: text ``i`` describes image ``i``."""
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for step in range(steps):
-        ids, mask = _text(generator, size)
-        pixels, pixel_mask = _pixels(generator, size)
+        ids, mask = random_text(generator, size)
+        pixels, pixel_mask = random_pixels(generator, size, image)
         batches.append(
             Batch(
                 keys=[f"{step}-{i}" for i in range(size)],
@@ -135,15 +142,17 @@ def caption_batches(steps: int = 1, size: int = 8, seed: int = 9) -> list[Batch]
     return batches
 
 
-def retrieval_eval_batches(sizes: tuple[int, ...] = (3, 2, 4), seed: int = 10) -> list[Batch]:
+def retrieval_eval_batches(
+    sizes: tuple[int, ...] = (3, 2, 4), seed: int = 10, image: int = IMAGE
+) -> list[Batch]:
     """Evaluation batches of ``sizes`` images with 1-3 texts each, text lengths differing per batch."""
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for b, size in enumerate(sizes):
         counts = torch.randint(1, 4, (size,), generator=generator)
         owners = torch.repeat_interleave(torch.arange(size), counts)
-        ids, mask = _text(generator, len(owners), length=TEXT_LEN - b)
-        pixels, pixel_mask = _pixels(generator, size)
+        ids, mask = random_text(generator, len(owners), length=TEXT_LEN - b)
+        pixels, pixel_mask = random_pixels(generator, size, image)
         batches.append(
             Batch(
                 keys=[f"{b}-{i}" for i in range(size)],
@@ -155,6 +164,12 @@ def retrieval_eval_batches(sizes: tuple[int, ...] = (3, 2, 4), seed: int = 10) -
             )
         )
     return batches
+
+
+def eval_pool_batches(batches: list[Batch]) -> list[dict[str, torch.Tensor]]:
+    """``batches`` as :meth:`RetrievalTask._keep` keeps them, for ``gather_eval_pool``."""
+    names = ("pixels", "pixel_mask", "text_ids", "text_mask", "text_image_index")
+    return [{name: getattr(batch, name) for name in names} for batch in batches]
 
 
 def train_steps(task: Any, batches: list[Batch], steps: int, lr: float = 3e-3) -> list[float]:

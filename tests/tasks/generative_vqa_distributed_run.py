@@ -15,13 +15,10 @@ rank-dependent seed, the VQGAN's included. Rank 0 writes a ``torch.save`` dict.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import distributed_run as run
-import e2e_distributed_run as e2e
 import ernie_vilg_parts as parts
 import torch
 
@@ -94,27 +91,15 @@ def fit(devices: int, strategy: Any) -> dict[str, Any]:
     trainer = run.make_trainer(devices=devices, strategy=strategy, callbacks=[recorder])
     # AdamW's eps at 1e-6 as in e2e_distributed_run: float-noise gradients are not blown up into steps
     task = make_task(seed=run.INIT_SEED + trainer.global_rank, lr=run.LR, warmup=0.2, eps=1e-6)
-    data = e2e.RankRows(train_batches(), val_batches())
+    data = run.RankRows(train_batches(), val_batches())
     trainer.fit(task, datamodule=data)
-    losses = torch.stack(recorder.losses)
-    if trainer.world_size > 1:
-        torch.distributed.all_reduce(losses)
-        losses = losses / trainer.world_size
+    losses = run.rank_mean(recorder.losses, trainer)
     trainer.validate(task, datamodule=data, verbose=False)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    return {"losses": losses.tolist(), "metrics": metrics, "state": run.full_state_dict(task)}
+    return {"losses": losses, "metrics": run.val_metrics(trainer), "state": run.full_state_dict(task)}
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["ddp", "fsdp"])
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # two processes share two cores
-    result = fit(2, "ddp" if args.mode == "ddp" else run.fsdp_strategy(2))
-    if torch.distributed.get_rank() == 0:
-        torch.save(result, args.out)
-    torch.distributed.destroy_process_group()  # before exit: a live gloo group can abort the process
+    run.script_main(argv, __doc__, lambda devices, make_strategy: fit(devices, make_strategy()))
 
 
 if __name__ == "__main__":

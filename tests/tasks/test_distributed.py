@@ -21,6 +21,7 @@ from typing import Any
 import distributed_run as run
 import pytest
 import torch
+import two_process_launch
 from safetensors.torch import load_file
 from two_process_launch import Launch
 
@@ -67,11 +68,7 @@ def single() -> dict[str, Any]:
 
 
 def assert_same_run(result: dict[str, Any], reference: dict[str, Any]) -> None:
-    assert len(result["losses"]) == run.STEPS
-    torch.testing.assert_close(result["losses"], reference["losses"], **LOSS_TOL)
-    assert sorted(result["state"]) == sorted(reference["state"])
-    for name, value in reference["state"].items():
-        torch.testing.assert_close(result["state"][name], value, **WEIGHT_TOL, msg=name)
+    two_process_launch.assert_same_run(result, reference, run.STEPS, LOSS_TOL, WEIGHT_TOL)
 
 
 def test_unsynchronised_ranks_would_fail_these_comparisons(single: dict[str, Any]) -> None:

@@ -11,7 +11,6 @@ detections) must be those of one process validating every batch with the trained
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,7 @@ import distributed_run as run
 import e2e_distributed_run as e2e
 import pytest
 import torch
-from lightning import Trainer
-from two_process_launch import Launch
+from two_process_launch import assert_same_run, two_process_results
 
 pytestmark = [pytest.mark.distributed, pytest.mark.filterwarnings("ignore")]
 
@@ -36,16 +34,8 @@ MATCHING_MARGIN = 1e-4
 
 
 @pytest.fixture(scope="module")
-def launches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Launch]]:
-    started = {mode: Launch(SCRIPT, mode, tmp_path_factory.mktemp(f"e2e_{mode}")) for mode in ("ddp", "fsdp")}
-    yield started
-    for launch in started.values():
-        launch.stop()
-
-
-@pytest.fixture(scope="module")
-def results(launches: dict[str, Launch]) -> dict[str, dict[str, Any]]:
-    return {mode: launch.result() for mode, launch in launches.items()}
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    return two_process_results(SCRIPT, tmp_path_factory, "e2e")
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +51,8 @@ def test_two_processes_train_as_one(
 ) -> None:
     result, reference = results[strategy][kind], single[kind]
     assert reference["min_margin"] > MATCHING_MARGIN
-    assert len(result["losses"]) == run.STEPS
     assert reference["losses"][-1] < reference["losses"][0]
-    torch.testing.assert_close(result["losses"], reference["losses"], **LOSS_TOL)
-    assert sorted(result["state"]) == sorted(reference["state"])
-    for name, value in reference["state"].items():
-        torch.testing.assert_close(result["state"][name], value, **WEIGHT_TOL, msg=name)
+    assert_same_run(result, reference, run.STEPS, LOSS_TOL, WEIGHT_TOL)
 
 
 @pytest.mark.parametrize("kind", ["captioning", "detection"])
@@ -77,9 +63,7 @@ def test_validation_over_two_processes_is_one_process_over_every_batch(
     result = results[strategy][kind]
     task = e2e.make_task(kind, seed=123)
     task.load_state_dict(result["state"])  # strict
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.validate(task, datamodule=e2e.RankRows([], e2e.val_batches()), verbose=False)
-    expected = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    expected = run.validate_alone(task, run.RankRows([], e2e.val_batches()))
     names = ["val/bleu_4", "val/cider", "val/rouge_l"] if kind == "captioning" else ["val/map", "val/map_50"]
     for name in names:
         assert result["metrics"][name] == pytest.approx(expected[name], abs=1e-5), name

@@ -13,7 +13,6 @@ loading every encoder key, and run two steps through ``configs/trainer/smoke.yam
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ import e2e_finetune_distributed_run as ft
 import pytest
 import torch
 import yaml
-from finetune_parts import train_steps
-from two_process_launch import Launch
+from finetune_parts import eval_pool_batches, train_steps
+from two_process_launch import assert_same_run, two_process_results
 
 from vlp.cli import VLPCLI, main
 from vlp.datamodules.synth.scenes import ShapesConfig
@@ -125,7 +124,7 @@ def test_retrieval_learns_a_fixed_batch() -> None:
 
 def test_retrieval_embeds_each_image_of_a_chunk_once_and_scores_as_a_plain_forward() -> None:
     task = ft.retrieval_task(eval_chunk_size=7).eval()
-    pool = gather_eval_pool(ft.eval_pool_batches(ft.retrieval_eval_batches()))
+    pool = gather_eval_pool(eval_pool_batches(ft.retrieval_eval_batches()))
     assert pool is not None
     texts, images = pool["text_ids"].shape[0], pool["pixels"].shape[0]
     embedded: list[int] = []
@@ -259,19 +258,8 @@ WEIGHT_TOL = {"nlvr2": {"rtol": 1e-4, "atol": 2e-5}, "retrieval": {"rtol": 1e-4,
 
 
 @pytest.fixture(scope="module")
-def launches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Launch]]:
-    """Both 2-process runs start together: their start-up (imports, gloo) overlaps."""
-    started = {
-        mode: Launch(SCRIPT, mode, tmp_path_factory.mktemp(f"e2e_ft_{mode}")) for mode in ("ddp", "fsdp")
-    }
-    yield started
-    for launch in started.values():
-        launch.stop()
-
-
-@pytest.fixture(scope="module")
-def results(launches: dict[str, Launch]) -> dict[str, dict[str, Any]]:
-    return {mode: launch.result() for mode, launch in launches.items()}
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    return two_process_results(SCRIPT, tmp_path_factory, "e2e_ft")
 
 
 @pytest.fixture(scope="module")
@@ -286,12 +274,7 @@ def single() -> dict[str, Any]:
 def test_two_processes_train_as_one(
     kind: str, strategy: str, results: dict[str, Any], single: dict[str, Any]
 ) -> None:
-    result, reference = results[strategy][kind], single[kind]
-    assert len(result["losses"]) == run.STEPS
-    torch.testing.assert_close(result["losses"], reference["losses"], **LOSS_TOL)
-    assert sorted(result["state"]) == sorted(reference["state"])
-    for name, value in reference["state"].items():
-        torch.testing.assert_close(result["state"][name], value, **WEIGHT_TOL[kind], msg=name)
+    assert_same_run(results[strategy][kind], single[kind], run.STEPS, LOSS_TOL, WEIGHT_TOL[kind])
 
 
 @pytest.mark.distributed
@@ -317,6 +300,6 @@ def test_retrieval_recall_over_two_processes_is_one_process_over_every_pair(
     task = ft.make_task("retrieval", seed=123)
     task.load_state_dict(result["state"])  # strict
     task.eval()
-    pool = gather_eval_pool(ft.eval_pool_batches(ft.retrieval_eval_batches()))
+    pool = gather_eval_pool(eval_pool_batches(ft.retrieval_eval_batches()))
     expected = retrieval_recall(task.score_all(pool), pool["text_image_index"])
     assert result["metrics"] == pytest.approx({f"val/{k}": v.item() for k, v in expected.items()}, abs=1e-6)

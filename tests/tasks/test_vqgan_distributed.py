@@ -8,7 +8,6 @@ one codebook on every process. Both use two optimisers stepping after one shared
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,7 @@ import distributed_run as run
 import pytest
 import torch
 import vqgan_distributed_run as vq
-from lightning import Trainer
-from two_process_launch import Launch
+from two_process_launch import assert_same_run, two_process_results
 
 pytestmark = [pytest.mark.distributed, pytest.mark.filterwarnings("ignore")]
 
@@ -29,18 +27,8 @@ WEIGHT_TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 
 @pytest.fixture(scope="module")
-def launches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Launch]]:
-    started = {
-        mode: Launch(SCRIPT, mode, tmp_path_factory.mktemp(f"vqgan_{mode}")) for mode in ("ddp", "fsdp")
-    }
-    yield started
-    for launch in started.values():
-        launch.stop()
-
-
-@pytest.fixture(scope="module")
-def results(launches: dict[str, Launch]) -> dict[str, dict[str, Any]]:
-    return {mode: launch.result() for mode, launch in launches.items()}
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    return two_process_results(SCRIPT, tmp_path_factory, "vqgan")
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +38,14 @@ def single() -> dict[str, Any]:
 
 
 def untrained_val_l1() -> float:
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.validate(vq.make_task("exact"), datamodule=vq.RankRows([], vq.val_batches()), verbose=False)
-    return float(trainer.callback_metrics["val/l1"])
+    return run.validate_alone(vq.make_task("exact"), run.RankRows([], vq.val_batches()))["val/l1"]
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_train_as_one(strategy: str, results: dict[str, Any], single: dict[str, Any]) -> None:
     result, reference = results[strategy]["exact"], single["exact"]
     assert result["global_step"] == reference["global_step"] == run.STEPS
-    torch.testing.assert_close(result["losses"], reference["losses"], **LOSS_TOL)
-    assert sorted(result["state"]) == sorted(reference["state"])
-    for name, value in reference["state"].items():
-        torch.testing.assert_close(result["state"][name], value, **WEIGHT_TOL, msg=name)
+    assert_same_run(result, reference, run.STEPS, LOSS_TOL, WEIGHT_TOL)
     # the EMA codebook moved, identically on both processes and as in one process
     codebook = reference["state"]["model.quantize.embedding.weight"]
     assert not torch.allclose(codebook, vq.make_task("exact").model.quantize.embedding.weight)

@@ -22,17 +22,14 @@ Rank 0 writes a ``torch.save`` dict (``weights_only`` loadable).
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import distributed_run as run
 import torch
 import torch.nn.functional as F
-from lightning import LightningDataModule, Trainer
+from lightning import Trainer
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from vlp.batch import Batch
 from vlp.models.vqgan.discriminator import NLayerDiscriminator
@@ -99,65 +96,31 @@ def val_batches() -> list[Batch]:
     return image_batches(VAL_BATCHES, seed=12)
 
 
-class RankRows(LightningDataModule):
-    """Training epoch ``e``: this rank's rows of global batch ``e``; validation: its rows of each batch."""
-
-    def __init__(self, train: list[Batch], val: list[Batch]) -> None:
-        super().__init__()
-        self.train, self.val = train, val
-
-    def _rows(self, batch: Batch) -> Batch:
-        share = len(batch) // self.trainer.world_size
-        start = self.trainer.global_rank * share
-        return run.slice_batch(batch, start, start + share)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader([self._rows(self.train[self.trainer.current_epoch])], batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader([self._rows(batch) for batch in self.val], batch_size=None)
-
-
 def make_trainer(devices: int, strategy: Any) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy=strategy,
-        max_steps=run.STEPS,
-        reload_dataloaders_every_n_epochs=1,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    """No validation while fitting: the ``exact`` run validates once, after its last step."""
+    return run.make_trainer(devices, strategy, num_sanity_val_steps=0, limit_val_batches=0)
 
 
 def fit(kind: str, devices: int, strategy: Any) -> dict[str, Any]:
     trainer = make_trainer(devices, strategy)
     task = make_task(kind, seed=run.INIT_SEED + trainer.global_rank)
-    data = RankRows(train_batches(), val_batches())
+    data = run.RankRows(train_batches(), val_batches())
     trainer.fit(task, datamodule=data)
-    losses = torch.stack(task.step_losses)
     codebook = task.model.quantize.embedding.weight.detach().clone()
     if trainer.world_size > 1:
-        torch.distributed.all_reduce(losses)
-        losses = losses / trainer.world_size
         codebooks = [torch.zeros_like(codebook) for _ in range(trainer.world_size)]
         torch.distributed.all_gather(codebooks, codebook)
     else:
         codebooks = [codebook]
     result: dict[str, Any] = {
-        "losses": losses.tolist(),
+        "losses": run.rank_mean(task.step_losses, trainer),
         "codebooks": codebooks,
         "global_step": trainer.global_step,
     }
     if kind == "exact":
         trainer.limit_val_batches = 1.0
         trainer.validate(task, datamodule=data, verbose=False)
-        result["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        result["metrics"] = run.val_metrics(trainer)
     result["state"] = run.full_state_dict(task)
     return result
 
@@ -167,16 +130,7 @@ def run_all(devices: int, make_strategy: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["ddp", "fsdp"])
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # two processes share two cores
-    make_strategy = (lambda: "ddp") if args.mode == "ddp" else (lambda: run.fsdp_strategy(2))
-    results = run_all(2, make_strategy)
-    if torch.distributed.get_rank() == 0:
-        torch.save(results, args.out)
-    torch.distributed.destroy_process_group()  # before exit: a live gloo group can abort the process
+    run.script_main(argv, __doc__, run_all)
 
 
 if __name__ == "__main__":
