@@ -58,9 +58,5 @@ def run_all(devices: int, make_strategy: Any) -> dict[str, Any]:
     return {kind: fit(kind, devices, make_strategy()) for kind in KINDS}
 
 
-def main(argv: list[str]) -> None:
-    run.script_main(argv, __doc__, run_all)
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run.script_main(sys.argv[1:], __doc__, run_all)

@@ -98,9 +98,5 @@ def fit(devices: int, strategy: Any) -> dict[str, Any]:
     return {"losses": losses, "metrics": run.val_metrics(trainer), "state": run.full_state_dict(task)}
 
 
-def main(argv: list[str]) -> None:
-    run.script_main(argv, __doc__, lambda devices, make_strategy: fit(devices, make_strategy()))
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run.script_main(sys.argv[1:], __doc__, lambda devices, make_strategy: fit(devices, make_strategy()))
