@@ -1,14 +1,17 @@
-"""Shared tiny fixtures. Everything is random-initialised and generated here; nothing is downloaded."""
+"""Shared tiny fixtures, and the in-process ``python -m vlp`` runs of the recipe tests. Everything is
+random-initialised and generated here; nothing is downloaded."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from vlp.datamodules.synth.scenes import ShapesConfig
 from vlp.datamodules.synth.shapes import write_shapes
@@ -19,6 +22,9 @@ from vlp.models.vilt import ViLT
 
 TINY_DIM = 32
 TINY_VOCAB = 100
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SMOKE_STEPS = ("--config", str(CONFIGS / "trainer/smoke.yaml"))  # 2 steps, one batch of each evaluation
+FAST_DEV_RUN = ("--trainer.fast_dev_run=2",)  # 2 training and 2 validation batches, nothing written
 
 
 @pytest.fixture(autouse=True)
@@ -70,3 +76,110 @@ def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     write_shapes(root, config)
     return root
+
+
+@pytest.fixture(scope="session")
+def shapes64(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The recipes' resolution: 16 training samples and 16 pairs, 8 of each evaluation split, 8 per shard."""
+    root = tmp_path_factory.mktemp("data") / "shapes64"
+    sizes = {"train_samples": 16, "val_samples": 8, "test_samples": 8, "pair_train_samples": 16}
+    sizes |= {"pair_val_samples": 8, "pair_test_samples": 8}
+    write_shapes(root, ShapesConfig(resolution=64, samples_per_shard=8, seed=1, **sizes))
+    return root
+
+
+@pytest.fixture(scope="session")
+def e2e_pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of the E2E-VLP shapes pre-training recipe's task (random weights, Lightning's layout)."""
+    path = tmp_path_factory.mktemp("e2e_pretrain") / "last.ckpt"
+    return save_recipe_task(CONFIGS / "e2e_vlp/shapes_pretrain.yaml", path)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int | str | None, str, str]:
+    """``main(argv)`` in this process: its exit code (None when it returned), stdout and stderr."""
+    from vlp.cli import main  # here, not above: most tests never build the CLI
+
+    code: int | str | None = None
+    try:
+        main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def printed_config(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    """The config ``python -m vlp fit ARGS --print_config`` prints (it must exit 0)."""
+    code, out, err = run_cli(["fit", *args, "--print_config"], capsys)
+    assert code == 0, err[-3000:]
+    return yaml.safe_load(out)
+
+
+def combined_with_trainer_config(
+    capsys: pytest.CaptureFixture[str], recipe: Path, trainer: str
+) -> dict[str, Any]:
+    """``recipe`` followed by ``configs/trainer/TRAINER.yaml`` (a 2-process config): it parses, the trainer
+    config's 2 devices win and the recipe's own ``max_steps`` stays. The resolved config."""
+    resolved = printed_config(
+        capsys, "--config", str(recipe), "--config", str(CONFIGS / f"trainer/{trainer}.yaml")
+    )
+    assert resolved["trainer"]["devices"] == 2
+    assert resolved["trainer"]["max_steps"] == yaml.safe_load(recipe.read_text())["trainer"]["max_steps"]
+    return resolved
+
+
+def save_recipe_task(config: Path, path: Path, *overrides: str) -> Path:
+    """A checkpoint at ``path`` of the task the recipe ``config`` builds (random weights, Lightning's layout):
+    what a recipe's ``init_from`` reads."""
+    from vlp.cli import VLPCLI
+
+    cli = VLPCLI(args=["--config", str(config), *overrides], run=False)
+    torch.save({"state_dict": cli.model.state_dict(), "global_step": 0}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def vqgan_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint in VQGANTask's layout of the VQGAN recipe's architecture (random weights)."""
+    from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
+
+    config = yaml.safe_load((CONFIGS / "model/vqgan_shapes.yaml").read_text())
+    torch.manual_seed(0)
+    vqgan = VQGAN(**config["init_args"])
+    path = tmp_path_factory.mktemp("vqgan") / "last.ckpt"
+    state = {f"model.{k}": v for k, v in vqgan.state_dict().items()}
+    torch.save({CONFIG_KEY: vqgan.config, "state_dict": state, "global_step": 0}, path)
+    return path
+
+
+def run_recipe(
+    command: str,
+    recipe: Path,
+    data: Path,
+    root: Path,
+    *overrides: str,
+    steps: Sequence[str] = SMOKE_STEPS,
+    eval_batch_size: int = 4,
+) -> None:
+    """``python -m vlp COMMAND --config RECIPE`` in this process, limited by ``steps`` (two smoke steps by
+    default), on the shapes folder ``data`` (batches of 4, no loader workers), writing under ``root``."""
+    from vlp.cli import main
+
+    main(
+        [
+            command, "--config", str(recipe), *steps, f"--trainer.default_root_dir={root}", *overrides,
+            f"--data.init_args.root={data}", "--data.init_args.synth=null", "--data.init_args.batch_size=4",
+            f"--data.init_args.eval_batch_size={eval_batch_size}", "--data.init_args.num_workers=0",
+        ]
+    )  # fmt: skip
+
+
+def fit_recipe(capsys: pytest.CaptureFixture[str], metrics: Iterable[str], *args: Any, **options: Any) -> str:
+    """``run_recipe("fit", *args, **options)``: it prints its final validation metrics, ``metrics`` among
+    them. Its stdout."""
+    run_recipe("fit", *args, **options)
+    out = capsys.readouterr().out
+    assert "final validation metrics:" in out
+    for metric in metrics:
+        assert metric in out, metric
+    return out

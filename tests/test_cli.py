@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import run_cli
 from vlp.bench import BENCHMARKS
 from vlp.cli import main
 
@@ -74,32 +75,21 @@ def test_fit_fast_dev_run_through_the_real_cli(tmp_path: Path) -> None:
 COMMANDS = ["fit", "validate", "test", "predict", "data", "zoo", "bench", "sweep"]
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int | str | None, str, str]:
-    """``main(argv)`` in this process: its exit code (None when it returned), stdout and stderr."""
-    code: int | str | None = None
-    try:
-        main(argv)
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_top_level_help_lists_every_command_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["--help"], capsys)
+    code, out, _ = run_cli(["--help"], capsys)
     assert code == 0
     listed = [line.split()[0] for line in out.split("commands:\n", 1)[1].split("\n\n", 1)[0].splitlines()]
     assert listed == COMMANDS
 
 
 def test_no_command_prints_the_help_as_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run([], capsys)
+    code, out, err = run_cli([], capsys)
     assert code == 2 and out == ""
     assert "commands:" in err and "  bench " in err
 
 
 def test_an_unknown_command_names_itself_and_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["fitt", "--config", RECIPE], capsys)
+    code, _, err = run_cli(["fitt", "--config", RECIPE], capsys)
     assert code == 2
     assert err.strip().splitlines() == [
         "vlp: error: unknown command 'fitt' (did you mean fit?); the commands are "
@@ -122,7 +112,7 @@ def test_an_unknown_command_names_itself_and_the_commands(capsys: pytest.Capture
     ids=" ".join,
 )
 def test_every_help_prints_usage_and_exits_0(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(argv, capsys)
+    code, out, _ = run_cli(argv, capsys)
     assert code == 0
     assert out.startswith("usage: python -m vlp")
 
@@ -131,7 +121,7 @@ def test_every_help_prints_usage_and_exits_0(argv: list[str], capsys: pytest.Cap
 def test_a_tool_command_without_its_subcommand_prints_its_help_as_a_usage_error(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run([command], capsys)
+    code, out, err = run_cli([command], capsys)
     assert code == 2 and out == ""
     assert err.startswith(f"usage: python -m vlp {command}")
 
@@ -147,7 +137,7 @@ def error_line(err: str) -> str:
 
 
 def test_a_misspelt_key_is_one_line_naming_the_key_and_a_fix(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["fit", "--config", RECIPE, "--data.init_args.batch_sise=8"], capsys)
+    code, _, err = run_cli(["fit", "--config", RECIPE, "--data.init_args.batch_sise=8"], capsys)
     assert code == 2
     assert err.strip().splitlines() == [
         "vlp: error: command line: unknown key data.init_args.batch_sise (did you mean batch_size?); "
@@ -161,7 +151,7 @@ def test_a_misspelt_key_in_a_recipe_names_the_file(
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("model:\n  init_args:\n    model:\n      init_args:\n        encoder:\n"
                        "          init_args: {deph: 2}\n")  # fmt: skip
-    code, _, err = run(["fit", "--config", RECIPE, "--config", str(overlay)], capsys)
+    code, _, err = run_cli(["fit", "--config", RECIPE, "--config", str(overlay)], capsys)
     assert code == 2
     line = error_line(err)
     assert line.startswith(
@@ -175,7 +165,7 @@ def test_a_wrong_type_names_the_key_the_value_and_where_it_came_from(
 ) -> None:
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("trainer:\n  max_steps: many\n")
-    code, _, err = run(["fit", "--config", RECIPE, "--config", str(overlay)], capsys)
+    code, _, err = run_cli(["fit", "--config", RECIPE, "--config", str(overlay)], capsys)
     assert code == 2
     assert (
         error_line(err)
@@ -184,7 +174,7 @@ def test_a_wrong_type_names_the_key_the_value_and_where_it_came_from(
 
 
 def test_abbreviated_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["fit", "--config", RECIPE, "--trainer.max_step=3", "--print_config"], capsys)
+    code, out, err = run_cli(["fit", "--config", RECIPE, "--trainer.max_step=3", "--print_config"], capsys)
     assert code == 2 and "max_steps: 3" not in out
     assert error_line(err) == (
         "vlp: error: command line: unknown option --trainer.max_step=3 (did you mean --trainer.max_steps?); "
@@ -193,7 +183,7 @@ def test_abbreviated_options_are_refused(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_abbreviations_are_refused_inside_classes_too(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(
+    code, _, err = run_cli(
         ["validate", "--config", RECIPE, "--data.init_args.batch_siz=8", "--print_config"], capsys
     )
     assert code == 2
@@ -205,7 +195,7 @@ def test_a_yaml_syntax_error_names_the_file_and_line(
 ) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("trainer:\n  max_steps: 10\n  callbacks: [a, b\n  devices: 1\n")
-    code, _, err = run(["fit", "--config", RECIPE, "--config", str(broken)], capsys)
+    code, _, err = run_cli(["fit", "--config", RECIPE, "--config", str(broken)], capsys)
     assert code == 2
     line = error_line(err)
     assert line.startswith(f"vlp: error: {broken}:4:10: not valid YAML: ")
@@ -213,13 +203,13 @@ def test_a_yaml_syntax_error_names_the_file_and_line(
 
 
 def test_a_missing_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["fit", "--config", str(tmp_path / "nowhere.yaml")], capsys)
+    code, _, err = run_cli(["fit", "--config", str(tmp_path / "nowhere.yaml")], capsys)
     assert code == 2
     assert error_line(err) == f"vlp: error: --config: File does not exist: '{tmp_path / 'nowhere.yaml'}'"
 
 
 def test_fit_without_a_recipe_says_to_give_one(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["fit"], capsys)
+    code, _, err = run_cli(["fit"], capsys)
     assert code == 2
     assert error_line(err) == (
         "vlp: error: command line: no value for data, model; give a recipe with --config RECIPE.yaml"
@@ -227,7 +217,7 @@ def test_fit_without_a_recipe_says_to_give_one(capsys: pytest.CaptureFixture[str
 
 
 def test_a_constructors_value_error_names_the_class(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["fit", "--config", RECIPE, "--data.init_args.batch_size=0"], capsys)
+    code, _, err = run_cli(["fit", "--config", RECIPE, "--data.init_args.batch_size=0"], capsys)
     assert code == 2
     assert error_line(err).startswith(
         "vlp: error: vlp.datamodules.shards.ShardDataModule: batch sizes must be positive"
@@ -235,7 +225,7 @@ def test_a_constructors_value_error_names_the_class(capsys: pytest.CaptureFixtur
 
 
 def test_data_parts_that_do_not_fit_are_refused_naming_their_keys(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(
+    code, _, err = run_cli(
         ["fit", "--config", RECIPE, "--data.init_args.decoder=vlp.datamodules.pairs.PairDecoder"], capsys
     )
     assert code == 2
@@ -245,7 +235,7 @@ def test_data_parts_that_do_not_fit_are_refused_naming_their_keys(capsys: pytest
     )
     captioning = str(ROOT / "configs/e2e_vlp/shapes_captioning.yaml")
     blind_eval = "--data.init_args.collator.init_args.shuffle_eval_images=true"
-    code, _, err = run(
+    code, _, err = run_cli(
         ["fit", "--config", captioning, "--model.init_args.init_from=null", blind_eval], capsys
     )
     assert code == 2
@@ -265,7 +255,7 @@ def tiny_recipe(tmp_path: Path, root: Path) -> str:
 
 def test_a_missing_data_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nodata"
-    code, _, err = run(
+    code, _, err = run_cli(
         ["fit", "--config", tiny_recipe(tmp_path, missing), f"--trainer.default_root_dir={tmp_path}"], capsys
     )
     assert code == 2
@@ -278,7 +268,7 @@ def test_a_missing_checkpoint_is_one_line(
     missing = tmp_path / "nowhere.ckpt"
     argv = ["validate", "--config", tiny_recipe(tmp_path, tiny_shapes), f"--ckpt_path={missing}",
             f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
-    code, _, err = run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 2
     assert error_line(err) == f"vlp: error: Checkpoint file not found: {missing}"
 
@@ -292,7 +282,7 @@ def test_traceback_or_vlp_debug_shows_the_full_trace(
         monkeypatch.setenv("VLP_DEBUG", "1")
     else:
         argv.insert(1, "--traceback")  # anywhere on the command line
-    code, _, err = run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 2
     assert err.startswith("Traceback (most recent call last):")
     assert "jsonargparse" in err  # the parser's own chain of errors

@@ -6,17 +6,13 @@ each combines with the 2-process trainer configs."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 import yaml
 
-from vlp.cli import VLPCLI, main
-from vlp.datamodules.synth.scenes import ShapesConfig
-from vlp.datamodules.synth.shapes import write_shapes
+from conftest import CONFIGS, FAST_DEV_RUN, combined_with_trainer_config, fit_recipe
+from vlp.cli import VLPCLI
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRETRAIN = CONFIGS / "e2e_vlp/shapes_pretrain.yaml"
 RECIPES = {
     "pretrain": (
@@ -41,32 +37,16 @@ def recipe(name: str) -> Path:
     return CONFIGS / f"e2e_vlp/shapes_{name}.yaml"
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint of the pre-training recipe's task (random weights, Lightning's layout)."""
-    cli = VLPCLI(args=["--config", str(PRETRAIN)], run=False)
-    path = tmp_path_factory.mktemp("pretrain") / "last.ckpt"
-    torch.save({"state_dict": cli.model.state_dict(), "global_step": 0}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def shapes64(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "shapes64"
-    sizes = {"train_samples": 16, "val_samples": 8, "test_samples": 8, "pair_train_samples": 0}
-    sizes |= {"pair_val_samples": 0, "pair_test_samples": 0}
-    write_shapes(root, ShapesConfig(resolution=64, samples_per_shard=8, seed=1, **sizes))
-    return root
-
-
 FROM_PRETRAINING = [n for n in RECIPES if n != "pretrain"]
 
 
 @pytest.mark.parametrize("name", FROM_PRETRAINING)
-def test_fine_tuning_recipe_loads_every_pretrained_model_key_it_has(name: str, pretrained: Path) -> None:
+def test_fine_tuning_recipe_loads_every_pretrained_model_key_it_has(name: str, e2e_pretrained: Path) -> None:
     # the pre-training builds the fine-tuning recipes' model: GroupNorm after the grid's projection,
     # 12 anchored object queries in 3 groups, so nothing of the model is new
-    cli = VLPCLI(args=["--config", str(recipe(name)), f"--model.init_args.init_from={pretrained}"], run=False)
+    cli = VLPCLI(
+        args=["--config", str(recipe(name)), f"--model.init_args.init_from={e2e_pretrained}"], run=False
+    )
     task_class, _ = RECIPES[name]
     assert f"vlp.tasks.{type(cli.model).__name__}" == task_class
     report = cli.model.init_report
@@ -108,36 +88,16 @@ def test_pretraining_recipe_weighs_all_four_objectives() -> None:
 def test_recipe_combines_with_the_multi_process_trainer_configs(
     name: str, trainer: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = CONFIGS / f"trainer/{trainer}.yaml"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(recipe(name)), "--config", str(config), "--print_config"])
-    captured = capsys.readouterr()
-    assert exit_info.value.code == 0, captured.err[-3000:]
-    resolved = yaml.safe_load(captured.out)["trainer"]
-    assert resolved["devices"] == 2
-    assert resolved["max_steps"] == yaml.safe_load(recipe(name).read_text())["trainer"]["max_steps"]
+    combined_with_trainer_config(capsys, recipe(name), trainer)
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_runs_fast_dev_run_and_prints_its_metrics(
-    name: str, pretrained: Path, shapes64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    name: str, e2e_pretrained: Path, shapes64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args: list[Any] = [
-        "fit", "--config", str(recipe(name)),
-        "--trainer.fast_dev_run=2",
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--data.init_args.root={shapes64}",
-        "--data.init_args.synth=null",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.eval_batch_size=4",
-        "--data.init_args.num_workers=0",
-    ]  # fmt: skip
+    args = []
     if name in FROM_PRETRAINING:
-        args.append(f"--model.init_args.init_from={pretrained}")
+        args.append(f"--model.init_args.init_from={e2e_pretrained}")
     if name == "captioning":
         args += ["--model.init_args.meteor=false", "--model.init_args.max_caption_len=8"]
-    main(args)
-    out = capsys.readouterr().out
-    assert "final validation metrics:" in out
-    for metric in RECIPES[name][1]:
-        assert metric in out, metric
+    fit_recipe(capsys, RECIPES[name][1], recipe(name), shapes64, tmp_path, *args, steps=FAST_DEV_RUN)

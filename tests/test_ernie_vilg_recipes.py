@@ -12,57 +12,25 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import (
+    CONFIGS,
+    FAST_DEV_RUN,
+    combined_with_trainer_config,
+    fit_recipe,
+    run_recipe,
+)
 from vlp.cli import main
-from vlp.datamodules.synth.scenes import ShapesConfig
-from vlp.datamodules.synth.shapes import write_shapes
-from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPE = CONFIGS / "ernie_vilg/shapes_pretrain.yaml"
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest.fixture(scope="module")
-def vqgan_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint in VQGANTask's layout of the VQGAN recipe's architecture (random weights)."""
-    config = yaml.safe_load((CONFIGS / "model/vqgan_shapes.yaml").read_text())
-    torch.manual_seed(0)
-    vqgan = VQGAN(**config["init_args"])
-    path = tmp_path_factory.mktemp("vqgan") / "last.ckpt"
-    state = {f"model.{k}": v for k, v in vqgan.state_dict().items()}
-    torch.save({CONFIG_KEY: vqgan.config, "state_dict": state, "global_step": 0}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def shapes64(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "shapes64"
-    sizes = {"train_samples": 16, "val_samples": 8, "test_samples": 8, "pair_train_samples": 0}
-    sizes |= {"pair_val_samples": 0, "pair_test_samples": 0}
-    write_shapes(root, ShapesConfig(resolution=64, samples_per_shard=8, seed=1, **sizes))
-    return root
 
 
 @pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
 def test_recipe_combines_with_the_multi_process_trainer_configs(
     trainer: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "fit",
-                "--config",
-                str(RECIPE),
-                "--config",
-                str(CONFIGS / f"trainer/{trainer}.yaml"),
-                "--print_config",
-            ]
-        )
-    captured = capsys.readouterr()
-    assert exit_info.value.code == 0, captured.err[-3000:]
-    resolved = yaml.safe_load(captured.out)
-    assert resolved["trainer"]["devices"] == 2
+    resolved = combined_with_trainer_config(capsys, RECIPE, trainer)
     assert resolved["model"]["init_args"]["vqgan_checkpoint"] == "runs/vqgan_shapes_f4/checkpoints/last.ckpt"
 
 
@@ -79,26 +47,16 @@ def test_recipe_without_the_vqgan_checkpoint_names_it(
 def test_recipe_runs_fast_dev_run_and_predicts(
     vqgan_checkpoint: Path, shapes64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    common = [
-        "--config", str(RECIPE),
+    common = (
         f"--model.init_args.vqgan_checkpoint={vqgan_checkpoint}",
         "--model.init_args.meteor=false",
         "--model.init_args.max_caption_len=8",
         "--model.init_args.num_candidates=2",
         f"--model.init_args.predict_dir={tmp_path / 'pred'}",
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--data.init_args.root={shapes64}",
-        "--data.init_args.synth=null",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.eval_batch_size=4",
-        "--data.init_args.num_workers=0",
-    ]  # fmt: skip
-    main(["fit", *common, "--trainer.fast_dev_run=2"])
-    out = capsys.readouterr().out
-    assert "final validation metrics:" in out
-    for metric in ("val/t2i_loss", "val/i2t_loss", "val/bleu_4", "val/cider"):
-        assert metric in out, metric
-    main(["predict", *common])
+    )
+    metrics = ("val/t2i_loss", "val/i2t_loss", "val/bleu_4", "val/cider")
+    fit_recipe(capsys, metrics, RECIPE, shapes64, tmp_path, *common, steps=FAST_DEV_RUN)
+    run_recipe("predict", RECIPE, shapes64, tmp_path, *common, steps=())  # the recipe's one batch of prompts
     grid = Image.open(tmp_path / "pred" / "images_rank0_batch00000.png")
     assert grid.size[0] >= 2 * 64 and grid.size[1] >= 4 * 64  # 2 candidates x 4 prompts
     records = [
@@ -160,32 +118,25 @@ def test_itm_recipe_trains_and_its_checkpoint_reranks_through_the_cli(
     vqgan_checkpoint: Path, shapes64: Path, tmp_path: Path
 ) -> None:
     embedder_checkpoint = "model.init_args.visual_embedder.init_args.checkpoint"
-    main(
-        [
-            "fit", "--config", str(ITM_RECIPE),
-            f"--model.init_args.{embedder_checkpoint}={vqgan_checkpoint}",
-            "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
-            f"--trainer.default_root_dir={tmp_path / 'itm'}",
-            f"--data.init_args.root={shapes64}", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
-            "--data.init_args.synth=null",
-        ]
-    )  # fmt: skip
+    run_recipe(
+        "fit",
+        ITM_RECIPE,
+        shapes64,
+        tmp_path / "itm",
+        f"--model.init_args.{embedder_checkpoint}={vqgan_checkpoint}",
+    )
     itm_checkpoint = tmp_path / "itm" / "checkpoints" / "last.ckpt"
     assert itm_checkpoint.is_file()
     pred = tmp_path / "pred"
-    main(
-        [
-            "predict", "--config", str(RECIPE),
-            f"--model.init_args.vqgan_checkpoint={vqgan_checkpoint}",
-            "--model.init_args.meteor=false", "--model.init_args.max_caption_len=8",
-            "--model.init_args.num_candidates=2", f"--model.init_args.predict_dir={pred}",
-            f"--model.init_args.reranker={ITM_SCORER}",
-            f"--model.init_args.reranker.init_args.checkpoint={itm_checkpoint}",
-            f"--model.init_args.reranker.init_args.{embedder_checkpoint}={vqgan_checkpoint}",
-            f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
-            f"--data.init_args.root={shapes64}", "--data.init_args.batch_size=4",
-            "--data.init_args.eval_batch_size=4", "--data.init_args.num_workers=0", "--data.init_args.synth=null",
-        ]
+    run_recipe(
+        "predict", RECIPE, shapes64, tmp_path,
+        f"--model.init_args.vqgan_checkpoint={vqgan_checkpoint}",
+        "--model.init_args.meteor=false", "--model.init_args.max_caption_len=8",
+        "--model.init_args.num_candidates=2", f"--model.init_args.predict_dir={pred}",
+        f"--model.init_args.reranker={ITM_SCORER}",
+        f"--model.init_args.reranker.init_args.checkpoint={itm_checkpoint}",
+        f"--model.init_args.reranker.init_args.{embedder_checkpoint}={vqgan_checkpoint}",
+        steps=("--trainer.logger=false",),
     )  # fmt: skip
     assert json.loads((pred / "generation_metrics.json").read_text())["reranker"] == "itm"
     records = [json.loads(line) for line in (pred / "captions_rank0.jsonl").read_text().splitlines()]

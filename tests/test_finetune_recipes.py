@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 import yaml
 
-from vlp.cli import VLPCLI, main
-from vlp.datamodules.synth.scenes import ShapesConfig
-from vlp.datamodules.synth.shapes import write_shapes
+from conftest import CONFIGS, FAST_DEV_RUN, combined_with_trainer_config, fit_recipe, save_recipe_task
+from vlp.cli import VLPCLI
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
 PRETRAIN = CONFIGS / "vilt/shapes_pretrain.yaml"
 RECIPES = {
     "vqa": ("vlp.tasks.VQATask", "val/vqa_score"),
@@ -35,19 +30,7 @@ def recipe(name: str) -> Path:
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint of the pre-training recipe's task (random weights, Lightning's layout)."""
-    cli = VLPCLI(args=["--config", str(PRETRAIN)], run=False)
-    path = tmp_path_factory.mktemp("pretrain") / "last.ckpt"
-    torch.save({"state_dict": cli.model.state_dict(), "global_step": 0}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def shapes64(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "shapes64"
-    sizes = {"train_samples": 32, "val_samples": 16, "test_samples": 8, "pair_train_samples": 16}
-    sizes |= {"pair_val_samples": 8, "pair_test_samples": 8}
-    write_shapes(root, ShapesConfig(resolution=64, samples_per_shard=8, seed=1, **sizes))
-    return root
+    return save_recipe_task(PRETRAIN, tmp_path_factory.mktemp("pretrain") / "last.ckpt")
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -68,17 +51,9 @@ def test_recipe_builds_its_task_with_the_pretraining_sizes(name: str) -> None:
 def test_recipe_combines_with_the_multi_process_trainer_configs(
     name: str, trainer: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = CONFIGS / f"trainer/{trainer}.yaml"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(recipe(name)), "--config", str(config), "--print_config"])
-    captured = capsys.readouterr()
-    assert exit_info.value.code == 0, captured.err[-3000:]
-    resolved = yaml.safe_load(captured.out)["trainer"]
-    given = yaml.safe_load(config.read_text())["trainer"]["strategy"]
-    strategy = resolved["strategy"]
-    assert resolved["devices"] == 2
+    strategy = combined_with_trainer_config(capsys, recipe(name), trainer)["trainer"]["strategy"]
+    given = yaml.safe_load((CONFIGS / f"trainer/{trainer}.yaml").read_text())["trainer"]["strategy"]
     assert strategy == given if isinstance(given, str) else strategy["class_path"] == given["class_path"]
-    assert resolved["max_steps"] == yaml.safe_load(recipe(name).read_text())["trainer"]["max_steps"]
 
 
 def test_the_vqa_head_covers_the_shapes_answer_vocabulary() -> None:
@@ -107,20 +82,8 @@ def test_recipe_runs_fast_dev_run_from_a_pretraining_checkpoint_and_prints_its_m
     name: str, pretrained: Path, shapes64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     answers = len(json.loads((shapes64 / "vocab.json").read_text())["answers"])
-    args: list[Any] = [
-        "fit", "--config", str(recipe(name)),
-        "--trainer.fast_dev_run=2",
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--model.init_args.init_from={pretrained}",
-        f"--data.init_args.root={shapes64}",
-        "--data.init_args.synth=null",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.eval_batch_size=4",
-        "--data.init_args.num_workers=0",
-    ]  # fmt: skip
+    args = [f"--model.init_args.init_from={pretrained}"]
     if name == "vqa":
         args.append(f"--model.init_args.objectives.vqa.init_args.head.init_args.num_classes={answers}")
-    main(args)
-    out = capsys.readouterr()
     _, metric = RECIPES[name]
-    assert "final validation metrics:" in out.out and metric in out.out
+    fit_recipe(capsys, [metric], recipe(name), shapes64, tmp_path, *args, steps=FAST_DEV_RUN)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from vlp.cli import main
+from conftest import printed_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs/vilt/shapes_pretrain.yaml"
@@ -20,11 +20,7 @@ SBATCH = ROOT / "scripts/slurm/vlp_fit.sbatch"
 
 
 def resolved_trainer(config: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(RECIPE), "--config", str(config), *extra, "--print_config"])
-    captured = capsys.readouterr()
-    assert exit_info.value.code == 0, captured.err[-3000:]
-    return yaml.safe_load(captured.out)["trainer"]
+    return printed_config(capsys, "--config", str(RECIPE), "--config", str(config), *extra)["trainer"]
 
 
 def assert_contains(resolved: Any, given: Any, where: str = "trainer") -> None:

@@ -7,25 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-from vlp.cli import VLPCLI, main
-from vlp.datamodules.synth.scenes import ShapesConfig
-from vlp.datamodules.synth.shapes import write_shapes
+from conftest import CONFIGS, FAST_DEV_RUN, combined_with_trainer_config, fit_recipe
+from vlp.cli import VLPCLI
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPE = CONFIGS / "vqgan/shapes_vqgan.yaml"
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest.fixture(scope="module")
-def shapes64(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "shapes64"
-    sizes = {"train_samples": 16, "val_samples": 8, "test_samples": 8, "pair_train_samples": 0}
-    sizes |= {"pair_val_samples": 0, "pair_test_samples": 0}
-    write_shapes(root, ShapesConfig(resolution=64, samples_per_shard=8, seed=1, **sizes))
-    return root
 
 
 def test_recipe_builds_an_f4_vqgan_with_an_ema_codebook_and_a_squared_error() -> None:
@@ -44,42 +32,11 @@ def test_recipe_builds_an_f4_vqgan_with_an_ema_codebook_and_a_squared_error() ->
 def test_recipe_combines_with_the_multi_process_trainer_configs(
     trainer: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "fit",
-                "--config",
-                str(RECIPE),
-                "--config",
-                str(CONFIGS / f"trainer/{trainer}.yaml"),
-                "--print_config",
-            ]
-        )
-    captured = capsys.readouterr()
-    assert exit_info.value.code == 0, captured.err[-3000:]
-    resolved = yaml.safe_load(captured.out)["trainer"]
-    assert resolved["devices"] == 2
-    assert resolved["max_steps"] == yaml.safe_load(RECIPE.read_text())["trainer"]["max_steps"]
+    combined_with_trainer_config(capsys, RECIPE, trainer)
 
 
 def test_recipe_runs_fast_dev_run_and_prints_its_metrics(
     shapes64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    main(
-        [
-            "fit",
-            "--config",
-            str(RECIPE),
-            "--trainer.fast_dev_run=2",
-            f"--trainer.default_root_dir={tmp_path}",
-            f"--data.init_args.root={shapes64}",
-            "--data.init_args.synth=null",
-            "--data.init_args.batch_size=4",
-            "--data.init_args.eval_batch_size=4",
-            "--data.init_args.num_workers=0",
-        ]
-    )
-    out = capsys.readouterr().out
-    assert "final validation metrics:" in out
-    for metric in ("val/psnr", "val/l1", "val/perplexity", "val/code_usage"):
-        assert metric in out, metric
+    metrics = ("val/psnr", "val/l1", "val/perplexity", "val/code_usage")
+    fit_recipe(capsys, metrics, RECIPE, shapes64, tmp_path, steps=FAST_DEV_RUN)

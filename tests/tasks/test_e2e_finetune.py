@@ -24,9 +24,8 @@ import yaml
 from finetune_parts import eval_pool_batches, train_steps
 from two_process_launch import assert_same_run, two_process_results
 
-from vlp.cli import VLPCLI, main
-from vlp.datamodules.synth.scenes import ShapesConfig
-from vlp.datamodules.synth.shapes import write_shapes
+from conftest import CONFIGS, combined_with_trainer_config, fit_recipe
+from vlp.cli import VLPCLI
 from vlp.metrics.retrieval import retrieval_recall
 from vlp.models.layers.heads import ClassifierHead
 from vlp.objectives import NLVR2Objective
@@ -36,8 +35,6 @@ from vlp.tasks.retrieval import gather_eval_pool
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-PRETRAIN = CONFIGS / "e2e_vlp/shapes_pretrain.yaml"
 RECIPES = {
     "nlvr2": (CONFIGS / "e2e_vlp/shapes_nlvr2.yaml", "NLVR2Task", ["val/nlvr2_acc", "val/nlvr2_loss"]),
     "retrieval": (
@@ -46,7 +43,6 @@ RECIPES = {
         ["val/t2i_r1", "val/t2i_r10", "val/i2t_r1", "val/i2t_r10"],
     ),
 }
-SMOKE = CONFIGS / "trainer/smoke.yaml"
 
 
 # ------------------------------------------------------------------------------------------- NLVR2
@@ -152,33 +148,15 @@ def test_retrieval_embeds_each_image_of_a_chunk_once_and_scores_as_a_plain_forwa
 # ------------------------------------------------------------------------------------------ recipes
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint of the E2E-VLP pre-training recipe's task (random weights, Lightning's layout)."""
-    cli = VLPCLI(args=["--config", str(PRETRAIN)], run=False)
-    path = tmp_path_factory.mktemp("e2e_pretrain") / "last.ckpt"
-    torch.save({"state_dict": cli.model.state_dict(), "global_step": 0}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def shapes64(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "shapes64"
-    sizes = {"train_samples": 16, "val_samples": 8, "test_samples": 4, "pair_train_samples": 16}
-    sizes |= {"pair_val_samples": 8, "pair_test_samples": 4}
-    write_shapes(root, ShapesConfig(resolution=64, samples_per_shard=8, seed=1, **sizes))
-    return root
-
-
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_starts_from_the_e2e_pretraining_and_loads_every_encoder_key(
-    name: str, pretrained: Path
+    name: str, e2e_pretrained: Path
 ) -> None:
     path, task_class, _ = RECIPES[name]
     own = yaml.safe_load(path.read_text())["model"]["init_args"]
     assert own["init_from"].startswith("runs/e2e_shapes_pretrain/")
     assert own["model"] == "../model/e2e_vlp_shapes_encoder.yaml"  # VQA's: the pre-training's encoder side
-    cli = VLPCLI(args=["--config", str(path), f"--model.init_args.init_from={pretrained}"], run=False)
+    cli = VLPCLI(args=["--config", str(path), f"--model.init_args.init_from={e2e_pretrained}"], run=False)
     task = cli.model
     assert type(task).__name__ == task_class and task.model.decoder is None
     report = task.init_report
@@ -191,7 +169,7 @@ def test_recipe_starts_from_the_e2e_pretraining_and_loads_every_encoder_key(
         torch.testing.assert_close(table[2], table[1], rtol=0, atol=0)
     else:  # the score head from the pre-trained ITM head's match row
         assert sorted(report.adapted) == ["objectives.rank.head.fc.bias", "objectives.rank.head.fc.weight"]
-        state = torch.load(pretrained, weights_only=True)["state_dict"]
+        state = torch.load(e2e_pretrained, weights_only=True)["state_dict"]
         head = task.objectives["rank"].head.fc
         torch.testing.assert_close(head.weight.detach(), state["objectives.itm.head.fc.weight"][1:])
         assert report.new == []
@@ -202,46 +180,15 @@ def test_recipe_starts_from_the_e2e_pretraining_and_loads_every_encoder_key(
 def test_recipe_combines_with_the_multi_process_trainer_configs(
     name: str, trainer: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path, _, _ = RECIPES[name]
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "fit",
-                "--config",
-                str(path),
-                "--config",
-                str(CONFIGS / f"trainer/{trainer}.yaml"),
-                "--print_config",
-            ]
-        )
-    captured = capsys.readouterr()
-    assert exit_info.value.code == 0, captured.err[-3000:]
-    resolved = yaml.safe_load(captured.out)["trainer"]
-    assert resolved["devices"] == 2
-    assert resolved["max_steps"] == yaml.safe_load(path.read_text())["trainer"]["max_steps"]
+    combined_with_trainer_config(capsys, RECIPES[name][0], trainer)
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_runs_two_smoke_steps_and_prints_its_metrics(
-    name: str, pretrained: Path, shapes64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    name: str, e2e_pretrained: Path, shapes64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path, _, metrics = RECIPES[name]
-    main(
-        [
-            "fit", "--config", str(path), "--config", str(SMOKE),
-            f"--trainer.default_root_dir={tmp_path}",
-            f"--model.init_args.init_from={pretrained}",
-            f"--data.init_args.root={shapes64}",
-            "--data.init_args.synth=null",
-            "--data.init_args.batch_size=4",
-            "--data.init_args.eval_batch_size=4",
-            "--data.init_args.num_workers=0",
-        ]
-    )  # fmt: skip
-    out = capsys.readouterr().out
-    assert "final validation metrics:" in out
-    for metric in metrics:
-        assert metric in out, metric
+    fit_recipe(capsys, metrics, path, shapes64, tmp_path, f"--model.init_args.init_from={e2e_pretrained}")
     checkpoint = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 2
 

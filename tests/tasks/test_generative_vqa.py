@@ -14,21 +14,18 @@ import torch
 import yaml
 from two_process_launch import assert_same_run, two_process_results
 
-from vlp.cli import VLPCLI, main
+from conftest import CONFIGS, fit_recipe, run_recipe, save_recipe_task
 from vlp.datamodules.generative_vqa import GenerativeVQACollator, target_answer
 from vlp.datamodules.shards import ShardDataModule
-from vlp.datamodules.synth.scenes import ShapesConfig
-from vlp.datamodules.synth.shapes import write_shapes
 from vlp.datamodules.transforms import ViltTransform
 from vlp.datamodules.vqa import VQADecoder
 from vlp.models.ernie_vilg.model import ERNIEViLG
-from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
+from vlp.models.vqgan.model import VQGAN
 from vlp.objectives import AnswerLM
 from vlp.objectives.generative_vqa import answer_targets
 from vlp.tasks.generative_vqa import GenerativeVQATask, answer_matches
 from vlp.tokenizers import load_tokenizer
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RECIPE = CONFIGS / "ernie_vilg/shapes_generative_vqa.yaml"
 PRETRAIN = CONFIGS / "ernie_vilg/shapes_pretrain.yaml"
 
@@ -253,26 +250,10 @@ def test_two_processes_train_and_validate_as_one(strategy: str, launched: dict, 
 
 
 @pytest.fixture(scope="module")
-def recipe_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The shapes VQGAN recipe's architecture and a pre-training checkpoint of the ERNIE-ViLG shapes recipe
-    (random weights, the layouts VQGANTask and ERNIEViLGTask write), and a few 64 px shapes samples."""
-    folder = tmp_path_factory.mktemp("gvqa_recipe")
-    config = yaml.safe_load((CONFIGS / "model/vqgan_shapes.yaml").read_text())
-    torch.manual_seed(0)
-    vqgan = VQGAN(**config["init_args"])
-    vqgan_path = folder / "vqgan.ckpt"
-    state = {f"model.{k}": v for k, v in vqgan.state_dict().items()}
-    torch.save({CONFIG_KEY: vqgan.config, "state_dict": state, "global_step": 0}, vqgan_path)
-    cli = VLPCLI(
-        args=["--config", str(PRETRAIN), f"--model.init_args.vqgan_checkpoint={vqgan_path}"], run=False
-    )
-    pretrained = folder / "pretrain.ckpt"
-    torch.save({"state_dict": cli.model.state_dict(), "global_step": 0}, pretrained)
-    data = folder / "shapes64"
-    sizes = {"train_samples": 16, "val_samples": 4, "test_samples": 4, "pair_train_samples": 0}
-    sizes |= {"pair_val_samples": 0, "pair_test_samples": 0}
-    write_shapes(data, ShapesConfig(resolution=64, samples_per_shard=4, seed=1, **sizes))
-    return {"vqgan": vqgan_path, "pretrained": pretrained, "data": data}
+def pretrained(vqgan_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pre-training checkpoint of the ERNIE-ViLG shapes recipe (random weights, ERNIEViLGTask's layout)."""
+    path = tmp_path_factory.mktemp("gvqa_recipe") / "pretrain.ckpt"
+    return save_recipe_task(PRETRAIN, path, f"--model.init_args.vqgan_checkpoint={vqgan_checkpoint}")
 
 
 def test_recipe_starts_from_the_pretraining_run_with_its_model_and_vqgan() -> None:
@@ -291,26 +272,23 @@ def test_recipe_starts_from_the_pretraining_run_with_its_model_and_vqgan() -> No
 
 
 def test_recipe_runs_two_steps_through_the_smoke_trainer(
-    recipe_inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    vqgan_checkpoint: Path,
+    pretrained: Path,
+    shapes64: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """configs/ernie_vilg/shapes_generative_vqa.yaml with configs/trainer/smoke.yaml, in process."""
-    common = [
-        "--config", str(RECIPE), "--config", str(CONFIGS / "trainer/smoke.yaml"),
-        f"--model.init_args.vqgan_checkpoint={recipe_inputs['vqgan']}",
-        f"--model.init_args.init_from={recipe_inputs['pretrained']}",
+    common = (
+        f"--model.init_args.vqgan_checkpoint={vqgan_checkpoint}",
+        f"--model.init_args.init_from={pretrained}",
         f"--model.init_args.predict_dir={tmp_path / 'pred'}",
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--data.init_args.root={recipe_inputs['data']}",
-        "--data.init_args.synth=null",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.eval_batch_size=2",
-        "--data.init_args.num_workers=0",
-    ]  # fmt: skip
-    main(["fit", *common, "--trainer.precision=32-true"])
-    out = capsys.readouterr().out
-    assert "final validation metrics:" in out
-    for metric in ("val/gvqa_accuracy", "val/gvqa_loss"):
-        assert metric in out, metric
-    main(["predict", *common, f"--ckpt_path={tmp_path / 'checkpoints/last.ckpt'}"])
+    )
+    metrics = ("val/gvqa_accuracy", "val/gvqa_loss")
+    fit_recipe(
+        capsys, metrics, RECIPE, shapes64, tmp_path, *common, "--trainer.precision=32-true", eval_batch_size=2
+    )
+    ckpt = f"--ckpt_path={tmp_path / 'checkpoints/last.ckpt'}"
+    run_recipe("predict", RECIPE, shapes64, tmp_path, *common, ckpt, eval_batch_size=2)
     rows = (tmp_path / "pred/answers.jsonl").read_text().splitlines()
     assert rows and all('"answer": ' in row and '"question": ' in row for row in rows)

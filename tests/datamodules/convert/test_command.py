@@ -10,20 +10,9 @@ from pathlib import Path
 import pytest
 from convert_helpers import coco_root, flickr_root, folder_bytes, read_back, write_json
 
-from vlp.cli import main
+from conftest import run_cli
 from vlp.datamodules.convert import command
 from vlp.datamodules.convert.manifest import Manifest
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int | str | None, str, str]:
-    """``main(argv)`` in this process: its exit code (None when it returned), stdout and stderr."""
-    code: int | str | None = None
-    try:
-        main(argv)
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def convert(dataset: str, root: Path, out: Path, *options: str) -> list[str]:
@@ -43,7 +32,7 @@ def convert(dataset: str, root: Path, out: Path, *options: str) -> list[str]:
 
 def test_flickr30k_is_converted_and_summarised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root, out = flickr_root(tmp_path / "raw"), tmp_path / "out"
-    code, stdout, _ = run(convert("flickr30k", root, out, "--workers", "1"), capsys)
+    code, stdout, _ = run_cli(convert("flickr30k", root, out, "--workers", "1"), capsys)
     assert code is None
     assert stdout.splitlines() == [
         f"flickr30k -> {out}",
@@ -62,7 +51,7 @@ def test_dataset_options_and_writer_options_reach_the_conversion(
         "coco", root, out, "--instances", "true", "--restval-to-train", "false", "--max-side", "16",
         "--samples-per-shard", "1", "--workers", "2",
     )  # fmt: skip
-    code, stdout, _ = run(argv, capsys)
+    code, stdout, _ = run_cli(argv, capsys)
     assert code is None
     manifest = Manifest.read(out)
     assert manifest.options == {
@@ -82,7 +71,7 @@ def test_a_wrong_root_is_a_user_error_naming_the_missing_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "raw").mkdir()
-    code, _, err = run(convert("flickr30k", tmp_path / "raw", tmp_path / "out"), capsys)
+    code, _, err = run_cli(convert("flickr30k", tmp_path / "raw", tmp_path / "out"), capsys)
     assert code == 2 and "Traceback" not in err
     assert err.startswith(f"vlp: error: flickr30k: the raw dataset folder {tmp_path / 'raw'} is missing 2 ")
     assert str(tmp_path / "raw" / "karpathy" / "dataset_flickr30k.json") in err
@@ -94,7 +83,7 @@ def test_an_out_folder_of_the_users_is_refused_and_left_as_it_is(
 ) -> None:
     root, out = flickr_root(tmp_path / "raw"), tmp_path / "out"
     write_json(out / "manifest.json", {"mine": True})
-    code, _, err = run(convert("flickr30k", root, out), capsys)
+    code, _, err = run_cli(convert("flickr30k", root, out), capsys)
     assert code == 2
     assert err.startswith(f"vlp: error: --out {out} is not empty and holds no vlp conversion")
     assert folder_bytes(out) == {"manifest.json": b'{"mine": true}'}
@@ -113,14 +102,14 @@ def test_a_bad_option_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
 ) -> None:
     root = coco_root(tmp_path / "raw")
-    code, _, err = run(convert("coco", root, tmp_path / "out", *options), capsys)
+    code, _, err = run_cli(convert("coco", root, tmp_path / "out", *options), capsys)
     assert code == 2 and "Traceback" not in err
     (line,) = err.strip().splitlines()
     assert line.startswith("vlp: error: ") and message in line
 
 
 def test_an_unknown_dataset_lists_the_datasets(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["data", "convert", "cocoo", "--root", "x"], capsys)
+    code, _, err = run_cli(["data", "convert", "cocoo", "--root", "x"], capsys)
     assert code == 2
     assert (
         err.strip() == f"vlp: error: unknown dataset 'cocoo'; the datasets are {', '.join(command.DATASETS)}"
@@ -132,7 +121,7 @@ def test_a_registered_dataset_without_its_module_says_so(
 ) -> None:
     missing = {"later": ("vlp.datamodules.convert.not_written_yet:LaterConverter", "a dataset to come")}
     monkeypatch.setattr(command, "DATASETS", {**command.DATASETS, **missing})
-    code, _, err = run(["data", "convert", "later", "--root", "x", "--out", "y"], capsys)
+    code, _, err = run_cli(["data", "convert", "later", "--root", "x", "--out", "y"], capsys)
     assert code == 2
     assert err.strip() == (
         "vlp: error: dataset 'later': its converter (vlp.datamodules.convert.not_written_yet) is not part of "
@@ -149,7 +138,7 @@ def test_every_dataset_prints_its_help_or_says_it_is_not_there(
     dataset: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     module = command.DATASETS[dataset][0].split(":")[0]
-    code, out, err = run(["data", "convert", dataset, "--help"], capsys)
+    code, out, err = run_cli(["data", "convert", dataset, "--help"], capsys)
     if importlib.util.find_spec(module) is None:
         assert code == 2 and "is not part of this vlp installation" in err
         return
@@ -159,9 +148,9 @@ def test_every_dataset_prints_its_help_or_says_it_is_not_there(
 
 
 def test_data_convert_without_a_dataset_prints_the_datasets(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["data", "convert", "--help"], capsys)
+    code, out, _ = run_cli(["data", "convert", "--help"], capsys)
     assert code == 0
     listed = out.split("datasets:\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert [line.split()[0] for line in listed] == list(command.DATASETS)
-    code, _, err = run(["data", "convert"], capsys)
+    code, _, err = run_cli(["data", "convert"], capsys)
     assert code == 2 and err.startswith("usage: python -m vlp data convert <dataset>")
