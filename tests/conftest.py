@@ -19,6 +19,7 @@ from vlp.models.embedders.text import TextEmbedder
 from vlp.models.embedders.vit_patch import ViTPatchEmbedder
 from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
+from vlp.models.vqgan.model import VQGAN
 
 TINY_DIM = 32
 TINY_VOCAB = 100
@@ -51,6 +52,15 @@ def make_tiny_vilt(
         ViTPatchEmbedder(dim=dim, patch_size=patch_size, pos_grid=pos_grid, max_image_len=max_image_len),
         TransformerEncoder(dim=dim, depth=2, num_heads=4),
     )
+
+
+def make_tiny_vqgan(**overrides: Any) -> VQGAN:
+    """A 16 px VQGAN at f = 4 (a 4x4 code grid, attention at 4x4), 16 codes of 4 dimensions."""
+    config: dict[str, Any] = dict(
+        resolution=16, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(4,), z_channels=8,
+        num_codes=16, code_dim=4, norm_groups=4,
+    )  # fmt: skip
+    return VQGAN(**(config | overrides))
 
 
 @pytest.fixture
@@ -141,7 +151,7 @@ def save_recipe_task(config: Path, path: Path, *overrides: str) -> Path:
 @pytest.fixture(scope="session")
 def vqgan_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint in VQGANTask's layout of the VQGAN recipe's architecture (random weights)."""
-    from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
+    from vlp.models.vqgan.model import CONFIG_KEY
 
     config = yaml.safe_load((CONFIGS / "model/vqgan_shapes.yaml").read_text())
     torch.manual_seed(0)

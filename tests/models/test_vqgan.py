@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import make_tiny_vqgan
 from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
 
 # taming's f8 model (ddconfig ch 128, ch_mult [1, 1, 2, 4], num_res_blocks 2, attn_resolutions [32],
@@ -105,19 +106,8 @@ SPOT_CHECK = [
 
 
 def tiny_vqgan(**overrides: object) -> VQGAN:
-    config = dict(
-        resolution=16,
-        ch=16,
-        ch_mult=(1, 2, 2),
-        num_res_blocks=1,
-        attn_resolutions=(4,),
-        z_channels=8,
-        num_codes=32,
-        code_dim=8,
-        norm_groups=4,
-    )
-    config.update(overrides)
-    return VQGAN(**config)
+    """conftest's tiny VQGAN, twice as wide, with 32 codes of 8 dimensions."""
+    return make_tiny_vqgan(**{"ch": 16, "num_codes": 32, "code_dim": 8, **overrides})
 
 
 def test_f8_config_has_tamings_keys_and_shapes() -> None:

@@ -11,6 +11,7 @@ from lightning import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
+from conftest import make_tiny_vqgan
 from vlp.batch import Batch
 from vlp.metrics.codebook import usage_from_counts
 from vlp.models.vqgan.discriminator import NLayerDiscriminator
@@ -22,19 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def tiny_task(disc_start: int = 0, discriminator: bool = True, **kwargs: object) -> VQGANTask:
-    model = VQGAN(
-        resolution=16,
-        ch=8,
-        ch_mult=(1, 2, 2),
-        num_res_blocks=1,
-        attn_resolutions=(4,),
-        z_channels=8,
-        num_codes=16,
-        code_dim=4,
-        norm_groups=4,
-        ema=True,
-        dead_code_threshold=0.5,
-    )
+    model = make_tiny_vqgan(ema=True, dead_code_threshold=0.5)
     loss = VQGANLoss(ema=True, disc_weight=0.1, disc_start=disc_start)
     disc = NLayerDiscriminator(ndf=8, n_layers=2) if discriminator else None
     return VQGANTask(model, loss, disc, lr=3e-3, **kwargs)
@@ -149,17 +138,6 @@ def test_mismatched_ema_and_missing_pixels_are_named() -> None:
 
 
 def test_a_gumbel_vqgan_is_refused_by_name() -> None:
-    model = VQGAN(
-        resolution=16,
-        ch=8,
-        ch_mult=(1, 2, 2),
-        num_res_blocks=1,
-        attn_resolutions=(4,),
-        z_channels=8,
-        num_codes=16,
-        code_dim=4,
-        norm_groups=4,
-        quantizer="gumbel",
-    )
+    model = make_tiny_vqgan(quantizer="gumbel")
     with pytest.raises(ValueError, match="GumbelQuantizer"):
         VQGANTask(model, VQGANLoss(ema=False))

@@ -23,6 +23,7 @@ Rank 0 writes a ``torch.save`` dict (``weights_only`` loadable).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import distributed_run as run
@@ -31,9 +32,11 @@ import torch.nn.functional as F
 from lightning import Trainer
 from torch import Tensor
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, also when run as a script
+
+from conftest import make_tiny_vqgan
 from vlp.batch import Batch
 from vlp.models.vqgan.discriminator import NLayerDiscriminator
-from vlp.models.vqgan.model import VQGAN
 from vlp.objectives.vq import VQGANLoss
 from vlp.tasks.vqgan import VQGANTask
 
@@ -59,19 +62,7 @@ class RecordingVQGANTask(VQGANTask):
 def make_task(kind: str, seed: int = run.INIT_SEED) -> RecordingVQGANTask:
     torch.manual_seed(seed)
     adaptive = kind == "adaptive"
-    model = VQGAN(
-        resolution=SIZE,
-        ch=8,
-        ch_mult=(1, 2, 2),
-        num_res_blocks=1,
-        attn_resolutions=(4,),
-        z_channels=8,
-        num_codes=16,
-        code_dim=4,
-        norm_groups=4,
-        ema=True,
-        dead_code_threshold=0.5 if adaptive else 0.0,
-    )
+    model = make_tiny_vqgan(resolution=SIZE, ema=True, dead_code_threshold=0.5 if adaptive else 0.0)
     loss = VQGANLoss(ema=True, disc_weight=0.1, disc_start=0, adaptive=adaptive)
     disc = NLayerDiscriminator(ndf=8, n_layers=2, norm="batch" if adaptive else "group")
     return RecordingVQGANTask(model, loss, disc, lr=3e-3)
