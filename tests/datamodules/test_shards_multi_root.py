@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from shard_helpers import data_module, shards_of, write_dataset, write_shard
-from test_stream import assert_same_batches
+from test_stream import assert_same_batches, resumed_batches
 
 from vlp.batch import Batch
 from vlp.datamodules.mixed import MixedShardStream, weighted_interleave
@@ -109,23 +109,9 @@ def test_a_resumed_mixed_stream_sees_the_same_batches(two_roots: list[str], stop
     loader = datamodule(two_roots, **options).train_dataloader()
     uninterrupted = list(loader) + list(loader)
 
-    first = datamodule(two_roots, **options).train_dataloader()
-    seen: list[Batch] = []
-    while len(seen) < stop:
-        iterator = iter(first)
-        for batch in iterator:
-            first.consumed(batch)
-            seen.append(batch)
-            if len(seen) == stop:
-                next(iterator, None)
-                break
-    state = json.loads(json.dumps(first.state_dict()))
-
-    second = datamodule(two_roots, **options).train_dataloader()
-    second.load_state_dict(state)
-    resumed = seen + list(second)
-    while len(resumed) < len(uninterrupted):
-        resumed += list(second)
+    resumed = resumed_batches(
+        lambda: datamodule(two_roots, **options).train_dataloader(), stop, len(uninterrupted)
+    )
     assert_same_batches(resumed, uninterrupted)
 
 

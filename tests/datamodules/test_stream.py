@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,30 @@ def assert_same_batches(a: list[Batch], b: list[Batch]) -> None:
             assert torch.equal(getattr(x, name), getattr(y, name)), name
 
 
+def resumed_batches(make_loader: Callable[[], StreamLoader], stop: int, count: int) -> list[Batch]:
+    """Stop a fresh loader after ``stop`` consumed batches (one more prefetched, as Lightning does), save its
+    position, resume it in another fresh loader: the batches seen and those that follow, ``count`` at least
+    (into the next epochs)."""
+    first = make_loader()
+    seen: list[Batch] = []
+    while len(seen) < stop:
+        iterator = iter(first)
+        for batch in iterator:
+            first.consumed(batch)
+            seen.append(batch)
+            if len(seen) == stop:
+                next(iterator, None)  # prefetched, never used: must not count as consumed
+                break
+    state = json.loads(json.dumps(first.state_dict()))  # survives serialisation
+
+    second = make_loader()
+    second.load_state_dict(state)
+    resumed = seen + list(second)
+    while len(resumed) < count:
+        resumed += list(second)
+    return resumed
+
+
 @pytest.mark.parametrize("stop", [3, 4, 9])
 def test_resumed_stream_sees_the_same_batches_as_an_uninterrupted_one(tmp_path: Path, stop: int) -> None:
     """Stop after ``stop`` consumed batches (one more prefetched, as Lightning does), save the position,
@@ -46,23 +71,9 @@ def test_resumed_stream_sees_the_same_batches_as_an_uninterrupted_one(tmp_path: 
     uninterrupted = list(loader) + list(loader)
     assert len(uninterrupted) == 16 and {len(b) for b in uninterrupted} == {4, 2}
 
-    first = datamodule(tmp_path, **options).train_dataloader()
-    seen: list[Batch] = []
-    while len(seen) < stop:
-        iterator = iter(first)
-        for batch in iterator:
-            first.consumed(batch)
-            seen.append(batch)
-            if len(seen) == stop:
-                next(iterator, None)  # prefetched, never used: must not count as consumed
-                break
-    state = json.loads(json.dumps(first.state_dict()))  # survives serialisation
-
-    second = datamodule(tmp_path, **options).train_dataloader()
-    second.load_state_dict(state)
-    resumed = seen + list(second)
-    while len(resumed) < len(uninterrupted):
-        resumed += list(second)
+    resumed = resumed_batches(
+        lambda: datamodule(tmp_path, **options).train_dataloader(), stop, len(uninterrupted)
+    )
     assert_same_batches(resumed, uninterrupted)
 
 
