@@ -1,6 +1,7 @@
 """A tiny VQAv2 download in the official schemas, converted by ``VQAv2Converter`` + ``write_shards``.
 
-Shared by the VQA data and task tests on real-schema data (the task tests put this folder on
+Shared by the VQA data and task tests on real-schema data and the converter's tests, which also build
+their own downloads with its writers of the official files (the tests outside this folder put it on
 ``sys.path``). With ``min_answer_count=1`` the answer vocabulary is every normalised multiple-choice
 answer of train + val in first-occurrence order: ``ANSWERS``.
 """
@@ -43,42 +44,57 @@ VAL_TARGETS = {
 SPLITS = ("train", "val", "test-dev")
 
 
-def _questions(subset: str, questions: dict[int, tuple[Any, ...]]) -> dict[str, Any]:
+def questions_file(subset: str, questions: list[tuple[int, int, str]]) -> dict[str, Any]:
+    """An official questions file of ``(image id, question id, question)`` rows."""
     return {
         "info": {"description": "tiny VQAv2"},
         "task_type": "Open-Ended",
         "data_type": "mscoco",
         "license": {"name": "CC BY 4.0"},
         "data_subtype": subset,
-        "questions": [
-            {"image_id": entry[0], "question": entry[1], "question_id": qid}
-            for qid, entry in questions.items()
-        ],
+        "questions": [{"image_id": i, "question": q, "question_id": qid} for i, qid, q in questions],
     }
 
 
-def _annotations(subset: str, questions: dict[int, tuple[Any, ...]]) -> dict[str, Any]:
-    annotations = [
-        {
-            "question_type": "what",
-            "multiple_choice_answer": mc,
-            "answers": [
-                {"answer": answer, "answer_confidence": "yes", "answer_id": i + 1}
-                for i, answer in enumerate(answers)
-            ],
-            "image_id": image_id,
-            "answer_type": "other",
-            "question_id": qid,
-        }
-        for qid, (image_id, _, answers, mc) in questions.items()
-    ]
+def annotation(
+    image_id: int,
+    question_id: int,
+    answers: list[str],
+    mc: str,
+    answer_type: str = "other",
+    question_type: str = "what",
+) -> dict[str, Any]:
+    """One official annotation: the ten ``answers`` as published, the multiple-choice answer ``mc``."""
     return {
-        "info": {},
-        "license": {},
+        "question_type": question_type,
+        "multiple_choice_answer": mc,
+        "answers": [
+            {"answer": answer, "answer_confidence": "yes", "answer_id": i + 1}
+            for i, answer in enumerate(answers)
+        ],
+        "image_id": image_id,
+        "answer_type": answer_type,
+        "question_id": question_id,
+    }
+
+
+def annotations_file(subset: str, annotations: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "info": {"description": "tiny VQAv2"},
+        "license": {"name": "CC BY 4.0"},
         "data_subtype": subset,
         "annotations": annotations,
         "data_type": "mscoco",
     }
+
+
+def _questions(subset: str, questions: dict[int, tuple[Any, ...]]) -> dict[str, Any]:
+    return questions_file(subset, [(entry[0], qid, entry[1]) for qid, entry in questions.items()])
+
+
+def _annotations(subset: str, questions: dict[int, tuple[Any, ...]]) -> dict[str, Any]:
+    rows = [annotation(image_id, qid, answers, mc) for qid, (image_id, _, answers, mc) in questions.items()]
+    return annotations_file(subset, rows)
 
 
 def write_raw_vqav2(root: Path) -> Path:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/datamodules: the tiny VQAv2 download's writers
+
+import vqav2_shards
 
 from vlp.datamodules.convert.base import InputTreeError, Record
 from vlp.datamodules.convert.vqa_answers import normalize_answer, vilt_answer, vilt_score
@@ -19,17 +24,9 @@ YES = ["yes"] * 9 + ["no"]
 
 
 def annotation(image_id: int, question_id: int, answers: list[str], mc: str, kind: str) -> dict[str, Any]:
-    return {
-        "question_type": "how many" if kind == "number" else "is the",
-        "multiple_choice_answer": mc,
-        "answers": [
-            {"answer": answer, "answer_confidence": "yes", "answer_id": i + 1}
-            for i, answer in enumerate(answers)
-        ],
-        "image_id": image_id,
-        "answer_type": kind,
-        "question_id": question_id,
-    }
+    return vqav2_shards.annotation(
+        image_id, question_id, answers, mc, kind, "how many" if kind == "number" else "is the"
+    )
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -39,27 +36,6 @@ def write_json(path: Path, data: Any) -> None:
 def write_image(path: Path, colour: tuple[int, int, int]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (32, 24), colour).save(path, format="JPEG")
-
-
-def questions_file(subset: str, questions: list[tuple[int, int, str]]) -> dict[str, Any]:
-    return {
-        "info": {"description": "tiny VQAv2"},
-        "task_type": "Open-Ended",
-        "data_type": "mscoco",
-        "license": {"name": "CC BY 4.0"},
-        "data_subtype": subset,
-        "questions": [{"image_id": i, "question": q, "question_id": qid} for i, qid, q in questions],
-    }
-
-
-def annotations_file(subset: str, annotations: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "info": {"description": "tiny VQAv2"},
-        "license": {"name": "CC BY 4.0"},
-        "data_subtype": subset,
-        "annotations": annotations,
-        "data_type": "mscoco",
-    }
 
 
 @pytest.fixture
@@ -83,13 +59,20 @@ def raw(tmp_path: Path) -> Path:
     val_a = [annotation(42, 42000 + n, YES, "yes", "yes/no") for n in range(3)]
     val_a += [annotation(42, 42010 + n, TWO, "2", "number") for n in range(4)]
     val_a += [annotation(43, 43000, ["maybe"] * 10, "maybe", "other")]  # no question for it; counted
-    write_json(root / "v2_OpenEnded_mscoco_train2014_questions.json", questions_file("train2014", train_q))
-    write_json(root / "v2_mscoco_train2014_annotations.json", annotations_file("train2014", train_a))
-    write_json(root / "v2_OpenEnded_mscoco_val2014_questions.json", questions_file("val2014", val_q))
-    write_json(root / "v2_mscoco_val2014_annotations.json", annotations_file("val2014", val_a))
+    write_json(
+        root / "v2_OpenEnded_mscoco_train2014_questions.json",
+        vqav2_shards.questions_file("train2014", train_q),
+    )
+    write_json(
+        root / "v2_mscoco_train2014_annotations.json", vqav2_shards.annotations_file("train2014", train_a)
+    )
+    write_json(
+        root / "v2_OpenEnded_mscoco_val2014_questions.json", vqav2_shards.questions_file("val2014", val_q)
+    )
+    write_json(root / "v2_mscoco_val2014_annotations.json", vqav2_shards.annotations_file("val2014", val_a))
     write_json(
         root / "v2_OpenEnded_mscoco_test-dev2015_questions.json",
-        questions_file("test-dev2015", [(1, 1000, "What is this?")]),
+        vqav2_shards.questions_file("test-dev2015", [(1, 1000, "What is this?")]),
     )
     for folder, image_id, colour in (
         ("train2014", 9, (200, 0, 0)),
