@@ -123,6 +123,15 @@ def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     return {"cache": cache, "lock": cache / "lock.json", "tmp": tmp_path}
 
 
+def use_mirror(dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, content: bytes) -> Path:
+    """A mirror folder (``VLP_ZOO_DIR``) holding ``tiny.safetensors`` with ``content``."""
+    mirror = dirs["tmp"] / "mirror"
+    mirror.mkdir()
+    (mirror / "tiny.safetensors").write_bytes(content)
+    monkeypatch.setenv("VLP_ZOO_DIR", str(mirror))
+    return mirror
+
+
 def tiny(url: str | None = None, **changes: object) -> Entry:
     entry = Entry(
         name="test:tiny",
@@ -236,10 +245,7 @@ def test_offline_without_a_local_copy_names_the_path_to_put_it_at(
 def test_offline_with_a_mirror_file_uses_it_without_a_request(
     server: Server, dirs: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mirror = dirs["tmp"] / "mirror"
-    mirror.mkdir()
-    (mirror / "tiny.safetensors").write_bytes(PAYLOAD)
-    monkeypatch.setenv("VLP_ZOO_DIR", str(mirror))
+    mirror = use_mirror(dirs, monkeypatch, PAYLOAD)
     path = fetch(tiny(f"{server.url}/tiny.safetensors"), offline=True, progress=False)
     assert path == mirror / "tiny.safetensors" and read_lock(dirs["lock"]) == {"test:tiny": SHA}
     assert server.requests == []
@@ -273,10 +279,7 @@ def test_a_sha256_prefix_accepts_a_match_and_refuses_a_mismatch(server: Server, 
 def test_a_mirror_file_with_a_wrong_hash_is_refused_and_left_in_place(
     server: Server, dirs: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mirror = dirs["tmp"] / "mirror"
-    mirror.mkdir()
-    (mirror / "tiny.safetensors").write_bytes(OTHER)
-    monkeypatch.setenv("VLP_ZOO_DIR", str(mirror))
+    mirror = use_mirror(dirs, monkeypatch, OTHER)
     with pytest.raises(FetchError, match=re.escape(f"{mirror / 'tiny.safetensors'} (in the mirror folder")):
         fetch(tiny(f"{server.url}/tiny.safetensors", sha256=SHA), progress=False)
     assert (mirror / "tiny.safetensors").read_bytes() == OTHER

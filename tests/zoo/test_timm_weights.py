@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
+from zoo_fixtures import ATOL, GRID, PATCH, SIDE
 
 from vlp.models.embedders.cnn_grid import CNNGridEmbedder
 from vlp.models.embedders.text import TextEmbedder
@@ -30,12 +31,7 @@ from vlp.zoo.timm_weights import (
     vit_to_timm,
 )
 
-# fp32, outputs of size ~1: the two paths run the same operations (0 difference on the machine these
-# were written on), but vlp's positions come through grid_sample and its attention through other views of
-# the qkv output, so another CPU's kernels may sum in another order (differences ~1e-7).
-ATOL = 1e-5
-SIDE, PATCH, DIM, DEPTH, HEADS = 64, 16, 32, 2, 4
-GRID = SIDE // PATCH
+DIM, DEPTH, HEADS = 32, 2, 4
 TIMM_VIT_ENTRIES = [name for name, entry in ENTRIES.items() if entry.converter == "timm-vit"]
 TIMM_RESNET_ENTRIES = [name for name, entry in ENTRIES.items() if entry.converter == "timm-resnet"]
 

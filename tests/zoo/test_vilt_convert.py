@@ -21,6 +21,7 @@ from transformers import (
     ViltForQuestionAnswering,
     ViltModel,
 )
+from zoo_fixtures import ATOL, GRID, PATCH, SIDE
 
 from vlp.checkpoints import read_state_dict
 from vlp.cli import main
@@ -41,9 +42,7 @@ from vlp.zoo.vilt_build import (
     vilt_from_config,
 )
 
-ATOL = 1e-5
-BATCH, TEXT_LEN, SIDE, PATCH, VOCAB = 3, 10, 64, 16, 60
-GRID = SIDE // PATCH
+BATCH, TEXT_LEN, VOCAB = 3, 10, 60
 
 
 def tiny_config(**overrides: object) -> ViltConfig:
