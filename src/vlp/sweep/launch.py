@@ -1,6 +1,7 @@
-"""Starting runs: one stage (:func:`run_stage`), one trial's chain of stages (:func:`run_chain`), and the two
-launchers that run chains: a local queue of processes (:func:`launch_local`) and SLURM job arrays through
-submitit (:func:`launch_submitit`).
+"""Starting runs: one stage (:func:`run_stage`), trials' chains of stages (:func:`run_chains`: a run that
+several trials share runs once, and each trial goes on once it is done), and the two launchers that run
+chains: a local queue of processes (:func:`launch_local`) and SLURM job arrays through submitit
+(:func:`launch_submitit`: one task per trial, or per group of trials that share runs).
 
 A stage runs ``python -m vlp fit <argv>`` as a child process, its output appended to ``<run>/fit.log``:
 
@@ -133,34 +134,106 @@ def run_stage(
     return status
 
 
-def run_chain(
-    chain: ChainJob,
+class Chains:
+    """The progress of trials' chains whose stages may be shared (one run folder in several chains): each
+    run starts once, and a trial continues once its stage's run is done, whichever chain ran it."""
+
+    def __init__(self, chains: Sequence[ChainJob]) -> None:
+        self.chains = list(chains)
+        self.position = {chain.trial: 0 for chain in self.chains}
+        self.states: dict[str, list[str]] = {chain.trial: [] for chain in self.chains}
+        self.ended: dict[str, str] = {}  # run folder -> the state its run here ended in
+        self.running: set[str] = set()
+
+    def waiting_on(self, chain: ChainJob) -> StageJob | None:
+        """The trial's first stage that is not done (past done ones, recorded ``done``), or ``None`` once
+        the chain has ended (all done, or a stage ended otherwise: its state recorded)."""
+        states = self.states[chain.trial]
+        while self.position[chain.trial] < len(chain.stages):
+            stage = chain.stages[self.position[chain.trial]]
+            state = self.ended.get(stage.run_dir)
+            if state is None and stage.run_dir not in self.running:
+                status = read_status(Path(stage.run_dir))
+                state = "done" if status is not None and status.state == "done" else None
+            if state is None:
+                return stage
+            states.append(state)
+            self.position[chain.trial] = (
+                len(chain.stages) if state != "done" else self.position[chain.trial] + 1
+            )
+        return None
+
+    def next_run(self) -> tuple[ChainJob, StageJob] | None:
+        """The first stage (trials in order) that waits to start, not running for another trial."""
+        for chain in self.chains:
+            stage = self.waiting_on(chain)
+            if stage is not None and stage.run_dir not in self.running:
+                return chain, stage
+        return None
+
+    def start(self, stage: StageJob) -> None:
+        self.running.add(stage.run_dir)
+
+    def end(self, stage: StageJob, state: str) -> None:
+        self.running.discard(stage.run_dir)
+        self.ended[stage.run_dir] = state
+
+    def results(self) -> dict[str, list[str]]:
+        """``{trial: the states of its stages reached}``: ``done`` for each done one, then the state of
+        the first that is not (none when it never started)."""
+        for chain in self.chains:
+            self.waiting_on(chain)
+        return {chain.trial: self.states[chain.trial] for chain in self.chains}
+
+
+def run_chains(
+    chains: Sequence[ChainJob],
+    slots: Sequence[dict[str, str]],
     job_id: str | None = None,
     report: Callable[[str], None] = print,
     started: Callable[[subprocess.Popen[bytes]], None] | None = None,
     stop: threading.Event | None = None,
-) -> list[str]:
-    """Run a trial's stages in order (done ones skipped); the final state of each stage reached. Once
-    ``stop`` is set no further stage starts."""
-    states = []
-    for stage in chain.stages:
-        status = read_status(Path(stage.run_dir))
-        if status is not None and status.state == "done":
-            states.append("done")
-            continue
-        if stop is not None and stop.is_set():
-            break
-        report(f"start  {stage.label}")
-        begin = time.monotonic()
-        status = run_stage(stage, chain.env, job_id, started)
-        elapsed = time.monotonic() - begin
-        report(
-            f"{status.state:<6s} {stage.label} (exit {status.exit_code}, {elapsed:.0f} s, attempt {status.attempts})"
-        )
-        states.append(status.state)
-        if status.state != "done":
-            break
-    return states
+) -> dict[str, list[str]]:
+    """Run the trials' stages in order, ``len(slots)`` processes at a time (each with its slot's
+    environment added to its chain's); a run that several chains hold runs once, and each chain stops at
+    its first stage that does not end ``done``. Once ``stop`` is set no further run starts. ``{trial: the
+    states of its stages reached}``."""
+    progress = Chains(chains)
+    changed = threading.Condition()
+
+    def claim() -> tuple[ChainJob, StageJob] | None:
+        with changed:
+            while stop is None or not stop.is_set():
+                found = progress.next_run()
+                if found is not None:
+                    progress.start(found[1])
+                    return found
+                if not progress.running:
+                    return None
+                changed.wait()
+            return None
+
+    def work(slot: dict[str, str]) -> None:
+        while (found := claim()) is not None:
+            chain, stage = found
+            state = "failed"
+            try:
+                report(f"start  {stage.label}")
+                begin = time.monotonic()
+                status = run_stage(stage, {**chain.env, **slot}, job_id, started)
+                state = status.state
+                elapsed = time.monotonic() - begin
+                report(
+                    f"{status.state:<6s} {stage.label} (exit {status.exit_code}, {elapsed:.0f} s, attempt {status.attempts})"
+                )
+            finally:
+                with changed:
+                    progress.end(stage, state)
+                    changed.notify_all()
+
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:  # the caller's thread stays free for signals
+        list(pool.map(work, slots))
+    return progress.results()
 
 
 # ------------------------------------------------------------------------------------------------ local
@@ -202,7 +275,6 @@ def launch_local(
     ``last.ckpt`` and exits, recorded ``queued``), no further run starts, and the sweep returns once they
     have ended; the same command resumes them."""
     slots = local_slots(launcher, parallel)
-    free = list(range(len(slots)))
     lock = threading.Lock()
     stop = threading.Event()
     children: list[subprocess.Popen[bytes]] = []
@@ -224,26 +296,12 @@ def launch_local(
         for process in running:
             process.send_signal(signal.SIGTERM)
 
-    def work(chain: ChainJob) -> list[str]:
-        if stop.is_set():
-            return []
-        with lock:
-            slot = free.pop(0)
-        try:
-            job = ChainJob(chain.trial, chain.stages, {**chain.env, **slots[slot]})
-            return run_chain(job, report=report, started=started, stop=stop)
-        finally:
-            with lock:
-                free.append(slot)
-
     handlers = on_stop_signals(stop_runs)
     try:
-        with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-            results = list(pool.map(work, chains))
+        return run_chains(chains, slots, report=report, started=started, stop=stop)
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-    return {chain.trial: states for chain, states in zip(chains, results)}
 
 
 def on_stop_signals(handler: Callable[[int, FrameType | None], None]) -> dict[int, Any]:
@@ -260,13 +318,37 @@ def _log_signal(signum: int, frame: FrameType | None) -> None:
     print(f"vlp sweep: signal {signal.Signals(signum).name} (Lightning's auto-requeue handles it in the run)")
 
 
-def submitit_chain(chain: ChainJob) -> list[str]:
-    """A submitit job: the trial's chain. SIGUSR1 (SLURM's warning before the time limit) is Lightning's
-    to handle in the run's process; this process only logs it instead of dying of it."""
+def submitit_group(chains: tuple[ChainJob, ...]) -> dict[str, list[str]]:
+    """A submitit job: the chains of trials that share runs, one run at a time (each shared run once).
+    SIGUSR1 (SLURM's warning before the time limit) is Lightning's to handle in the run's process; this
+    process only logs it instead of dying of it."""
     import submitit
 
     signal.signal(signal.SIGUSR1, _log_signal)
-    return run_chain(chain, job_id=str(submitit.JobEnvironment().job_id))
+    return run_chains(chains, [{}], job_id=str(submitit.JobEnvironment().job_id))
+
+
+def sharing_groups(chains: Sequence[ChainJob]) -> list[tuple[ChainJob, ...]]:
+    """``chains`` grouped so that chains holding a common run folder are in one group (transitively),
+    in the order of their first chain, each group's chains in order."""
+    group_of: dict[str, int] = {}  # run folder -> group
+    members: list[list[ChainJob]] = []
+    for chain in chains:
+        joined = sorted({group_of[s.run_dir] for s in chain.stages if s.run_dir in group_of})
+        if not joined:
+            members.append([])
+            joined = [len(members) - 1]
+        target = joined[0]
+        for other in joined[1:]:
+            members[target] += members[other]
+            members[other] = []
+        members[target].append(chain)
+        for member in members[target]:
+            for stage in member.stages:
+                group_of[stage.run_dir] = target
+    order = {chain.trial: index for index, chain in enumerate(chains)}
+    groups = [sorted(group, key=lambda c: order[c.trial]) for group in members if group]
+    return [tuple(group) for group in sorted(groups, key=lambda g: order[g[0].trial])]
 
 
 def make_executor(launcher: Launcher, folder: Path) -> Any:
@@ -309,25 +391,28 @@ def launch_submitit(
     queued: Callable[[ChainJob, str], None],
     report: Callable[[str], None] = print,
 ) -> dict[str, list[str]] | None:
-    """Submit ``chains`` as one job array; ``queued(chain, job_id)`` records each submission. With
-    ``wait`` (default for ``cluster: local``), block until every job ends: ``{trial: stage states}``."""
+    """Submit ``chains`` as one job array, a task per group of trials that share runs (a trial alone
+    without); ``queued(chain, job_id)`` records each submission. With ``wait`` (default for ``cluster:
+    local``), block until every job ends: ``{trial: stage states}``."""
     executor = make_executor(launcher, folder)
     env = submitit_env(launcher)
-    chains = [ChainJob(c.trial, c.stages, {**c.env, **env}) for c in chains]
-    jobs = executor.map_array(submitit_chain, chains)
-    for chain, job in zip(chains, jobs):
-        queued(chain, str(job.job_id))
+    groups = sharing_groups([ChainJob(c.trial, c.stages, {**c.env, **env}) for c in chains])
+    jobs = executor.map_array(submitit_group, groups)
+    for group, job in zip(groups, jobs):
+        for chain in group:
+            queued(chain, str(job.job_id))
     report(
-        f"{launcher.cluster}: submitted {len(jobs)} trials as jobs {', '.join(str(j.job_id) for j in jobs)}"
+        f"{launcher.cluster}: submitted {len(chains)} trials as {len(jobs)} jobs {', '.join(str(j.job_id) for j in jobs)}"
     )
     wait = launcher.wait if launcher.wait is not None else launcher.cluster == "local"
     if not wait:
         return None
-    results = {}
-    for chain, job in zip(chains, jobs):
+    results: dict[str, list[str]] = {}
+    for group, job in zip(groups, jobs):
         try:
-            results[chain.trial] = job.result()
+            results.update(job.result())
         except Exception as error:  # a job that died: its stages' status says where it stopped
-            report(f"job {job.job_id} ({chain.trial}) ended without a result: {str(error).splitlines()[0]}")
-            results[chain.trial] = ["failed"]
+            trials = ", ".join(chain.trial for chain in group)
+            report(f"job {job.job_id} ({trials}) ended without a result: {str(error).splitlines()[0]}")
+            results.update({chain.trial: ["failed"] for chain in group})
     return results
