@@ -77,3 +77,26 @@ def two_by_two(folder: Path, shapes: Path, launcher: dict[str, Any], **more: Any
         **more,
     }
     return write_yaml(folder / "tiny_sweep.yaml", spec)
+
+
+LR = "model.init_args.lr"
+SHARED_ARMS = ["lr=0.001", "lr=0.0005"]
+
+
+def shared_first_stage(folder: Path, shapes: Path, launcher: dict[str, Any], **more: Any) -> Path:
+    """A sweep file of 2 arms x 2 seeds over two stages of the tiny recipe, ``pre`` then ``ft`` from its
+    checkpoint, the arms differing only in ``ft``'s learning rate: both arms' ``pre`` is one run per seed."""
+    recipe = write_yaml(folder / "tiny.yaml", tiny_recipe(shapes))
+    spec = {
+        "name": "shared",
+        "recipe": str(recipe),
+        "axes": [{"grid": {f"ft:{LR}": [0.001, 0.0005]}}],
+        "seeds": [0, 1],
+        "stages": [{"name": "pre"}, {"name": "ft", "init_from": "pre"}],
+        "metrics": [{"name": "val/itm_acc", "mode": "max", "stage": "pre"}, {"name": "val/itm_loss", "mode": "min"}],
+        "baseline": "lr=0.001",
+        "launcher": launcher,
+        "out": str(folder / "sweep"),
+        **more,
+    }  # fmt: skip
+    return write_yaml(folder / "shared_sweep.yaml", spec)

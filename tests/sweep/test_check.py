@@ -42,12 +42,13 @@ def test_run_ids_ignore_seed_and_folder_and_follow_the_config(recipe: Path, tmp_
         "seeds": [0, 1],
     }
     runs = expand(parse_spec(data))
-    ids = check_runs(runs, tmp_path / "a")
-    by_arm = {(r.arm, r.seed): ids[r.run_dir] for r in runs}
+    checked = check_runs(runs, tmp_path / "a")
+    by_arm = {(r.arm, r.seed): r.run_id for r in checked}
     assert by_arm[("whole_word_masking=true", 0)] == by_arm[("whole_word_masking=true", 1)]
     assert by_arm[("whole_word_masking=true", 0)] != by_arm[("whole_word_masking=false", 0)]
-    assert check_runs(runs, tmp_path / "elsewhere") == ids
-    assert all(len(i) == 12 and int(i, 16) >= 0 for i in ids.values())
+    assert [r.run_id for r in check_runs(runs, tmp_path / "elsewhere")] == [r.run_id for r in checked]
+    assert all(r.run_id is not None and len(r.run_id) == 12 and int(r.run_id, 16) >= 0 for r in checked)
+    assert [r.run_dir for r in checked] == [r.run_dir for r in runs]  # no two trials run the same thing
 
 
 def test_a_bad_trial_stops_the_sweep_before_any_run_naming_trial_and_key(

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sweep_parts import COLLATOR, tiny_recipe, two_by_two, write_yaml
+from sweep_parts import COLLATOR, SHARED_ARMS, shared_first_stage, tiny_recipe, two_by_two, write_yaml
 
 from vlp.errors import UserError
 from vlp.sweep.command import plan_trial, run_sweep, status_lines
 from vlp.sweep.launch import resume_args
-from vlp.sweep.spec import parse_spec
+from vlp.sweep.results import build_report
+from vlp.sweep.spec import load_spec, parse_spec
 from vlp.sweep.status import Status, read_status, write_status
 from vlp.sweep.trials import expand
 
@@ -207,6 +208,76 @@ def test_a_two_stage_trial_starts_its_second_stage_from_the_first_ones_checkpoin
     assert config["model"]["init_args"]["init_from"] == str((pre / "checkpoints" / "last.ckpt").resolve())
     assert json.loads((pre / "metrics.json").read_text())["best"]["val/itm_acc"]["step"] == 2
     assert json.loads((ft / "metrics.json").read_text())["best"] == {}  # no metric of the sweep at ft
+
+
+def fit_starts(out: Path) -> dict[str, int]:
+    """``{run folder: fits started in it}``, from the command line each start writes into its fit.log
+    (an earlier attempt's, moved into ``attempt_<n>/``, counted in its run folder)."""
+    starts: dict[str, int] = {}
+    for log in sorted(out.rglob("fit.log")):
+        folder = log.parent.parent if log.parent.name.startswith("attempt_") else log.parent
+        key = folder.relative_to(out).as_posix()
+        starts[key] = starts.get(key, 0) + log.read_text().count("\n$ ")
+    return starts
+
+
+@pytest.mark.slow
+def test_a_shared_first_stage_runs_once_per_seed_through_a_kill_an_only_run_and_a_resume(
+    tmp_path: Path, tiny_shapes: Path
+) -> None:
+    """2 arms (ft learning rate) x 2 seeds; both arms' pre is one run per seed: 6 fits, not 8. The sweep
+    is killed while the first trial's ft runs; ``--only`` the other arm then runs seed 1's shared pre (the
+    first arm's) and its own fine-tunes; the full run restarts the killed fit and runs the last one."""
+    fast, slow = SHARED_ARMS
+    spec = shared_first_stage(tmp_path, tiny_shapes, {"kind": "local", "parallel": 1})
+    out = tmp_path / "sweep"
+    pre, ft = out / fast / "seed_0" / "pre", out / fast / "seed_0" / "ft"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "vlp", "sweep", "run", str(spec)], cwd=REPO, env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and sweep.poll() is None:
+            if (read_status(pre) or Status()).state == "done" and (
+                read_status(ft) or Status()
+            ).state == "running":
+                break
+            time.sleep(0.2)
+        assert sweep.poll() is None, "the sweep ended before it could be killed"
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and its running fit, at once
+        sweep.wait()
+    assert fit_starts(out) == {f"{fast}/seed_0/ft": 1, f"{fast}/seed_0/pre": 1}
+
+    lines: list[str] = []
+    results = run_sweep(spec, only=[slow], report=lines.append)
+    assert results == {f"{slow}/seed_0": ["done", "done"], f"{slow}/seed_1": ["done", "done"]}
+    assert f"to run {slow}/seed_1 from pre: new" in lines
+    assert f"start  {fast}/seed_1/pre" in lines  # the first arm's folder
+    results = run_sweep(spec, report=lines.append)
+    assert results == {f"{fast}/seed_0": ["done", "done"], f"{fast}/seed_1": ["done", "done"]}
+    assert any(line.startswith(f"to run {fast}/seed_0 from ft: dead (running") for line in lines)
+
+    assert fit_starts(out) == {
+        f"{fast}/seed_0/ft": 2, f"{fast}/seed_0/pre": 1, f"{fast}/seed_1/ft": 1, f"{fast}/seed_1/pre": 1,
+        f"{slow}/seed_0/ft": 1, f"{slow}/seed_1/ft": 1,
+    }  # fmt: skip
+    for seed in (0, 1):
+        config = yaml.safe_load((out / slow / f"seed_{seed}" / "ft" / "config.yaml").read_text())
+        ckpt = out / fast / f"seed_{seed}" / "pre" / "checkpoints" / "last.ckpt"
+        assert config["model"]["init_args"]["init_from"] == str(ckpt.resolve())
+        assert (config["model"]["init_args"]["lr"], config["seed_everything"]) == (0.0005, seed)
+    assert status_lines(spec).splitlines()[0] == f"sweep shared in {out}: 6 runs (8 trial stages): 6 done"
+
+    loaded = load_spec(spec)
+    report = build_report(out, loaded.metrics, loaded.baseline, [])
+    rows = {(row.arm, row.metric.name): row for row in report.rows}
+    shared = [json.loads((out / fast / f"seed_{s}" / "pre" / "metrics.json").read_text()) for s in (0, 1)]
+    expected = {seed: record["final"]["val/itm_acc"] for seed, record in enumerate(shared)}
+    assert rows[fast, "val/itm_acc"].values == rows[slow, "val/itm_acc"].values == expected
+    assert rows[slow, "val/itm_acc"].summary.n == rows[slow, "val/itm_loss"].summary.n == 2
+    assert report.issues == []
 
 
 def test_sigterm_stops_the_sweep_cleanly_its_fits_recorded_queued_and_nothing_new_starts(

@@ -84,7 +84,7 @@ def write_sweep(out: Path) -> None:
                     "arm": arm,
                     "seed": seed,
                     "stage": "main",
-                    "run_id": "0123456789ab",
+                    "run_id": f"{list(ACC).index(arm):012x}",  # one per arm: the arms train different things
                     "run_dir": run_dir,
                     "overrides": {},
                     "recipe": ["configs/vilt/shapes_pretrain.yaml"],
@@ -337,3 +337,61 @@ def test_main_default_and_given_sweep_folder(
     elsewhere = tmp_path / "copy"
     with pytest.raises(UserError, match=re.escape(f"{elsewhere / 'trials.json'}: no trials.json")):
         main([str(sweep_file), "--out", str(elsewhere)])
+
+
+def write_shared_sweep(out: Path, old_format: bool) -> None:
+    """Arms base and wide at seeds 1-3, stages pre then ft; the arms differ in ft only, so each seed's pre
+    is one run, in base's folder (val/pre 0.5, 0.75, 1.0). ``old_format``: trials.json as written before
+    stages were shared (each trial stage in its own folder), and wide/seed_1's pre run started in its own
+    folder then (done there, val/pre 0.625): the report reads it there."""
+    pre = {1: 0.5, 2: 0.75, 3: 1.0}
+    acc = {"base": {1: 0.25, 2: 0.5, 3: 0.75}, "wide": {1: 0.5, 2: 1.0, 3: 1.5}}
+    entries, folders = [], {}
+    for arm in ("base", "wide"):
+        for seed in (1, 2, 3):
+            trial = f"{arm}/seed_{seed}"
+            shared = arm == "wide" and (old_format is False or seed != 1)
+            pre_dir = f"base/seed_{seed}/pre" if shared and not old_format else f"{trial}/pre"
+            for stage, run_dir, after, run_id in [
+                ("pre", pre_dir, None, "00000000000p"),
+                ("ft", f"{trial}/ft", pre_dir, f"0000000000f{arm[0]}"),
+            ]:
+                entry = {"trial": trial, "arm": arm, "seed": seed, "stage": stage, "run_id": run_id,
+                         "run_dir": run_dir, "after": after}  # fmt: skip
+                if not old_format:
+                    entry["shared_with"] = f"base/seed_{seed}" if shared and stage == "pre" else None
+                entries.append(entry)
+            if not shared:
+                folders[f"{trial}/pre"] = {"val/pre": pre[seed] if arm == "base" else 0.625}
+            folders[f"{trial}/ft"] = {"val/acc": acc[arm][seed]}
+    for run_dir, final in folders.items():
+        (out / run_dir).mkdir(parents=True)
+        (out / run_dir / "status.json").write_text(json.dumps({"state": "done", "exit_code": 0}))
+        (out / run_dir / "metrics.json").write_text(json.dumps({"final": final, "validations": []}))
+    (out / "trials.json").write_text(json.dumps(entries))
+
+
+SHARED_METRICS = [FakeMetric("val/pre", "max", "pre"), FakeMetric("val/acc", "max", "ft")]
+
+
+def test_a_shared_stages_metric_counts_in_every_arm_that_shares_it(tmp_path: Path) -> None:
+    write_shared_sweep(tmp_path, old_format=False)
+    report = build_report(tmp_path, SHARED_METRICS, "base", ["wide > base on val/acc"])
+    base, wide = row(report, "base", "val/pre"), row(report, "wide", "val/pre")
+    assert base.values == wide.values == {1: 0.5, 2: 0.75, 3: 1.0}  # read from base's folders for both
+    assert (wide.summary.n, wide.n_missing, wide.summary.mean, wide.summary.std) == (3, 0, 0.75, 0.25)
+    assert wide.diff is not None and (wide.diff.n_pairs, wide.diff.mean, wide.diff.std) == (3, 0.0, 0.0)
+    acc = row(report, "wide", "val/acc")
+    assert (acc.summary.n, acc.summary.mean, acc.summary.std) == (3, 1.0, 0.5)
+    assert acc.diff is not None and (acc.diff.n_pairs, acc.diff.mean, acc.diff.std) == (3, 0.5, 0.25)
+    assert acc.diff.ci_low == pytest.approx(0.5 - T2 * 0.25 / math.sqrt(3), rel=1e-12)
+    assert report.issues == []
+
+
+def test_the_report_of_a_folder_from_before_sharing_reads_each_run_where_it_is(tmp_path: Path) -> None:
+    write_shared_sweep(tmp_path, old_format=True)
+    report = build_report(tmp_path, SHARED_METRICS, "base", [])
+    wide = row(report, "wide", "val/pre")
+    assert wide.values == {1: 0.625, 2: 0.75, 3: 1.0}  # its own started run, then base's shared runs
+    assert wide.diff is not None and (wide.diff.n_pairs, wide.diff.mean) == (3, 0.125 / 3)
+    assert report.issues == []

@@ -4,7 +4,8 @@ its recipe files followed and interpolations resolved, nothing built), and each 
 A run's id is the first 12 hex digits of the sha256 of its resolved configuration without its seed and its
 run folder: ``seed_everything`` is dropped, the run folder is written ``<run>`` wherever it appears (the
 logger's ``save_dir``, ...), and the folder of the stage it starts from is written as that run's id. Two runs
-with the same id train the same thing on another seed.
+with the same id train the same thing on another seed; on the same seed, after the same chain, they are one
+run (:class:`vlp.sweep.trials.Sharing`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from lightning import LightningDataModule, LightningModule
 
 from vlp.cli import VLPCLI
 from vlp.errors import UserError
-from vlp.sweep.trials import Run
+from vlp.sweep.trials import Run, place_runs
 
 
 class ParseOnlyCLI(VLPCLI):
@@ -45,11 +46,15 @@ def resolved_config(argv: list[str]) -> dict[str, Any]:
     return json.loads(cli.parser.dump(cli.config, format="json", skip_validation=True))
 
 
-def check_runs(runs: list[Run], out: Path) -> dict[str, str]:
-    """Parse every run's command line; ``{run_dir: run id}``. The first run that does not parse stops the
-    check with a :class:`~vlp.errors.UserError` naming its trial, stage and the parser's message (the key)."""
+def check_runs(runs: list[Run], out: Path) -> list[Run]:
+    """Parse every run's command line (``runs`` from :func:`~vlp.sweep.trials.expand`, in order); the runs
+    with their ids, in their folders (a shared run in its owner's). A run is parsed with the stage it starts
+    from in that stage's folder, so a run of its own is parsed exactly as it will run. The first run that
+    does not parse stops the check with a :class:`~vlp.errors.UserError` naming its trial, stage and the
+    parser's message (the key)."""
     ids: dict[str, str] = {}
-    for run in runs:
+
+    def parsed_id(run: Run) -> str:
         try:
             config = resolved_config(run.argv(out))
         except UserError as error:
@@ -57,10 +62,14 @@ def check_runs(runs: list[Run], out: Path) -> dict[str, str]:
                 f"trial {run.trial}, stage {run.stage} ({run.run_dir}): {error}; no run was started"
             ) from None
         ids[run.run_dir] = run_id(config, run, out, ids)
-    return ids
+        return ids[run.run_dir]
+
+    return place_runs(runs, out, parsed_id)
 
 
 def run_id(config: dict[str, Any], run: Run, out: Path, ids: dict[str, str]) -> str:
+    """The id of ``run`` (in its folder ``run_dir``) from its parsed ``config``; ``ids``: by run folder,
+    those of the runs before it (the one it starts from among them)."""
     config = {key: value for key, value in config.items() if key != "seed_everything"}
     replacements = {str(run.folder(out).resolve()): "<run>"}
     if run.after is not None:

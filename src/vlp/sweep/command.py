@@ -3,9 +3,10 @@
 ``run`` expands the sweep file into its runs, parses every run's command line with ``fit``'s parser (one
 that does not parse stops the sweep before any run starts, naming the trial and the key), then starts what
 is missing: a trial whose stages are all done is skipped, a dead run (its process or job gone) restarts
-from its ``last.ckpt``, a failed one only with ``--retry-failed``, a running one is left alone. Re-running
-the same command is how a sweep is resumed. ``--dry-run`` prints the table of runs and starts nothing.
-``status`` prints each run's state, attempts and final metrics.
+from its ``last.ckpt``, a failed one only with ``--retry-failed``, a running one is left alone. Trial stages
+that are the same run (:class:`vlp.sweep.trials.Sharing`) are one run, in the folder of the first trial
+that has it. Re-running the same command is how a sweep is resumed. ``--dry-run`` prints the table of runs
+and starts nothing. ``status`` prints each trial stage's state, attempts and final metrics.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from vlp.sweep.check import check_runs
 from vlp.sweep.launch import ChainJob, StageJob, launch_local, launch_submitit
 from vlp.sweep.spec import SweepSpec, load_spec
 from vlp.sweep.status import Status, is_dead, read_status, write_status
-from vlp.sweep.trials import TRIALS_FILE, Run, expand, read_records, trials
+from vlp.sweep.trials import TRIALS_FILE, Run, expand, place_runs, read_records, recorded_ids, trials
 
 PROG = "python -m vlp sweep"
 SPEC_COPY = "sweep.yaml"
@@ -151,22 +152,35 @@ def overrides_text(overrides: dict[str, Any]) -> str:
     return " ".join(f"{key}={json.dumps(value)}" for key, value in overrides.items()) or "-"
 
 
-def trial_table(runs: list[Run], ids: dict[str, str], out: Path) -> str:
+def trial_table(runs: list[Run], out: Path) -> str:
+    """A row per trial stage (a shared run in each of its trials, in its owner's folder), then how many
+    runs the trial stages are, by stage."""
     rows = []
     for run in runs:
         status = read_status(run.folder(out))
         rows.append(
-            [run.arm, str(run.seed), run.stage, ids[run.run_dir], status.state if status else "-",
-             str(out / run.run_dir), overrides_text(run.overrides)]
+            [run.arm, str(run.seed), run.stage, str(run.run_id), status.state if status else "-",
+             str(out / run.run_dir), run.sharing_text(), overrides_text(run.overrides)]
         )  # fmt: skip
-    return table(rows, ["arm", "seed", "stage", "run_id", "state", "run folder", "overrides"])
+    header = ["arm", "seed", "stage", "run_id", "state", "run folder", "shared", "overrides"]
+    return table(rows, header) + "\n" + run_count(runs)
+
+
+def run_count(runs: list[Run]) -> str:
+    """``9 runs for 12 trial stages: pretrain 3 for 6, vqa 6 for 6``."""
+    stages = list(dict.fromkeys(run.stage for run in runs))
+    folders = {stage: {run.run_dir for run in runs if run.stage == stage} for stage in stages}
+    trial_stages = {stage: sum(run.stage == stage for run in runs) for stage in stages}
+    parts = ", ".join(f"{stage} {len(folders[stage])} for {trial_stages[stage]}" for stage in stages)
+    distinct = len({run.run_dir for run in runs})
+    return f"{distinct} runs for {len(runs)} trial stages: {parts}"
 
 
 # -------------------------------------------------------------------------------------------------- run
 
 
-def selected(spec: SweepSpec, only: list[str] | None) -> list[Run]:
-    runs = expand(spec)
+def selected(spec: SweepSpec, runs: list[Run], only: list[str] | None) -> list[Run]:
+    """The runs of the arms ``only`` (all without), with the shared runs those arms' trials need."""
     if not only:
         return runs
     known = arm_names(spec)
@@ -191,14 +205,14 @@ def run_sweep(
 
         return run_search(spec_path, spec, dry_run=dry_run, parallel=parallel, report=report)
     out = spec.out_dir
-    all_runs = expand(spec)
-    report(f"sweep {spec.name}: checking {len(all_runs)} runs")
-    ids = check_runs(all_runs, out)
-    runs = selected(spec, only)
+    nominal = expand(spec)
+    report(f"sweep {spec.name}: checking {len(nominal)} runs")
+    all_runs = check_runs(nominal, out)
+    runs = selected(spec, all_runs, only)
     if dry_run:
-        report(trial_table(runs, ids, out))
+        report(trial_table(runs, out))
         return None
-    prepare_folder(spec_path, spec, [run.record(ids[run.run_dir]) for run in all_runs])
+    prepare_folder(spec_path, spec, [run.record() for run in all_runs])
     return launch(spec, runs, out, retry_failed, parallel, report)
 
 
@@ -219,8 +233,7 @@ def launch(
             continue
         report(f"to run {trial} from {step.stage}: {step.why}")
         stages = tuple(
-            StageJob(f"{run.trial}/{run.stage}", str(run.folder(out).resolve()), tuple(run.argv(out)))
-            for run in trial_runs
+            StageJob(run.run_dir, str(run.folder(out).resolve()), tuple(run.argv(out))) for run in trial_runs
         )
         chains.append(ChainJob(trial, stages))
     if not chains:
@@ -244,11 +257,15 @@ def launch(
 
 
 def status_lines(spec_path: Path) -> str:
+    """A row per trial stage: the state of its run (a shared run in each of its trials, marked), its
+    attempts, exit status and final metrics; the first line counts the runs by state. Shared runs are
+    found from the run ids of ``trials.json`` (none before the first ``sweep run``)."""
     spec = load_spec(spec_path)
     out = spec.out_dir
-    runs = expand(spec)
+    ids = recorded_ids(out)
+    runs = place_runs(expand(spec), out, lambda run: ids.get(run.home))
     rows = []
-    counts: dict[str, int] = {}
+    states: dict[str, str] = {}  # run folder -> state
     cluster = spec.launcher.cluster if spec.launcher.kind == "slurm" else None
     for run in runs:
         folder = run.folder(out)
@@ -256,18 +273,23 @@ def status_lines(spec_path: Path) -> str:
         state = "-" if status is None else status.state
         if status is not None and is_dead(status, folder, cluster, out / JOBS_FOLDER):
             state += " (dead)"
-        counts[state] = counts.get(state, 0) + 1
+        states[run.run_dir] = state
         record = read_metrics(folder)
         final = record["final"] if record is not None else {}
         shown = [m.name for m in spec.metrics if spec.metric_stage(m) == run.stage] or sorted(final)[:3]
         values = " ".join(f"{name}={final[name]:.4f}" for name in shown if name in final) or "-"
         rows.append(
             [run.trial, run.stage, state, str(status.attempts if status else 0),
-             str(status.exit_code) if status and status.exit_code is not None else "-", values]
+             str(status.exit_code) if status and status.exit_code is not None else "-", run.sharing_text(),
+             values]
         )  # fmt: skip
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
     summary = ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
-    header = ["trial", "stage", "state", "attempts", "exit", "final metrics"]
-    return f"sweep {spec.name} in {out}: {summary}\n" + table(rows, header)
+    shared = f" ({len(runs)} trial stages)" if len(states) != len(runs) else ""
+    header = ["trial", "stage", "state", "attempts", "exit", "shared", "final metrics"]
+    return f"sweep {spec.name} in {out}: {len(states)} runs{shared}: {summary}\n" + table(rows, header)
 
 
 # ---------------------------------------------------------------------------------------------- command

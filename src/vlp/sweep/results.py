@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 from vlp.errors import UserError
 from vlp.sweep.claims import Verdict, judge, parse_claim
 from vlp.sweep.stats import Difference, Summary, difference, summarize
-from vlp.sweep.trials import TRIALS_FILE
+from vlp.sweep.trials import TRIALS_FILE, place_records
 
 ValueKind = Literal["final", "best"]
 VALUE_KINDS: tuple[ValueKind, ...] = ("final", "best")
@@ -127,13 +127,14 @@ def read_json(path: Path) -> tuple[Any, str]:
 
 
 def read_runs(out: Path) -> list[Run]:
-    """Every trial stage of ``<out>/trials.json`` with its state and metrics."""
+    """Every trial stage of ``<out>/trials.json`` with its state and metrics, read from the folder its
+    run is in (a shared run's, for each trial that shares it)."""
     table_path = out / TRIALS_FILE
     table, why = read_json(table_path)
     if not isinstance(table, list):
         reason = why or "not a JSON list"
         raise UserError(f"{table_path}: {reason}; run the sweep first (`python -m vlp sweep run SWEEP.yaml`)")
-    return [_read_run(out, entry, table_path) for entry in table]
+    return [_read_run(out, entry, table_path) for entry in place_records(table, out)]
 
 
 def _read_run(out: Path, entry: Any, table_path: Path) -> Run:

@@ -69,8 +69,12 @@ def distributions(spec: SweepSpec) -> dict[str, Any]:
     return made
 
 
+def arm_name(number: int) -> str:
+    return f"trial_{number:03d}"
+
+
 def arm(number: int, params: dict[str, Any]) -> Arm:
-    return Arm(f"trial_{number:03d}", dict(params))
+    return Arm(arm_name(number), dict(params))
 
 
 def first_point(spec: SweepSpec) -> dict[str, Any]:
@@ -118,9 +122,9 @@ def run_search(
     out = spec.out_dir
     probe = expand(spec, [arm(0, first_point(spec))])
     report(f"sweep {spec.name}: optuna search of {spec.search.n_trials} trials; checking a trial's runs")
-    ids = check_runs(probe, out)
+    checked = check_runs(probe, out)
     if dry_run:
-        report(trial_table(probe, ids, out))
+        report(trial_table(checked, out))
         return None
     out.mkdir(parents=True, exist_ok=True)
     import optuna
@@ -140,13 +144,12 @@ def run_search(
             asked = [current.ask(space) for _ in range(min(batch, remaining))]
         else:
             break
-        runs_by_trial = {t.number: expand(spec, [arm(t.number, t.params)]) for t in asked}
-        runs = [run for number in sorted(runs_by_trial) for run in runs_by_trial[number]]
-        ids = check_runs(runs, out)
-        prepare_folder(spec_path, spec, merged_records(out, [run.record(ids[run.run_dir]) for run in runs]))
+        arms = [arm(t.number, t.params) for t in sorted(asked, key=lambda t: t.number)]
+        runs = check_runs(expand(spec, arms), out)
+        prepare_folder(spec_path, spec, merged_records(out, [run.record() for run in runs]))
         results.update(launch(spec, runs, out, retry_failed=False, parallel=batch, report=report) or {})
         for trial in asked:
-            value = objective(spec, runs_by_trial[trial.number], out)
+            value = objective(spec, [run for run in runs if run.arm == arm_name(trial.number)], out)
             if value is None:
                 current.tell(trial.number, state=optuna.trial.TrialState.FAIL)
                 report(f"trial_{trial.number:03d}: failed")
