@@ -151,6 +151,7 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_metric_reduces_over_processes(tmp_path: Path) -> None:
     mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     expected = (1.0 + official_mean([0.0] + [1 / 3] * 9) + 0.0) / 3

@@ -211,6 +211,7 @@ def _unannotated_rank_worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_process_without_annotated_images_joins_the_box_count(tmp_path: Path) -> None:
     init_file = str(tmp_path / "init")

@@ -289,7 +289,12 @@ def test_sigterm_stops_the_sweep_cleanly_its_fits_recorded_queued_and_nothing_ne
     from vlp.sweep import launch
     from vlp.sweep.spec import Launcher
 
-    child = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(60)"
+    ready = tmp_path / "child_ready"  # written once the child's handler is installed: SIGTERM before that
+    # would kill the child outright (exit -15, "failed"), which is not what a fit does
+    child = (
+        "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+    )
     monkeypatch.setattr(launch, "fit_command", lambda argv: [sys.executable, "-c", child])
     chains = [
         launch.ChainJob(
@@ -300,9 +305,9 @@ def test_sigterm_stops_the_sweep_cleanly_its_fits_recorded_queued_and_nothing_ne
     before = signal.getsignal(signal.SIGTERM)
 
     def stop_soon() -> None:
-        for _ in range(200):  # once the first run's child is up
+        for _ in range(600):  # once the first run's child is up and handles SIGTERM
             status = read_status(tmp_path / "r0")
-            if status is not None and status.pid is not None:
+            if status is not None and status.pid is not None and ready.exists():
                 break
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGTERM)

@@ -216,6 +216,7 @@ def single() -> dict[str, Any]:
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ft.KINDS)
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_train_as_one(
@@ -225,6 +226,7 @@ def test_two_processes_train_as_one(
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ft.KINDS)
 def test_unsynchronised_rank_would_fail_these_comparisons(kind: str, single: dict[str, Any]) -> None:
     """One rank's half of every global batch, its gradients not averaged with the other's: its weights
@@ -237,6 +239,7 @@ def test_unsynchronised_rank_would_fail_these_comparisons(kind: str, single: dic
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_retrieval_recall_over_two_processes_is_one_process_over_every_pair(
     strategy: str, results: dict[str, Any]

@@ -139,6 +139,7 @@ def test_shapes_validation_logs_no_official_accuracy(tiny_shapes: Path, tmp_path
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_two_processes_log_the_accuracy_of_the_whole_split(vqav2: Path, tmp_path: Path) -> None:
     """Rank 0 scores image 3's two questions, rank 1 image 4's one: the logged accuracy is the mean
     over the three questions (1/3 for "2"), not the mean of the ranks' means (1/4)."""
