@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import glob
 import logging
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 
 from vlp.checkpoints import torch_load
 from vlp.errors import UserError
+from vlp.zoo.converted import loaded_and_adapted_lines
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,7 @@ class InitReport:
 
     def summary(self) -> str:
         """One block for the log: counts per module for the loaded keys, every other key by name."""
-        groups = Counter(".".join(key.split(".")[:2]) for key in self.loaded)
-        lines = [f"vlp: init_from {self.source}"]
-        lines.append(
-            f"  loaded  {len(self.loaded):4d} tensors: "
-            + ", ".join(f"{name} ({count})" for name, count in sorted(groups.items()))
-        )
-        lines.append(f"  adapted {len(self.adapted):4d}" + ("" if self.adapted else " (none)"))
-        lines += [f"    {key}: {how}" for key, how in sorted(self.adapted.items())]
+        lines = loaded_and_adapted_lines(f"vlp: init_from {self.source}", self.loaded, self.adapted)
         lines.append(f"  new     {len(self.new):4d} (initialised by the task, not in the checkpoint)")
         lines += [f"    {key}" for key in self.new]
         lines.append(f"  dropped {len(self.dropped):4d} (in the checkpoint, not used by the task)")

@@ -15,6 +15,7 @@ checkpoint that differs from the published layout fails instead of loading parti
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,20 +36,24 @@ class ConversionReport:
 
     def summary(self) -> str:
         """A block for the terminal: counts of loaded keys by module, adapted and dropped keys by name."""
-        groups: dict[str, int] = {}
-        for key in self.loaded:
-            group = ".".join(key.split(".")[:2])
-            groups[group] = groups.get(group, 0) + 1
-        lines = [f"vlp zoo: converted {self.source}"]
-        lines.append(
-            f"  loaded  {len(self.loaded):4d} tensors: "
-            + ", ".join(f"{name} ({count})" for name, count in sorted(groups.items()))
-        )
-        lines.append(f"  adapted {len(self.adapted):4d}" + ("" if self.adapted else " (none)"))
-        lines += [f"    {key}: {how}" for key, how in sorted(self.adapted.items())]
+        lines = loaded_and_adapted_lines(f"vlp zoo: converted {self.source}", self.loaded, self.adapted)
         lines.append(f"  dropped {len(self.dropped):4d} (in the source, no place in vlp)")
         lines += [f"    {key}" for key in sorted(self.dropped)]
         return "\n".join(lines)
+
+
+def loaded_and_adapted_lines(title: str, loaded: list[str], adapted: dict[str, str]) -> list[str]:
+    """The head of a key report (this conversion's, ``init_from``'s): the title, the loaded keys counted by
+    module (first two name parts), and every adapted key with how it was made."""
+    groups = Counter(".".join(key.split(".")[:2]) for key in loaded)
+    lines = [title]
+    lines.append(
+        f"  loaded  {len(loaded):4d} tensors: "
+        + ", ".join(f"{name} ({count})" for name, count in sorted(groups.items()))
+    )
+    lines.append(f"  adapted {len(adapted):4d}" + ("" if adapted else " (none)"))
+    lines += [f"    {key}: {how}" for key, how in sorted(adapted.items())]
+    return lines
 
 
 @dataclass
