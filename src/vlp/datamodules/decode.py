@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 import numpy as np
+import torch
 from PIL import Image
 from torch import Tensor
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import functional as F
 
 from vlp.datamodules.parts import Decoder, Transform, Vocab
 from vlp.datamodules.tar_reader import SKIP
@@ -207,17 +210,42 @@ def decode_image(data: bytes, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Imag
     The size is checked against ``max_pixels`` from the header, before the pixels are decoded. Any mode
     becomes 8-bit RGB with its colours kept (:func:`to_rgb`).
     """
+    with open_image(data, max_pixels) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def decode_pixels(data: bytes, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Tensor:
+    """Fully decode image bytes to ``uint8 [3, H, W]`` RGB pixels, the pixels of :func:`decode_image`.
+
+    The header is read by PIL and the size checked against ``max_pixels`` first. An RGB or greyscale JPEG
+    is then decoded by torchvision's ``decode_jpeg``, which gives PIL's pixels (both run libjpeg-turbo with
+    its default settings); should it fail, PIL decodes the image, so corrupt data fails (or is read) as
+    PIL says. Every other image is :func:`decode_image`'s.
+    """
+    with open_image(data, max_pixels) as image:
+        if image.format == "JPEG" and image.mode in ("RGB", "L"):
+            try:
+                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB)
+            except RuntimeError:
+                pass  # PIL's decode below fails with its own message, or reads what libjpeg-turbo would not
+        image.load()
+        return F.pil_to_tensor(to_rgb(image))
+
+
+def open_image(data: bytes, max_pixels: int | None) -> Image.Image:
+    """PIL's image of ``data``, its header read; :class:`ImageTooLarge` when it has more than
+    ``max_pixels`` pixels (width x height; ``None``: no limit but PIL's own)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked just below
         image = Image.open(io.BytesIO(data))
-    with image:
-        if max_pixels is not None and image.width * image.height > max_pixels:
-            raise ImageTooLarge(
-                f"{image.width}x{image.height} = {image.width * image.height} pixels, more than "
-                f"max_image_pixels={max_pixels}"
-            )
-        image.load()
-        return to_rgb(image)
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        image.close()
+        raise ImageTooLarge(
+            f"{image.width}x{image.height} = {image.width * image.height} pixels, more than "
+            f"max_image_pixels={max_pixels}"
+        )
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
