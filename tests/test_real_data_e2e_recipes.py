@@ -28,7 +28,7 @@ from test_visual_genome import write_vg, write_vocab
 from vqav2_shards import write_raw_vqav2
 
 from vlp.cli import VLPCLI, main
-from vlp.datamodules.transforms import ViltTransform
+from vlp.datamodules.transforms import ViltTransform, normalise_into
 from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
 from vlp.tasks.vqgan_codes import load_vqgan
 from vlp.zoo import save_pretrained
@@ -257,8 +257,10 @@ def test_vqgan_checkpoint_takes_a_vqgan_task_file_a_pretrained_folder_or_a_zoo_n
 def test_center_crop_gives_the_vqgan_its_square_from_the_middle_of_the_photo() -> None:
     image = Image.new("RGB", (96, 64), (255, 0, 0))  # landscape: red, a blue band on the left third
     image.paste((0, 0, 255), (0, 0, 32, 64))
-    pixels = ViltTransform(32, 8, center_crop=True)(image)
-    assert pixels.shape == (3, 32, 32)
+    cropped = ViltTransform(32, 8, center_crop=True)(image)
+    assert cropped.shape == (3, 32, 32)
+    pixels = torch.empty(cropped.shape)
+    normalise_into(pixels, cropped)  # as the collator does
     # 96 x 64 -> 48 x 32, the middle 32 columns kept: columns 8..39 of 48, so half the band (0..15) is cut
     red = pixels[0].mean(0)  # per column, in [-1, 1]
     assert red[0] < 0 and red[12] == 1.0 and red[-1] == 1.0  # the band's right half, then red

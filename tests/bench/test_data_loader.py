@@ -1,6 +1,6 @@
 """``python -m vlp bench data`` at a tiny size: every loader reads every image once per pass, the table and
-the JSON report the same figures, the bare PIL loop resizes to exactly vlp's pixels, and bad options are
-named."""
+the JSON report the same figures, the bare torchvision loop resizes to exactly vlp's pixels, and bad
+options are named."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from vlp.bench.data_loader import (
     torchvision_image,
 )
 from vlp.cli import main
-from vlp.datamodules.decode import decode_image
+from vlp.datamodules.decode import decode_pixels
 from vlp.datamodules.transforms import ViltTransform, long_side_cap
 
 TINY = [
@@ -86,17 +86,17 @@ def test_tiny_run_prints_the_table_and_writes_the_json(
     assert out.read_text().strip() == printed
 
 
-def test_bare_pil_loop_gives_vlps_pixels_and_torchvision_its_sizes() -> None:
+def test_bare_torchvision_loop_gives_vlps_pixels_and_pil_within_two_levels() -> None:
     rng = np.random.default_rng(3)
     transform = ViltTransform(image_size=48, patch_size=16)
     for _ in range(4):
         data = synthetic_jpeg(rng, 50)
-        ours = transform(decode_image(data))
-        bare = torch.from_numpy(pil_image(data, 48, 16).copy())
-        assert bare.dtype == torch.uint8 and bare.shape == ours.shape
-        # vlp's pixels are (u / 255 - 0.5) / 0.5 of the same uint8 resize: inverted and rounded, exact
-        assert torch.equal(((ours * 0.5 + 0.5) * 255).round().to(torch.uint8), bare)
-        assert torchvision_image(data, 48, 16).shape == tuple(ours.shape)
+        ours = transform(decode_pixels(data))  # uint8, normalised when collated
+        assert ours.dtype == torch.uint8
+        assert torch.equal(torch.from_numpy(torchvision_image(data, 48, 16)), ours)
+        bare_pil = torch.from_numpy(pil_image(data, 48, 16).copy())
+        # PIL's bicubic and torchvision's round their two fixed-point passes differently
+        assert bare_pil.shape == ours.shape and (bare_pil.int() - ours.int()).abs().max() <= 2
 
 
 def test_synthetic_images_have_the_asked_sides_and_captions_words() -> None:

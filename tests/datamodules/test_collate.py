@@ -7,10 +7,12 @@ from collections.abc import Iterator
 import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
+from torchvision.transforms.v2 import functional as F
 
 from vlp.batch import Batch
 from vlp.datamodules.collate import PretrainCollator, pad_images, random_derangement
 from vlp.datamodules.decode import DecodedSample, SkippedSample
+from vlp.datamodules.transforms import VILT_MEAN, VILT_STD
 from vlp.tokenizers import load_tokenizer
 
 CAPTIONS = [
@@ -70,6 +72,54 @@ def test_pads_to_batch_max_and_masks_real_pixels() -> None:
         assert pixel_mask[i, :h, :w].all() and pixel_mask[i].sum() == h * w
         assert torch.equal(pixels[i, :, :h, :w], image)
         assert (pixels[i][:, ~pixel_mask[i]] == 0).all()
+
+
+def reference_pad(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each uint8 image normalised by torchvision (ViLT's mean and std), then zero-padded, written plainly."""
+    height, width = max(i.shape[1] for i in images), max(i.shape[2] for i in images)
+    pixels = torch.zeros(len(images), 3, height, width)
+    mask = torch.zeros(len(images), height, width, dtype=torch.bool)
+    for k, image in enumerate(images):
+        floats = F.to_dtype(image, torch.float32, scale=True)
+        pixels[k, :, : image.shape[1], : image.shape[2]] = F.normalize(
+            floats, list(VILT_MEAN), list(VILT_STD)
+        )
+        mask[k, : image.shape[1], : image.shape[2]] = True
+    return pixels, mask
+
+
+def uint8_images(seed: int) -> list[torch.Tensor]:
+    """Random uint8 images of mixed shapes: landscape, portrait, square, one of the batch's full size."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(32, 48), (48, 32), (16, 16), (48, 48), (40, 8)]
+    return [torch.randint(0, 256, (3, *shape), dtype=torch.uint8, generator=generator) for shape in shapes]
+
+
+def test_uint8_images_are_normalised_into_the_padded_batch() -> None:
+    images = uint8_images(0)
+    pixels, pixel_mask = pad_images(images)
+    expected_pixels, expected_mask = reference_pad(images)
+    assert pixels.dtype == torch.float32 and pixels.shape == (5, 3, 48, 48)
+    assert torch.equal(pixels, expected_pixels) and torch.equal(pixel_mask, expected_mask)
+
+
+class _PaddedInWorker(IterableDataset):
+    """Batches padded in a loader worker, with whether the worker made them in shared memory."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+        for seed in range(3):
+            pixels, pixel_mask = pad_images(uint8_images(seed))
+            yield pixels, pixel_mask, pixels.is_shared() and pixel_mask.is_shared()
+
+
+def test_a_worker_pads_into_shared_memory_with_zero_padding() -> None:
+    # made in new shared memory (nothing to copy on the way out) whose padding is never written: zeros
+    loader = DataLoader(_PaddedInWorker(), batch_size=None, num_workers=1)
+    for seed, (pixels, pixel_mask, made_shared) in enumerate(loader):
+        expected_pixels, expected_mask = reference_pad(uint8_images(seed))
+        assert made_shared
+        assert torch.equal(pixels, expected_pixels) and torch.equal(pixel_mask, expected_mask)
+    assert not pad_images(uint8_images(0))[0].is_shared()  # the main process makes private tensors
 
 
 def test_collated_batch_is_padded_and_typed() -> None:

@@ -22,7 +22,8 @@ def test_decoder_keeps_left_and_right_apart_and_reads_labels() -> None:
     red, blue = png_bytes((255, 0, 0)), png_bytes((0, 0, 255))
     decoded = decode(pair("k", True, **{"left.png": red, "right.png": blue}))
     assert isinstance(decoded, DecodedPair) and decoded.label == 1
-    assert decoded.left[0].mean() > 0.9 and decoded.right[2].mean() > 0.9  # red left, blue right
+    assert (decoded.left[0] == 255).all() and (decoded.right[2] == 255).all()  # red left, blue right
+    assert (decoded.left[2] == 0).all() and (decoded.right[0] == 0).all()
     assert decode(pair("k", "False", **{"left.png": red, "right.png": blue})).label == 0
     missing = decode(pair("k", True, **{"left.png": red}))
     assert isinstance(missing, SkippedSample) and "right" in missing.reason

@@ -1,20 +1,25 @@
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from shard_helpers import data_module, good_sample, keyed_shards, png_bytes, write_dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
 
 from vlp.batch import Batch
 from vlp.datamodules.decode import DecodedSample, SampleDecoder, SkippedSample
 from vlp.datamodules.shards import ShardDataModule
 from vlp.datamodules.synth.scenes import ShapesConfig
-from vlp.datamodules.transforms import ViltTransform
+from vlp.datamodules.transforms import VILT_MEAN, VILT_STD, ViltTransform, resized_shape
 
 SMALL = {"batch_size": 4, "shuffle_buffer": 8}
 
@@ -191,3 +196,48 @@ def test_synth_never_touches_a_folder_it_did_not_write(tmp_path: Path) -> None:
     assert str(tmp_path / "mydata") in str(info.value) and "data.init_args.root" in str(info.value)
     assert {p: p.read_bytes() for p in (tmp_path / "mydata").rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata"]
+
+
+def jpeg_sample(key: str, rng: np.random.Generator) -> dict[str, Any]:
+    """A sample whose JPEG is a random colour field with noise, of a random landscape or portrait size."""
+    short, long = int(rng.integers(24, 40)), int(rng.integers(40, 70))
+    height, width = (short, long) if rng.random() < 0.5 else (long, short)
+    pixels = np.clip(
+        np.repeat(np.repeat(rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3)), 8, 0), 8, 1)[
+            :height, :width
+        ]
+        + rng.integers(-20, 21, (height, width, 3)),
+        0,
+        255,
+    ).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=85)
+    record = {"captions": [f"caption of {key}"]}
+    return {"__key__": key, "jpg": buffer.getvalue(), "json": json.dumps(record).encode()}
+
+
+def reference_pixels(data: bytes, image_size: int, patch_size: int) -> torch.Tensor:
+    """ViLT's pixels written plainly: PIL decode, tensor resize, torchvision's float and normalisation."""
+    image = F.pil_to_tensor(Image.open(io.BytesIO(data)).convert("RGB"))
+    size = resized_shape(image.shape[1], image.shape[2], image_size, patch_size)
+    image = F.resize(image, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return F.normalize(F.to_dtype(image, torch.float32, scale=True), list(VILT_MEAN), list(VILT_STD))
+
+
+def test_loader_workers_give_the_reference_pixels_of_jpegs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    shards = [[jpeg_sample(f"j{s}-{i}", rng) for i in range(6)] for s in range(2)]
+    write_dataset(tmp_path, {"train": shards})
+    stored = {sample["__key__"]: sample["jpg"] for shard in shards for sample in shard}
+    dm = datamodule(tmp_path, num_workers=2, image_size=32, patch_size=16)
+    seen = []
+    for batch in dm.train_dataloader():
+        assert batch.pixels.dtype == torch.float32
+        for row, key in enumerate(batch.keys):
+            expected = reference_pixels(stored[key], 32, 16)
+            h, w = expected.shape[1:]
+            assert torch.equal(batch.pixels[row, :, :h, :w], expected), key
+            assert batch.pixel_mask[row, :h, :w].all() and batch.pixel_mask[row].sum() == h * w
+            assert (batch.pixels[row][:, ~batch.pixel_mask[row]] == 0).all()
+            seen.append(key)
+    assert sorted(seen) == sorted(stored)

@@ -16,8 +16,8 @@ stored as they are), and every loader below reads those shards. In the same proc
 2. **Bare loops** over the same shards with a plain ``torch.utils.data.DataLoader`` of the same workers and
    batch size: each worker reads its share of the shards with :mod:`tarfile`, decodes each JPEG and
    resizes it (bicubic, antialiased) to the size vlp's transform gives it, into zero-padded ``uint8``
-   batches; once with PIL (open, RGB, ``resize``: what vlp's transform runs) and once with torchvision
-   (``decode_jpeg``, ``resize`` on the tensor). The ratio is against the faster of the two.
+   batches; once with PIL (open, RGB, ``resize``) and once with torchvision (``decode_jpeg``, ``resize``
+   on the tensor: what vlp's decoder and transform run). The ratio is against the faster of the two.
 3. **Converter.** :func:`~vlp.datamodules.convert.writer.write_shards` of a
    :class:`~vlp.datamodules.convert.web.WebConverter` over the folder and ``pairs.tsv`` into a fresh folder
    (``max(1, workers)`` processes: each image fully decoded as a check, shards and manifest written),

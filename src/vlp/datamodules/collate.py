@@ -17,6 +17,7 @@ DataLoader worker receives) starts afresh.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -27,12 +28,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.utils.data import get_worker_info
 from transformers import BatchEncoding, DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from vlp.batch import Batch
 from vlp.datamodules.decode import DecodedSample, SampleDecoder, SkippedSample
 from vlp.datamodules.grounded_masking import grounded_word_mask
 from vlp.datamodules.parts import Collator, Decoder, Vocab
+from vlp.datamodules.transforms import normalise_into
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -41,18 +44,36 @@ log = logging.getLogger(__name__)
 def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """Zero-pad ``[3, h, w]`` images to the batch's largest height and width.
 
-    Returns ``pixels [B, 3, H, W]`` and ``pixel_mask [B, H, W]`` (True = real pixel, top-left aligned).
+    ``uint8`` images (:class:`~vlp.datamodules.transforms.ViltTransform`'s) are normalised as they are
+    placed (:func:`~vlp.datamodules.transforms.normalise_into`), into a float32 batch; float images are
+    placed as they are. Returns ``pixels [B, 3, H, W]`` and ``pixel_mask [B, H, W]`` (True = real pixel,
+    top-left aligned), made by :func:`batch_zeros`.
     """
     height = max(image.shape[-2] for image in images)
     width = max(image.shape[-1] for image in images)
     first = images[0]
-    pixels = first.new_zeros((len(images), first.shape[0], height, width))
-    pixel_mask = torch.zeros((len(images), height, width), dtype=torch.bool)
+    dtype = torch.float32 if any(image.dtype == torch.uint8 for image in images) else first.dtype
+    pixels = batch_zeros((len(images), first.shape[0], height, width), dtype)
+    pixel_mask = batch_zeros((len(images), height, width), torch.bool)
     for i, image in enumerate(images):
         h, w = image.shape[-2:]
-        pixels[i, :, :h, :w] = image
+        if image.dtype == torch.uint8:
+            normalise_into(pixels[i, :, :h, :w], image)
+        else:
+            pixels[i, :, :h, :w] = image
         pixel_mask[i, :h, :w] = True
     return pixels, pixel_mask
+
+
+def batch_zeros(shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+    """A zero tensor for a batch. In a DataLoader worker it is new shared memory, as PyTorch's
+    ``default_collate`` makes its batches: sending it to the main process then copies nothing (a private
+    tensor is copied into new shared memory), and its zeros cost no pass over the memory (a new shared
+    memory file reads as zeros, POSIX ``ftruncate``), so a batch's padding is never written."""
+    if get_worker_info() is None:
+        return torch.zeros(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape))
 
 
 def random_derangement(n: int, generator: torch.Generator) -> list[int]:

@@ -6,6 +6,10 @@ json, a sample without captions, a duplicate key or a sample cut off by a trunca
 to the collator, so that skips are counted in the batch the main process receives
 (``Batch.num_skipped`` / ``skipped_keys``). Images of any mode (greyscale, 16-bit, CMYK, with
 transparency) are converted to 8-bit RGB with their colours kept.
+
+Images are decoded into ``uint8 [3, H, W]`` tensors (:func:`decode_pixels`): RGB and greyscale JPEGs, the
+photographs of real datasets, by torchvision's ``decode_jpeg`` (libjpeg-turbo, as PIL: the same pixels,
+without PIL's image object and the copy out of it), every other image by PIL.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class DecodedSample:
     """One decoded sample: the transformed image and its annotation."""
 
     key: str
-    image: Tensor  # [3, H, W] float, normalised
+    image: Tensor  # [3, H, W]: uint8 from ViltTransform, normalised when collated
     captions: list[str]
     annotation: dict[str, Any] = field(default_factory=dict)  # the sample's parsed json
     orig_size: tuple[int, int] = (0, 0)  # (height, width) of the stored image, before resizing
@@ -149,10 +153,11 @@ class ImageDecoder(Decoder):
             raise Unusable(f"no {what} ({prefix}{'/'.join(IMAGE_EXTENSIONS)})")
         return data
 
-    def load_image(self, data: bytes) -> Image.Image:
-        """The RGB image of ``data`` (:func:`decode_image`); :class:`Unusable` naming why it failed."""
+    def load_image(self, data: bytes) -> Tensor:
+        """The RGB pixels of ``data``, ``uint8 [3, H, W]`` (:func:`decode_pixels`); :class:`Unusable` naming
+        why it failed."""
         try:
-            return decode_image(data, self.max_image_pixels)
+            return decode_pixels(data, self.max_image_pixels)
         # PIL signals corrupt data with many exception types (OSError, SyntaxError, ValueError, ...).
         except Exception as exn:
             raise Unusable(image_failure(exn)) from None
@@ -189,7 +194,7 @@ class SampleDecoder(ImageDecoder):
             image=self.transform(image),
             captions=captions,
             annotation=annotation,
-            orig_size=(image.height, image.width),
+            orig_size=(image.shape[1], image.shape[2]),
         )
 
 

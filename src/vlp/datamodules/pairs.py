@@ -26,7 +26,7 @@ class DecodedPair:
     """One decoded pair sample."""
 
     key: str
-    left: Tensor  # [3, H, W] float, normalised
+    left: Tensor  # [3, H, W]: uint8 from ViltTransform, normalised when collated
     right: Tensor
     statement: str
     label: int  # 1 = the statement is true of the pair

@@ -3,7 +3,8 @@
 The data module reads shards (its own settings: root, splits, batch sizes, workers, shuffling, seed);
 what a task's batches hold is decided by three parts a recipe names under ``data.init_args``:
 
-- ``transform``: PIL image -> tensor (:class:`~vlp.datamodules.transforms.ViltTransform`);
+- ``transform``: decoded ``uint8`` image -> resized ``uint8`` tensor
+  (:class:`~vlp.datamodules.transforms.ViltTransform`);
 - ``decoder`` (a :class:`Decoder`): raw sample -> decoded sample, or a skip marker;
 - ``collator`` (a :class:`Collator`): decoded samples -> :class:`~vlp.batch.Batch`.
 
@@ -24,12 +25,11 @@ from pathlib import Path
 from typing import Any, Self
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 from vlp.batch import Batch
 
-Transform = Callable[[Image.Image], Tensor]
+Transform = Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)

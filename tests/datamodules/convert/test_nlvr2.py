@@ -164,6 +164,7 @@ def test_shards_read_back_through_the_pair_decoder(raw: Path, tmp_path: Path) ->
         ("train-10-0-1", "Both images are green.", 0),
     ]
     left, right = pairs[0].left, pairs[0].right
+    left, right = left.float(), right.float()
     assert left[0].mean() > left[1].mean() and right[1].mean() > right[0].mean()  # red left, green right
     batch = PairCollator().for_split(train=False)(pairs, torch.Generator().manual_seed(0))
     assert batch.pair_labels.tolist() == [1, 0] and batch.pixels_right is not None
