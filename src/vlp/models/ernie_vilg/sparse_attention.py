@@ -28,6 +28,10 @@ output and gradient is that of the kept graph.
 torch (2.14) on CPU it has no backward ("FlexAttention does not support backward on CPU"), so
 training cannot use it here.
 
+Under ``torch.compile`` the blocked attention runs as one custom operator
+(:mod:`vlp.models.ernie_vilg.sparse_op`: the same kernels, opaque to the compiler), so a block with it
+compiles without a graph break; it keeps ``qkv`` for backward, as ``recompute_qkv=False`` does.
+
 :class:`SparseSelfAttention` has the parameter names of :class:`vlp.models.layers.transformer.Attention`
 (``qkv``, ``proj``), so a checkpoint of one loads into the other, and it is a
 :class:`~vlp.models.layers.transformer.Block`'s ``attn_layer``: the block hands its second argument, here an
@@ -43,6 +47,7 @@ from torch import Tensor, nn
 
 from vlp.models.ernie_vilg.sparse_blocks import BlockPlan, block_plan, padded
 from vlp.models.ernie_vilg.sparse_kernels import blocked_forward, dense_pattern_attention
+from vlp.models.ernie_vilg.sparse_op import blocked_sparse_attention
 from vlp.models.ernie_vilg.sparse_patterns import ImageTextLayout, PatternKind, SparsePattern
 from vlp.models.ernie_vilg.sparse_recompute import (
     RecomputedBlockedAttention,
@@ -205,6 +210,11 @@ class SparseSelfAttention(nn.Module):
         if layout.key_mask is not None and layout.key_mask.shape[0] != batch:
             raise ValueError(f"layout.key_mask has batch {layout.key_mask.shape[0]}, x has {batch}")
         dropout = self.attn_drop if self.training else 0.0
+        blocked = self.implementation == "blocked" and self.pattern.kind != "dense"
+        if blocked and torch.compiler.is_compiling():  # one operator for the compiler (sparse_op)
+            qkv = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads)
+            out = blocked_sparse_attention(qkv, layout, self.pattern, self.block, self.chunks, dropout)
+            return self.proj_drop(self.proj(out.flatten(2)))
         if self.implementation == "blocked" and self.recompute and self.recompute_qkv:
             out = blocked_attention_layer(
                 x, self.qkv, self.num_heads, layout, self.pattern, self.block, dropout, self.chunks, self.proj

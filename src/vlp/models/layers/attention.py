@@ -86,7 +86,9 @@ def additive_mask(
         blocked.masked_fill_(~allowed, float("-inf"))
         bias = blocked if bias is None else bias + blocked
         has_key = allowed.any(dim=-1, keepdim=True)
-        if not bool(has_key.all()):
+        # compiled, no_key is always kept: zeroing no row changes nothing, and reading the flag
+        # would be a host sync and a graph break
+        if torch.compiler.is_compiling() or not bool(has_key.all()):
             no_key = ~has_key
     return bias, no_key
 
@@ -160,13 +162,14 @@ def sdpa(
     """``F.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal)``.
 
     On CPU a boolean mask that allows everything (a batch with no padding) is dropped first: applying it
-    is a pass over every score that changes nothing. (On CUDA the check would cost a device sync, so
-    there the mask is passed as given.)
+    is a pass over every score that changes nothing. (On CUDA the check would cost a device sync, and
+    under ``torch.compile`` a graph break, so there the mask is passed as given.)
     """
     if (
         attn_mask is not None
         and attn_mask.dtype == torch.bool
         and query.device.type == "cpu"
+        and not torch.compiler.is_compiling()
         and bool(attn_mask.all())
     ):
         attn_mask = None
