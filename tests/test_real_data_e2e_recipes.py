@@ -28,7 +28,8 @@ from test_visual_genome import write_vg, write_vocab
 from vqav2_shards import write_raw_vqav2
 
 from vlp.cli import VLPCLI, main
-from vlp.datamodules.transforms import ViltTransform, normalise_into
+from vlp.datamodules.normalise import normalise_pixels
+from vlp.datamodules.transforms import ViltTransform
 from vlp.models.vqgan.model import CONFIG_KEY, VQGAN
 from vlp.tasks.vqgan_codes import load_vqgan
 from vlp.zoo import save_pretrained
@@ -259,8 +260,8 @@ def test_center_crop_gives_the_vqgan_its_square_from_the_middle_of_the_photo() -
     image.paste((0, 0, 255), (0, 0, 32, 64))
     cropped = ViltTransform(32, 8, center_crop=True)(image)
     assert cropped.shape == (3, 32, 32)
-    pixels = torch.empty(cropped.shape)
-    normalise_into(pixels, cropped)  # as the collator does
+    whole = torch.ones(1, 32, 32, dtype=torch.bool)
+    pixels = normalise_pixels(cropped[None], whole)[0]  # as the model gets it
     # 96 x 64 -> 48 x 32, the middle 32 columns kept: columns 8..39 of 48, so half the band (0..15) is cut
     red = pixels[0].mean(0)  # per column, in [-1, 1]
     assert red[0] < 0 and red[12] == 1.0 and red[-1] == 1.0  # the band's right half, then red

@@ -1,7 +1,14 @@
 """The typed batch every task consumes, and the per-sample detection targets.
 
-Fields a task does not need are ``None``, never dummies. Image tensors are float, normalised,
-``[B, 3, H, W]``, padded to the batch maximum with ``pixel_mask`` marking real pixels.
+Fields a task does not need are ``None``, never dummies. Image tensors (``pixels``, ``pixels_right``) are
+``[B, 3, H, W]``, padded to the batch maximum with ``pixel_mask`` marking real pixels; their dtype depends
+on the stage:
+
+- from a loader (the collators, :func:`~vlp.datamodules.collate.pad_images`): ``uint8`` pixels as the
+  transform resized them, padding 0 (the ``blank_images`` control: float32 zeros, already model input);
+- on the model's device, after the data module's ``on_after_batch_transfer``
+  (:func:`~vlp.datamodules.normalise.normalise_batch`), which is what a task receives: float32, normalised
+  with ViLT's mean = std = 0.5 (``x * 2/255 - 1``, in ``[-1, 1]``), padding ``0.0``.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ class Batch:
     """One collated batch. ``keys`` identify the samples (webdataset ``__key__``)."""
 
     keys: list[str]
-    pixels: Tensor | None = None  # [B, 3, H, W] float, each sample's own image
+    pixels: Tensor | None = None  # [B, 3, H, W] each sample's own image: uint8 from a loader, float32
+    # normalised once on the model's device (module docstring)
     pixel_mask: Tensor | None = None  # [B, H, W] bool, True = real pixel
     text_ids: Tensor | None = None  # [B, L] long, the text as written (never masked)
     text_mask: Tensor | None = None  # [B, L] bool, True = real token
@@ -46,7 +54,7 @@ class Batch:
     text_image_index: Tensor | None = (
         None  # [T] long, image row each text row describes (T texts != B images)
     )
-    pixels_right: Tensor | None = None  # second image of a pair sample
+    pixels_right: Tensor | None = None  # second image of a pair sample, as ``pixels``
     pixel_mask_right: Tensor | None = None
     caption_ids: Tensor | None = None  # [B, T] long, decoder input/target captions
     caption_mask: Tensor | None = None  # [B, T] bool

@@ -7,12 +7,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
-from torchvision.transforms.v2 import functional as F
 
 from vlp.batch import Batch
 from vlp.datamodules.collate import PretrainCollator, pad_images, random_derangement
 from vlp.datamodules.decode import DecodedSample, SkippedSample
-from vlp.datamodules.transforms import VILT_MEAN, VILT_STD
 from vlp.tokenizers import load_tokenizer
 
 CAPTIONS = [
@@ -75,15 +73,12 @@ def test_pads_to_batch_max_and_masks_real_pixels() -> None:
 
 
 def reference_pad(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each uint8 image normalised by torchvision (ViLT's mean and std), then zero-padded, written plainly."""
+    """The uint8 images zero-padded into a uint8 batch, top-left, with their mask, written plainly."""
     height, width = max(i.shape[1] for i in images), max(i.shape[2] for i in images)
-    pixels = torch.zeros(len(images), 3, height, width)
+    pixels = torch.zeros(len(images), 3, height, width, dtype=torch.uint8)
     mask = torch.zeros(len(images), height, width, dtype=torch.bool)
     for k, image in enumerate(images):
-        floats = F.to_dtype(image, torch.float32, scale=True)
-        pixels[k, :, : image.shape[1], : image.shape[2]] = F.normalize(
-            floats, list(VILT_MEAN), list(VILT_STD)
-        )
+        pixels[k, :, : image.shape[1], : image.shape[2]] = image
         mask[k, : image.shape[1], : image.shape[2]] = True
     return pixels, mask
 
@@ -95,12 +90,17 @@ def uint8_images(seed: int) -> list[torch.Tensor]:
     return [torch.randint(0, 256, (3, *shape), dtype=torch.uint8, generator=generator) for shape in shapes]
 
 
-def test_uint8_images_are_normalised_into_the_padded_batch() -> None:
+def test_uint8_images_stay_uint8_in_the_padded_batch() -> None:
     images = uint8_images(0)
     pixels, pixel_mask = pad_images(images)
     expected_pixels, expected_mask = reference_pad(images)
-    assert pixels.dtype == torch.float32 and pixels.shape == (5, 3, 48, 48)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (5, 3, 48, 48)
     assert torch.equal(pixels, expected_pixels) and torch.equal(pixel_mask, expected_mask)
+
+
+def test_images_of_one_batch_must_share_a_dtype() -> None:
+    with pytest.raises(ValueError, match=r"share a dtype, got \['torch.float32', 'torch.uint8'\]"):
+        pad_images([torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(3, 4, 4)])
 
 
 class _PaddedInWorker(IterableDataset):

@@ -291,7 +291,10 @@ FAULTS = [
 def read_split(root: Path, **options: Any) -> tuple[list[Batch], ShardDataModule]:
     dm = data_module(root, **{**SMALL, "num_workers": 0, **options})
     dm.setup("fit")
-    batches = [dm.on_before_batch_transfer(batch, 0) for batch in dm.val_dataloader()]
+    # as the model gets them: skips tallied before the transfer, pixels normalised after it
+    batches = [
+        dm.on_after_batch_transfer(dm.on_before_batch_transfer(batch, 0), 0) for batch in dm.val_dataloader()
+    ]
     return batches, dm
 
 

@@ -231,7 +231,10 @@ def test_loader_workers_give_the_reference_pixels_of_jpegs(tmp_path: Path) -> No
     stored = {sample["__key__"]: sample["jpg"] for shard in shards for sample in shard}
     dm = datamodule(tmp_path, num_workers=2, image_size=32, patch_size=16)
     seen = []
-    for batch in dm.train_dataloader():
+    for loaded in dm.train_dataloader():
+        assert loaded.pixels.dtype == torch.uint8  # made in the workers; normalised on the model's device
+        assert (loaded.pixels[~loaded.pixel_mask.unsqueeze(1).expand_as(loaded.pixels)] == 0).all()
+        batch = dm.on_after_batch_transfer(loaded, 0)
         assert batch.pixels.dtype == torch.float32
         for row, key in enumerate(batch.keys):
             expected = reference_pixels(stored[key], 32, 16)

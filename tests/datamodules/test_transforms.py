@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
+from vlp.datamodules.normalise import normalise_pixels
 from vlp.datamodules.transforms import (
     COLOUR_CHANGING_OPS,
     RANDAUGMENT_OPS,
@@ -16,7 +17,6 @@ from vlp.datamodules.transforms import (
     VILT_STD,
     ViltTransform,
     long_side_cap,
-    normalise_into,
     resized_shape,
     shorter_side_shape,
 )
@@ -49,16 +49,14 @@ def test_sides_are_patch_multiples_within_bounds(
     assert max(height, width) <= long_side_cap(image_size)
 
 
-def test_transform_resizes_without_crop_and_normalise_into_normalises() -> None:
+def test_transform_resizes_without_crop_and_normalisation_maps_to_plus_minus_one() -> None:
     transform = ViltTransform(image_size=384, patch_size=32)
     white = transform(Image.new("RGB", (640, 480), (255, 255, 255)))
     black = transform(Image.new("RGB", (640, 480), (0, 0, 0)))
     assert white.shape == (3, 384, 512) and white.dtype == torch.uint8
     assert (white == 255).all() and (black == 0).all()
-    out = torch.empty(2, 3, 384, 512)
-    normalise_into(out[0], white)
-    normalise_into(out[1], black)
-    assert (out[0] == 1.0).all() and (out[1] == -1.0).all()  # (1 - 0.5) / 0.5 and (0 - 0.5) / 0.5
+    # (1 - 0.5) / 0.5 and (0 - 0.5) / 0.5
+    assert (normalised(white) == 1.0).all() and (normalised(black) == -1.0).all()
 
 
 def test_transform_keeps_the_whole_scene() -> None:
@@ -131,23 +129,8 @@ def photo_like(rng: np.random.Generator, height: int, width: int, mode: str = "R
 
 
 def normalised(pixels: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(pixels.shape)
-    normalise_into(out, pixels)
-    return out
-
-
-def test_normalise_into_is_torchvisions_normalisation_for_every_value() -> None:
-    # every uint8 value in every channel, into a strided slot of a bigger batch: exact, value by value
-    values = torch.arange(256, dtype=torch.uint8).repeat(3, 2, 1)
-    batch = torch.zeros(2, 3, 4, 300)
-    normalise_into(batch[1, :, 1:3, 7:263], values)
-    expected = F.normalize(
-        F.to_dtype(values, torch.float32, scale=True), mean=list(VILT_MEAN), std=list(VILT_STD)
-    )
-    assert torch.equal(batch[1, :, 1:3, 7:263], expected)
-    assert (
-        batch[0].abs().sum() == 0 and batch[1, :, 0].abs().sum() == 0 and batch[1, :, :, :7].abs().sum() == 0
-    )
+    """One uint8 image as the model receives it (:func:`normalise_pixels` of a batch of it, no padding)."""
+    return normalise_pixels(pixels[None], torch.ones(1, *pixels.shape[1:], dtype=torch.bool))[0]
 
 
 @pytest.mark.parametrize("center_crop", [False, True])

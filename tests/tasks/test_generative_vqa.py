@@ -15,6 +15,7 @@ import yaml
 from two_process_launch import assert_same_run, two_process_results
 
 from conftest import CONFIGS, fit_recipe, run_recipe, save_recipe_task
+from vlp.datamodules import normalise_batch
 from vlp.datamodules.generative_vqa import GenerativeVQACollator, target_answer
 from vlp.datamodules.shards import ShardDataModule
 from vlp.datamodules.transforms import ViltTransform
@@ -48,7 +49,7 @@ def shapes_batches(root: Path, train: bool, blank_images: bool = False) -> list:
     )
     data.setup("fit")
     loader = data.train_dataloader() if train else data.val_dataloader()
-    return [batch for _, batch in zip(range(2), loader)]
+    return [normalise_batch(batch) for _, batch in zip(range(2), loader)]  # as the model gets them
 
 
 def test_collator_writes_the_question_then_the_answer(tiny_shapes: Path) -> None:

@@ -23,6 +23,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from vlp.cli import main
+from vlp.datamodules import normalise_batch
 from vlp.datamodules.collate import PretrainCollator
 from vlp.datamodules.decode import SampleDecoder
 from vlp.datamodules.e2e import E2ECollator, ObjectDecoder
@@ -180,7 +181,7 @@ def test_pretrain_writes_the_itm_probability_of_each_sample_with_its_own_image(
     expected = {}
     task.eval()
     with torch.no_grad():
-        for batch in data.predict_dataloader():
+        for batch in map(normalise_batch, data.predict_dataloader()):  # as the model gets them
             assert batch.itm_image_index is not None  # the loader pairs negatives; predict must not read them
             pooled = task.model(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask).pooled
             probabilities = task.objectives["itm"].head(pooled).softmax(-1)[:, 1]
@@ -355,7 +356,7 @@ def test_vqgan_writes_grids_of_originals_above_reconstructions(shapes: Path, tmp
     rows = read_jsonl(tmp_path / "reconstructions.jsonl")
     assert [r["key"] for r in rows] == sorted(split_samples(shapes, "test"))
     task.eval()
-    batches = list(data.predict_dataloader())
+    batches = [normalise_batch(batch) for batch in data.predict_dataloader()]
     assert [len(b) for b in batches] == [4, 2]
     by_key = {r["key"]: r for r in rows}
     for index, batch in enumerate(batches):

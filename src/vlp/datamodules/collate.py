@@ -35,7 +35,6 @@ from vlp.batch import Batch
 from vlp.datamodules.decode import DecodedSample, SampleDecoder, SkippedSample
 from vlp.datamodules.grounded_masking import grounded_word_mask
 from vlp.datamodules.parts import Collator, Decoder, Vocab
-from vlp.datamodules.transforms import normalise_into
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -44,23 +43,23 @@ log = logging.getLogger(__name__)
 def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """Zero-pad ``[3, h, w]`` images to the batch's largest height and width.
 
-    ``uint8`` images (:class:`~vlp.datamodules.transforms.ViltTransform`'s) are normalised as they are
-    placed (:func:`~vlp.datamodules.transforms.normalise_into`), into a float32 batch; float images are
-    placed as they are. Returns ``pixels [B, 3, H, W]`` and ``pixel_mask [B, H, W]`` (True = real pixel,
-    top-left aligned), made by :func:`batch_zeros`.
+    Returns ``pixels [B, 3, H, W]`` of the images' dtype and ``pixel_mask [B, H, W]`` (True = real pixel,
+    top-left aligned), made by :func:`batch_zeros`. ``uint8`` images
+    (:class:`~vlp.datamodules.transforms.ViltTransform`'s) stay ``uint8``: the model's float inputs are
+    made on its device (:func:`~vlp.datamodules.normalise.normalise_batch`); float images are taken as
+    model inputs already.
     """
+    dtypes = {image.dtype for image in images}
+    if len(dtypes) > 1:
+        raise ValueError(f"the images of one batch must share a dtype, got {sorted(map(str, dtypes))}")
     height = max(image.shape[-2] for image in images)
     width = max(image.shape[-1] for image in images)
     first = images[0]
-    dtype = torch.float32 if any(image.dtype == torch.uint8 for image in images) else first.dtype
-    pixels = batch_zeros((len(images), first.shape[0], height, width), dtype)
+    pixels = batch_zeros((len(images), first.shape[0], height, width), first.dtype)
     pixel_mask = batch_zeros((len(images), height, width), torch.bool)
     for i, image in enumerate(images):
         h, w = image.shape[-2:]
-        if image.dtype == torch.uint8:
-            normalise_into(pixels[i, :, :h, :w], image)
-        else:
-            pixels[i, :, :h, :w] = image
+        pixels[i, :, :h, :w] = image
         pixel_mask[i, :h, :w] = True
     return pixels, pixel_mask
 

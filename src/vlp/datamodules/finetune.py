@@ -2,7 +2,9 @@
 
 Fine-tuning batches carry clean text and no pre-training views. Every fine-tuning collator can blank
 the images (``blank_images``: every pixel set to the normalised grey 0, pixel masks kept): the text-only
-control, in which a model can only learn what the text alone predicts.
+control, in which a model can only learn what the text alone predicts. A blank batch's pixels are float32
+zeros, the model's input as it is (normalised grey has no ``uint8`` value: it is 127.5 of 255), which the
+data module's normalisation leaves alone (:func:`~vlp.datamodules.normalise.normalise_batch`).
 Unlike the pre-training ``shuffle_images`` control it applies to every split, since a text-only
 model is also evaluated without images.
 """
@@ -11,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
-from vlp.datamodules.collate import SampleCollator
+from vlp.datamodules.collate import SampleCollator, batch_zeros
 from vlp.tokenizers import BUNDLED
 
 
@@ -41,8 +44,9 @@ class FinetuneCollator(SampleCollator):
         self.blank_images = blank_images
 
     def images(self, images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """Padded ``pixels`` and ``pixel_mask``; with ``blank_images`` every pixel is the grey 0."""
+        """Padded ``pixels`` and ``pixel_mask``; with ``blank_images`` the pixels are float32 zeros, the
+        normalised grey 0 (in a loader worker new shared memory, never written: :func:`batch_zeros`)."""
         pixels, pixel_mask = super().images(images)
         if self.blank_images:
-            pixels.zero_()
+            pixels = batch_zeros(pixels.shape, torch.float32)
         return pixels, pixel_mask

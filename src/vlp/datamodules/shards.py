@@ -27,6 +27,10 @@ becomes a :class:`~vlp.datamodules.decode.SkippedSample` that the collator count
 :attr:`ShardDataModule.num_skipped` (tallied in ``on_before_batch_transfer``, in the main process). A
 shard that cannot be read is reported by name and the stream goes on with the next one
 (:mod:`vlp.datamodules.tar_reader`).
+
+Batches leave the loader with ``uint8`` pixels; ``on_after_batch_transfer`` normalises them into the
+model's float32 inputs on the model's device (:func:`~vlp.datamodules.normalise.normalise_batch`), for
+fit, validate, test and predict alike. Code that iterates a loader itself calls ``normalise_batch``.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from vlp.datamodules.mixed import (
     split_sources,
     stream_shared_shards,
 )
+from vlp.datamodules.normalise import normalise_batch
 from vlp.datamodules.parts import Collator, Decoder, Vocab
 from vlp.datamodules.stream import ShardStream, local_sample_counts
 from vlp.datamodules.synth.folder import shapes_folder_state
@@ -232,6 +237,11 @@ class ShardDataModule(L.LightningDataModule):
             if self._train_loader is not None and trainer is not None and trainer.training:
                 self._train_loader.consumed(batch)
         return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The batch the model is given: its ``uint8`` pixels normalised on the device it was moved to
+        (:func:`~vlp.datamodules.normalise.normalise_batch`)."""
+        return normalise_batch(batch)
 
     def shards(self, split: str) -> list[str]:
         """Sorted shard paths of ``split``, folder after folder; a clear error when there are none."""

@@ -5,9 +5,9 @@ most ``image_size * 1333 / 800``, then floors both sides to a multiple of the pa
 straight to that size (no crop), so every pixel of the scene stays in view and the image tiles into
 whole patches. The resize is torchvision's antialiased bicubic on ``uint8`` tensors: PIL's filter at a
 third of PIL's cost, its pixels within two levels in 255 of PIL's (the two passes round differently).
-Images stay ``uint8`` through the transform; :func:`normalise_into` gives them ViLT's normalisation
-(mean = std = 0.5, as floats) when the collator places them into the batch, so the float work runs once
-per pixel, straight into the batch's memory.
+Images stay ``uint8`` through the transform and the collator; ViLT's normalisation (mean = std = 0.5, as
+floats) is applied to the whole batch once it is on the model's device
+(:func:`~vlp.datamodules.normalise.normalise_batch`, the data module's ``on_after_batch_transfer``).
 
 RandAugment follows ViLT's too: two ops per image, magnitude 9 on its 0-30 scale, each op always
 applied, without colour inversion and cutout. It runs on the decoded image before resizing, as in ViLT.
@@ -110,7 +110,8 @@ def vilt_randaugment() -> RandAugment:
 
 
 class ViltTransform:
-    """Image -> ``uint8`` tensor ``[3, H, W]``, resized as ViLT; :func:`normalise_into` normalises it.
+    """Image -> ``uint8`` tensor ``[3, H, W]``, resized as ViLT (normalised later, on the batch's device:
+    :func:`~vlp.datamodules.normalise.normalise_batch`).
 
     Takes a ``uint8 [3, h, w]`` RGB tensor (what :func:`~vlp.datamodules.decode.decode_pixels` gives) or a
     PIL image of any mode PIL converts to RGB. RandAugment (timm's, on PIL images) converts a tensor to a
@@ -182,15 +183,3 @@ class ViltTransform:
             f"{type(self).__name__}(image_size={self.image_size}, patch_size={self.patch_size}, "
             f"randaugment={self.randaugment is not None}, center_crop={self.center_crop})"
         )
-
-
-def normalise_into(out: Tensor, image: Tensor) -> None:
-    """Write the ``uint8 [3, h, w]`` image into the float32 ``out`` of its shape (a view, e.g. a slot of a
-    batch), scaled to ``[0, 1]`` and normalised with ViLT's mean = std = 0.5.
-
-    The values are torchvision's ``normalize(to_dtype(image, float32, scale=True), mean, std)`` bit for bit,
-    in two passes instead of four: ``(x * (1/255) - 0.5) / 0.5`` is ``x * (2/255) - 1`` with every rounding
-    doubled, and doubling is exact in binary floating point.
-    """
-    torch.mul(image, 2.0 / 255, out=out)
-    out.sub_(1.0)
