@@ -1,8 +1,9 @@
 """``torch.compile`` of one block of each family (ViLT's encoder block, E2E-VLP's decoder layer, ERNIE-ViLG's
 sparse and dense-pattern blocks): each traces as one graph, with no graph break, in fp32 (SDPA) and under
-bf16 autocast (``vlp.models.layers.attention``'s explicit CPU path), and one dynamic-shape graph serves
-batches of another size, text length and image grid; compiled by inductor, outputs and gradients agree
-with eager ones."""
+bf16 autocast (``vlp.models.layers.attention``'s explicit CPU path), and that one dynamic-shape graph serves
+batches of another size, text length and image grid (a failure lists the breaks ``torch._dynamo.explain``
+finds); compiled by inductor, outputs and gradients agree with eager ones. ERNIE-ViLG's sparse operator
+passes ``torch.library.opcheck`` and replays its dropout in backward."""
 
 from __future__ import annotations
 
@@ -94,21 +95,22 @@ class GraphCounter:
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_block_traces_as_one_graph_for_every_size(family: str, precision: str) -> None:
-    """fp32 runs SDPA and bf16 the explicit CPU attention (the two paths of ``sdpa``)."""
+    """One graph for two calls of different sizes: no graph break (each would start another graph) and
+    no recompilation. fp32 runs SDPA and bf16 the explicit CPU attention (the two paths of ``sdpa``)."""
     make, inputs = FAMILIES[family]
     torch.manual_seed(0)
     block = make().train()
-    with autocast(precision):
-        explained = torch._dynamo.explain(block)(*inputs(0))
-    assert explained.graph_break_count == 0, [reason.reason for reason in explained.break_reasons]
-    assert explained.graph_count == 1
-
     counter = GraphCounter()
-    compiled = torch.compile(block, backend=counter, dynamic=True, fullgraph=True)
+    compiled = torch.compile(block, backend=counter, dynamic=True)
     with autocast(precision):
         for size in (0, 1):
             compiled(*inputs(size)).float().sum().backward()
-    assert counter.graphs == 1  # the second size reused the dynamic graph
+    if counter.graphs != 1:
+        torch._dynamo.reset()
+        with autocast(precision):
+            explained = torch._dynamo.explain(block)(*inputs(0))
+        breaks = [reason.reason for reason in explained.break_reasons]
+        pytest.fail(f"{counter.graphs} graphs; {explained.graph_break_count} graph breaks: {breaks}")
 
 
 def outputs_and_gradients(block: nn.Module, args: tuple[Any, ...], precision: str) -> list[Tensor]:

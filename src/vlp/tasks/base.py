@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from torch.optim import Optimizer
 from vlp.batch import Batch
 from vlp.models.layers.transformer import TransformerEncoder
 from vlp.objectives.base import Objective
+from vlp.tasks.compile import CompileConfig, check_backend, compile_blocks, compile_config
 from vlp.tasks.init_from import InitReport, load_matching, log_report, read_init_source, resample_positions
 from vlp.tasks.optim import build_adamw, linear_warmup_decay, param_groups, schedule_steps
 from vlp.tasks.predict_files import PredictionWriter
@@ -65,6 +67,10 @@ class ObjectiveTask(PredictionWriter, LightningModule, ABC):
             initialised or dropped is logged and kept in :attr:`init_report`.
         predict_dir: where ``predict`` writes its files (:mod:`vlp.tasks.predict_files`); ``None``:
             ``<trainer.default_root_dir>/predictions``.
+        compile: ``torch.compile`` every transformer block in place (:mod:`vlp.tasks.compile`): ``true``
+            for the defaults of :class:`~vlp.tasks.compile.CompileConfig` (inductor, dynamic shapes, one
+            graph per block), or a mapping of its fields (``backend``, ``mode``, ``dynamic``,
+            ``fullgraph``); ``false`` runs eagerly.
     """
 
     def __init__(
@@ -82,9 +88,14 @@ class ObjectiveTask(PredictionWriter, LightningModule, ABC):
         activation_checkpointing: bool | None = None,
         init_from: str | None = None,
         predict_dir: str | None = None,
+        compile: bool | CompileConfig = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "objectives"])
+        self.save_hyperparameters(ignore=["model", "objectives", "compile"])
+        self.compile_config = compile_config(compile)
+        # plain values in the hyper-parameters: a checkpoint stays loadable with weights_only=True
+        self.hparams["compile"] = False if self.compile_config is None else asdict(self.compile_config)
+        self._compile_checked = False
         weights = dict(loss_weights or {})
         unknown = sorted(set(weights) - set(objectives))
         if unknown:
@@ -198,8 +209,27 @@ class ObjectiveTask(PredictionWriter, LightningModule, ABC):
             states, self._saved_rng_states = self._saved_rng_states, None
             restore_rank_rng_state(states, self.global_rank, self.trainer.world_size)
 
+    def compile_model(self) -> None:
+        """With ``compile``, check the backend on the run's device (once), then compile every block in
+        place (:func:`~vlp.tasks.compile.compile_blocks`; blocks compiled already are kept).
+
+        Called first in :meth:`configure_model`: before sharding, as ``fully_shard`` then wraps the
+        compiled blocks (their hooks run around the compiled code), and before the strategy wraps the
+        task (DDP) or the optimiser is built. Compilation itself is lazy: each block compiles at its
+        first call, under the precision and sharding it trains with.
+        """
+        config = self.compile_config
+        if config is None:
+            return
+        if not self._compile_checked:
+            device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+            check_backend(config, device)
+            self._compile_checked = True
+        compile_blocks(self, config)
+
     def configure_model(self) -> None:
-        """Under ``ModelParallelStrategy``, shard with FSDP2 (per block / embedder, then each root).
+        """Compile the blocks when asked (:meth:`compile_model`); under ``ModelParallelStrategy``, shard
+        with FSDP2 (per block / embedder, then each root).
 
         Lightning calls this after the process group and device mesh exist and before
         ``configure_optimizers``, so the optimiser is built on the sharded (DTensor) parameters. The mesh
@@ -207,6 +237,7 @@ class ObjectiveTask(PredictionWriter, LightningModule, ABC):
         """
         from vlp.tasks.sharding import apply_fsdp2, check_sharded, fsdp2_mesh
 
+        self.compile_model()
         mesh = fsdp2_mesh(self)
         if mesh is None:
             return

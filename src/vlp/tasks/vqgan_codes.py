@@ -107,9 +107,11 @@ class VQGANCodesTask(ObjectiveTask):
     def configure_model(self) -> None:
         """FSDP2 as :meth:`ObjectiveTask.configure_model` for the model and objectives; the frozen VQGAN is
         not sharded: rank 0's copy is broadcast and every process keeps it whole, so a VQGAN with trainable
-        parameters is refused. Parameters under :attr:`WHOLE_PREFIXES` are not checked for sharding."""
+        parameters is refused. Parameters under :attr:`WHOLE_PREFIXES` are not checked for sharding. With
+        ``compile``, the blocks are compiled first (:meth:`ObjectiveTask.compile_model`)."""
         from vlp.tasks.sharding import apply_fsdp2, broadcast_from_first_rank, check_sharded, fsdp2_mesh
 
+        self.compile_model()
         mesh = fsdp2_mesh(self)
         if mesh is None:
             return
