@@ -19,11 +19,15 @@ from vlp.bench.data_loader import (
     DataLoaderConfig,
     bare_loader,
     caption,
+    convert,
     pil_image,
     synthetic_jpeg,
     torchvision_image,
+    vlp_loader,
+    write_images,
 )
 from vlp.cli import main
+from vlp.datamodules import normalise_batch
 from vlp.datamodules.decode import decode_pixels
 from vlp.datamodules.transforms import ViltTransform, long_side_cap
 
@@ -91,7 +95,7 @@ def test_bare_torchvision_loop_gives_vlps_pixels_and_pil_within_two_levels() -> 
     transform = ViltTransform(image_size=48, patch_size=16)
     for _ in range(4):
         data = synthetic_jpeg(rng, 50)
-        ours = transform(decode_pixels(data))  # uint8, normalised when collated
+        ours = transform(decode_pixels(data))  # uint8, normalised on the model's device
         assert ours.dtype == torch.uint8
         assert torch.equal(torch.from_numpy(torchvision_image(data, 48, 16)), ours)
         bare_pil = torch.from_numpy(pil_image(data, 48, 16).copy())
@@ -136,6 +140,29 @@ def test_bare_loader_shares_the_shards_out_between_workers(tmp_path: Path) -> No
     assert sorted(b.shape[0] for b in batches) == [1, 1, 2, 2]
     assert sorted(b.shape[-1] for b in batches) == [16, 16, 24, 24]  # shard 1's are wider
     assert sum(b.shape[0] for b in batches) == 6 and all(b.dtype == torch.uint8 for b in batches)
+
+
+def test_vlp_loader_yields_the_normalised_batches_the_model_gets(tmp_path: Path) -> None:
+    # the hook's normalisation (on the CPU here) is part of what the vlp side times
+    config = DataLoaderConfig(
+        images=6,
+        size=32,
+        patch_size=16,
+        jpeg_size=40,
+        workers=0,
+        batch_size=4,
+        samples_per_shard=3,
+        warmup_batches=0,
+    )
+    write_images(config, tmp_path / "raw")
+    convert(config, tmp_path / "raw", tmp_path / "shards")
+    timed = list(vlp_loader(config, tmp_path / "shards"))
+    raw = list(vlp_loader(config, tmp_path / "shards").loader)
+    assert [len(b) for b in timed] == [4, 2] and all(b.pixels.dtype == torch.uint8 for b in raw)
+    for got, loaded in zip(timed, raw, strict=True):
+        expected = normalise_batch(loaded)
+        assert got.keys == expected.keys and got.pixels.dtype == torch.float32
+        assert torch.equal(got.pixels, expected.pixels)
 
 
 @pytest.mark.parametrize(

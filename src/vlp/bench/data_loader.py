@@ -12,7 +12,10 @@ stored as they are), and every loader below reads those shards. In the same proc
    (:class:`~vlp.datamodules.decode.SampleDecoder`), :class:`~vlp.datamodules.transforms.ViltTransform`
    (``size`` / ``patch_size``, no RandAugment) and
    :class:`~vlp.datamodules.collate.PretrainCollator` (tokenisation, MLM masking, ITM pairing, padding),
-   ``workers`` DataLoader workers, batches of ``batch_size``;
+   ``workers`` DataLoader workers, batches of ``batch_size``, each then normalised into the model's float32
+   pixels as the data module's ``on_after_batch_transfer`` does on the model's device
+   (:func:`~vlp.datamodules.normalise.normalise_batch`; here the CPU, in the main process): what a
+   trainer's step is given;
 2. **Bare loops** over the same shards with a plain ``torch.utils.data.DataLoader`` of the same workers and
    batch size: each worker reads its share of the shards with :mod:`tarfile`, decodes each JPEG and
    resizes it (bicubic, antialiased) to the size vlp's transform gives it, into zero-padded ``uint8``
@@ -244,8 +247,23 @@ def timed(run: Callable[[], Any]) -> float:
 # ---------------------------------------------------------------------------------------------- the loaders
 
 
+class Normalised:
+    """The batches of a loader as the model is given them on the CPU: :func:`normalise_batch` applied,
+    as the data module's ``on_after_batch_transfer`` applies it (inside the timed loop)."""
+
+    def __init__(self, loader: Iterable[Any]) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        from vlp.datamodules.normalise import normalise_batch
+
+        for batch in self.loader:
+            yield normalise_batch(batch)
+
+
 def vlp_loader(config: DataLoaderConfig, root: Path) -> Iterable[Any]:
-    """The train loader of a pre-training ``ShardDataModule`` over ``root``."""
+    """The train loader of a pre-training ``ShardDataModule`` over ``root``, its batches normalised as the
+    trainer's ``on_after_batch_transfer`` hook normalises them (:class:`Normalised`)."""
     from vlp.datamodules.collate import PretrainCollator
     from vlp.datamodules.decode import SampleDecoder
     from vlp.datamodules.shards import ShardDataModule
@@ -263,7 +281,7 @@ def vlp_loader(config: DataLoaderConfig, root: Path) -> Iterable[Any]:
         seed=config.seed,
     )
     data.setup("fit")
-    return data.train_dataloader()
+    return Normalised(data.train_dataloader())
 
 
 def pil_image(data: bytes, size: int, patch_size: int) -> np.ndarray:
@@ -445,7 +463,8 @@ def markdown(config: DataLoaderConfig, result: dict[str, Any]) -> str:
     short = config.source_size
     names = {
         "vlp": f"vlp `ShardDataModule` train loader: decode, `ViltTransform({config.size}, "
-        f"{config.patch_size})`, `PretrainCollator` (tokenise, MLM 15 %, ITM, pad)",
+        f"{config.patch_size})`, `PretrainCollator` (tokenise, MLM 15 %, ITM, pad), uint8 batches "
+        "normalised to float32 in the main process (`normalise_batch`)",
         "bare-pil": "bare: tarfile + PIL open / RGB / bicubic resize, padded uint8 batches",
         "bare-torchvision": "bare: tarfile + torchvision `decode_jpeg` / bicubic resize, padded uint8 batches",
         "write_shards": f"`write_shards(WebConverter(pairs=TSV), workers={max(1, config.workers)})`",
