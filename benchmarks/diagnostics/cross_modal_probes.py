@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlp.datamodules.normalise import normalise_pixels
 from vlp.datamodules.synth.render import render_scene
 from vlp.datamodules.synth.scenes import sample_scene
 from vlp.datamodules.transforms import ViltTransform
@@ -47,7 +48,8 @@ def scenes(count: int, single: bool, seed: int) -> tuple[torch.Tensor, list[list
             continue
         images.append(transform(render_scene(scene, 64, rng)))
         colours.append([obj.colour for obj in scene.objects])
-    return torch.stack(images), colours
+    pixels = torch.stack(images)  # uint8, as the transform gives them: normalised as the model gets them
+    return normalise_pixels(pixels, torch.ones(len(pixels), *pixels.shape[2:], dtype=torch.bool)), colours
 
 
 def tiny_vilt() -> ViLT:

@@ -24,6 +24,7 @@ import argparse
 import torch
 
 from vlp.cli import VLPCLI
+from vlp.datamodules import normalise_batch
 
 RECIPE = "configs/e2e_vlp/shapes_detection.yaml"
 SHOWN = ("det_ce", "det_class_acc", "det_giou", "det_cardinality_error")
@@ -51,7 +52,7 @@ def main() -> None:
     )  # fmt: skip
     task, data = cli.model, cli.datamodule
     data.setup("fit")
-    batch = next(iter(data.train_dataloader()))
+    batch = normalise_batch(next(iter(data.train_dataloader())))
     fast = ("model.query_embed", "model.reference_boxes")  # the recipe's lr_multipliers
     queries = [p for n, p in task.named_parameters() if p.requires_grad and n.startswith(fast)]
     rest = [p for n, p in task.named_parameters() if p.requires_grad and not n.startswith(fast)]

@@ -15,6 +15,7 @@ import argparse
 
 import torch
 
+from vlp.datamodules import normalise_batch
 from vlp.datamodules.decode import SampleDecoder
 from vlp.datamodules.e2e import E2ECollator
 from vlp.datamodules.shards import ShardDataModule
@@ -48,7 +49,7 @@ def main() -> None:
         for index, batch in enumerate(data.val_dataloader()):
             if index == args.batches:
                 break
-            codes.append(vqgan.encode(batch.pixels)[1].flatten(1))
+            codes.append(vqgan.encode(normalise_batch(batch).pixels)[1].flatten(1))
     codes = torch.cat(codes)  # [N, h*w]
     num_codes = vqgan.num_codes
     overall = entropy(torch.bincount(codes.flatten(), minlength=num_codes))

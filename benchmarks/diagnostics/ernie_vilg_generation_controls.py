@@ -29,6 +29,7 @@ import yaml
 from jsonargparse import ArgumentParser
 from lightning import LightningDataModule
 
+from vlp.datamodules import normalise_batch
 from vlp.datamodules.shards import ShardDataModule
 from vlp.metrics.generation import GenerationEvaluation
 from vlp.metrics.shapes_judge import ShapesJudge
@@ -68,8 +69,8 @@ def main() -> None:
         rows[f"random codes {path}"] = GenerationEvaluation(judge)
     data = recipe_data()
     tokenizer = load_tokenizer(data.tokenizer)
-    test = islice(data.predict_dataloader(), args.batches)
-    val = islice(data._loader(data.val_split, train=False), args.batches)
+    test = map(normalise_batch, islice(data.predict_dataloader(), args.batches))
+    val = map(normalise_batch, islice(data._loader(data.val_split, train=False), args.batches))
     images = 0
     with torch.no_grad():
         for batch, other in zip(test, val):

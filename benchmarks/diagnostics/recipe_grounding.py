@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import webdataset as wds
 
+from vlp.datamodules import normalise_batch
 from vlp.datamodules.collate import PretrainCollator
 from vlp.datamodules.decode import DecodedSample, SampleDecoder
 from vlp.datamodules.synth.scenes import COLOUR_NAMES
@@ -98,7 +99,7 @@ def main() -> None:
         train=False, seed=123
     )
     generator = torch.Generator().manual_seed(7)
-    val_batches = [val_collate(val[i : i + 64], generator) for i in range(0, len(val), 64)]
+    val_batches = [normalise_batch(val_collate(val[i : i + 64], generator)) for i in range(0, len(val), 64)]
 
     def run(batch, text_ids, index):
         return model(text_ids, batch.text_mask, batch.pixels[index], batch.pixel_mask[index])
@@ -131,7 +132,7 @@ def main() -> None:
     for step in range(1, a.steps + 1):
         if cursor + a.batch > len(train):
             order, cursor = torch.randperm(len(train), generator=generator), 0
-        b = collate([train[i] for i in order[cursor : cursor + a.batch]])
+        b = normalise_batch(collate([train[i] for i in order[cursor : cursor + a.batch]]))
         cursor += a.batch
         loss = torch.zeros(())
         if a.mlm_weight and b.mlm_labels is not None and (b.mlm_labels != -100).any():
