@@ -135,3 +135,23 @@ def test_smoke_run_prints_the_table_and_the_lower_ratio_last(capsys: pytest.Capt
         assert float(value) == pytest.approx(expected, rel=2e-2)
     assert re.fullmatch(r"ratio: [\d.]+", lines[-1])
     assert float(lines[-1].split()[1]) == min(float(v) for v in per_precision.values())
+
+
+def test_compile_adds_compiled_rows_from_the_same_weights(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--compile``: a compiled copy of each side (aot_eager here: no C++ compile) beside the eager rows,
+    at the same step-0 losses; the ratio compares each side's faster row."""
+    options = ["--precisions", "[fp32]", "--compile", "true", "--compile_backend", "aot_eager"]
+    main(["bench", "vilt", "--smoke", "true", *options])
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = {}
+    for line in lines:
+        found = re.match(r"^\| fp32 \| ([a-z ]+) \| ([\d.]+) \|.*\| ([\d.]+), ([\d.]+) \|$", line)
+        if found:
+            rows[found.group(1)] = [float(x) for x in found.groups()[1:]]
+    assert sorted(rows) == sorted([*SIDES, *(f"{side} compiled" for side in SIDES)])
+    for side in SIDES:
+        assert rows[f"{side} compiled"][1:] == pytest.approx(rows[side][1:], abs=1e-4)
+    best = {side: max(rows[side][0], rows[f"{side} compiled"][0]) for side in SIDES}
+    assert float(lines[-1].split()[1]) == pytest.approx(best["vlp"] / best["transformers"], rel=2e-2)
+    with pytest.raises(ValueError, match=r"compile\.backend='nope'"):
+        ViltBenchConfig(compile=True, compile_backend="nope")

@@ -37,8 +37,13 @@ the steps (the high-water mark reset via ``/proc/self/clear_refs`` after the mod
 the resident set before the first step, i.e. activations, gradients and AdamW state. Python's
 ``tracemalloc`` does not see torch's allocator, resident memory does.
 
+With ``--compile true`` each side is also measured with every transformer block compiled in place
+(:mod:`vlp.tasks.compile`: vlp's ``Block``, transformers' ``ViltLayer``, the same ``torch.compile``
+settings), a copy starting from the same weights, as extra rows; the eager rows stay. A compiled copy
+compiles during its warm-up steps (at least one is needed to keep compilation out of the timings).
+
 The last line printed is ``ratio: R``, the lower over the precisions of vlp samples/s divided by
-transformers samples/s.
+transformers samples/s, each side in its faster variant (eager or compiled) when ``--compile`` is on.
 """
 
 from __future__ import annotations

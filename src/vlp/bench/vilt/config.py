@@ -4,7 +4,10 @@ module of the benchmark shares (precisions, sides, the [MASK] id, the reference 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+if TYPE_CHECKING:
+    from vlp.tasks.compile import CompileConfig
 
 Precision = Literal["fp32", "bf16"]
 Side = Literal["vlp", "transformers"]
@@ -30,6 +33,14 @@ SMOKE: dict[str, Any] = {
 }
 
 
+class Variant(NamedTuple):
+    """One measured model: its row name, its side, and whether its blocks are compiled."""
+
+    name: str
+    side: Side
+    compiled: bool
+
+
 @dataclass
 class ViltBenchConfig:
     """What to measure. The defaults are ViLT-B/32 at 384 px (configs/vilt/vilt_b32.yaml's sizes).
@@ -50,6 +61,12 @@ class ViltBenchConfig:
         adamw: ``torch.optim.AdamW`` implementation, the same on both sides: ``fused`` (the
             default of transformers' ``Trainer`` with torch >= 2.8, and torch's fastest on CPU),
             ``foreach`` or ``for-loop`` (torch's own default for CPU tensors).
+        compile: also measure both models with every transformer block compiled in place
+            (vlp's ``Block``, transformers' ``ViltLayer``; :mod:`vlp.tasks.compile`), as extra rows beside
+            the eager ones; the compiled copies start from the same weights. No memory runs for them.
+        compile_backend, compile_mode, compile_dynamic: how the blocks are compiled, the same on both
+            sides (:class:`~vlp.tasks.compile.CompileConfig`); the batch has one shape, so static
+            (``compile_dynamic: false``) by default.
     """
 
     batch_size: int = 8
@@ -71,6 +88,10 @@ class ViltBenchConfig:
     memory: bool = True
     memory_steps: int = 2
     adamw: AdamWImpl = "fused"
+    compile: bool = False
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None
+    compile_dynamic: bool | None = False
     lr: float = 1e-4
     seed: int = 0
 
@@ -98,6 +119,25 @@ class ViltBenchConfig:
             raise ValueError(f"adamw must be fused, foreach or for-loop, got {self.adamw!r}")
         if not self.precisions or set(self.precisions) - {"fp32", "bf16"}:
             raise ValueError(f"precisions must be a non-empty list of fp32 / bf16, got {self.precisions}")
+        if self.compile and self.warmup < 1:
+            raise ValueError("compile needs warmup >= 1: a compiled model compiles in its first step")
+        if self.compile:
+            from vlp.tasks.compile import check_names
+
+            check_names(self.compile_config, key="compile")
+
+    @property
+    def compile_config(self) -> CompileConfig:
+        """How both sides' blocks are compiled with ``compile``."""
+        from vlp.tasks.compile import CompileConfig
+
+        return CompileConfig(self.compile_backend, self.compile_mode, self.compile_dynamic)
+
+    @property
+    def variants(self) -> list[Variant]:
+        """The measured rows of a precision: each side eager, then each side compiled with ``compile``."""
+        eager = [Variant(side, side, False) for side in SIDES]
+        return eager + ([Variant(f"{side} compiled", side, True) for side in SIDES] if self.compile else [])
 
     @property
     def num_masked(self) -> int:

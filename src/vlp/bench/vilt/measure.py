@@ -9,13 +9,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
 from vlp.allocator import is_active
 from vlp.bench.command import cpu_name
 from vlp.bench.vilt.batch import make_batch
 from vlp.bench.vilt.config import MATMUL_SHAPE, SIDES, Precision, Side, ViltBenchConfig
 from vlp.bench.vilt.memory import run_memory
-from vlp.bench.vilt.step import StepRunner, build_sides
+from vlp.bench.vilt.step import StepRunner, build_sides, compiled_copy
 
 
 def sdpa_cpu_flop_mapping() -> dict[Any, Callable[..., int]]:
@@ -83,43 +84,46 @@ def timed(fn: Callable[[Precision], Any], precision: Precision) -> tuple[float, 
 
 
 def measure_precision(
-    precision: Precision, runners: dict[Side, StepRunner], matmul: Matmul, config: ViltBenchConfig
+    precision: Precision, runners: dict[str, StepRunner], matmul: Matmul, config: ViltBenchConfig
 ) -> dict[str, Any]:
-    """Interleaved training steps, matmul bursts and inference passes of both sides in ``precision``."""
-    losses: dict[Side, list[tuple[float, float]]] = {side: [] for side in SIDES}
+    """Interleaved training steps, matmul bursts and inference passes of every variant (``runners``, by
+    row name: both sides, eager and with ``compile`` compiled) in ``precision``. A compiled variant
+    compiles in its warm-up steps and first inference passes, which are not timed."""
+    names = list(runners)
+    losses: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for _ in range(config.warmup):
-        for side in SIDES:
-            mlm, itm = runners[side].step(precision)
-            losses[side].append((float(mlm), float(itm)))
+        for name in names:
+            mlm, itm = runners[name].step(precision)
+            losses[name].append((float(mlm), float(itm)))
     matmul.run(precision)
-    step_s: dict[Side, list[float]] = {side: [] for side in SIDES}
+    step_s: dict[str, list[float]] = {name: [] for name in names}
     matmul_s: list[float] = []
     for i in range(config.steps):
-        for side in SIDES if i % 2 == 0 else SIDES[::-1]:
-            seconds, (mlm, itm) = timed(runners[side].step, precision)
-            step_s[side].append(seconds)
-            losses[side].append((float(mlm), float(itm)))
+        for name in names if i % 2 == 0 else names[::-1]:
+            seconds, (mlm, itm) = timed(runners[name].step, precision)
+            step_s[name].append(seconds)
+            losses[name].append((float(mlm), float(itm)))
         matmul_s.append(matmul.run(precision))
     for _ in range(2):
-        for side in SIDES:
-            runners[side].infer(precision)
-    infer_s: dict[Side, list[float]] = {side: [] for side in SIDES}
+        for name in names:
+            runners[name].infer(precision)
+    infer_s: dict[str, list[float]] = {name: [] for name in names}
     for i in range(config.infer_steps):
-        for side in SIDES if i % 2 == 0 else SIDES[::-1]:
-            infer_s[side].append(timed(runners[side].infer, precision)[0])
+        for name in names if i % 2 == 0 else names[::-1]:
+            infer_s[name].append(timed(runners[name].infer, precision)[0])
     matmul_flops = matmul.flops / statistics.median(matmul_s)
     return {
         "precision": precision,
         "matmul_flop_per_s": matmul_flops,
         "sides": {
-            side: {
-                "step_s": statistics.median(step_s[side]),
-                "samples_per_s": config.batch_size / statistics.median(step_s[side]),
-                "all_step_s": step_s[side],
-                "infer_ms": 1000 * statistics.median(infer_s[side]),
-                "losses": losses[side],  # warm-up steps first: [0] is step 0
+            name: {
+                "step_s": statistics.median(step_s[name]),
+                "samples_per_s": config.batch_size / statistics.median(step_s[name]),
+                "all_step_s": step_s[name],
+                "infer_ms": 1000 * statistics.median(infer_s[name]),
+                "losses": losses[name],  # warm-up steps first: [0] is step 0
             }
-            for side in SIDES
+            for name in names
         },
     }
 
@@ -139,24 +143,30 @@ def run(
 def _run(config: ViltBenchConfig, timeout: float, log: Callable[[str], None]) -> dict[str, Any]:
     vlp, hf = build_sides(config)
     batch = make_batch(config, config.batch_size, config.seed + 1)
-    runners: dict[Side, StepRunner] = {
-        "vlp": StepRunner("vlp", vlp, config, batch),
-        "transformers": StepRunner("transformers", hf, config, batch),
-    }
-    flops = {side: count_step_flops(runners[side]) for side in SIDES}
-    parameters = {side: sum(p.numel() for p in module.parameters()) for side, module in zip(SIDES, (vlp, hf))}
+    models: dict[Side, nn.Module] = {"vlp": vlp, "transformers": hf}
+    eager = {side: StepRunner(side, models[side], config, batch) for side in SIDES}
+    flops = {side: count_step_flops(eager[side]) for side in SIDES}  # the same with compiled blocks
+    parameters = {side: sum(p.numel() for p in models[side].parameters()) for side in SIDES}
     matmul = Matmul(config.matmul_repeats, config.seed)
-    initial = {side: {k: v.clone() for k, v in runners[side].module.state_dict().items()} for side in SIDES}
+    initial = {side: {k: v.clone() for k, v in models[side].state_dict().items()} for side in SIDES}
+    runners = {
+        variant.name: StepRunner(
+            variant.side, compiled_copy(variant.side, models[variant.side], config), config, batch
+        )
+        if variant.compiled
+        else eager[variant.side]
+        for variant in config.variants
+    }
     results = []
     for precision in config.precisions:
-        for side in SIDES:
-            runners[side].restart(initial[side])
+        for variant in config.variants:
+            runners[variant.name].restart(initial[variant.side])
         log(f"{precision}: {config.warmup} warm-up + {config.steps} timed steps per model ...")
         result = measure_precision(precision, runners, matmul, config)
-        for side in SIDES:
-            record = result["sides"][side]
-            record["flops"] = flops[side]
-            record["flop_per_s"] = flops[side] / record["step_s"]
+        for variant in config.variants:
+            record = result["sides"][variant.name]
+            record["flops"] = flops[variant.side]
+            record["flop_per_s"] = flops[variant.side] / record["step_s"]
             record["of_matmul"] = record["flop_per_s"] / result["matmul_flop_per_s"]
         results.append(result)
     memory: dict[str, dict[str, float]] = {}

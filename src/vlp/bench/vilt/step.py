@@ -4,6 +4,7 @@ batch-1 inference pass."""
 from __future__ import annotations
 
 from contextlib import nullcontext
+from copy import deepcopy
 from typing import Any
 
 import torch
@@ -22,6 +23,21 @@ def build_sides(config: ViltBenchConfig) -> tuple[VlpSide, TransformersSide]:
     vlp = VlpSide(config)
     vlp.load_state_dict(transformers_to_vlp(hf, config.depth), strict=True)
     return vlp, hf
+
+
+def compiled_copy(side: Side, module: nn.Module, config: ViltBenchConfig) -> nn.Module:
+    """A copy of one side's model (same weights, ties kept) with every transformer block compiled in place
+    as a task compiles them (:func:`~vlp.tasks.compile.compile_blocks`): vlp's ``Block``, transformers'
+    ``ViltLayer``."""
+    from transformers.models.vilt.modeling_vilt import ViltLayer
+
+    from vlp.tasks.compile import COMPILE_UNITS, compile_blocks
+
+    copy = deepcopy(module)
+    units = COMPILE_UNITS if side == "vlp" else (ViltLayer,)
+    if compile_blocks(copy, config.compile_config, units) != config.depth:
+        raise RuntimeError(f"bench vilt: the {side} model does not have {config.depth} blocks to compile")
+    return copy
 
 
 def make_optimizer(module: nn.Module, config: ViltBenchConfig) -> torch.optim.Optimizer:
