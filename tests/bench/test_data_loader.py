@@ -17,6 +17,7 @@ import torch
 from vlp.bench.data_loader import (
     LOADERS,
     DataLoaderConfig,
+    Normalised,
     bare_loader,
     caption,
     convert,
@@ -79,6 +80,12 @@ def test_tiny_run_prints_the_table_and_writes_the_json(
     assert loader is not None and loader[1] == result["fastest_bare"]
     assert float(loader[2]) == pytest.approx(result["ratio_vlp_over_bare"], abs=0.005)
     converter = re.fullmatch(r"converter images/s ratio write_shards / copy: (\d+\.\d\d)", lines[-2])
+    on_cpu = re.fullmatch(
+        r"loader images/s ratio vlp normalised on the CPU / bare \((bare-pil|bare-torchvision)\): (\d+\.\d\d)",
+        lines[-3],
+    )
+    assert on_cpu is not None and on_cpu[1] == result["fastest_bare"]
+    assert float(on_cpu[2]) == pytest.approx(result["ratio_vlp_normalised_on_cpu_over_bare"], abs=0.005)
     assert converter is not None
     assert float(converter[1]) == pytest.approx(result["ratio_write_shards_over_copy"], abs=0.005)
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| loader")]
@@ -142,8 +149,9 @@ def test_bare_loader_shares_the_shards_out_between_workers(tmp_path: Path) -> No
     assert sum(b.shape[0] for b in batches) == 6 and all(b.dtype == torch.uint8 for b in batches)
 
 
-def test_vlp_loader_yields_the_normalised_batches_the_model_gets(tmp_path: Path) -> None:
-    # the hook's normalisation (on the CPU here) is part of what the vlp side times
+def test_vlp_loaders_yield_uint8_batches_and_the_normalised_batches_the_model_gets(tmp_path: Path) -> None:
+    # the "vlp" row times the loader's uint8 batches (as the bare loops time theirs); the second vlp row
+    # includes the hook's normalisation, on the CPU here
     config = DataLoaderConfig(
         images=6,
         size=32,
@@ -156,9 +164,9 @@ def test_vlp_loader_yields_the_normalised_batches_the_model_gets(tmp_path: Path)
     )
     write_images(config, tmp_path / "raw")
     convert(config, tmp_path / "raw", tmp_path / "shards")
-    timed = list(vlp_loader(config, tmp_path / "shards"))
-    raw = list(vlp_loader(config, tmp_path / "shards").loader)
-    assert [len(b) for b in timed] == [4, 2] and all(b.pixels.dtype == torch.uint8 for b in raw)
+    raw = list(vlp_loader(config, tmp_path / "shards"))
+    timed = list(Normalised(vlp_loader(config, tmp_path / "shards")))
+    assert [len(b) for b in raw] == [4, 2] and all(b.pixels.dtype == torch.uint8 for b in raw)
     for got, loaded in zip(timed, raw, strict=True):
         expected = normalise_batch(loaded)
         assert got.keys == expected.keys and got.pixels.dtype == torch.float32

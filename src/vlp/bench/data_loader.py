@@ -12,10 +12,11 @@ stored as they are), and every loader below reads those shards. In the same proc
    (:class:`~vlp.datamodules.decode.SampleDecoder`), :class:`~vlp.datamodules.transforms.ViltTransform`
    (``size`` / ``patch_size``, no RandAugment) and
    :class:`~vlp.datamodules.collate.PretrainCollator` (tokenisation, MLM masking, ITM pairing, padding),
-   ``workers`` DataLoader workers, batches of ``batch_size``, each then normalised into the model's float32
-   pixels as the data module's ``on_after_batch_transfer`` does on the model's device
-   (:func:`~vlp.datamodules.normalise.normalise_batch`; here the CPU, in the main process): what a
-   trainer's step is given;
+   ``workers`` DataLoader workers, batches of ``batch_size``: the zero-padded ``uint8`` batches it hands to
+   the device transfer, as the bare loops below hand theirs. A second row times the same loader with each
+   batch then normalised into the model's float32 pixels in the main process
+   (:func:`~vlp.datamodules.normalise.normalise_batch`, the data module's ``on_after_batch_transfer``): what
+   a trainer's step is given when the model runs on the CPU (on a GPU that work runs on the GPU);
 2. **Bare loops** over the same shards with a plain ``torch.utils.data.DataLoader`` of the same workers and
    batch size: each worker reads its share of the shards with :mod:`tarfile`, decodes each JPEG and
    resizes it (bicubic, antialiased) to the size vlp's transform gives it, into zero-padded ``uint8``
@@ -31,8 +32,9 @@ batches (worker start, the shuffle buffer's fill, the tokenizer's load): the ima
 over the time from the warm-up's last batch to the pass's last batch; the pass's wall time is reported
 too. Every loader must yield every image once per pass (none skipped), else the run stops. The first
 ``warmup`` rounds are not recorded; the order of the loaders, and of the writers, alternates from round to
-round. The table gives medians; the last two lines printed are the ratios ``converter images/s ratio
-write_shards / copy: R`` and ``loader images/s ratio vlp / bare (<the faster bare loop>): R (goal >= 0.9)``.
+round. The table gives medians; the last three lines printed are the ratios ``loader images/s ratio vlp
+normalised on the CPU / bare: R``, ``converter images/s ratio write_shards / copy: R`` and ``loader
+images/s ratio vlp / bare (<the faster bare loop>): R (goal >= 0.9)``.
 ``--json`` also writes every figure.
 """
 
@@ -62,7 +64,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from vlp.bench.command import command_line, cpu_name, parse_options, publish
 from vlp.datamodules.transforms import long_side_cap, resized_shape
 
-LOADERS = ("vlp", "bare-pil", "bare-torchvision")
+LOADERS = ("vlp", "vlp-normalised-on-cpu", "bare-pil", "bare-torchvision")
 BARE = ("bare-pil", "bare-torchvision")
 WRITERS = ("write_shards", "copy")
 JPEG_QUALITY = 90
@@ -262,8 +264,7 @@ class Normalised:
 
 
 def vlp_loader(config: DataLoaderConfig, root: Path) -> Iterable[Any]:
-    """The train loader of a pre-training ``ShardDataModule`` over ``root``, its batches normalised as the
-    trainer's ``on_after_batch_transfer`` hook normalises them (:class:`Normalised`)."""
+    """The train loader of a pre-training ``ShardDataModule`` over ``root``: uint8 image batches."""
     from vlp.datamodules.collate import PretrainCollator
     from vlp.datamodules.decode import SampleDecoder
     from vlp.datamodules.shards import ShardDataModule
@@ -281,7 +282,7 @@ def vlp_loader(config: DataLoaderConfig, root: Path) -> Iterable[Any]:
         seed=config.seed,
     )
     data.setup("fit")
-    return Normalised(data.train_dataloader())
+    return data.train_dataloader()
 
 
 def pil_image(data: bytes, size: int, patch_size: int) -> np.ndarray:
@@ -395,7 +396,10 @@ def measure(config: DataLoaderConfig, work: Path) -> tuple[Timings, dict[str, An
     shards_root = work / "shards"
     convert(config, raw, shards_root)
     urls = sorted(str(p) for p in (shards_root / SPLIT).glob("*.tar"))
-    loaders: dict[str, Iterable[Any]] = {"vlp": vlp_loader(config, shards_root)}
+    loaders: dict[str, Iterable[Any]] = {
+        "vlp": vlp_loader(config, shards_root),
+        "vlp-normalised-on-cpu": Normalised(vlp_loader(config, shards_root)),
+    }
     loaders.update({name: bare_loader(config, urls, name) for name in BARE})
     threads = max(1, config.workers)
     timings = Timings()
@@ -454,17 +458,21 @@ def record(config: DataLoaderConfig, timings: Timings, files: dict[str, Any], co
         "writer_median_images_per_second": writer_medians,
         "fastest_bare": fastest_bare,
         "ratio_vlp_over_bare": loader_medians["vlp"] / loader_medians[fastest_bare],
+        "ratio_vlp_normalised_on_cpu_over_bare": loader_medians["vlp-normalised-on-cpu"]
+        / loader_medians[fastest_bare],
         "ratio_write_shards_over_copy": writer_medians["write_shards"] / writer_medians["copy"],
     }
 
 
 def markdown(config: DataLoaderConfig, result: dict[str, Any]) -> str:
-    """A section for benchmarks/RESULTS.md; its last two lines are the converter's and the loader's ratio."""
+    """A section for benchmarks/RESULTS.md; its last three lines are the loader's ratio with the CPU normalisation,
+    the converter's and the loader's."""
     short = config.source_size
     names = {
         "vlp": f"vlp `ShardDataModule` train loader: decode, `ViltTransform({config.size}, "
-        f"{config.patch_size})`, `PretrainCollator` (tokenise, MLM 15 %, ITM, pad), uint8 batches "
-        "normalised to float32 in the main process (`normalise_batch`)",
+        f"{config.patch_size})`, `PretrainCollator` (tokenise, MLM 15 %, ITM, pad), padded uint8 batches",
+        "vlp-normalised-on-cpu": "the same vlp loader, each batch then normalised to float32 in the main "
+        "process (`normalise_batch`: the model's input on a CPU)",
         "bare-pil": "bare: tarfile + PIL open / RGB / bicubic resize, padded uint8 batches",
         "bare-torchvision": "bare: tarfile + torchvision `decode_jpeg` / bicubic resize, padded uint8 batches",
         "write_shards": f"`write_shards(WebConverter(pairs=TSV), workers={max(1, config.workers)})`",
@@ -506,6 +514,8 @@ def markdown(config: DataLoaderConfig, result: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        "loader images/s ratio vlp normalised on the CPU / bare "
+        f"({result['fastest_bare']}): {result['ratio_vlp_normalised_on_cpu_over_bare']:.2f}",
         f"converter images/s ratio write_shards / copy: {result['ratio_write_shards_over_copy']:.2f}",
         f"loader images/s ratio vlp / bare ({result['fastest_bare']}): {result['ratio_vlp_over_bare']:.2f} "
         f"(goal >= {GOAL})",
