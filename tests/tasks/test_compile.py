@@ -39,7 +39,10 @@ def test_unknown_backend_or_mode_is_refused_naming_the_key() -> None:
         ValueError, match=r"compile\.mode='fastest' is not an inductor mode; choose one of default"
     ):
         compile_config(CompileConfig(mode="fastest"))
+    with pytest.raises(ValueError, match=r"compile: unknown fields \['backnd'\]"):
+        compile_config({"backnd": "eager"})
     assert compile_config(False) is None and compile_config(True) == CompileConfig()
+    assert compile_config({"backend": "eager", "dynamic": None}) == CompileConfig("eager", dynamic=None)
 
 
 def test_a_backend_that_cannot_compile_here_fails_with_the_key_and_the_reason() -> None:

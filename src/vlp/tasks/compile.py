@@ -7,27 +7,31 @@ module stays where it is, with its parameter names, hooks and state-dict keys, s
 ``fully_shard`` units (:mod:`vlp.tasks.sharding`: the same blocks) and activation checkpointing (the
 encoder's ``checkpoint(block, ...)``, which then recomputes a compiled block) keep working. The blocks of a
 task share their compiled code (:func:`compile_blocks`): a deep model compiles one graph per kind of block
-and call (training, evaluation, MLM's last layer with selected rows, ...), not one per layer. Embedders, heads and losses stay eager.
+and call (training, evaluation, MLM's last layer with selected rows, ...), not one per layer. Embedders,
+heads and losses stay eager.
 
-Why a task argument, not a trainer callback: a recipe switches it on beside the task's other
-execution switch, ``activation_checkpointing``, and it is saved with the task's hyper-parameters; the
-blocks must be compiled in ``configure_model``, before the task shards them and before the strategy
-wraps the task (DDP), which the task's own hook orders and a callback's ``setup`` (run earlier, for
-every module) would only approximate; and a task subclass that builds extra blocks (or none) sees the
-setting where it builds them.
+Why a task argument rather than a trainer callback: it composes as the task's other execution setting,
+``activation_checkpointing``, does: a recipe overlay or ``--model.init_args.compile...`` merges into the
+task's ``init_args``, where a callback would have to join ``trainer.callbacks``, a list the recipes set and
+a later config file replaces whole; the run's config and hyper-parameters keep it with the model it
+applies to; and the task's own ``configure_model`` places it: after the model is built, before FSDP2
+shards the blocks and before the strategy wraps the task for DDP (a callback's ``setup`` runs earlier,
+for any module, blocks or none).
 
 A recipe turns it on with ``compile: true`` under the task's ``init_args`` (or a mapping of
 :class:`CompileConfig` fields); ``--model.init_args.compile=true`` does the same on the command line.
 The backend is checked when the task is built (its name) and again in ``configure_model``, before the
-first step, by compiling a small function on the task's device, so a backend that cannot compile here
+first step, by compiling a small function on the run's device, so a backend that cannot compile here
 (inductor without a working C++ compiler, say) fails with the key and the reason instead of in the
 middle of the first training step.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from types import MethodType
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,11 +66,20 @@ class CompileConfig:
     fullgraph: bool = True
 
 
-def compile_config(value: bool | CompileConfig | None, key: str = "compile") -> CompileConfig | None:
-    """The task argument as a checked :class:`CompileConfig` (``None`` when off); ``key`` names the
-    setting in messages."""
+def compile_config(
+    value: bool | CompileConfig | Mapping[str, Any] | None, key: str = "compile"
+) -> CompileConfig | None:
+    """The task argument as a checked :class:`CompileConfig` (``None`` when off); a mapping of its fields
+    (as a checkpoint's hyper-parameters keep it) is read too. ``key`` names the setting in messages."""
     if value is None or value is False:
         return None
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {f.name for f in fields(CompileConfig)})
+        if unknown:
+            raise ValueError(
+                f"{key}: unknown fields {unknown}; CompileConfig has backend, mode, dynamic, fullgraph"
+            )
+        value = CompileConfig(**value)
     config = CompileConfig() if value is True else value
     if not isinstance(config, CompileConfig):
         raise TypeError(f"{key} must be true, false or a CompileConfig, got {type(value).__name__}")
