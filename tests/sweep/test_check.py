@@ -1,19 +1,22 @@
 """The check before launching: every run's command line parsed by fit's parser, a bad trial stopping the sweep
 before anything starts (naming the trial and the key), and run ids (same config on another seed or in another
-folder: same id)."""
+folder: same id; arguments at their default left out, so ids survive new defaulted arguments)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import yaml
 from sweep_parts import COLLATOR, tiny_recipe, write_yaml
 
 from vlp.errors import UserError
-from vlp.sweep.check import check_runs, resolved_config
-from vlp.sweep.command import run_sweep
+from vlp.sweep.callback import write_json
+from vlp.sweep.check import check_runs, config_id, resolved_config
+from vlp.sweep.command import prepare_folder, run_sweep
 from vlp.sweep.spec import parse_spec
-from vlp.sweep.trials import expand
+from vlp.sweep.status import Status, write_status
+from vlp.sweep.trials import TRIALS_FILE, expand, read_records
 
 
 @pytest.fixture
@@ -84,3 +87,49 @@ def test_a_misspelt_override_gets_a_did_you_mean(recipe: Path, tmp_path: Path) -
     )
     with pytest.raises(UserError, match=r"trainer\.max_step=2 \(did you mean --trainer\.max_steps\?\)"):
         run_sweep(spec, dry_run=True)
+
+
+def test_run_ids_drop_arguments_at_their_default_but_not_none(tmp_path: Path) -> None:
+    collator = "vlp.datamodules.collate.PretrainCollator"
+    task = "vlp.tasks.PretrainTask"  # its defaults are ObjectiveTask's, through **kwargs
+
+    def run_id_of(config: dict) -> str:
+        return config_id(config, tmp_path / "run", None)
+
+    bare = run_id_of({"data": {"class_path": collator, "init_args": {}}, "trainer": {}})
+    at_default = {"class_path": collator, "init_args": {"whole_word_masking": False}}
+    assert run_id_of({"data": at_default, "trainer": {"check_val_every_n_epoch": 1}}) == bare
+    assert run_id_of({"data": {"class_path": collator, "init_args": {"whole_word_masking": True}}}) != bare
+    assert run_id_of({"data": at_default, "trainer": {"check_val_every_n_epoch": None}}) != bare
+    plain_task = run_id_of({"model": {"class_path": task, "init_args": {}}})
+    assert run_id_of({"model": {"class_path": task, "init_args": {"weight_decay": 0.01}}}) == plain_task
+    assert run_id_of({"model": {"class_path": task, "init_args": {"weight_decay": 0.02}}}) != plain_task
+    # how a resumed fit reads its checkpoint is not what it trains
+    assert run_id_of({"model": {"class_path": task}, "ckpt_path": "last", "weights_only": None}) == run_id_of(
+        {"model": {"class_path": task}}
+    )
+
+
+def test_a_folder_recorded_with_other_ids_goes_on_when_its_runs_saved_the_planned_config(
+    recipe: Path, tmp_path: Path
+) -> None:
+    # ids computed another way (an older vlp, or arguments added since at their defaults) are replaced
+    # when the configuration each run saved gives the planned id; an edited one is still refused
+    out = tmp_path / "out"
+    data = {"name": "s", "recipe": str(recipe), "seeds": [0], "out": str(out)}
+    spec, spec_path = parse_spec(data), write_yaml(tmp_path / "s.yaml", data)
+    (run,) = check_runs(expand(spec), out)
+    folder = out / run.run_dir
+    folder.mkdir(parents=True)
+    saved = resolved_config(run.argv(out))
+    (folder / "config.yaml").write_text(yaml.safe_dump({**saved, "ckpt_path": None, "weights_only": None}))
+    write_status(folder, Status(state="done", attempts=1, exit_code=0))
+    write_json(out / TRIALS_FILE, [{**run.record(), "run_id": "0123456789ab"}])
+    prepare_folder(spec_path, spec, [run.record()])
+    assert [r["run_id"] for r in read_records(out)] == [run.run_id]
+
+    write_json(out / TRIALS_FILE, [{**run.record(), "run_id": "0123456789ab"}])
+    saved["model"]["init_args"]["lr"] = 0.5
+    (folder / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(UserError, match="its configuration changed since it started"):
+        prepare_folder(spec_path, spec, [run.record()])

@@ -2,24 +2,35 @@
 its recipe files followed and interpolations resolved, nothing built), and each run's id from the result.
 
 A run's id is the first 12 hex digits of the sha256 of its resolved configuration without its seed and its
-run folder: ``seed_everything`` is dropped, the run folder is written ``<run>`` wherever it appears (the
-logger's ``save_dir``, ...), and the folder of the stage it starts from is written as that run's id. Two runs
-with the same id train the same thing on another seed; on the same seed, after the same chain, they are one
-run (:class:`vlp.sweep.trials.Sharing`).
+run folder: ``seed_everything``, ``ckpt_path`` and ``weights_only`` (how a resumed run starts) are dropped, the run folder is
+written ``<run>`` wherever it appears (the logger's ``save_dir``, ...), and the folder of the stage it starts
+from is written as that run's id. Arguments at their default value are dropped too (the ``init_args`` of a
+``class_path`` equal to its constructor's default, the trainer's equal to ``lightning.Trainer``'s), so a
+release that adds an argument with a default keeps every id. Two runs with the same id train the same thing
+on another seed; on the same seed, after the same chain, they are one run
+(:class:`vlp.sweep.trials.Sharing`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning import LightningDataModule, LightningModule
 
 from vlp.cli import VLPCLI
 from vlp.errors import UserError
 from vlp.sweep.trials import Run, place_runs
+
+NOT_IDENTITY = ("seed_everything", "ckpt_path", "weights_only")
+"""Top-level keys that do not change what a run trains: its seed (a column of its own), and where and how
+a resumed fit reads its checkpoint (``fit``'s ``ckpt_path`` and ``weights_only``, in a run's saved
+``config.yaml``)."""
 
 
 class ParseOnlyCLI(VLPCLI):
@@ -33,7 +44,8 @@ class ParseOnlyCLI(VLPCLI):
 
 
 def resolved_config(argv: list[str]) -> dict[str, Any]:
-    """The configuration ``python -m vlp fit <argv>`` would run, as plain data."""
+    """The configuration ``python -m vlp fit <argv>`` would run, as plain data (keys set to None kept, as
+    in the ``config.yaml`` the fit saves: None can differ from a default)."""
     cli = ParseOnlyCLI(
         LightningModule,
         LightningDataModule,
@@ -43,7 +55,7 @@ def resolved_config(argv: list[str]) -> dict[str, Any]:
         run=False,
         auto_configure_optimizers=False,
     )
-    return json.loads(cli.parser.dump(cli.config, format="json", skip_validation=True))
+    return json.loads(cli.parser.dump(cli.config, format="json", skip_validation=True, skip_none=False))
 
 
 def check_runs(runs: list[Run], out: Path) -> list[Run]:
@@ -70,12 +82,101 @@ def check_runs(runs: list[Run], out: Path) -> list[Run]:
 def run_id(config: dict[str, Any], run: Run, out: Path, ids: dict[str, str]) -> str:
     """The id of ``run`` (in its folder ``run_dir``) from its parsed ``config``; ``ids``: by run folder,
     those of the runs before it (the one it starts from among them)."""
-    config = {key: value for key, value in config.items() if key != "seed_everything"}
-    replacements = {str(run.folder(out).resolve()): "<run>"}
-    if run.after is not None:
-        replacements[str((out / run.after).resolve())] = f"<run {ids[run.after]}>"
+    after = (out / run.after, ids[run.after]) if run.after is not None else None
+    return config_id(config, run.folder(out), after)
+
+
+def config_id(config: dict[str, Any], folder: Path, after: tuple[Path, str] | None) -> str:
+    """The id of a run in ``folder`` with the parsed ``config``; ``after``: the folder and id of the run
+    it starts from."""
+    config = {key: value for key, value in config.items() if key not in NOT_IDENTITY}
+    config = without_defaults(config)
+    replacements = {str(folder.resolve()): "<run>"}
+    if after is not None:
+        replacements[str(after[0].resolve())] = f"<run {after[1]}>"
     canonical = json.dumps(_replace(config, replacements), sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def ran_id(out: Path, record: dict[str, Any], ids: dict[str, str]) -> str | None:
+    """The id of the configuration a run folder's fit saved (``<run_dir>/config.yaml``), computed as
+    :func:`config_id` computes a planned run's; None without that file. ``record``: the run's entry of
+    ``trials.json``; ``ids``: run ids by run folder (the run it starts from among them)."""
+    saved = out / record["run_dir"] / "config.yaml"
+    if not saved.is_file():
+        return None
+    after = record.get("after")
+    start = (out / after, ids[after]) if after is not None and after in ids else None
+    if after is not None and start is None:
+        return None
+    return config_id(yaml.safe_load(saved.read_text()) or {}, out / record["run_dir"], start)
+
+
+def _plain(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _defaults(target: Any) -> dict[str, str]:
+    """The defaults of ``target``'s constructor, as :func:`_plain` text; none when it has no signature."""
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: _plain(p.default) for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def _class_defaults(class_path: str) -> dict[str, str]:
+    """The constructor defaults of ``class_path``, following ``**kwargs`` into base classes as the parser
+    does (a subclass's default wins)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return {}
+    if not inspect.isclass(cls):
+        return _defaults(cls)
+    defaults: dict[str, str] = {}
+    for base in cls.__mro__:
+        init = base.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            parameters = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            break
+        for p in parameters:
+            if p.default is not inspect.Parameter.empty:
+                defaults.setdefault(p.name, _plain(p.default))
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            break
+    return defaults
+
+
+def _drop_defaults(arguments: dict[str, Any], defaults: dict[str, str]) -> dict[str, Any]:
+    return {
+        key: without_defaults(value)
+        for key, value in arguments.items()
+        if key not in defaults or _plain(value) != defaults[key]
+    }
+
+
+def without_defaults(value: Any, *, top: bool = True) -> Any:
+    """``value`` (a parsed configuration) without the arguments that equal their default: in every
+    ``{class_path, init_args}`` the constructor's defaults, and at the top level ``trainer``'s
+    ``lightning.Trainer`` defaults. Values that are not plain data compare by their text."""
+    if isinstance(value, list):
+        return [without_defaults(item, top=False) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if isinstance(value.get("class_path"), str) and isinstance(value.get("init_args"), dict):
+        defaults = _class_defaults(value["class_path"])
+        return {**value, "init_args": _drop_defaults(value["init_args"], defaults)}
+    if top and isinstance(value.get("trainer"), dict):
+        from lightning import Trainer
+
+        trainer = _drop_defaults(value["trainer"], _defaults(Trainer))
+        return {**{k: without_defaults(v, top=False) for k, v in value.items()}, "trainer": trainer}
+    return {key: without_defaults(item, top=False) for key, item in value.items()}
 
 
 def _replace(value: Any, replacements: dict[str, str]) -> Any:

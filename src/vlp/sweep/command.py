@@ -26,7 +26,7 @@ from vlp.errors import UserError
 from vlp.parse_errors import describe_parse_error, option_strings
 from vlp.sweep.axes import arm_names
 from vlp.sweep.callback import read_metrics, write_json
-from vlp.sweep.check import check_runs
+from vlp.sweep.check import check_runs, ran_id
 from vlp.sweep.launch import ChainJob, StageJob, launch_local, launch_submitit
 from vlp.sweep.spec import SweepSpec, load_spec
 from vlp.sweep.status import Status, is_dead, read_status, write_status
@@ -99,7 +99,8 @@ def where(status: Status) -> str:
 def prepare_folder(spec_path: Path, spec: SweepSpec, records: list[dict[str, Any]]) -> None:
     """``<out>/sweep.yaml`` (the sweep file, copied once; another sweep over the same folder is refused,
     naming the keys that differ) and ``<out>/trials.json`` (a run whose configuration changed since it
-    started is refused)."""
+    started is refused; a recorded id computed another way, e.g. with arguments since added at their
+    defaults, is replaced when the configuration the run saved has the new id)."""
     out = spec.out_dir
     out.mkdir(parents=True, exist_ok=True)
     copy = out / SPEC_COPY
@@ -117,9 +118,15 @@ def prepare_folder(spec_path: Path, spec: SweepSpec, records: list[dict[str, Any
     trials_path = out / TRIALS_FILE
     if trials_path.exists():
         old = {r["run_dir"]: r["run_id"] for r in read_records(out)}
+        ids = {r["run_dir"]: r["run_id"] for r in records}
         for record in records:
             before = old.get(record["run_dir"])
-            if before is not None and before != record["run_id"] and read_status(out / record["run_dir"]):
+            if (
+                before is not None
+                and before != record["run_id"]
+                and read_status(out / record["run_dir"])
+                and ran_id(out, record, ids) != record["run_id"]
+            ):
                 raise UserError(
                     f"{out / record['run_dir']}: its configuration changed since it started (run id {before}, "
                     f"now {record['run_id']}: a recipe it reads was edited). Give the sweep another `out`, "
