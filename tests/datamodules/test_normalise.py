@@ -211,3 +211,12 @@ def test_every_lightning_loop_hands_the_model_normalised_pixels(tmp_path: Path) 
                 not batch.pixel_mask.all()
                 and (pixels[~batch.pixel_mask.unsqueeze(1).expand_as(pixels)] == 0).all()
             )
+
+
+def test_without_a_mask_every_pixel_is_real() -> None:
+    pixels = torch.arange(2 * 3 * 4 * 5, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(2, 3, 4, 5)
+    assert torch.equal(
+        normalise_pixels(pixels), normalise_pixels(pixels, torch.ones(2, 4, 5, dtype=torch.bool))
+    )
+    with pytest.raises(ValueError, match=r"pixel_mask None does not match pixels \[3, 4, 5\]"):
+        normalise_pixels(pixels[0])

@@ -24,10 +24,11 @@ IMAGE_FIELDS = (("pixels", "pixel_mask"), ("pixels_right", "pixel_mask_right"))
 """The batch's image tensors and their pixel masks."""
 
 
-def normalise_pixels(pixels: Tensor, pixel_mask: Tensor) -> Tensor:
+def normalise_pixels(pixels: Tensor, pixel_mask: Tensor | None = None) -> Tensor:
     """Float32 model inputs of ``uint8 [B, 3, H, W]`` padded pixels, on their device: real pixels (where
     ``pixel_mask [B, H, W]`` is True) scaled to ``[0, 1]`` and normalised with ViLT's mean = std = 0.5,
-    padding ``0.0`` (positive zero) whatever its ``uint8`` value.
+    padding ``0.0`` (positive zero) whatever its ``uint8`` value. Without ``pixel_mask`` every pixel is
+    real (one image, or images of one size: ``normalise_pixels(ViltTransform(...)(image)[None])``).
 
     The values are torchvision's ``normalize(to_dtype(pixels, float32, scale=True), mean, std)`` bit for
     bit, in fewer passes: ``(x * (1/255) - 0.5) / 0.5`` is ``x * (2/255) - 1`` with every rounding doubled,
@@ -38,9 +39,12 @@ def normalise_pixels(pixels: Tensor, pixel_mask: Tensor) -> Tensor:
     """
     if pixels.dtype != torch.uint8:
         raise ValueError(f"normalise_pixels takes uint8 pixels, got {pixels.dtype}")
-    if pixels.ndim != 4 or pixel_mask.shape != (pixels.shape[0], *pixels.shape[2:]):
+    if pixel_mask is None and pixels.ndim == 4:
+        pixel_mask = torch.ones(pixels.shape[0], *pixels.shape[2:], dtype=torch.bool, device=pixels.device)
+    if pixels.ndim != 4 or pixel_mask is None or pixel_mask.shape != (pixels.shape[0], *pixels.shape[2:]):
         raise ValueError(
-            f"pixel_mask {list(pixel_mask.shape)} does not match pixels {list(pixels.shape)} "
+            f"pixel_mask {None if pixel_mask is None else list(pixel_mask.shape)} does not match pixels "
+            f"{list(pixels.shape)} "
             "(they must be [B, H, W] and [B, C, H, W])"
         )
     out = pixels.to(torch.float32)
