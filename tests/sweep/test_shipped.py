@@ -17,12 +17,13 @@ REPO = Path(__file__).resolve().parents[2]
 SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
 
 
-def test_the_issue_ablations_are_shipped() -> None:
+def test_the_papers_ablations_and_the_tuning_sweeps_are_shipped() -> None:
     assert [path.stem for path in SWEEPS] == [
         "e2e_vlp_objectives",
         "ernie_vilg_end_to_end",
         "ernie_vilg_sparse",
         "vilt_embedders",
+        "vilt_itm_tuning",
         "vilt_randaugment",
         "vilt_wwm",
     ]
