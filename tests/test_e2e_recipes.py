@@ -51,7 +51,7 @@ def test_fine_tuning_recipe_loads_every_pretrained_model_key_it_has(name: str, e
     assert f"vlp.tasks.{type(cli.model).__name__}" == task_class
     report = cli.model.init_report
     assert [key for key in report.new if key.startswith("model.")] == []
-    # benchmarks/RESULTS.md (issue 5): detection from the pre-training is ahead of random weights at
+    # benchmarks/RESULTS.md: detection from the pre-training is ahead of random weights at
     # every validated step (AP50 0.981 against 0.928 at 1500), so every fine-tuning recipe starts from it
     assert yaml.safe_load(recipe(name).read_text())["model"]["init_args"]["init_from"].startswith(
         "runs/e2e_shapes_pretrain/"
