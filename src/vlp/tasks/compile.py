@@ -38,6 +38,7 @@ from torch import nn
 
 from vlp.models.layers.decoder import DecoderLayer
 from vlp.models.layers.transformer import Block
+from vlp.tasks.sharding import outermost_submodules
 
 COMPILE_UNITS: tuple[type[nn.Module], ...] = (Block, DecoderLayer)
 RECOMPILE_LIMIT = 64
@@ -133,17 +134,7 @@ def check_backend(config: CompileConfig, device: torch.device, key: str = "compi
 
 def compile_units(module: nn.Module, units: tuple[type[nn.Module], ...] = COMPILE_UNITS) -> list[nn.Module]:
     """The outermost submodules of ``module`` of the given types: the blocks to compile."""
-    found: list[nn.Module] = []
-
-    def visit(node: nn.Module) -> None:
-        for child in node.children():
-            if isinstance(child, units):
-                found.append(child)
-            else:
-                visit(child)
-
-    visit(module)
-    return found
+    return outermost_submodules(module, units)
 
 
 def compile_blocks(

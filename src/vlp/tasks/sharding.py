@@ -61,19 +61,24 @@ def check_sharded(named_parameters: Iterable[tuple[str, nn.Parameter]], roots: s
         raise RuntimeError(f"parameters outside {roots} were not sharded: {outside}")
 
 
-def shard_units(module: nn.Module, units: tuple[type[nn.Module], ...] = SHARD_UNITS) -> list[nn.Module]:
-    """The outermost submodules of the given types: each becomes one FSDP2 unit (one all-gather)."""
+def outermost_submodules(module: nn.Module, types: tuple[type[nn.Module], ...]) -> list[nn.Module]:
+    """The submodules of ``module`` of the given types that are not inside another one of them."""
     found: list[nn.Module] = []
 
     def visit(node: nn.Module) -> None:
         for child in node.children():
-            if isinstance(child, units):
+            if isinstance(child, types):
                 found.append(child)
             else:
                 visit(child)
 
     visit(module)
     return found
+
+
+def shard_units(module: nn.Module, units: tuple[type[nn.Module], ...] = SHARD_UNITS) -> list[nn.Module]:
+    """The outermost submodules of the given types: each becomes one FSDP2 unit (one all-gather)."""
+    return outermost_submodules(module, units)
 
 
 @torch.no_grad()
