@@ -39,9 +39,9 @@ def normalise_pixels(pixels: Tensor, pixel_mask: Tensor | None = None) -> Tensor
     """
     if pixels.dtype != torch.uint8:
         raise ValueError(f"normalise_pixels takes uint8 pixels, got {pixels.dtype}")
-    if pixel_mask is None and pixels.ndim == 4:
-        pixel_mask = torch.ones(pixels.shape[0], *pixels.shape[2:], dtype=torch.bool, device=pixels.device)
-    if pixels.ndim != 4 or pixel_mask is None or pixel_mask.shape != (pixels.shape[0], *pixels.shape[2:]):
+    if pixels.ndim != 4 or (
+        pixel_mask is not None and pixel_mask.shape != (pixels.shape[0], *pixels.shape[2:])
+    ):
         raise ValueError(
             f"pixel_mask {None if pixel_mask is None else list(pixel_mask.shape)} does not match pixels "
             f"{list(pixels.shape)} "
@@ -50,7 +50,7 @@ def normalise_pixels(pixels: Tensor, pixel_mask: Tensor | None = None) -> Tensor
     out = pixels.to(torch.float32)
     out.mul_(2.0 / 255)
     out.sub_(1.0)
-    return out.masked_fill_(~pixel_mask.unsqueeze(1), 0.0)
+    return out if pixel_mask is None else out.masked_fill_(~pixel_mask.unsqueeze(1), 0.0)
 
 
 def normalise_batch(batch: Any) -> Any:
