@@ -132,11 +132,6 @@ def check_backend(config: CompileConfig, device: torch.device, key: str = "compi
         ) from error
 
 
-def compile_units(module: nn.Module, units: tuple[type[nn.Module], ...] = COMPILE_UNITS) -> list[nn.Module]:
-    """The outermost submodules of ``module`` of the given types: the blocks to compile."""
-    return outermost_submodules(module, units)
-
-
 def compile_blocks(
     module: nn.Module, config: CompileConfig, units: tuple[type[nn.Module], ...] = COMPILE_UNITS
 ) -> int:
@@ -150,7 +145,7 @@ def compile_blocks(
     other in-place compiled module of the process, which the kinds of call of one model exceed
     (ERNIE-ViLG: three patterns x two directions x training and evaluation).
     """
-    blocks = compile_units(module, units)
+    blocks = outermost_submodules(module, units)
     pending = [block for block in blocks if block._compiled_call_impl is None]
     if pending:
         compiled = torch.compile(
