@@ -106,9 +106,9 @@ def ran_id(out: Path, record: dict[str, Any], ids: dict[str, str]) -> str | None
     if not saved.is_file():
         return None
     after = record.get("after")
-    start = (out / after, ids[after]) if after is not None and after in ids else None
-    if after is not None and start is None:
+    if after is not None and after not in ids:
         return None
+    start = None if after is None else (out / after, ids[after])
     return config_id(yaml.safe_load(saved.read_text()) or {}, out / record["run_dir"], start)
 
 
@@ -116,30 +116,15 @@ def _plain(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _defaults(target: Any) -> dict[str, str]:
-    """The defaults of ``target``'s constructor, as :func:`_plain` text; none when it has no signature."""
-    try:
-        parameters = inspect.signature(target).parameters.values()
-    except (TypeError, ValueError):
-        return {}
-    return {p.name: _plain(p.default) for p in parameters if p.default is not inspect.Parameter.empty}
-
-
-def _class_defaults(class_path: str) -> dict[str, str]:
-    """The constructor defaults of ``class_path``, following ``**kwargs`` into base classes as the parser
-    does (a subclass's default wins)."""
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return {}
-    if not inspect.isclass(cls):
-        return _defaults(cls)
+def _constructor_defaults(target: Any) -> dict[str, str]:
+    """The defaults of ``target``'s constructor as :func:`_plain` text, following a class's ``**kwargs``
+    into its base classes as the parser does (a subclass's default wins); none without a signature."""
+    if inspect.isclass(target):
+        inits = [base.__dict__["__init__"] for base in target.__mro__ if "__init__" in base.__dict__]
+    else:
+        inits = [target]
     defaults: dict[str, str] = {}
-    for base in cls.__mro__:
-        init = base.__dict__.get("__init__")
-        if init is None:
-            continue
+    for init in inits:
         try:
             parameters = inspect.signature(init).parameters.values()
         except (TypeError, ValueError):
@@ -152,9 +137,18 @@ def _class_defaults(class_path: str) -> dict[str, str]:
     return defaults
 
 
+def _class_defaults(class_path: str) -> dict[str, str]:
+    """:func:`_constructor_defaults` of ``class_path``; none when it does not import."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return _constructor_defaults(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError):
+        return {}
+
+
 def _drop_defaults(arguments: dict[str, Any], defaults: dict[str, str]) -> dict[str, Any]:
     return {
-        key: without_defaults(value)
+        key: without_defaults(value, top=False)
         for key, value in arguments.items()
         if key not in defaults or _plain(value) != defaults[key]
     }
@@ -174,8 +168,13 @@ def without_defaults(value: Any, *, top: bool = True) -> Any:
     if top and isinstance(value.get("trainer"), dict):
         from lightning import Trainer
 
-        trainer = _drop_defaults(value["trainer"], _defaults(Trainer))
-        return {**{k: without_defaults(v, top=False) for k, v in value.items()}, "trainer": trainer}
+        trainer_defaults = _constructor_defaults(Trainer)
+        return {
+            key: _drop_defaults(item, trainer_defaults)
+            if key == "trainer"
+            else without_defaults(item, top=False)
+            for key, item in value.items()
+        }
     return {key: without_defaults(item, top=False) for key, item in value.items()}
 
 
