@@ -154,13 +154,9 @@ def test_submitit_local_executor_two_by_two(tmp_path: Path, tiny_shapes: Path) -
     assert len(list((out / "jobs").glob("*_submitted.pkl"))) == 4
 
 
-@pytest.mark.slow
-def test_a_killed_sweep_finishes_only_what_is_missing_when_run_again(
-    tmp_path: Path, tiny_shapes: Path
-) -> None:
-    spec = two_by_two(tmp_path, tiny_shapes, {"kind": "local", "parallel": 1})
-    out = tmp_path / "sweep"
-    first, second = (out / t / "main" for t in TRIALS[:2])
+def kill_sweep_when(spec: Path, done: Path, running: Path) -> None:
+    """Run ``sweep run spec`` in a process group and SIGKILL it (the sweep and its running fit at once)
+    as soon as the run in ``done`` is done and the one in ``running`` runs."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     sweep = subprocess.Popen(
         [sys.executable, "-m", "vlp", "sweep", "run", str(spec)], cwd=REPO, env=env, start_new_session=True
@@ -168,14 +164,24 @@ def test_a_killed_sweep_finishes_only_what_is_missing_when_run_again(
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and sweep.poll() is None:
-            done = (read_status(first) or Status()).state == "done"
-            if done and (read_status(second) or Status()).state == "running":
+            finished = (read_status(done) or Status()).state == "done"
+            if finished and (read_status(running) or Status()).state == "running":
                 break
             time.sleep(0.2)
         assert sweep.poll() is None, "the sweep ended before it could be killed"
     finally:
-        os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and its running fit, at once
+        os.killpg(sweep.pid, signal.SIGKILL)
         sweep.wait()
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_finishes_only_what_is_missing_when_run_again(
+    tmp_path: Path, tiny_shapes: Path
+) -> None:
+    spec = two_by_two(tmp_path, tiny_shapes, {"kind": "local", "parallel": 1})
+    out = tmp_path / "sweep"
+    first, second = (out / t / "main" for t in TRIALS[:2])
+    kill_sweep_when(spec, done=first, running=second)
     assert (read_status(second) or Status()).state == "running"  # as the killed sweep left it
     assert not (out / TRIALS[2]).exists()
 
@@ -232,22 +238,7 @@ def test_a_shared_first_stage_runs_once_per_seed_through_a_kill_an_only_run_and_
     spec = shared_first_stage(tmp_path, tiny_shapes, {"kind": "local", "parallel": 1})
     out = tmp_path / "sweep"
     pre, ft = out / fast / "seed_0" / "pre", out / fast / "seed_0" / "ft"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "vlp", "sweep", "run", str(spec)], cwd=REPO, env=env, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and sweep.poll() is None:
-            if (read_status(pre) or Status()).state == "done" and (
-                read_status(ft) or Status()
-            ).state == "running":
-                break
-            time.sleep(0.2)
-        assert sweep.poll() is None, "the sweep ended before it could be killed"
-    finally:
-        os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and its running fit, at once
-        sweep.wait()
+    kill_sweep_when(spec, done=pre, running=ft)
     assert fit_starts(out) == {f"{fast}/seed_0/ft": 1, f"{fast}/seed_0/pre": 1}
 
     lines: list[str] = []
