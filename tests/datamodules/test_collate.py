@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from vlp.batch import Batch
 from vlp.datamodules.collate import PretrainCollator, pad_images, random_derangement
 from vlp.datamodules.decode import DecodedSample, SkippedSample
+from vlp.datamodules.synth.truth import ShapesCaptionCheck
 from vlp.tokenizers import load_tokenizer
 
 CAPTIONS = [
@@ -199,6 +200,69 @@ def test_itm_negatives_are_paired_with_another_samples_image_and_mlm_keeps_its_o
         assert (source == i) == (label == 1)
     negatives = batch.itm_labels == 0
     assert (batch.mlm_labels[negatives] != -100).any()  # MLM learns from every sample, with its own image
+
+
+SHAPE_COLOURS = ("red", "blue", "green")
+
+
+def shapes_samples(n: int) -> list[DecodedSample]:
+    """Samples of one caption each, "there is a <colour> circle", about an image holding a circle of the
+    colour ``SHAPE_COLOURS[i % 3]``: the caption of sample ``i`` is true of every image with that colour."""
+    samples = []
+    for i in range(n):
+        colour = SHAPE_COLOURS[i % len(SHAPE_COLOURS)]
+        objects = [{"bbox": [4, 4, 10, 10], "category": "circle", "attributes": [colour, "small", "filled"]}]
+        samples.append(
+            DecodedSample(
+                key=f"s{i:03d}",
+                image=torch.full((3, 8, 8), float(i)),
+                captions=[f"there is a {colour} circle"],
+                annotation={"objects": objects},
+            )
+        )
+    return samples
+
+
+def test_no_negative_is_shown_an_image_its_caption_is_true_of() -> None:
+    samples = shapes_samples(12)
+    checked = PretrainCollator(itm_negative_check=ShapesCaptionCheck()).for_split(train=True, seed=0)
+    plain = PretrainCollator().for_split(train=True, seed=0)
+    negatives = plain_false = 0
+    for _ in range(40):
+        batch, control = checked(samples), plain(samples)
+        for i, (label, source) in enumerate(zip(batch.itm_labels.tolist(), batch.itm_image_index.tolist())):
+            assert (source == i) == (label == 1)
+            if label == 0:
+                negatives += 1
+                assert source % 3 != i % 3, (i, source)  # its image holds another colour
+        for i, (label, source) in enumerate(
+            zip(control.itm_labels.tolist(), control.itm_image_index.tolist())
+        ):
+            plain_false += label == 0 and source % 3 == i % 3
+    assert negatives > 0.4 * 40 * 12  # about half are still negatives
+    assert plain_false > 0  # without the check, some "negatives" are true of their image
+
+
+def test_checked_negatives_draw_nothing_when_no_negative_is_true() -> None:
+    # every caption names its own sample's colour, distinct across the batch: no negative is ever true
+    samples = shapes_samples(3)
+    checked = PretrainCollator(itm_negative_check=ShapesCaptionCheck()).for_split(train=True, seed=2)
+    plain = PretrainCollator().for_split(train=True, seed=2)
+    for _ in range(5):
+        assert_batches_equal(checked(samples), plain(samples))
+
+
+def test_a_negative_with_no_false_image_becomes_a_positive() -> None:
+    samples = shapes_samples(1) * 4  # four samples of the same scene and caption
+    batch = PretrainCollator(itm_negative_check=ShapesCaptionCheck()).for_split(train=True, seed=0)(samples)
+    assert batch.itm_labels.tolist() == [1, 1, 1, 1] and batch.itm_image_index.tolist() == [0, 1, 2, 3]
+
+
+def test_a_check_that_cannot_read_the_batch_is_named() -> None:
+    collator = PretrainCollator(itm_negative_check=ShapesCaptionCheck()).for_split(train=True, seed=0)
+    with pytest.raises(ValueError, match=r"itm_negative_check \(ShapesCaptionCheck\).*s000.*not a caption"):
+        for _ in range(10):  # until a negative is drawn
+            collator(make_samples(4))
 
 
 def test_batch_of_one_has_no_negative() -> None:

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Self
 
@@ -34,7 +34,7 @@ from transformers import BatchEncoding, DataCollatorForLanguageModeling, PreTrai
 from vlp.batch import Batch
 from vlp.datamodules.decode import DecodedSample, SampleDecoder, SkippedSample
 from vlp.datamodules.grounded_masking import grounded_word_mask
-from vlp.datamodules.parts import Collator, Decoder, Vocab
+from vlp.datamodules.parts import CaptionCheck, Collator, Decoder, Vocab
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,36 @@ def itm_pairing(n: int, generator: torch.Generator, negative_prob: float = 0.5) 
     partner = (own + torch.randint(1, n, (n,), generator=generator)) % n
     sources = torch.where(negative, partner, own)
     return sources.tolist(), (~negative).long()
+
+
+def redraw_true_negatives(
+    sources: list[int],
+    itm_labels: Tensor,
+    captions: Sequence[str],
+    annotations: Sequence[Mapping[str, Any]],
+    check: CaptionCheck,
+    generator: torch.Generator,
+) -> tuple[list[int], Tensor]:
+    """Give each negative whose caption ``check`` says is true of its image another image of the batch.
+
+    ``annotations[j]`` describes image ``j``. The new image is drawn uniformly among the batch's other
+    images the caption is false of; when there is none, the sample keeps its own image and becomes a
+    positive. Negatives whose caption is false of their image keep it, and no random number is drawn for
+    them, so a batch without such negatives is the batch :func:`itm_pairing` made.
+    """
+    sources = list(sources)
+    itm_labels = itm_labels.clone()
+    for i, source in enumerate(sources):
+        if itm_labels[i] == 1 or not check(captions[i], [annotations[source]])[0]:
+            continue
+        true_of = check(captions[i], annotations)
+        candidates = [j for j, holds in enumerate(true_of) if j != i and not holds]
+        if candidates:
+            sources[i] = candidates[int(torch.randint(len(candidates), (1,), generator=generator))]
+        else:
+            sources[i] = i
+            itm_labels[i] = 1
+    return sources, itm_labels
 
 
 def pick_caption(captions: Sequence[str], generator: torch.Generator) -> str:
@@ -258,7 +288,10 @@ class PretrainCollator(SampleCollator):
     whole word of ``grounded_words`` (e.g. a dataset's categories and attributes) is masked with
     ``grounded_mask_probability`` (:mod:`vlp.datamodules.grounded_masking`: targets only the image can
     supply, so MLM learns to read the image); the words are ``grounded_words`` or, when that is None,
-    ``vocab.json``'s ``categories`` and ``attributes``.
+    ``vocab.json``'s ``categories`` and ``attributes``. With ``itm_negative_check`` (a
+    :class:`~vlp.datamodules.parts.CaptionCheck`), a negative whose caption is true of the image it was
+    given is given another (:func:`redraw_true_negatives`), in every split, so that validation scores
+    ITM against right labels too.
 
     A collator part (:class:`~vlp.datamodules.parts.Collator`) of samples from a
     :class:`~vlp.datamodules.decode.SampleDecoder`: :meth:`for_split` hands over the seed and the
@@ -278,6 +311,7 @@ class PretrainCollator(SampleCollator):
         shuffle_images: bool = False,
         grounded_mask_probability: float = 0.0,
         grounded_words: list[str] | None = None,
+        itm_negative_check: CaptionCheck | None = None,
         max_logged_skips: int = 5,
     ) -> None:
         if not 0.0 <= mlm_probability <= 1.0:
@@ -293,6 +327,7 @@ class PretrainCollator(SampleCollator):
         self.shuffle_images = shuffle_images
         self.grounded_mask_probability = grounded_mask_probability
         self.grounded_words = None if grounded_words is None else list(grounded_words)
+        self.itm_negative_check = itm_negative_check
         # the split's settings, handed over by for_split
         self.shuffle = False
         self.words: tuple[str, ...] = ()
@@ -347,13 +382,27 @@ class PretrainCollator(SampleCollator):
 
     def collate(self, samples: list[DecodedSample], generator: torch.Generator) -> Batch:
         images = [s.image for s in samples]
+        shown = list(range(len(samples)))  # whose image each position holds
         if self.shuffle:
-            images = [images[j] for j in random_derangement(len(images), generator)]
-        itm_labels = itm_image_index = None
+            shown = random_derangement(len(images), generator)
+            images = [images[j] for j in shown]
+        itm_labels = sources = None
         if self.itm:
             sources, itm_labels = itm_pairing(len(images), generator)
-            itm_image_index = torch.tensor(sources, dtype=torch.long)
         captions = [pick_caption(s.captions, generator) for s in samples]
+        if sources is not None and self.itm_negative_check is not None:
+            annotations = [samples[j].annotation for j in shown]
+            try:
+                sources, itm_labels = redraw_true_negatives(
+                    sources, itm_labels, captions, annotations, self.itm_negative_check, generator
+                )
+            except ValueError as exn:
+                keys = ", ".join(s.key for s in samples[:3])
+                raise ValueError(
+                    f"itm_negative_check ({type(self.itm_negative_check).__name__}) cannot read the batch of "
+                    f"{keys}, ...: {exn}"
+                ) from None
+        itm_image_index = None if sources is None else torch.tensor(sources, dtype=torch.long)
         encoding = self.tokenize(captions, return_offsets_mapping=True, return_special_tokens_mask=True)
         mlm_text_ids, mlm_labels = self._mask(captions, encoding, generator)
         return self.text_image_batch(

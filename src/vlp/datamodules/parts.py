@@ -106,3 +106,18 @@ class Collator(Part, ABC):
     @abstractmethod
     def __call__(self, samples: Sequence[Any], generator: torch.Generator | None = None) -> Batch:
         """The batch of ``samples`` (bound copies only); randomness from ``generator`` when given."""
+
+
+class CaptionCheck(ABC):
+    """A collator part: which images a caption is true of, from the images' annotations (their json).
+
+    Image-text matching draws its mismatched pairs at random, and a caption is sometimes true of the
+    other image too ("there is a blue shape"); a collator given a check draws another image for such a
+    negative, so its label is right. A dataset whose annotations describe the image can supply one
+    (:class:`~vlp.datamodules.synth.truth.ShapesCaptionCheck` for the shapes data).
+    """
+
+    @abstractmethod
+    def __call__(self, caption: str, annotations: Sequence[Mapping[str, Any]]) -> list[bool]:
+        """Per annotation, whether ``caption`` is true of that annotation's image; a ``ValueError`` names
+        what cannot be read (a caption or an annotation field the check does not know)."""
