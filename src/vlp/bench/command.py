@@ -58,6 +58,22 @@ def cpu_name() -> str:
     return platform.machine()
 
 
+def cpu_features() -> str:
+    """The instruction sets the CPU kernels of this run can use, for a report's header.
+
+    ATen's vector level (``torch.backends.cpu.get_cpu_capability``: what its own fp32 and bf16 kernels were
+    built for) and the CPU's bf16 units: AVX-512 bf16 (dot products of bf16 pairs) and AMX tiles (oneDNN
+    runs bf16 matmuls on them when present). A bf16 figure means little without the last two.
+    """
+    units = [
+        name
+        for name, probe in (("AVX-512 bf16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))
+        if getattr(torch.cpu, probe, lambda: False)()
+    ]
+    bf16 = " + ".join(units) if units else "none (bf16 is emulated in fp32 units)"
+    return f"ATen vector ISA {torch.backends.cpu.get_cpu_capability()}, bf16 units: {bf16}"
+
+
 def publish(section: str, out: str | None) -> None:
     """Write the markdown ``section`` to ``out`` (when given), then print it."""
     if out:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vlp.bench.command import command_line, cpu_name, parse_options, publish
+from vlp.bench.command import command_line, cpu_features, cpu_name, parse_options, publish
 from vlp.models.layers.attention import explicit_attention
 from vlp.tasks.optim import ADAMW_IMPLEMENTATIONS
 
@@ -174,7 +174,7 @@ def markdown(
     lines = [
         f"`{command}`",
         "",
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, {cpu_name()}; medians of "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, {cpu_name()} ({cpu_features()}); medians of "
         f"{config.steps} interleaved repetitions after {config.warmup} warm-up.",
         "",
         "| attention [B, H, N, d] | dtype | SDPA flash ms | SDPA math ms | vlp explicit ms | vlp's path vs flash "

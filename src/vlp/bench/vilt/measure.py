@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vlp.allocator import is_active
-from vlp.bench.command import cpu_name
+from vlp.bench.command import cpu_features, cpu_name
 from vlp.bench.vilt.batch import make_batch
 from vlp.bench.vilt.config import MATMUL_SHAPE, SIDES, Precision, Side, ViltBenchConfig
 from vlp.bench.vilt.memory import run_memory
@@ -180,6 +180,6 @@ def _run(config: ViltBenchConfig, timeout: float, log: Callable[[str], None]) ->
         "memory": memory,
         "parameters": parameters,
         "threads": torch.get_num_threads(),
-        "device": cpu_name(),
+        "device": f"{cpu_name()} ({cpu_features()})",
         "keep_freed_memory": is_active(),
     }
