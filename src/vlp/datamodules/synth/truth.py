@@ -1,7 +1,7 @@
 """Whether a shapes caption is true of a scene: the check that keeps false negatives out of ITM.
 
 Image-text matching pairs a caption with another sample's image and calls the pair a mismatch. On the
-shapes data that label is wrong about one time in fourteen: "there is a blue shape" is true of many
+shapes data that label is wrong for 7.7 % of random pairs: "there is a blue shape" is true of many
 scenes. :class:`ShapesCaptionCheck` reads a caption of the shapes grammar (:mod:`.text`) and the
 objects of another sample's json, so the collator can draw a different image for such a negative.
 
