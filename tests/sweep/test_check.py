@@ -133,3 +133,21 @@ def test_a_folder_recorded_with_other_ids_goes_on_when_its_runs_saved_the_planne
     (folder / "config.yaml").write_text(yaml.safe_dump(saved))
     with pytest.raises(UserError, match="its configuration changed since it started"):
         prepare_folder(spec_path, spec, [run.record()])
+
+
+def test_seeds_may_be_added_to_a_started_sweep_but_not_removed(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    data = {"name": "s", "recipe": str(recipe), "seeds": [0, 1], "out": str(out)}
+    spec, spec_path = parse_spec(data), write_yaml(tmp_path / "s.yaml", data)
+    prepare_folder(spec_path, spec, [run.record() for run in check_runs(expand(spec), out)])
+
+    more = {**data, "seeds": [0, 1, 2]}
+    spec, spec_path = parse_spec(more), write_yaml(tmp_path / "s.yaml", more)
+    prepare_folder(spec_path, spec, [run.record() for run in check_runs(expand(spec), out)])
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["seeds"] == [0, 1, 2]
+
+    for seeds in ([0, 2], [1], [3, 4, 5, 6]):
+        other = {**data, "seeds": seeds}
+        spec, spec_path = parse_spec(other), write_yaml(tmp_path / "s.yaml", other)
+        with pytest.raises(UserError, match="these keys differ: seeds"):
+            prepare_folder(spec_path, spec, [run.record() for run in check_runs(expand(spec), out)])

@@ -135,8 +135,8 @@ def test_local_two_by_two_runs_then_skips_done_and_refuses_another_sweep_in_its_
     assert "4 done" in status_lines(spec).splitlines()[0]
 
     changed = yaml.safe_load(spec.read_text())
-    changed["seeds"] = [0, 1, 2]
-    changed["launcher"]["parallel"] = 1  # how runs start may change; what runs may not
+    changed["seeds"] = [0, 2]
+    changed["launcher"]["parallel"] = 1  # how runs start may change, and seeds be added; not what ran
     with pytest.raises(UserError, match="these keys differ: seeds"):
         run_sweep(write_yaml(tmp_path / "changed.yaml", changed))
 

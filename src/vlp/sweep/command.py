@@ -96,6 +96,14 @@ def where(status: Status) -> str:
 # --------------------------------------------------------------------------------------------- folder
 
 
+def seeds_extended(recorded: Any, given: Any) -> bool:
+    """Whether ``given`` keeps every seed of ``recorded`` and adds some: the runs done stay in the sweep,
+    so more seeds (a narrower interval) never orphan or re-run one."""
+    if not isinstance(recorded, list) or not isinstance(given, list):
+        return False
+    return set(recorded) < set(given)
+
+
 def prepare_folder(spec_path: Path, spec: SweepSpec, records: list[dict[str, Any]]) -> None:
     """``<out>/sweep.yaml`` (the sweep file, copied once; another sweep over the same folder is refused,
     naming the keys that differ) and ``<out>/trials.json`` (a run whose configuration changed since it
@@ -106,12 +114,16 @@ def prepare_folder(spec_path: Path, spec: SweepSpec, records: list[dict[str, Any
     copy = out / SPEC_COPY
     given = yaml.safe_load(spec_path.read_text())
     if copy.exists():
-        differing = differences(yaml.safe_load(copy.read_text()) or {}, given)
+        recorded = yaml.safe_load(copy.read_text()) or {}
+        differing = differences(recorded, given)
         differing = [key for key in differing if key.split(".")[0] not in MAY_CHANGE]
+        if differing == ["seeds"] and seeds_extended(recorded.get("seeds"), given.get("seeds")):
+            shutil.copyfile(spec_path, copy)  # the sweep now has the added seeds
+            differing = []
         if differing:
             raise UserError(
                 f"{spec_path}: {out} holds another sweep ({copy}); these keys differ: {', '.join(differing)}. "
-                "Give this sweep another `out`, or restore the sweep file."
+                "Give this sweep another `out`, or restore the sweep file (seeds may only be added)."
             )
     else:
         shutil.copyfile(spec_path, copy)
