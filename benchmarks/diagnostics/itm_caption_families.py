@@ -14,26 +14,15 @@ size, say), so that the model built matches the checkpoint.
 from __future__ import annotations
 
 import argparse
-import re
 from collections import defaultdict
 
 import torch
 
 from vlp.cli import VLPCLI
+from vlp.datamodules.synth.truth import caption_family
 from vlp.objectives.itm import ITMObjective
 
 CHECK = "vlp.datamodules.synth.truth.ShapesCaptionCheck"
-RELATION = re.compile(r" (left of|right of|above|below|to the left of|to the right of) ")
-
-
-def family(caption: str) -> str:
-    if caption.startswith(("there is exactly", "there are exactly")):
-        return "count"
-    if RELATION.search(caption):
-        return "relation"
-    if caption.startswith(("there is ", "the image contains ")) or caption.endswith(" on a dark background"):
-        return "single"
-    return "listing"
 
 
 def main() -> None:
@@ -59,7 +48,7 @@ def main() -> None:
             batch = data.on_after_batch_transfer(batch, 0)
             predicted = itm.head(task.forward_model(batch)["itm"].pooled).float().argmax(-1)
             for caption, label, guess in zip(batch.captions, batch.itm_labels.tolist(), predicted.tolist()):
-                counts = right[(family(caption), label)]
+                counts = right[(caption_family(caption), label)]
                 counts[0] += int(guess == label)
                 counts[1] += 1
     print("| family | label | accuracy | pairs |\n|---|---|---|---|")

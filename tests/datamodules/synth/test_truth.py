@@ -9,7 +9,7 @@ import pytest
 
 from vlp.datamodules.synth.scenes import ShapeObject, sample_scene
 from vlp.datamodules.synth.text import captions_for
-from vlp.datamodules.synth.truth import ShapesCaptionCheck, caption_holds, objects_from_json
+from vlp.datamodules.synth.truth import ShapesCaptionCheck, caption_family, caption_holds, objects_from_json
 
 
 def obj(shape: str, colour: str, size: str, style: str, x: float, y: float) -> ShapeObject:
@@ -121,3 +121,19 @@ def test_caption_outside_the_grammar_is_named() -> None:
 def test_json_without_shapes_objects_is_named(annotation: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         objects_from_json(annotation)
+
+
+@pytest.mark.parametrize(
+    ("caption", "family"),
+    [
+        ("an image of a small red filled circle", "listing"),
+        ("two shapes: a small red filled circle and a small blue outlined square", "listing"),
+        ("there are exactly two red shapes", "count"),
+        ("there is a red shape to the left of the square", "relation"),
+        ("the green triangle is below the blue square", "relation"),
+        ("there is a blue square", "single"),
+        ("an outlined shape on a dark background", "single"),
+    ],
+)
+def test_caption_family(caption: str, family: str) -> None:
+    assert caption_family(caption) == family

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from vlp.datamodules.parts import CaptionCheck
@@ -38,8 +38,9 @@ from vlp.datamodules.synth.scenes import (
     ShapeObject,
     _roughly,
 )
+from vlp.datamodules.synth.text import _Description
 
-__all__ = ["ShapesCaptionCheck", "caption_holds", "objects_from_json", "parse_caption"]
+__all__ = ["ShapesCaptionCheck", "caption_family", "caption_holds", "objects_from_json", "parse_caption"]
 
 
 def _alternatives(words: Sequence[str]) -> str:
@@ -75,23 +76,6 @@ _RELATION = (
 )
 
 
-@dataclass(frozen=True)
-class _Description:
-    size: str | None
-    colour: str | None
-    style: str | None
-    shape: str | None  # None: the generic "shape"
-
-    def matches(self, obj: ShapeObject) -> bool:
-        wanted = (self.size, self.colour, self.style, self.shape)
-        actual = (obj.size, obj.colour, obj.style, obj.shape)
-        return all(w is None or w == a for w, a in zip(wanted, actual))
-
-    @property
-    def full(self) -> bool:
-        return None not in (self.size, self.colour, self.style, self.shape)
-
-
 def _description(phrase: str, plural: bool = False) -> _Description | None:
     """The description a phrase spells, or None when it is not one (``plural``: the noun may end in s)."""
     if plural and phrase.endswith("s"):
@@ -105,6 +89,11 @@ def _description(phrase: str, plural: bool = False) -> _Description | None:
     return _Description(match["size"], match["colour"], match["style"], None if shape == "shape" else shape)
 
 
+def _full(description: _Description) -> bool:
+    """Whether every slot is given (the listings' descriptions are full)."""
+    return None not in (description.size, description.colour, description.style, description.shape)
+
+
 def _count(description: _Description, objects: Sequence[ShapeObject]) -> int:
     return sum(description.matches(obj) for obj in objects)
 
@@ -116,15 +105,15 @@ def _listing(text: str) -> list[_Description] | None:
     for part in parts:
         match = re.fullmatch(rf"{_ARTICLE}(?P<a>.+)", part)
         description = None if match is None else _description(match["a"])
-        if description is None or not description.full:
+        if description is None or not _full(description):
             return None
         descriptions.append(description)
     return descriptions
 
 
-def _listed_present(descriptions: list[_Description], objects: Sequence[ShapeObject]) -> bool:
-    # Full descriptions name distinct objects (a scene's attribute tuples are distinct), so presence of
-    # each is enough.
+def _all_present(descriptions: list[_Description], objects: Sequence[ShapeObject]) -> bool:
+    """Whether each description fits some object. For a listing that is what it states: its full
+    descriptions name distinct objects (a scene's attribute tuples are distinct)."""
     return all(_count(description, objects) >= 1 for description in descriptions)
 
 
@@ -140,8 +129,8 @@ def _relation_holds(a: _Description, b: _Description, relation: str, objects: Se
 Statement = Callable[[Sequence[ShapeObject]], bool]
 
 
-def parse_caption(caption: str) -> Statement:
-    """What ``caption`` (a caption of the shapes grammar) states, as a test of a scene's objects.
+def _read(caption: str) -> tuple[str, Statement]:
+    """The family of ``caption`` (``listing``, ``count``, ``relation`` or ``single``) and what it states.
 
     Raises:
         ValueError: the caption is not one the shapes generator writes (naming it).
@@ -152,13 +141,13 @@ def parse_caption(caption: str) -> Statement:
         listed = _listing(match["listing"])
         if listed is not None:
             number = NUMBER_WORDS.index(match["number"])
-            return lambda objects: len(objects) == number and _listed_present(listed, objects)
+            return "listing", lambda objects: len(objects) == number and _all_present(listed, objects)
     match = _COUNT.fullmatch(text)
     if match is not None:
         counted = _description(match["noun"], plural=True)
         if counted is not None:
             number = NUMBER_WORDS.index(match["number"])
-            return lambda objects: _count(counted, objects) == number
+            return "count", lambda objects: _count(counted, objects) == number
     for pattern in _RELATION:
         match = pattern.fullmatch(text)
         if match is None:
@@ -166,17 +155,29 @@ def parse_caption(caption: str) -> Statement:
         a, b = _description(match["a"]), _description(match["b"])
         if a is not None and b is not None:
             relation = match["rel"] if "rel" in pattern.groupindex else _LONG_TO_SHORT[match["long"]]
-            return lambda objects: _relation_holds(a, b, relation, objects)
+            return "relation", partial(_relation_holds, a, b, relation)
     for pattern in _SINGLE:
         match = pattern.fullmatch(text)
         single = None if match is None else _description(match["a"])
         if single is not None:
-            return lambda objects: _count(single, objects) >= 1
+            return "single", partial(_all_present, [single])
     match = _LISTING.fullmatch(text)
     listed = None if match is None else _listing(match["listing"])
     if listed is not None:
-        return lambda objects: _listed_present(listed, objects)
+        return "listing", partial(_all_present, listed)
     raise ValueError(f"not a caption of the shapes grammar: {caption!r}")
+
+
+def parse_caption(caption: str) -> Statement:
+    """What ``caption`` (a caption of the shapes grammar) states, as a test of a scene's objects; a
+    ``ValueError`` names a caption the shapes generator does not write."""
+    return _read(caption)[1]
+
+
+def caption_family(caption: str) -> str:
+    """``listing`` (with or without a count prefix), ``count``, ``relation`` or ``single``: the kind of
+    statement a shapes caption makes (see :func:`parse_caption`)."""
+    return _read(caption)[0]
 
 
 def caption_holds(caption: str, objects: Sequence[ShapeObject]) -> bool:
