@@ -102,7 +102,17 @@ def shapes64(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def e2e_pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint of the E2E-VLP shapes pre-training recipe's task (random weights, Lightning's layout)."""
     path = tmp_path_factory.mktemp("e2e_pretrain") / "last.ckpt"
-    return save_recipe_task(CONFIGS / "e2e_vlp/shapes_pretrain.yaml", path)
+    return save_recipe_task(
+        CONFIGS / "e2e_vlp/shapes_pretrain.yaml", path, "--model.init_args.init_from=null"
+    )
+
+
+@pytest.fixture(scope="session")
+def e2e_encoder_pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of the E2E-VLP pre-training's first stage (encoder objectives only), random weights:
+    what the second stage's ``init_from`` reads."""
+    path = tmp_path_factory.mktemp("e2e_pretrain_encoder") / "last.ckpt"
+    return save_recipe_task(CONFIGS / "e2e_vlp/shapes_pretrain_encoder.yaml", path)
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int | str | None, str, str]:
