@@ -22,6 +22,27 @@ def test_positions_equal_official_per_image_interpolation() -> None:
     assert tokens.mask[1, 1:].sum() == 6
 
 
+@pytest.mark.parametrize("size", [(16, 12), (18, 13)])  # whole patches; a remainder the convolution drops
+def test_projection_is_the_convolution_of_its_weights(size: tuple[int, int]) -> None:
+    """The patch tokens and the weight gradients equal ``patch_embed.proj``'s convolution's. Tolerances:
+    the matmul and the convolution sum the 48 products of a patch in different orders (fp32)."""
+    torch.manual_seed(0)
+    emb = ViTPatchEmbedder(dim=8, patch_size=4, pos_grid=3)
+    pixels = torch.randn(2, 3, *size)
+    tokens, h, w = emb.project(pixels)
+    conv = emb.patch_embed.proj(pixels)
+    assert (h, w) == conv.shape[-2:] == (size[0] // 4, size[1] // 4)
+    torch.testing.assert_close(tokens, conv.flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(
+        tokens.square().sum(), [emb.patch_embed.proj.weight, emb.patch_embed.proj.bias]
+    )
+    expected = torch.autograd.grad(
+        conv.square().sum(), [emb.patch_embed.proj.weight, emb.patch_embed.proj.bias]
+    )
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+
+
 def test_padding_pixels_do_not_change_real_tokens() -> None:
     emb = ViTPatchEmbedder(dim=8, patch_size=4, pos_grid=3).eval()
     image = torch.randn(1, 3, 8, 12)

@@ -15,7 +15,7 @@ Bridges from the mapped vector ``z`` to the decoder's input (``E`` the ``[K, C]`
   It does not keep the decoder's code→pixel map, though: the code fed is the head's nearest guess, not the
   image's own code, so a *trained* decoder learns to render the head's codes. On shapes (700 steps,
   ``train_decoder: true``) it then drew the VQGAN's own codes of real images so badly that the judge found
-  none of their objects (benchmarks/RESULTS.md, ERNIE-ViLG session 7); with a frozen decoder this cannot happen.
+  none of their objects (benchmarks/RESULTS.md, "ERNIE-ViLG"); with a frozen decoder this cannot happen.
 - ``soft``: ``softmax(-||z - e_k||^2 / tau) @ E``, a convex mix of code vectors: fully differentiable,
   but the decoder sees mixtures it was not trained on (``tau -> 0`` approaches ``straight_through``'s forward).
 - ``direct``: ``z`` as it is (the paper's wording: "mapped ... to the codebook embedding space and fed to

@@ -34,7 +34,12 @@ class ViTPatchEmbedder(VisualEmbedder):
             the image tokens at the text tokens' scale (the text embedder ends in a LayerNorm): a raw
             projection of 64-px shapes patches has a quarter of their spread, most of it one shared
             background direction, and the tiny shapes ViLT then took far longer to compare text with
-            image (benchmarks/RESULTS.md, session 5).
+            image (benchmarks/RESULTS.md, "ViLT pre-training on shapes").
+
+    The patch projection's weights are a ``Conv2d`` (``patch_embed.proj``, timm's and official ViLT's
+    layout), but it is computed as one matrix multiply over the flattened patches (:meth:`project`):
+    the same sums as the stride-``patch_size`` convolution, whose backward on CPU cost more than a
+    tenth of a ViLT-B/32 bf16 training step (``benchmarks/diagnostics/profile_vilt_step.py``).
     """
 
     def __init__(
@@ -65,16 +70,27 @@ class ViTPatchEmbedder(VisualEmbedder):
         if init_from is not None:
             self.load_vit_embedding(load_vit_state_dict(init_from), source=init_from)
 
+    def project(self, pixels: Tensor) -> tuple[Tensor, int, int]:
+        """``[B, C, H, W]`` pixels → patch tokens ``[B, h * w, D]`` (row-major) and the grid ``h, w``:
+        ``patch_embed.proj``'s convolution as a linear map of each flattened ``[C, p, p]`` patch (pixels
+        beyond the last whole patch are dropped, as the convolution drops them)."""
+        batch, chans, height, width = pixels.shape
+        p = self.patch_size
+        h, w = height // p, width // p
+        patches = pixels[:, :, : h * p, : w * p].reshape(batch, chans, h, p, w, p)
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, h * w, chans * p * p)
+        proj = self.patch_embed.proj
+        return F.linear(patches, proj.weight.reshape(proj.weight.shape[0], -1), proj.bias), h, w
+
     def forward(self, pixels: Tensor, pixel_mask: Tensor | None = None) -> VisualTokens:
-        x = self.patch_embed.proj(pixels)  # [B, D, h, w]
-        batch, _, h, w = x.shape
+        embeds, h, w = self.project(pixels)  # [B, h * w, D]
+        batch = embeds.shape[0]
         if pixel_mask is None:
-            patch_mask = torch.ones(batch, h, w, dtype=torch.bool, device=x.device)
+            patch_mask = torch.ones(batch, h, w, dtype=torch.bool, device=embeds.device)
         else:
             # A patch is real when its top-left pixel is: images are padded in whole patches.
             patch_mask = pixel_mask[:, :: self.patch_size, :: self.patch_size][:, :h, :w]
-        pos = self._positions(patch_mask, x.dtype)  # [B, D, h, w]
-        embeds = x.flatten(2).transpose(1, 2)
+        pos = self._positions(patch_mask, embeds.dtype)  # [B, D, h, w]
         pos = pos.flatten(2).transpose(1, 2)
         mask = patch_mask.flatten(1)
         if (
