@@ -59,6 +59,7 @@ def test_markdown_rows_and_ratios() -> None:
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_bench_scaling_runs_end_to_end_with_tiny_sizes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

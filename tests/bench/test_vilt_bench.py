@@ -105,6 +105,7 @@ def test_flop_counts_differ_by_the_mlm_positions_last_layer_rows_and_attention_r
     assert flops["transformers"] - flops["vlp"] == mlm - recompute + last_layer
 
 
+@pytest.mark.slow
 def test_memory_probe_reports_the_step_inside_the_peak() -> None:
     record = run_memory("vlp", "fp32", replace(TINY, memory_steps=1), timeout=300.0)
     assert 0 < record["step_mib"] < record["peak_rss_mib"]

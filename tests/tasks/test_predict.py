@@ -469,6 +469,7 @@ def launch_ddp(recipe: Path, predict_dir: Path) -> subprocess.Popen:
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_ddp_predict_writes_the_files_one_process_writes(shapes: Path, tmp_path: Path) -> None:
     """Two DDP processes (each reads one of the two test shards) write one file of every sample, in the
     order and with the values of a single process: rows are gathered and the first process writes them,

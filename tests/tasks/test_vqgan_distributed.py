@@ -17,7 +17,8 @@ import torch
 import vqgan_distributed_run as vq
 from two_process_launch import assert_same_run, two_process_results
 
-pytestmark = [pytest.mark.distributed, pytest.mark.filterwarnings("ignore")]
+# two 2-process launches (about 25 s here): `make test-all` runs them
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.filterwarnings("ignore")]
 
 SCRIPT = Path(__file__).with_name("vqgan_distributed_run.py")
 LOSS_TOL = {"rtol": 1e-5, "atol": 1e-5}
