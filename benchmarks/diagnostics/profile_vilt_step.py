@@ -2,7 +2,7 @@
 ViLT-B/32 step, the bench's own model, batch and AdamW, in one precision.
 
 Prints the operators sorted by their own (self) CPU time, and the step's time split into forward,
-backward and optimiser, each as a share of the profiled wall time; ``--trace FILE`` also writes a
+backward and optimiser (the labels ``StepRunner.step`` sets), each as a share of the profiled wall time; ``--trace FILE`` also writes a
 Chrome trace (open it in ``chrome://tracing`` or Perfetto).
 
     python benchmarks/diagnostics/profile_vilt_step.py                       # vlp, bf16
@@ -16,7 +16,7 @@ import argparse
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import ProfilerActivity, profile
 
 from vlp.bench.vilt.batch import make_batch
 from vlp.bench.vilt.config import ViltBenchConfig
@@ -43,20 +43,10 @@ def main() -> None:
     for _ in range(args.warmup):
         runner.step(args.precision)
 
-    def step() -> None:
-        runner.module.train()
-        runner.optimizer.zero_grad(set_to_none=True)
-        with record_function("## forward"):
-            mlm, itm = runner.losses(args.precision)
-        with record_function("## backward"):
-            (mlm + itm).backward()
-        with record_function("## optimizer"):
-            runner.optimizer.step()
-
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(args.steps):
-            step()
+            runner.step(args.precision)
     wall = (time.perf_counter() - start) / args.steps
     print(
         f"{args.side} {args.precision}: {wall * 1000:.0f} ms a step under the profiler ({args.steps} steps)"

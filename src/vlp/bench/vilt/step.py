@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from vlp.bench.vilt.batch import BenchBatch
 from vlp.bench.vilt.config import Precision, Side, ViltBenchConfig
@@ -81,12 +82,18 @@ class StepRunner:
             return self._losses()
 
     def step(self, precision: Precision) -> tuple[Tensor, Tensor]:
-        """Forward, backward, AdamW step; returns the (MLM, ITM) losses, detached."""
+        """Forward, backward, AdamW step; returns the (MLM, ITM) losses, detached. The three parts are
+        labelled ``## forward``, ``## backward``, ``## optimizer`` for ``torch.profiler``
+        (``benchmarks/diagnostics/profile_vilt_step.py``); without a profiler the labels cost nothing
+        measurable against a step."""
         self.module.train()
         self.optimizer.zero_grad(set_to_none=True)
-        mlm, itm = self.losses(precision)
-        (mlm + itm).backward()
-        self.optimizer.step()
+        with record_function("## forward"):
+            mlm, itm = self.losses(precision)
+        with record_function("## backward"):
+            (mlm + itm).backward()
+        with record_function("## optimizer"):
+            self.optimizer.step()
         return mlm.detach(), itm.detach()
 
     def infer(self, precision: Precision) -> Tensor:

@@ -54,6 +54,11 @@ class _Description:
             for slot, wanted in zip(_SLOTS, (self.size, self.colour, self.style, self.shape))
         )
 
+    @property
+    def full(self) -> bool:
+        """Every slot given, as in the listings' descriptions."""
+        return None not in (self.size, self.colour, self.style, self.shape)
+
     def phrase(self, generic: str = "shape") -> str:
         """Words in the fixed order size, colour, style, noun; ``generic`` stands in for a missing shape."""
         words = [word for word in (self.size, self.colour, self.style) if word is not None]

@@ -89,11 +89,6 @@ def _description(phrase: str, plural: bool = False) -> _Description | None:
     return _Description(match["size"], match["colour"], match["style"], None if shape == "shape" else shape)
 
 
-def _full(description: _Description) -> bool:
-    """Whether every slot is given (the listings' descriptions are full)."""
-    return None not in (description.size, description.colour, description.style, description.shape)
-
-
 def _count(description: _Description, objects: Sequence[ShapeObject]) -> int:
     return sum(description.matches(obj) for obj in objects)
 
@@ -105,7 +100,7 @@ def _listing(text: str) -> list[_Description] | None:
     for part in parts:
         match = re.fullmatch(rf"{_ARTICLE}(?P<a>.+)", part)
         description = None if match is None else _description(match["a"])
-        if description is None or not _full(description):
+        if description is None or not description.full:
             return None
         descriptions.append(description)
     return descriptions
