@@ -155,6 +155,8 @@ def test_fast_dev_run_validates_captions_and_predict_writes_grids(tmp_path: Path
     trainer.predict(task, datamodule=data)
     grid = Image.open(tmp_path / "pred" / "images_rank0_batch00000.png")
     assert grid.size[0] > 3 * parts.IMAGE and grid.size[1] > 4 * parts.IMAGE  # 3 candidates x 4 prompts
+    labelled = Image.open(tmp_path / "pred" / "labelled_rank0_batch00000.png")
+    assert labelled.size[0] > grid.size[0] and labelled.size[1] >= 4 * parts.IMAGE  # the prompts' panel added
     records = [
         json.loads(line) for line in (tmp_path / "pred" / "captions_rank0.jsonl").read_text().splitlines()
     ]
@@ -335,3 +337,65 @@ def test_a_reranker_over_other_codes_is_refused() -> None:
     )
     with pytest.raises(ValueError, match=r"the reranker reads 16 codes on a \(8, 8\) grid"):
         parts.ernie_task(reranker=ITMScorer(other, ITMHead(parts.DIM)))
+
+
+def test_prompt_dropout_feeds_the_null_prompt_to_text_to_image_in_training_only() -> None:
+    task = parts.ernie_task(prompt_dropout=0.999)
+    batch = parts.batches(1)[0]
+    seen: dict[str, list[torch.Tensor]] = {}
+    forward = task.model.forward
+
+    def spy(text_ids: torch.Tensor, text_mask: torch.Tensor, codes: torch.Tensor, view: str) -> Any:
+        seen.setdefault(view, []).append(text_ids)
+        return forward(text_ids, text_mask, codes, view)
+
+    task.model.forward = spy  # type: ignore[method-assign]
+    task.train()
+    task.forward_model(batch)
+    null_row = [parts.CLS, parts.SEP] + [parts.PAD] * (batch.caption_ids.shape[1] - 2)
+    assert seen["text_to_image"][0].tolist() == [null_row] * batch.caption_ids.shape[0]
+    assert torch.equal(seen["image_to_text"][0], batch.caption_ids)  # the caption stays the i2t target
+    task.eval()
+    task.forward_model(batch)
+    assert torch.equal(seen["text_to_image"][1], batch.caption_ids)  # validation reads the real prompts
+    for bad, match in (
+        ({"prompt_dropout": 1.0}, "prompt_dropout"),
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            parts.ernie_task(**bad)
+
+
+def test_prompt_dropout_rows_follow_the_rate() -> None:
+    task = parts.ernie_task(prompt_dropout=0.25).train()
+    ids = torch.full((4000, 6), 7)
+    torch.manual_seed(0)
+    dropped, mask = task.prompts_with_dropout(ids, torch.ones_like(ids, dtype=torch.bool))
+    share = float((dropped[:, 2] == parts.PAD).float().mean())
+    assert abs(share - 0.25) < 0.03  # 4000 draws: the standard error is 0.007
+    assert torch.equal(mask[:, :2], torch.ones(4000, 2, dtype=torch.bool))
+    assert torch.equal(mask[:, 2], dropped[:, 2] != parts.PAD)
+
+
+def test_guided_predict_records_its_sampling_and_at_scale_0_ignores_the_prompt(tmp_path: Path) -> None:
+    task = parts.ernie_task(predict_dir=str(tmp_path / "pred"), num_candidates=2, guidance_scale=0.0).eval()
+    batch = parts.batches(1)[0]
+    other = parts.batches(1, seed=9)[0].caption_ids
+    first = task.generate_images(batch.caption_ids, batch.caption_mask, torch.Generator().manual_seed(1))
+    again = task.generate_images(
+        other, torch.ones_like(other, dtype=torch.bool), torch.Generator().manual_seed(1)
+    )
+    assert not torch.equal(other, batch.caption_ids)
+    candidates = lambda codes: [sorted(row) for row in codes.tolist()]  # noqa: E731
+    assert candidates(first[2]) == candidates(again[2])  # the same draws; the prompt-scored ranks may differ
+    task.guidance_scale = 3.0
+    guided = task.generate_images(batch.caption_ids, batch.caption_mask, torch.Generator().manual_seed(1))
+    assert not torch.equal(guided[2], first[2])
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).predict(
+        task, datamodule=Fixed(parts.batches(1), parts.batches(1, seed=5))
+    )
+    sampling = json.loads((tmp_path / "pred" / "generation_metrics.json").read_text())["sampling"]
+    assert sampling == {
+        "num_candidates": 2, "temperature": 1.0, "top_k": None, "top_p": None, "guidance_scale": 3.0,
+        "predict_seed": 0,
+    }  # fmt: skip

@@ -97,6 +97,40 @@ def write_png(path: Path, images: Tensor, nrow: int) -> Path:
     return path
 
 
+def write_labelled_png(
+    path: Path, images: Tensor, labels: Sequence[str], label_width: int = 240, font_size: int = 12
+) -> Path:
+    """Images ``[R, n, 3, H, W]`` in [0, 1] as one PNG with a row per label: the label's text, wrapped, in a
+    white panel of ``label_width`` pixels, then the row's ``n`` images (a new file, never written over)."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    if images.ndim != 5 or images.shape[0] != len(labels):
+        raise ValueError(
+            f"write_labelled_png needs images [R, n, 3, H, W] with R = {len(labels)} labels, got {tuple(images.shape)}"
+        )
+    rows, n, _, height, width = images.shape
+    pad = 2
+    font = ImageFont.load_default(size=font_size)
+    per_line = max(8, int((label_width - 2 * pad) / max(font.getlength("x"), 1.0)))
+    canvas = Image.new("RGB", (label_width + n * (width + pad), rows * (height + pad)), "white")
+    pixels = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
+    for row, label in enumerate(labels):
+        top = row * (height + pad)
+        panel = Image.new("RGB", (label_width - pad, height), "white")  # the text is clipped to its row
+        lines = textwrap.wrap(label, per_line) or [""]
+        ImageDraw.Draw(panel).multiline_text((pad, pad), "\n".join(lines), fill="black", font=font, spacing=1)
+        canvas.paste(panel, (0, top))
+        for column in range(n):
+            tile = Image.fromarray(pixels[row, column].numpy(), "RGB")
+            canvas.paste(tile, (label_width + column * (width + pad), top))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("xb") as handle:
+        canvas.save(handle, format="png")
+    return path
+
+
 def batch_texts(batch: Batch) -> list[str]:
     """The text of each text row of ``batch`` (``Batch.captions``, which the vlp collators fill)."""
     if batch.captions is None:

@@ -35,7 +35,7 @@ from vlp.batch import Batch
 from vlp.metrics.generation import GenerationEvaluation
 from vlp.models.ernie_vilg.itm_scorer import ITMScorer
 from vlp.models.ernie_vilg.model import ERNIEViLG, ERNIEViLGOutput
-from vlp.models.ernie_vilg.sampling import caption_images
+from vlp.models.ernie_vilg.sampling import caption_images, null_prompts
 from vlp.objectives.base import Objective
 from vlp.objectives.reconstruction import ReconstructionObjective
 from vlp.tasks.base import check_views
@@ -90,6 +90,12 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, VQGANCodesTask):
             ``None``: ``<trainer.default_root_dir>/predictions``.
         num_candidates, temperature, top_k, top_p: text→image sampling in ``predict``.
         predict_seed: seeds the sampling generator (per batch and process), so predictions repeat.
+        prompt_dropout: the share of training rows whose text→image pass reads the null prompt
+            ``[CLS] [SEP]`` instead of the caption (the image→text pass keeps the caption), so that the
+            model also learns the unconditional code distribution classifier-free guidance needs.
+        guidance_scale: classifier-free guidance of ``predict``'s sampling
+            (:func:`~vlp.models.ernie_vilg.sampling.sample_image_codes`); 1 is plain conditional sampling.
+            Above 1 it needs a model trained with ``prompt_dropout``.
         judge_checkpoint: a :class:`~vlp.tasks.shapes_judge.ShapesJudgeTask` checkpoint; ``predict`` then
             reports the semantic score and shapes Fréchet distance of its images.
         inception_weights: local path of the FID Inception weights; ``predict`` then reports the FID.
@@ -121,6 +127,8 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, VQGANCodesTask):
         top_k: int | None = None,
         top_p: float | None = None,
         predict_seed: int = 0,
+        prompt_dropout: float = 0.0,
+        guidance_scale: float = 1.0,
         judge_checkpoint: str | None = None,
         inception_weights: str | None = None,
         reranker: ITMScorer | None = None,
@@ -133,6 +141,10 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, VQGANCodesTask):
             saved.pop("vqgan", None)
             saved.pop("reranker", None)
         check_settings(self.objectives, model, num_beams, num_candidates, max_caption_len)
+        if not 0.0 <= prompt_dropout < 1.0:
+            raise ValueError(f"prompt_dropout must be in [0, 1), got {prompt_dropout}")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         self.setup_vqgan(load_vqgan(vqgan, vqgan_checkpoint), train_decoder)
         self.reranker = reranker
         if reranker is not None:
@@ -143,6 +155,7 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, VQGANCodesTask):
         self.num_candidates, self.temperature = num_candidates, temperature
         self.top_k, self.top_p = top_k, top_p
         self.predict_seed = predict_seed
+        self.prompt_dropout, self.guidance_scale = prompt_dropout, guidance_scale
         self.judge_checkpoint, self.inception_weights = judge_checkpoint, inception_weights
         self.generation_evaluation: GenerationEvaluation | None = None  # built when predict starts
         tok = load_tokenizer(tokenizer)
@@ -205,13 +218,30 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, VQGANCodesTask):
         """VQGAN decoder on ``[B, code_dim, h, w]`` latents → pixels (the end-to-end path)."""
         return self.vqgan.decode(latents)
 
+    def prompts_with_dropout(self, text_ids: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """In training, each row replaced by the null prompt with probability ``prompt_dropout``."""
+        if not self.training or self.prompt_dropout == 0.0:
+            return text_ids, text_mask
+        drop = torch.rand(text_ids.shape[0], device=text_ids.device) < self.prompt_dropout
+        null_ids, null_mask = null_prompts(
+            text_ids.shape[0], text_ids.shape[1], self.bos_id, self.eos_id, self.pad_id, text_ids.device
+        )
+        return (
+            torch.where(drop[:, None], null_ids, text_ids),
+            torch.where(drop[:, None], null_mask.to(text_mask.dtype), text_mask),
+        )
+
     def forward_model(self, batch: Batch) -> dict[str, ERNIEViLGOutput]:
         batch = self.with_codes(batch)
         views = {objective.view for objective in self.active_objectives.values()}
         outputs = {}
         for view in VIEWS:
-            if view in views:
-                outputs[view] = self.model(batch.caption_ids, batch.caption_mask, batch.image_codes, view)
+            if view not in views:
+                continue
+            text_ids, text_mask = batch.caption_ids, batch.caption_mask
+            if view == "text_to_image":
+                text_ids, text_mask = self.prompts_with_dropout(text_ids, text_mask)
+            outputs[view] = self.model(text_ids, text_mask, batch.image_codes, view)
         if self.end_to_end:
             codebook = self.vqgan.quantize.embedding.weight.detach()
             outputs["text_to_image"] = replace(

@@ -1,9 +1,10 @@
 """ERNIE-ViLG's ``python -m vlp predict``: images for the prompts, captions for the images, metrics.
 
-For each prompt (the batch's captions) ``num_candidates`` images are sampled (temperature, top-k, top-p;
-KV-cached), reranked by the model's own image→text likelihood of the prompt (or, with a ``reranker``, by
+For each prompt (the batch's captions) ``num_candidates`` images are sampled (temperature, top-k, top-p,
+classifier-free guidance; KV-cached), reranked by the model's own image→text likelihood of the prompt (or, with a ``reranker``, by
 an ITM head's match probability: :class:`~vlp.models.ernie_vilg.itm_scorer.ITMScorer`), decoded by the
-VQGAN and written as one PNG grid per batch and process (a row per prompt, candidates best first), with
+VQGAN and written as one PNG grid per batch and process (a row per prompt, candidates best first; the
+``labelled_*`` copy has the prompt's text left of its row), with
 ``captions_rank<r>.jsonl`` (one per process) holding each prompt, the candidates' scores and the caption
 generated for the batch's real image. At the end ``generation_metrics.json`` holds the caption metrics of
 those captions and, with ``judge_checkpoint`` (a shapes judge, ``configs/probe/shapes_judge.yaml``)
@@ -27,9 +28,9 @@ from vlp.metrics.generation import GenerationEvaluation
 from vlp.metrics.shapes_judge import ShapesJudge
 from vlp.models.ernie_vilg.itm_scorer import ITMScorer
 from vlp.models.ernie_vilg.model import ERNIEViLG
-from vlp.models.ernie_vilg.sampling import generate_images
+from vlp.models.ernie_vilg.sampling import generate_images, null_prompts
 from vlp.tasks.e2e_base import fsdp_gathered
-from vlp.tasks.predict_files import write_json, write_png
+from vlp.tasks.predict_files import write_json, write_labelled_png, write_png
 from vlp.tokenizers import load_tokenizer
 
 
@@ -42,7 +43,12 @@ class TextToImagePrediction:
     :class:`~vlp.tasks.caption_evaluation.CaptionEvaluation`.
     """
 
-    PREDICT_FILES = ("images_rank*_batch*.png", "captions_rank*.jsonl", "generation_metrics.json")
+    PREDICT_FILES = (
+        "images_rank*_batch*.png",
+        "labelled_rank*_batch*.png",
+        "captions_rank*.jsonl",
+        "generation_metrics.json",
+    )
 
     model: ERNIEViLG
     vqgan: nn.Module
@@ -52,6 +58,10 @@ class TextToImagePrediction:
     top_k: int | None
     top_p: float | None
     predict_seed: int
+    guidance_scale: float
+    bos_id: int
+    eos_id: int
+    pad_id: int
     judge_checkpoint: str | None
     inception_weights: str | None
     generation_evaluation: GenerationEvaluation | None
@@ -71,10 +81,16 @@ class TextToImagePrediction:
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``num_candidates`` images per prompt, best first: pixels ``[B, n, 3, H, W]`` in [0, 1],
         scores ``[B, n]`` and codes ``[B, n, h*w]``."""
+        null_ids = null_mask = None
+        if self.guidance_scale != 1.0:
+            null_ids, null_mask = null_prompts(
+                text_ids.shape[0], text_ids.shape[1], self.bos_id, self.eos_id, self.pad_id, text_ids.device
+            )
         with fsdp_gathered(self.model):
             sampled = generate_images(
                 self.model, text_ids, text_mask, self.num_candidates,
                 self.temperature, self.top_k, self.top_p, generator, scorer=self.reranker,
+                guidance_scale=self.guidance_scale, null_ids=null_ids, null_mask=null_mask,
             )  # fmt: skip
         order = sampled.scores.argsort(dim=1, descending=True)
         codes = sampled.codes.gather(1, order[..., None].expand_as(sampled.codes))
@@ -112,6 +128,9 @@ class TextToImagePrediction:
         prompts = load_tokenizer(self.tokenizer_name).batch_decode(
             batch.caption_ids.cpu(), skip_special_tokens=True
         )
+        write_labelled_png(
+            folder / f"labelled_rank{self.global_rank}_batch{batch_idx:05d}.png", pixels, prompts
+        )
         records = [
             {
                 "key": key,
@@ -138,6 +157,14 @@ class TextToImagePrediction:
             metrics["generation"] = self.generation_evaluation.compute()
             metrics.update(judge_checkpoint=self.judge_checkpoint, inception_weights=self.inception_weights)
         metrics["reranker"] = "self (image->text likelihood)" if self.reranker is None else "itm"
+        metrics["sampling"] = {
+            "num_candidates": self.num_candidates,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "guidance_scale": self.guidance_scale,
+            "predict_seed": self.predict_seed,
+        }
         if self.global_rank == 0:
             path = write_json(self.predict_path / "generation_metrics.json", metrics, indent=2)
             print(f"generation metrics ({path}): {json.dumps(metrics)}")

@@ -10,6 +10,13 @@ given each candidate (:func:`prompt_log_likelihood`, ERNIE-ViLG's and CogView's 
 ``use_cache`` each new code costs one incremental step (:meth:`ERNIEViLG.extend`); without it every
 step runs the full sequence (the reference the cache is tested against: same seed, same codes).
 
+**Classifier-free guidance** (Ho & Salimans 2022; Parti and Make-A-Scene for token generators): with
+``guidance_scale`` ``s != 1`` every draw reads ``u + s * (c - u)``, where ``c`` are the code logits given
+the prompt and ``u`` those given the null prompt ``[CLS] [SEP]`` (:func:`null_prompts`), both rows run in
+one batch and fed the same drawn code. ``s > 1`` pushes the image towards what the prompt adds over no
+prompt. The model must have seen the null prompt in training (``ERNIEViLGTask(prompt_dropout=...)``);
+``s = 1`` is plain conditional sampling and runs no null rows.
+
 **Image → text.** :func:`caption_images` drives :mod:`vlp.models.layers.generation`'s greedy and beam search
 with a step over the KV cache (or the full pass), the search E2E-VLP captioning uses.
 """
@@ -72,6 +79,28 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+def null_prompts(
+    rows: int, length: int, bos_id: int, eos_id: int, pad_id: int, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
+    """``rows`` null prompts ``[CLS] [SEP]`` padded to ``length``: ids and mask ``[rows, length]``.
+
+    The unconditional input of classifier-free guidance, and what prompt dropout trains on.
+    """
+    if length < 2:
+        raise ValueError(f"a null prompt needs length >= 2 ([CLS] [SEP]), got {length}")
+    ids = torch.full((rows, length), pad_id, dtype=torch.long, device=device)
+    ids[:, 0], ids[:, 1] = bos_id, eos_id
+    mask = torch.zeros(rows, length, dtype=torch.bool, device=device)
+    mask[:, :2] = True
+    return ids, mask
+
+
+def guided_logits(logits: Tensor, guidance_scale: float) -> Tensor:
+    """``[2B, V]`` logits, the conditional rows first, → ``u + s * (c - u)`` ``[B, V]`` (in float32)."""
+    conditional, unconditional = logits.float().chunk(2)
+    return unconditional + guidance_scale * (conditional - unconditional)
+
+
 @torch.no_grad()
 def sample_image_codes(
     model: ERNIEViLG,
@@ -82,20 +111,46 @@ def sample_image_codes(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    guidance_scale: float = 1.0,
+    null_ids: Tensor | None = None,
+    null_mask: Tensor | None = None,
 ) -> Tensor:
-    """One image ``[B, h*w]`` of code ids per prompt row (module docstring)."""
+    """One image ``[B, h*w]`` of code ids per prompt row (module docstring).
+
+    With ``guidance_scale != 1``, ``null_ids`` / ``null_mask`` ``[B, T]`` (:func:`null_prompts`, the
+    prompt's length) are the unconditional rows.
+    """
     length = model.grid[0] * model.grid[1]
-    draw = lambda states: sample_next(model.image_logits(states), temperature, top_k, top_p, generator)  # noqa: E731
+    batch = text_ids.shape[0]
+    guided = guidance_scale != 1.0
+    if guided:
+        if null_ids is None or null_ids.shape != text_ids.shape:
+            raise ValueError(
+                f"guidance_scale {guidance_scale} needs null_ids of the prompts' shape {tuple(text_ids.shape)} "
+                f"(vlp.models.ernie_vilg.sampling.null_prompts), got "
+                f"{None if null_ids is None else tuple(null_ids.shape)}"
+            )
+        mask = torch.ones_like(text_ids, dtype=torch.bool) if text_mask is None else text_mask.bool()
+        null = torch.ones_like(null_ids, dtype=torch.bool) if null_mask is None else null_mask.bool()
+        text_ids, text_mask = torch.cat([text_ids, null_ids]), torch.cat([mask, null])
+
+    def draw(states: Tensor) -> Tensor:
+        logits = model.image_logits(states)
+        return sample_next(
+            guided_logits(logits, guidance_scale) if guided else logits, temperature, top_k, top_p, generator
+        )
+
+    both = (lambda code: torch.cat([code, code])) if guided else (lambda code: code)
     if use_cache:
         state, cache = model.prefill("text_to_image", text_ids=text_ids, text_mask=text_mask)
         codes = [draw(state)]
         for _ in range(length - 1):
-            state, cache = model.extend(codes[-1], cache)
+            state, cache = model.extend(both(codes[-1]), cache)
             codes.append(draw(state))
         return torch.stack(codes, dim=1)
-    codes = torch.zeros(text_ids.shape[0], length, dtype=torch.long, device=text_ids.device)
+    codes = torch.zeros(batch, length, dtype=torch.long, device=text_ids.device)
     for slot in range(length):  # slot j reads codes < j only, so the zeros after it do not matter
-        states = model(text_ids, text_mask, codes, "text_to_image").image_states
+        states = model(text_ids, text_mask, both(codes), "text_to_image").image_states
         codes[:, slot] = draw(states[:, slot])
     return codes
 
@@ -148,17 +203,24 @@ def generate_images(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     scorer: Scorer | None = None,
+    guidance_scale: float = 1.0,
+    null_ids: Tensor | None = None,
+    null_mask: Tensor | None = None,
 ) -> SampledImages:
     """``num_candidates`` images per prompt, reranked by ``scorer`` (default: :func:`prompt_log_likelihood`).
 
-    The prompt rows are repeated ``num_candidates`` times (sample-major) and sampled in one batch.
+    The prompt rows are repeated ``num_candidates`` times (sample-major) and sampled in one batch;
+    ``guidance_scale`` and the null prompts as :func:`sample_image_codes` (one null row per prompt row).
     """
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
     batch = text_ids.shape[0]
-    ids = text_ids.repeat_interleave(num_candidates, dim=0)
-    mask = None if text_mask is None else text_mask.repeat_interleave(num_candidates, dim=0)
-    codes = sample_image_codes(model, ids, mask, temperature, top_k, top_p, generator, use_cache)
+    repeat = lambda t: None if t is None else t.repeat_interleave(num_candidates, dim=0)  # noqa: E731
+    ids, mask = repeat(text_ids), repeat(text_mask)
+    codes = sample_image_codes(
+        model, ids, mask, temperature, top_k, top_p, generator, use_cache,
+        guidance_scale, repeat(null_ids), repeat(null_mask),
+    )  # fmt: skip
     if num_candidates == 1:
         scores = torch.zeros(batch * num_candidates, device=codes.device)
     else:
