@@ -45,6 +45,11 @@ class Batch:
     mlm_labels: Tensor | None = None  # [B, L] long, original id at masked positions, -100 elsewhere
     itm_labels: Tensor | None = None  # [B] long, 1 = image and text match
     itm_image_index: Tensor | None = None  # [B] long, whose image sample i is shown with for ITM
+    itm_text_ids: Tensor | None = (
+        None  # [B, L'] long, the ITM view's text where it is not text_ids (caption-edit
+    )
+    # negatives read an edit of their caption; every other row its caption)
+    itm_text_mask: Tensor | None = None  # [B, L'] bool
     targets: list[Targets] | None = None
     objects_annotated: list[bool] | None = None  # per sample with targets: False = its objects are not
     # annotated (no ``objects`` in its json; empty targets the detection loss and mAP skip), True = they are

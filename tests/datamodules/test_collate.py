@@ -4,6 +4,7 @@ import logging
 import pickle
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
@@ -365,3 +366,74 @@ def test_loader_workers_differ_and_runs_repeat() -> None:
     assert not torch.equal(first[0].mlm_labels, first[1].mlm_labels)
     for x, y in zip(first, second):
         assert_batches_equal(x, y)
+
+
+def scene_samples(n: int, seed: int = 0) -> list[DecodedSample]:
+    """Generated shapes scenes with their own captions and object annotations (images are placeholders)."""
+    from vlp.datamodules.synth.scenes import sample_scene
+    from vlp.datamodules.synth.text import captions_for
+
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(n):
+        scene = sample_scene(rng, 64)
+        objects = [
+            {"bbox": list(o.box), "category": o.shape, "attributes": [o.colour, o.size, o.style]}
+            for o in scene.objects
+        ]
+        samples.append(
+            DecodedSample(
+                key=f"s{i:03d}",
+                image=torch.full((3, 8, 8), float(i)),
+                captions=captions_for(scene, rng, 64),
+                annotation={"objects": objects},
+            )
+        )
+    return samples
+
+
+def test_caption_edit_negatives_read_a_false_edit_with_their_own_image() -> None:
+    from vlp.datamodules.synth.edits import ShapesCaptionEditor
+
+    samples = scene_samples(16)
+    collator = PretrainCollator(
+        itm_negative_check=ShapesCaptionCheck(), itm_caption_edits=1.0, caption_editor=ShapesCaptionEditor()
+    )
+    train = collator.for_split(train=True, seed=0)
+    tokenizer = train.tokenizer
+    edited = image_negatives = 0
+    for _ in range(10):
+        batch = train(samples)
+        itm_texts = tokenizer.batch_decode(batch.itm_text_ids, skip_special_tokens=True)
+        assert (
+            tokenizer.batch_decode(batch.text_ids, skip_special_tokens=True) == batch.captions
+        )  # MLM's text
+        for i, label in enumerate(batch.itm_labels.tolist()):
+            source, annotation = batch.itm_image_index[i].item(), samples[i].annotation
+            if label == 1:
+                assert source == i and itm_texts[i] == batch.captions[i]
+            elif itm_texts[i] != batch.captions[i]:  # an edit negative: own image, an edit false of it
+                edited += 1
+                assert source == i
+                assert ShapesCaptionEditor().edits(batch.captions[i]).count(itm_texts[i]) == 1
+                assert not ShapesCaptionCheck()(itm_texts[i], [annotation])[0]
+            else:  # no false edit: an image negative as before
+                image_negatives += 1
+                assert source != i
+    assert edited > 0.8 * (edited + image_negatives)
+    evaluation = collator.for_split(train=False, seed=0)(samples)
+    assert evaluation.itm_text_ids is None  # evaluation keeps image negatives: val ITM is the same task
+    assert (
+        evaluation.itm_image_index[evaluation.itm_labels == 0] != torch.arange(16)[evaluation.itm_labels == 0]
+    ).all()
+
+
+def test_caption_edits_without_an_editor_or_check_are_refused_by_name() -> None:
+    from vlp.datamodules.synth.edits import ShapesCaptionEditor
+
+    with pytest.raises(
+        ValueError, match=r"itm_caption_edits=0.5 needs a caption_editor .* and an itm_negative_check"
+    ):
+        PretrainCollator(itm_caption_edits=0.5, caption_editor=ShapesCaptionEditor())
+    with pytest.raises(ValueError, match="itm_caption_edits must be in"):
+        PretrainCollator(itm_caption_edits=1.5)

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from lightning import Callback, LightningModule, Trainer
@@ -100,6 +102,21 @@ def test_views_mlm_reads_masked_text_with_own_image_itm_clean_text_with_paired_i
     torch.testing.assert_close(outputs["itm"].text_states, itm.text_states)
     torch.testing.assert_close(outputs["itm"].pooled, itm.pooled)
     assert not torch.allclose(outputs["itm"].pooled, outputs["mlm"].pooled)
+
+
+def test_the_itm_view_reads_itm_text_when_the_batch_has_caption_edit_negatives() -> None:
+    task = make_task().eval()
+    batch = fixed_batch()
+    edited = torch.randint(5, TINY_VOCAB, (8, 6))  # another text length than text_ids
+    edited_mask = torch.ones(8, 6, dtype=torch.bool)
+    edited_mask[0, 4:] = False
+    outputs = task.forward_model(replace(batch, itm_text_ids=edited, itm_text_mask=edited_mask))
+    with torch.no_grad():
+        index = batch.itm_image_index
+        itm = task.model(edited, edited_mask, batch.pixels[index], batch.pixel_mask[index])
+        mlm = task.model(batch.mlm_text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+    torch.testing.assert_close(outputs["itm"].pooled, itm.pooled)
+    torch.testing.assert_close(outputs["mlm"].pooled, mlm.pooled)  # MLM keeps the caption as written
 
 
 def test_the_two_views_embed_the_images_once() -> None:

@@ -34,7 +34,7 @@ from transformers import BatchEncoding, DataCollatorForLanguageModeling, PreTrai
 from vlp.batch import Batch
 from vlp.datamodules.decode import DecodedSample, SampleDecoder, SkippedSample
 from vlp.datamodules.grounded_masking import grounded_word_mask
-from vlp.datamodules.parts import CaptionCheck, Collator, Decoder, Vocab
+from vlp.datamodules.parts import CaptionCheck, CaptionEditor, Collator, Decoder, Vocab
 from vlp.tokenizers import BUNDLED, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,37 @@ def redraw_true_negatives(
             sources[i] = i
             itm_labels[i] = 1
     return sources, itm_labels
+
+
+def caption_edit_negatives(
+    itm_labels: Tensor,
+    captions: Sequence[str],
+    annotations: Sequence[Mapping[str, Any]],
+    editor: CaptionEditor,
+    check: CaptionCheck,
+    share: float,
+    generator: torch.Generator,
+) -> tuple[list[int], list[str]]:
+    """Turn a ``share`` of the ITM negatives into caption-edit negatives of their own image.
+
+    For each negative ``i`` (``itm_labels[i] == 0``), with probability ``share``: ``editor``'s edits of
+    ``captions[i]`` are tried in a random order, and the first one ``check`` says is false of image ``i``
+    (``annotations[i]``) becomes its ITM caption, shown with its own image. A negative without such an edit
+    stays an image negative. Returns which of them became edit negatives (indices) and the ITM captions
+    (the caption itself for every other sample).
+    """
+    itm_captions = list(captions)
+    edited = []
+    for i in range(len(captions)):
+        if itm_labels[i] == 1 or float(torch.rand(1, generator=generator)) >= share:
+            continue
+        edits = editor.edits(captions[i])
+        for k in torch.randperm(len(edits), generator=generator).tolist():
+            if not check(edits[k], [annotations[i]])[0]:
+                itm_captions[i] = edits[k]
+                edited.append(i)
+                break
+    return edited, itm_captions
 
 
 def pick_caption(captions: Sequence[str], generator: torch.Generator) -> str:
@@ -291,7 +322,12 @@ class PretrainCollator(SampleCollator):
     ``vocab.json``'s ``categories`` and ``attributes``. With ``itm_negative_check`` (a
     :class:`~vlp.datamodules.parts.CaptionCheck`), a negative whose caption is true of the image it was
     given is given another (:func:`redraw_true_negatives`), in every split, so that validation scores
-    ITM against right labels too.
+    ITM against right labels too. With ``itm_caption_edits`` and a ``caption_editor`` (a
+    :class:`~vlp.datamodules.parts.CaptionEditor`; the check is then required), that share of the training
+    negatives instead keep their own image and read an edit of their caption that the check says is false
+    of it (:func:`caption_edit_negatives`: "two red shapes" for an image with three); the ITM view then reads
+    ``itm_text_ids``/``itm_text_mask``, the MLM view the caption as written. Evaluation splits keep image
+    negatives only, so val ITM measures the same task with or without edits.
 
     A collator part (:class:`~vlp.datamodules.parts.Collator`) of samples from a
     :class:`~vlp.datamodules.decode.SampleDecoder`: :meth:`for_split` hands over the seed and the
@@ -312,6 +348,8 @@ class PretrainCollator(SampleCollator):
         grounded_mask_probability: float = 0.0,
         grounded_words: list[str] | None = None,
         itm_negative_check: CaptionCheck | None = None,
+        itm_caption_edits: float = 0.0,
+        caption_editor: CaptionEditor | None = None,
         max_logged_skips: int = 5,
     ) -> None:
         if not 0.0 <= mlm_probability <= 1.0:
@@ -320,6 +358,16 @@ class PretrainCollator(SampleCollator):
             raise ValueError(f"grounded_mask_probability must be in [0, 1], got {grounded_mask_probability}")
         if grounded_mask_probability > 0 and grounded_words is not None and not grounded_words:
             raise ValueError("grounded_mask_probability > 0 needs grounded_words (the words to mask)")
+        if not 0.0 <= itm_caption_edits <= 1.0:
+            raise ValueError(f"itm_caption_edits must be in [0, 1], got {itm_caption_edits}")
+        if itm_caption_edits > 0 and (caption_editor is None or itm_negative_check is None):
+            raise ValueError(
+                f"itm_caption_edits={itm_caption_edits} needs a caption_editor (which edits a caption) and an "
+                "itm_negative_check (which keeps only the edits false of the image), e.g. "
+                "vlp.datamodules.synth.edits.ShapesCaptionEditor and vlp.datamodules.synth.truth.ShapesCaptionCheck"
+            )
+        if itm_caption_edits > 0 and not itm:
+            raise ValueError("itm_caption_edits > 0 makes ITM negatives: it needs itm=True")
         super().__init__(tokenizer, max_text_len, max_logged_skips)
         self.mlm_probability = mlm_probability
         self.whole_word_masking = whole_word_masking
@@ -328,8 +376,11 @@ class PretrainCollator(SampleCollator):
         self.grounded_mask_probability = grounded_mask_probability
         self.grounded_words = None if grounded_words is None else list(grounded_words)
         self.itm_negative_check = itm_negative_check
+        self.itm_caption_edits = itm_caption_edits
+        self.caption_editor = caption_editor
         # the split's settings, handed over by for_split
         self.shuffle = False
+        self.edit_share = 0.0
         self.words: tuple[str, ...] = ()
         self._masker: DataCollatorForLanguageModeling | None = None
 
@@ -341,6 +392,7 @@ class PretrainCollator(SampleCollator):
         (when no generator is passed), grounded words from ``vocab`` unless ``grounded_words`` lists them."""
         bound = super().for_split(train, seed, vocab)
         bound.shuffle = self.shuffles(train)
+        bound.edit_share = self.itm_caption_edits if train else 0.0
         bound.words = tuple(self.masked_words(vocab or Vocab()))
         return bound
 
@@ -402,6 +454,28 @@ class PretrainCollator(SampleCollator):
                     f"itm_negative_check ({type(self.itm_negative_check).__name__}) cannot read the batch of "
                     f"{keys}, ...: {exn}"
                 ) from None
+        itm_text: dict[str, Tensor] = {}
+        if sources is not None and itm_labels is not None and self.edit_share > 0:
+            assert self.caption_editor is not None and self.itm_negative_check is not None  # (__init__)
+            annotations = [samples[j].annotation for j in shown]
+            try:
+                edited, itm_captions = caption_edit_negatives(
+                    itm_labels, captions, annotations, self.caption_editor, self.itm_negative_check,
+                    self.edit_share, generator,
+                )  # fmt: skip
+            except ValueError as exn:
+                keys = ", ".join(s.key for s in samples[:3])
+                raise ValueError(
+                    f"itm_caption_edits: {type(self.caption_editor).__name__} / "
+                    f"{type(self.itm_negative_check).__name__} cannot read the batch of {keys}, ...: {exn}"
+                ) from None
+            for i in edited:
+                sources[i] = i
+            itm_encoding = self.tokenize(itm_captions)
+            itm_text = {
+                "itm_text_ids": itm_encoding["input_ids"],
+                "itm_text_mask": itm_encoding["attention_mask"].bool(),
+            }
         itm_image_index = None if sources is None else torch.tensor(sources, dtype=torch.long)
         encoding = self.tokenize(captions, return_offsets_mapping=True, return_special_tokens_mask=True)
         mlm_text_ids, mlm_labels = self._mask(captions, encoding, generator)
@@ -414,6 +488,7 @@ class PretrainCollator(SampleCollator):
             mlm_labels=mlm_labels,
             itm_labels=itm_labels,
             itm_image_index=itm_image_index,
+            **itm_text,
         )
 
     def _mask(

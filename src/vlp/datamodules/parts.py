@@ -121,3 +121,18 @@ class CaptionCheck(ABC):
     def __call__(self, caption: str, annotations: Sequence[Mapping[str, Any]]) -> list[bool]:
         """Per annotation, whether ``caption`` is true of that annotation's image; a ``ValueError`` names
         what cannot be read (a caption or an annotation field the check does not know)."""
+
+
+class CaptionEditor(ABC):
+    """A collator part: captions that each change one thing a caption states (a colour, a shape, a count,
+    a side), for image-text matching negatives made from a sample's own image ("hard" negatives).
+
+    A random other image differs from a caption in many ways at once, so ITM can reject it on the easiest
+    one; an edit differs in one, so ITM must read that one. The collator keeps an edit only when its
+    :class:`CaptionCheck` says it is false of the image (:class:`~vlp.datamodules.synth.edits.ShapesCaptionEditor`
+    for the shapes data).
+    """
+
+    @abstractmethod
+    def edits(self, caption: str) -> list[str]:
+        """Every one-change edit of ``caption``, in a fixed order (none for a caption it cannot edit)."""

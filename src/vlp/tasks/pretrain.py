@@ -26,10 +26,13 @@ def mlm_text_ids(batch: Batch) -> Tensor:
 
 def itm_view(model: nn.Module, batch: Batch, visual: VisualTokens) -> FusionOutput:
     """The ``"itm"`` view: ``model``'s pass over the clean text with the image ``batch.itm_image_index``
-    names (another sample's for a negative), taken from ``visual``, the batch's embedded images."""
+    names (another sample's for a negative), taken from ``visual``, the batch's embedded images. With
+    caption-edit negatives the text is ``batch.itm_text_ids`` (an edit of the caption for those rows)."""
     if batch.itm_image_index is None:
         raise ValueError("the ITM view needs batch.itm_image_index; enable ITM pairs in the data module")
     shown = visual.select(batch.itm_image_index)
+    if batch.itm_text_ids is not None:
+        return model(batch.itm_text_ids, batch.itm_text_mask, None, visual=shown)
     return model(batch.text_ids, batch.text_mask, None, visual=shown)
 
 
