@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from vlp.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs/vilt/shapes_pretrain.yaml"
 PARTS = Path(__file__).parent / "cli_parts"
@@ -153,24 +155,28 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(runs: Path) -> None:
     assert_same_run(runs, "stopped")
 
 
-def test_resume_last_without_a_checkpoint_names_the_folder_and_trains_nothing(runs: Path) -> None:
-    result = subprocess.run(
-        command(runs, "never", "--ckpt_path", "last"),
-        cwd=runs,
-        env=environment(),
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 2
-    assert "no checkpoint to resume in" in result.stderr and "runs/never/checkpoints" in result.stderr
-    assert "Traceback" not in result.stderr
+def refused(runs: Path, run: str, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    """``vlp fit`` of ``run`` in this process (the refusals come before any training): its stderr, after
+    checking that it exits with the user-error code 2."""
+    argv = command(runs, run, *extra)[3:]  # after "python -m vlp"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_resume_last_without_a_checkpoint_names_the_folder_and_trains_nothing(
+    runs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stderr = refused(runs, "never", capsys, "--ckpt_path", "last")
+    assert "no checkpoint to resume in" in stderr and "runs/never/checkpoints" in stderr
+    assert "Traceback" not in stderr
     assert not (runs / "runs" / "never" / "metrics.csv").exists()
 
 
-def test_a_new_run_over_a_finished_one_is_refused(runs: Path) -> None:
+def test_a_new_run_over_a_finished_one_is_refused(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = (runs / "runs/straight/metrics.csv").read_bytes()
-    result = subprocess.run(
-        command(runs, "straight"), cwd=runs, env=environment(), capture_output=True, text=True
-    )
-    assert result.returncode == 2 and "already holds a run" in result.stderr
+    stderr = refused(runs, "straight", capsys)
+    assert "already holds a run" in stderr
     assert (runs / "runs/straight/metrics.csv").read_bytes() == before
