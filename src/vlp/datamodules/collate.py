@@ -442,40 +442,11 @@ class PretrainCollator(SampleCollator):
         if self.itm:
             sources, itm_labels = itm_pairing(len(images), generator)
         captions = [pick_caption(s.captions, generator) for s in samples]
-        if sources is not None and self.itm_negative_check is not None:
-            annotations = [samples[j].annotation for j in shown]
-            try:
-                sources, itm_labels = redraw_true_negatives(
-                    sources, itm_labels, captions, annotations, self.itm_negative_check, generator
-                )
-            except ValueError as exn:
-                keys = ", ".join(s.key for s in samples[:3])
-                raise ValueError(
-                    f"itm_negative_check ({type(self.itm_negative_check).__name__}) cannot read the batch of "
-                    f"{keys}, ...: {exn}"
-                ) from None
         itm_text: dict[str, Tensor] = {}
-        if sources is not None and itm_labels is not None and self.edit_share > 0:
-            assert self.caption_editor is not None and self.itm_negative_check is not None  # (__init__)
-            annotations = [samples[j].annotation for j in shown]
-            try:
-                edited, itm_captions = caption_edit_negatives(
-                    itm_labels, captions, annotations, self.caption_editor, self.itm_negative_check,
-                    self.edit_share, generator,
-                )  # fmt: skip
-            except ValueError as exn:
-                keys = ", ".join(s.key for s in samples[:3])
-                raise ValueError(
-                    f"itm_caption_edits: {type(self.caption_editor).__name__} / "
-                    f"{type(self.itm_negative_check).__name__} cannot read the batch of {keys}, ...: {exn}"
-                ) from None
-            for i in edited:
-                sources[i] = i
-            itm_encoding = self.tokenize(itm_captions)
-            itm_text = {
-                "itm_text_ids": itm_encoding["input_ids"],
-                "itm_text_mask": itm_encoding["attention_mask"].bool(),
-            }
+        if sources is not None and itm_labels is not None:
+            sources, itm_labels, itm_text = self.checked_negatives(
+                samples, shown, captions, sources, itm_labels, generator
+            )
         itm_image_index = None if sources is None else torch.tensor(sources, dtype=torch.long)
         encoding = self.tokenize(captions, return_offsets_mapping=True, return_special_tokens_mask=True)
         mlm_text_ids, mlm_labels = self._mask(captions, encoding, generator)
@@ -489,6 +460,48 @@ class PretrainCollator(SampleCollator):
             itm_labels=itm_labels,
             itm_image_index=itm_image_index,
             **itm_text,
+        )
+
+    def checked_negatives(
+        self,
+        samples: list[DecodedSample],
+        shown: list[int],
+        captions: list[str],
+        sources: list[int],
+        itm_labels: Tensor,
+        generator: torch.Generator,
+    ) -> tuple[list[int], Tensor, dict[str, Tensor]]:
+        """With ``itm_negative_check``: true negatives redrawn (:func:`redraw_true_negatives`), then a share
+        made caption-edit negatives (:func:`caption_edit_negatives`); the ITM text fields these need.
+        ``shown[i]`` is the sample whose image position ``i`` holds."""
+        if self.itm_negative_check is None:
+            return sources, itm_labels, {}
+        annotations = [samples[j].annotation for j in shown]
+        fields, parts = "itm_negative_check", type(self.itm_negative_check).__name__
+        try:
+            sources, itm_labels = redraw_true_negatives(
+                sources, itm_labels, captions, annotations, self.itm_negative_check, generator
+            )
+            if self.edit_share == 0 or self.caption_editor is None:
+                return sources, itm_labels, {}
+            fields, parts = f"{fields} / caption_editor", f"{parts} / {type(self.caption_editor).__name__}"
+            edited, itm_captions = caption_edit_negatives(
+                itm_labels, captions, annotations, self.caption_editor, self.itm_negative_check,
+                self.edit_share, generator,
+            )  # fmt: skip
+        except ValueError as exn:
+            keys = ", ".join(s.key for s in samples[:3])
+            raise ValueError(f"{fields} ({parts}) cannot read the batch of {keys}, ...: {exn}") from None
+        for i in edited:
+            sources[i] = i
+        encoding = self.tokenize(itm_captions)
+        return (
+            sources,
+            itm_labels,
+            {
+                "itm_text_ids": encoding["input_ids"],
+                "itm_text_mask": encoding["attention_mask"].bool(),
+            },
         )
 
     def _mask(
