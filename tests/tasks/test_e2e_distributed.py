@@ -20,7 +20,7 @@ import pytest
 import torch
 from two_process_launch import assert_same_run, two_process_results
 
-pytestmark = [pytest.mark.distributed, pytest.mark.filterwarnings("ignore")]
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.filterwarnings("ignore")]
 
 SCRIPT = Path(__file__).with_name("e2e_distributed_run.py")
 LOSS_TOL = {"rtol": 1e-5, "atol": 1e-5}
