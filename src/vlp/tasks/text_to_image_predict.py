@@ -1,12 +1,12 @@
 """ERNIE-ViLG's ``python -m vlp predict``: images for the prompts, captions for the images, metrics.
 
 For each prompt (the batch's captions) ``num_candidates`` images are sampled (temperature, top-k, top-p,
-classifier-free guidance; KV-cached), reranked by the model's own image→text likelihood of the prompt (or, with a ``reranker``, by
-an ITM head's match probability: :class:`~vlp.models.ernie_vilg.itm_scorer.ITMScorer`), decoded by the
-VQGAN and written as one PNG grid per batch and process (a row per prompt, candidates best first; the
-``labelled_*`` copy has the prompt's text left of its row), with
-``captions_rank<r>.jsonl`` (one per process) holding each prompt, the candidates' scores and the caption
-generated for the batch's real image. At the end ``generation_metrics.json`` holds the caption metrics of
+classifier-free guidance; KV-cached), reranked by the model's own image→text likelihood of the prompt (or,
+with a ``reranker``, by an ITM head's match probability: :class:`~vlp.models.ernie_vilg.itm_scorer.ITMScorer`),
+decoded by the VQGAN and written as one PNG grid per batch and process (a row per prompt, candidates best
+first; the ``labelled_*`` copy has the prompt's text left of its row), with ``captions_rank<r>.jsonl``
+(one per process) holding each prompt, the candidates' scores and the caption generated for the batch's
+real image. At the end ``generation_metrics.json`` holds the caption metrics of
 those captions and, with ``judge_checkpoint`` (a shapes judge, ``configs/probe/shapes_judge.yaml``)
 and/or ``inception_weights``, the generation metrics of the best candidates against the batch's real
 images (:class:`~vlp.metrics.generation.GenerationEvaluation`: semantic score with its shuffled-prompt

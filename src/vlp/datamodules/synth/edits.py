@@ -26,7 +26,7 @@ from vlp.datamodules.synth.truth import _DESCRIPTION_RE
 __all__ = ["ShapesCaptionEditor"]
 
 _SIDES = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-_COUNT = re.compile(r"(there are exactly )(\w+)( )")
+_COUNT = re.compile(r"(there are exactly )(\w+) ")
 _WORD = re.compile(r"[a-z]+")
 
 
