@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RECIPE ?= configs/vilt/shapes_pretrain.yaml
+# Test processes (pytest-xdist); tests/conftest.py splits the cores between them. A file's tests stay in
+# one process (--dist loadfile), so a module's fixtures are built once.
+TEST_WORKERS ?= 2
 
 .PHONY: install lock fit test test-all lint format clean
 
@@ -28,10 +31,10 @@ fit: $(STAMP)
 	$(PY) -m vlp fit --config $(RECIPE) $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q -m '' -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests

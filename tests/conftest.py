@@ -3,6 +3,7 @@ random-initialised and generated here; nothing is downloaded."""
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -26,6 +27,16 @@ TINY_VOCAB = 100
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SMOKE_STEPS = ("--config", str(CONFIGS / "trainer/smoke.yaml"))  # 2 steps, one batch of each evaluation
 FAST_DEV_RUN = ("--trainer.fast_dev_run=2",)  # 2 training and 2 validation batches, nothing written
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs two workers), split the cores between the workers, and
+    hand the same share to the processes a test launches, so the workers do not oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
