@@ -1,6 +1,7 @@
 """The ERNIE-ViLG shapes recipe: it parses with the 2-process trainer configs, stops with a clear error
 without the VQGAN checkpoint, runs fast_dev_run through the CLI from a VQGANTask-style checkpoint (random
-weights) and prints its metrics, and ``predict`` writes a PNG grid and captions; the paper config builds."""
+weights) and prints its metrics, and ``predict`` writes a PNG grid and captions, and its metrics for a
+sweep's predict stage; the paper config builds."""
 
 from __future__ import annotations
 
@@ -56,7 +57,16 @@ def test_recipe_runs_fast_dev_run_and_predicts(
     )
     metrics = ("val/t2i_loss", "val/i2t_loss", "val/bleu_4", "val/cider")
     fit_recipe(capsys, metrics, RECIPE, shapes64, tmp_path, *common, steps=FAST_DEV_RUN)
-    run_recipe("predict", RECIPE, shapes64, tmp_path, *common, steps=())  # the recipe's one batch of prompts
+    record = {
+        "class_path": "vlp.sweep.callback.MetricsRecord",
+        "init_args": {"modes": {"predict/cider": "max"}},
+    }
+    run_recipe(  # the recipe's one batch of prompts; the callback a sweep's predict stage adds
+        "predict", RECIPE, shapes64, tmp_path, *common, "--trainer.callbacks+=" + json.dumps(record), steps=()
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["complete"] and 0.0 <= metrics["final"]["predict/cider"] <= 10.0
+    assert metrics["final"]["predict/bleu_4"] == metrics["final"]["predict/bleu_4"]  # computed, not NaN
     grid = Image.open(tmp_path / "pred" / "images_rank0_batch00000.png")
     assert grid.size[0] >= 2 * 64 and grid.size[1] >= 4 * 64  # 2 candidates x 4 prompts
     records = [

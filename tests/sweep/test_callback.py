@@ -72,3 +72,19 @@ def test_sanity_checks_and_other_ranks_write_nothing(tmp_path: Path) -> None:
     callback.on_validation_end(sanity, None)
     callback.on_validation_end(trainer(tmp_path, 3, zero=False, val__acc=0.2), None)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_prediction_records_the_tasks_predict_metrics_as_final_and_complete(tmp_path: Path) -> None:
+    callback = MetricsRecord(modes={"predict/semantic_score": "max", "predict/shapes_fd": "min"})
+    callback.setup(trainer(tmp_path, 0), None, "predict")
+    task = SimpleNamespace(predict_metrics={"predict/semantic_score": 0.25, "predict/cider": 1.5})
+    callback.on_predict_end(trainer(tmp_path, 0), task)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record == {
+        "final": {"predict/cider": 1.5, "predict/semantic_score": 0.25},
+        "validations": [],
+        "best": {"predict/semantic_score": {"value": 0.25, "step": 0}},  # shapes_fd: not computed
+        "complete": True,
+    }
+    callback.on_predict_end(trainer(tmp_path, 0), SimpleNamespace())  # a task that computes none
+    assert json.loads((tmp_path / "metrics.json").read_text())["final"] == {}

@@ -151,3 +151,33 @@ def test_seeds_may_be_added_to_a_started_sweep_but_not_removed(recipe: Path, tmp
         spec, spec_path = parse_spec(other), write_yaml(tmp_path / "s.yaml", other)
         with pytest.raises(UserError, match="these keys differ: seeds"):
             prepare_folder(spec_path, spec, [run.record() for run in check_runs(expand(spec), out)])
+
+
+def test_stages_may_be_appended_to_a_started_sweep_and_report_keys_changed(
+    recipe: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    data = {"name": "s", "recipe": str(recipe), "out": str(out)}
+    spec, spec_path = parse_spec(data), write_yaml(tmp_path / "s.yaml", data)
+    first = check_runs(expand(spec), out)
+    prepare_folder(spec_path, spec, [run.record() for run in first])
+
+    more = {
+        **data,
+        "stages": [{"name": "main"}, {"name": "gen", "command": "predict", "init_from": "main"}],
+        "metrics": [{"name": "predict/cider", "mode": "max", "stage": "gen"}],
+    }
+    spec, spec_path = parse_spec(more), write_yaml(tmp_path / "s.yaml", more)
+    runs = check_runs(expand(spec), out)
+    assert runs[0].run_id == first[0].run_id  # the done run is the same run
+    assert runs[1].run_id != runs[0].run_id  # same config, but predict: its command is in its id
+    prepare_folder(spec_path, spec, [run.record() for run in runs])
+    assert [s["name"] for s in yaml.safe_load((out / "sweep.yaml").read_text())["stages"]] == ["main", "gen"]
+
+    changed = {
+        **more,
+        "stages": [{"name": "main", "overrides": {"trainer.max_steps": 2}}, *more["stages"][1:]],
+    }
+    spec, spec_path = parse_spec(changed), write_yaml(tmp_path / "s.yaml", changed)
+    with pytest.raises(UserError, match="these keys differ: stages"):
+        prepare_folder(spec_path, spec, [run.record() for run in check_runs(expand(spec), out)])

@@ -97,6 +97,37 @@ def test_restart_resumes_from_last_ckpt_or_moves_the_old_attempt_aside(tmp_path:
     assert (fresh / "attempt_2" / "fit.log").read_text() == "second\n"
 
 
+def test_a_predict_stage_runs_vlp_predict_afresh_and_is_done_with_its_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A predict stage never resumes: an earlier attempt's files (a checkpoint among them) are moved aside,
+    ``vlp predict`` runs with the stage's options only, and ``metrics.json`` complete makes it done."""
+    from vlp.sweep import launch
+
+    run = tmp_path / "gen"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"earlier")
+    commands: list[list[str]] = []
+    child = (
+        "import json, pathlib; "
+        f"pathlib.Path({str(run / 'metrics.json')!r}).write_text(json.dumps({{'final': {{}}, 'complete': True}}))"
+    )
+
+    real = launch.fit_command
+
+    def command(argv: list[str], command: str = "fit") -> list[str]:
+        commands.append(real(argv, command)[3:])
+        return [sys.executable, "-c", child]
+
+    monkeypatch.setattr(launch, "fit_command", command)
+    status = launch.run_stage(
+        launch.StageJob("arm/seed_0/gen", str(run), ("--config", "r.yaml"), "predict"), {}
+    )
+    assert commands == [["predict", "--config", "r.yaml"]]
+    assert (status.state, status.exit_code) == ("done", 0)
+    assert (run / "attempt_1" / "checkpoints" / "last.ckpt").read_bytes() == b"earlier"
+
+
 # ------------------------------------------------------------------------------------------ end to end
 
 
@@ -286,7 +317,7 @@ def test_sigterm_stops_the_sweep_cleanly_its_fits_recorded_queued_and_nothing_ne
         "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
         f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
     )
-    monkeypatch.setattr(launch, "fit_command", lambda argv: [sys.executable, "-c", child])
+    monkeypatch.setattr(launch, "fit_command", lambda argv, command="fit": [sys.executable, "-c", child])
     chains = [
         launch.ChainJob(
             f"arm/seed_{i}", (launch.StageJob(f"arm/seed_{i}/main", str(tmp_path / f"r{i}"), ()),), {}

@@ -295,6 +295,29 @@ def test_a_metric_without_stage_is_read_at_the_last_stage(tmp_path: Path) -> Non
     assert (tmp_path / "plots" / "curves_val-acc.png").read_bytes()[:8] == PNG_MAGIC
 
 
+def test_a_predict_stages_metric_is_reported_without_curves(tmp_path: Path) -> None:
+    trials = []
+    for arm, seed in [("base", 1), ("base", 2), ("guided", 1), ("guided", 2)]:
+        run_dir = tmp_path / arm / f"seed_{seed}" / "draw"
+        run_dir.mkdir(parents=True)
+        trials.append({"trial": f"{arm}/seed_{seed}", "arm": arm, "seed": seed, "stage": "draw",
+                       "command": "predict", "run_dir": str(run_dir.relative_to(tmp_path)), "after": None})  # fmt: skip
+        (run_dir / "status.json").write_text(json.dumps({"state": "done", "exit_code": 0}))
+        score = 0.25 * seed + (0.5 if arm == "guided" else 0.0)
+        record = {"final": {"predict/semantic_score": score}, "validations": [], "best": {}, "complete": True}
+        (run_dir / "metrics.json").write_text(json.dumps(record))
+    (tmp_path / "trials.json").write_text(json.dumps(trials))
+    metric = FakeMetric("predict/semantic_score", "max")
+    report = build_report(tmp_path, [metric], "base", ["guided > base on predict/semantic_score"])
+    guided = row(report, "guided", "predict/semantic_score")
+    assert guided.values == {1: 0.75, 2: 1.0}
+    assert guided.diff is not None and (guided.diff.n_pairs, guided.diff.mean) == (2, 0.5)
+    write_report(report, tmp_path)
+    assert (tmp_path / "plots" / "predict-semantic_score.png").read_bytes()[:8] == PNG_MAGIC
+    assert not list((tmp_path / "plots").glob("curves_*"))
+    assert "curves" not in (tmp_path / "results.md").read_text()
+
+
 def write_sweep_file(path: Path, out: str | None) -> Path:
     """A sweep file whose arms are base, wide, deep and fresh (a zip axis with names)."""
     lines = [

@@ -201,7 +201,9 @@ def test_a_run_several_chains_hold_starts_once_and_each_chain_goes_on_from_it(
     ``fail``): chains A and B share ``pre``, C and D share ``fail``; two at a time."""
     from vlp.sweep import launch
 
-    monkeypatch.setattr(launch, "fit_command", lambda argv: [sys.executable, "-c", FAKE_FIT, *argv])
+    monkeypatch.setattr(
+        launch, "fit_command", lambda argv, command="fit": [sys.executable, "-c", FAKE_FIT, *argv]
+    )
     pre, a, b, fail, c, d = (stage(tmp_path, n) for n in ("pre", "a", "b", "fail", "c", "d"))
     chains = [
         ChainJob("A", (pre, a)),

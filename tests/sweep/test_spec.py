@@ -103,6 +103,25 @@ def test_stages_chain_with_prefixed_keys_and_init_from() -> None:
     ]  # fmt: skip
 
 
+def test_a_predict_stage_runs_predict_with_its_stages_weights_and_records_its_metrics(tmp_path: Path) -> None:
+    data = spec(
+        stages=[{"name": "a"}, {"name": "gen", "command": "predict", "init_from": "a"}],
+        metrics=[{"name": "predict/semantic_score", "mode": "max", "stage": "gen"}],
+    )
+    fit, predict = expand(parse_spec(data))
+    assert (fit.command, predict.command) == ("fit", "predict")
+    assert predict.record()["command"] == "predict"
+    out = tmp_path / "out"
+    assert f"--model.init_args.init_from={out.resolve()}/base/seed_0/a/checkpoints/last.ckpt" in predict.argv(
+        out
+    )
+    callback = {
+        "class_path": "vlp.sweep.callback.MetricsRecord",
+        "init_args": {"modes": {"predict/semantic_score": "max"}},
+    }
+    assert predict.argv(out)[-1] == "--trainer.callbacks+=" + json.dumps(callback, sort_keys=True)
+
+
 def test_argv_is_recipes_overrides_then_folder_seed_init_from_and_the_metrics_callback(
     tmp_path: Path,
 ) -> None:
@@ -152,6 +171,18 @@ def test_option_writes_values_the_command_line_reads_back() -> None:
         (spec(axes=[{"grid": {LR: [1, 2]}}], claims=["lr=1 > lr=3 on val/a"]), "unknown arm 'lr=3'"),
         (spec(launcher={"kind": "local", "partition": "gpu"}), "launcher.partition is for kind: slurm"),
         (spec(metrics=[{"name": "val/a", "stage": "ft"}]), "metrics[0].stage 'ft'"),
+        (spec(stages=[{"name": "gen", "command": "predict"}]), "stages[0] (gen) predicts: init_from names"),
+        (spec(stages=[{"name": "a", "command": "evaluate"}]), "command"),
+        (
+            spec(
+                stages=[
+                    {"name": "a"},
+                    {"name": "p", "command": "predict", "init_from": "a"},
+                    {"name": "b", "init_from": "p"},
+                ]
+            ),
+            "stages[2].init_from 'p' is a predict stage, which writes no checkpoint",
+        ),
     ],
 )
 def test_a_bad_sweep_file_is_refused_naming_the_key(data: dict[str, Any], message: str) -> None:

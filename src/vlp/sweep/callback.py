@@ -12,6 +12,11 @@ The file is rewritten atomically (a temporary file renamed into place) at every 
 only. A resumed run keeps the validations up to its checkpoint's step and replaces the later ones.
 ``complete`` becomes true when training ends normally (not when a stop request or an error ends it): the
 sweep reads it to tell a finished run from one that saved its checkpoint and stopped.
+
+Under ``predict`` (a sweep's predict stage) there is no validation: at the end of the prediction the task's
+``predict_metrics`` (``{name: value}``, computed over all its predictions, e.g. ERNIE-ViLG's
+``predict/semantic_score``) become ``final``, and the file is ``complete``. A task that computes none
+leaves ``final`` empty, so a metric asked of it is reported missing.
 """
 
 from __future__ import annotations
@@ -85,6 +90,15 @@ class MetricsRecord(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.record["complete"] = True
+        self._write(trainer)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = getattr(pl_module, "predict_metrics", None) or {}
+        entry = {name: float(value) for name, value in sorted(metrics.items())}
+        self.record = {"final": entry, "validations": [], "best": {}, "complete": True}
+        for name in self.modes:
+            if name in entry and not math.isnan(entry[name]):
+                self.record["best"][name] = {"value": entry[name], "step": trainer.global_step}
         self._write(trainer)
 
     def _summarise(self) -> None:

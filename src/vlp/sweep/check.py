@@ -83,13 +83,18 @@ def run_id(config: dict[str, Any], run: Run, out: Path, ids: dict[str, str]) -> 
     """The id of ``run`` (in its folder ``run_dir``) from its parsed ``config``; ``ids``: by run folder,
     those of the runs before it (the one it starts from among them)."""
     after = (out / run.after, ids[run.after]) if run.after is not None else None
-    return config_id(config, run.folder(out), after)
+    return config_id(config, run.folder(out), after, run.command)
 
 
-def config_id(config: dict[str, Any], folder: Path, after: tuple[Path, str] | None) -> str:
+def config_id(
+    config: dict[str, Any], folder: Path, after: tuple[Path, str] | None, command: str = "fit"
+) -> str:
     """The id of a run in ``folder`` with the parsed ``config``; ``after``: the folder and id of the run
-    it starts from."""
+    it starts from. A ``predict`` run's id includes its command (a ``fit``'s does not, so the ids of
+    sweeps without predict stages stay what they were)."""
     config = {key: value for key, value in config.items() if key not in NOT_IDENTITY}
+    if command != "fit":
+        config["command"] = command
     config = without_defaults(config)
     replacements = {str(folder.resolve()): "<run>"}
     if after is not None:
@@ -100,7 +105,7 @@ def config_id(config: dict[str, Any], folder: Path, after: tuple[Path, str] | No
 
 def ran_id(out: Path, record: dict[str, Any], ids: dict[str, str]) -> str | None:
     """The id of the configuration a run folder's fit saved (``<run_dir>/config.yaml``), computed as
-    :func:`config_id` computes a planned run's; None without that file. ``record``: the run's entry of
+    :func:`config_id` computes a planned run's; None without that file (a ``predict`` run saves none). ``record``: the run's entry of
     ``trials.json``; ``ids``: run ids by run folder (the run it starts from among them)."""
     saved = out / record["run_dir"] / "config.yaml"
     if not saved.is_file():
@@ -109,7 +114,8 @@ def ran_id(out: Path, record: dict[str, Any], ids: dict[str, str]) -> str | None
     if after is not None and after not in ids:
         return None
     start = None if after is None else (out / after, ids[after])
-    return config_id(yaml.safe_load(saved.read_text()) or {}, out / record["run_dir"], start)
+    saved_config = yaml.safe_load(saved.read_text()) or {}
+    return config_id(saved_config, out / record["run_dir"], start, record.get("command", "fit"))
 
 
 def _plain(value: Any) -> str:

@@ -28,7 +28,7 @@ from vlp.sweep.axes import arm_names
 from vlp.sweep.callback import read_metrics, write_json
 from vlp.sweep.check import check_runs, ran_id
 from vlp.sweep.launch import ChainJob, StageJob, launch_local, launch_submitit
-from vlp.sweep.spec import SweepSpec, load_spec
+from vlp.sweep.spec import DEFAULT_STAGE, SweepSpec, load_spec
 from vlp.sweep.status import Status, is_dead, read_status, write_status
 from vlp.sweep.trials import TRIALS_FILE, Run, expand, place_runs, read_records, recorded_ids, trials
 
@@ -36,7 +36,9 @@ PROG = "python -m vlp sweep"
 SPEC_COPY = "sweep.yaml"
 JOBS_FOLDER = "jobs"
 # Keys of the sweep file that may change between launches of one sweep folder: how runs start, not what runs.
-MAY_CHANGE = ("launcher",)
+MAY_CHANGE = ("launcher", "metrics", "claims", "baseline")
+"""Keys of a sweep file that change how runs are launched or read, never what a run is: they may change
+between ``sweep run``s over one folder."""
 
 HELP = f"""usage: {PROG} <command> SWEEP.yaml [options]
 
@@ -104,6 +106,17 @@ def seeds_extended(recorded: Any, given: Any) -> bool:
     return set(recorded) < set(given)
 
 
+def stages_extended(recorded: Any, given: Any) -> bool:
+    """Whether ``given`` keeps ``recorded``'s stages (a sweep without ``stages`` has the one stage
+    ``main``) and appends some: every run done stays what it was, and the new stages start from them (a
+    predict stage measuring trained arms, say)."""
+    if recorded is None:
+        recorded = [{"name": DEFAULT_STAGE}]
+    if not isinstance(recorded, list) or not isinstance(given, list):
+        return False
+    return len(given) > len(recorded) and given[: len(recorded)] == recorded
+
+
 def prepare_folder(spec_path: Path, spec: SweepSpec, records: list[dict[str, Any]]) -> None:
     """``<out>/sweep.yaml`` (the sweep file, copied once; another sweep over the same folder is refused,
     naming the keys that differ) and ``<out>/trials.json`` (a run whose configuration changed since it
@@ -117,13 +130,17 @@ def prepare_folder(spec_path: Path, spec: SweepSpec, records: list[dict[str, Any
         recorded = yaml.safe_load(copy.read_text()) or {}
         differing = differences(recorded, given)
         differing = [key for key in differing if key.split(".")[0] not in MAY_CHANGE]
-        if differing == ["seeds"] and seeds_extended(recorded.get("seeds"), given.get("seeds")):
-            shutil.copyfile(spec_path, copy)  # the sweep now has the added seeds
+        extended = {"seeds": seeds_extended, "stages": stages_extended}
+        if differing and all(
+            key in extended and extended[key](recorded.get(key), given.get(key)) for key in differing
+        ):
+            shutil.copyfile(spec_path, copy)  # the sweep now has the added seeds or stages
             differing = []
         if differing:
             raise UserError(
                 f"{spec_path}: {out} holds another sweep ({copy}); these keys differ: {', '.join(differing)}. "
-                "Give this sweep another `out`, or restore the sweep file (seeds may only be added)."
+                "Give this sweep another `out`, or restore the sweep file (seeds may only be added, stages "
+                "only appended; launcher, metrics, claims and baseline may change)."
             )
     else:
         shutil.copyfile(spec_path, copy)
@@ -252,7 +269,8 @@ def launch(
             continue
         report(f"to run {trial} from {step.stage}: {step.why}")
         stages = tuple(
-            StageJob(run.run_dir, str(run.folder(out).resolve()), tuple(run.argv(out))) for run in trial_runs
+            StageJob(run.run_dir, str(run.folder(out).resolve()), tuple(run.argv(out)), run.command)
+            for run in trial_runs
         )
         chains.append(ChainJob(trial, stages))
     if not chains:

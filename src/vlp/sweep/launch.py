@@ -3,12 +3,13 @@ several trials share runs once, and each trial goes on once it is done), and the
 chains: a local queue of processes (:func:`launch_local`) and SLURM job arrays through submitit
 (:func:`launch_submitit`: one task per trial, or per group of trials that share runs).
 
-A stage runs ``python -m vlp fit <argv>`` as a child process, its output appended to ``<run>/fit.log``:
+A stage runs ``python -m vlp fit <argv>`` (``predict`` for a predict stage) as a child process, its output
+appended to ``<run>/fit.log``:
 
 - with ``checkpoints/last.ckpt`` in the run folder, resumed from it (``--ckpt_path last``); with a SLURM
   auto-requeue checkpoint (``hpc_ckpt_N.ckpt``), left to Lightning, which resumes from it by itself;
 - else, if an earlier attempt left files there, they are moved (never deleted) into ``attempt_<n>/`` and
-  the run starts afresh.
+  the run starts afresh. A predict stage always starts afresh (it has nothing to resume).
 
 Its ``status.json`` says ``running`` while it runs, then ``done`` (exit status 0 and ``metrics.json``
 ``complete``), ``queued`` (exit status 0 before the end: a stop request saved ``last.ckpt``) or ``failed``.
@@ -43,12 +44,13 @@ KEPT = (STATUS_FILE,)
 
 @dataclass(frozen=True)
 class StageJob:
-    """What a worker needs to run one stage: its label (``arm/seed_0/stage``), absolute folder and the
-    options of ``fit``."""
+    """What a worker needs to run one stage: its label (``arm/seed_0/stage``), absolute folder, the
+    options of its command, and the command (``fit`` or ``predict``)."""
 
     label: str
     run_dir: str
     argv: tuple[str, ...]
+    command: str = "fit"
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,17 @@ class ChainJob:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def fit_command(argv: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "vlp", "fit", *argv]
+def fit_command(argv: Sequence[str], command: str = "fit") -> list[str]:
+    return [sys.executable, "-m", "vlp", command, *argv]
 
 
-def resume_args(run_dir: Path) -> list[str]:
+def resume_args(run_dir: Path, command: str = "fit") -> list[str]:
     """``--ckpt_path last`` when the run has a current checkpoint; nothing when SLURM's auto-requeue left
-    one (Lightning resumes it) or there is none. A fresh start moves an earlier attempt's files aside."""
+    one (Lightning resumes it) or there is none. A fresh start moves an earlier attempt's files aside, as
+    every ``predict`` does."""
+    if command != "fit":
+        move_aside(run_dir)
+        return []
     if any(run_dir.glob("hpc_ckpt_*.ckpt")):
         return []
     if last_checkpoint(run_dir) is not None:
@@ -113,7 +119,7 @@ def run_stage(
     run_dir = Path(stage.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = read_status(run_dir) or Status()
-    command = fit_command([*stage.argv, *resume_args(run_dir)])
+    command = fit_command([*stage.argv, *resume_args(run_dir, stage.command)], stage.command)
     process = start_logged(command, run_dir / LOG_FILE, {**os.environ, **env})
     status = Status(
         state="running",

@@ -7,7 +7,8 @@ Reads ``<out>/trials.json`` and each run folder's ``status.json`` and ``metrics.
 - ``results.md``: a table per metric, the claims with their verdicts and the numbers behind them, and the
   trials that are missing, failed or unfinished;
 - ``plots/<metric>.png`` (each arm's mean with its 95 % interval, its seeds as dots) and
-  ``plots/curves_<metric>.png`` (each arm's validation curve, the mean over its seeds at each step).
+  ``plots/curves_<metric>.png`` (each arm's validation curve, the mean over its seeds at each step; none
+  for a predict stage's ``predict/...`` metric, one value per run).
 
 Only runs whose ``status.json`` says ``done`` count; the others are listed, never averaged in. These three
 outputs are the report's own and are rewritten by the next report; nothing else in the folder is touched.
@@ -56,8 +57,14 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
         note, stage = f"{report.value} value, stage {metric.stage}", f"stage {metric.stage}"
         rows, curves = report.rows_of(metric), report.curves[metric.label]
         written.append(plot_metric(plots / f"{metric.label}.png", metric.name, note, rows, report.baseline))
-        written.append(plot_curves(plots / f"curves_{metric.label}.png", metric.name, stage, curves))
+        if has_curves(metric.name):
+            written.append(plot_curves(plots / f"curves_{metric.label}.png", metric.name, stage, curves))
     return written
+
+
+def has_curves(name: str) -> bool:
+    """Whether a metric has validation curves: a predict stage's (``predict/...``) is one value per run."""
+    return not name.startswith("predict/")
 
 
 def _csv_number(x: float | int | None) -> str:
@@ -137,10 +144,8 @@ def write_markdown(report: Report, path: Path) -> Path:
             if report.baseline:
                 cells.append(_diff_text(row.diff))
             lines.append("| " + " | ".join(cells) + " |")
-        lines += [
-            "",
-            f"![{metric.name}](plots/{metric.label}.png) ![curves](plots/curves_{metric.label}.png)",
-        ]
+        curves = f" ![curves](plots/curves_{metric.label}.png)" if has_curves(metric.name) else ""
+        lines += ["", f"![{metric.name}](plots/{metric.label}.png){curves}"]
     lines += ["", "## Claims", ""]
     if not report.verdicts:
         lines.append("No claims.")

@@ -14,6 +14,7 @@ value of the wrong type is refused naming it.
     stages:                                        # optional; default: one stage "main", the recipe
       - {name: pretrain}
       - {name: vqa, recipe: configs/vilt/shapes_vqa.yaml, init_from: pretrain}
+      - {name: answers, command: predict, init_from: vqa}   # a stage may predict instead of fit
     metrics: [{name: val/vqa_score, mode: max, stage: vqa}]
     baseline: whole_word_masking=true
     claims: ["whole_word_masking=true > whole_word_masking=false on val/vqa_score"]
@@ -38,6 +39,7 @@ is its values). An arm is one point of the product of all axes; without axes the
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from argparse import ArgumentError
@@ -58,12 +60,17 @@ STAGE_NAME = re.compile(r"^[a-z0-9_]+$")
 @dataclass
 class Stage:
     """One step of a trial's chain. ``recipe`` defaults to the sweep's; ``init_from`` names an earlier
-    stage: this stage's ``model.init_args.init_from`` is then that stage's ``checkpoints/last.ckpt``."""
+    stage: this stage's ``model.init_args.init_from`` is then that stage's ``checkpoints/last.ckpt``.
+    ``command``: ``fit`` trains; ``predict`` runs ``python -m vlp predict`` with the weights of its
+    ``init_from`` stage (required) and records the metrics the task computes over its predictions
+    (``predict/<name>`` in ``metrics.json``, e.g. ERNIE-ViLG's ``predict/semantic_score``): sampling
+    settings are then an axis like any other, and a trained arm is measured by what it generates."""
 
     name: str
     recipe: str | list[str] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
+    command: Literal["fit", "predict"] = "fit"
 
 
 @dataclass
@@ -143,7 +150,11 @@ class SweepSpec:
         stages = self.stages or [Stage(DEFAULT_STAGE)]
         return [
             Stage(
-                s.name, as_list(s.recipe if s.recipe is not None else self.recipe), s.overrides, s.init_from
+                s.name,
+                as_list(s.recipe if s.recipe is not None else self.recipe),
+                s.overrides,
+                s.init_from,
+                s.command,
             )
             for s in stages
         ]
@@ -181,7 +192,8 @@ def parse_spec(data: Any, where: str = "sweep file") -> SweepSpec:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(SweepSpec, "spec")
     try:
-        spec: SweepSpec = parser.instantiate(parser.parse_object({"spec": data})).spec
+        # parse a copy: jsonargparse rewrites lists of dataclasses in place ({class_path, init_args})
+        spec: SweepSpec = parser.instantiate(parser.parse_object({"spec": copy.deepcopy(data)})).spec
     except ArgumentError as error:
         raise UserError(f"{where}: {_describe(error, data)}") from None
     validate(spec, where)
@@ -212,6 +224,7 @@ def validate(spec: SweepSpec, where: str) -> None:
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
         fail(f"seeds {spec.seeds}: give at least one seed, each once")
     stages = [s.name for s in spec.stage_list]
+    predicts = {s.name for s in spec.stage_list if s.command == "predict"}
     for index, stage in enumerate(spec.stage_list):
         if not STAGE_NAME.match(stage.name) or stage.name in stages[:index]:
             fail(f"stages[{index}].name {stage.name!r}: stage names are distinct, of [a-z0-9_]")
@@ -219,6 +232,12 @@ def validate(spec: SweepSpec, where: str) -> None:
             fail(
                 f"stages[{index}].init_from {stage.init_from!r}: name an earlier stage ({', '.join(stages[:index]) or 'none'})"
             )
+        if stage.init_from in predicts:
+            fail(
+                f"stages[{index}].init_from {stage.init_from!r} is a predict stage, which writes no checkpoint"
+            )
+        if stage.command == "predict" and stage.init_from is None:
+            fail(f"stages[{index}] ({stage.name}) predicts: init_from names the stage whose weights it uses")
         check_keys(stage.overrides, stages, f"{where}: stages[{index}].overrides", prefixes=False)
     check_keys(spec.overrides, stages, f"{where}: overrides")
     arms = arm_names(spec, where)

@@ -1,4 +1,4 @@
-"""A sweep's runs: every arm x seed x stage, each with the exact ``fit`` command line it runs.
+"""A sweep's runs: every arm x seed x stage, each with the exact ``fit`` (or ``predict``) command line it runs.
 
 A trial is one arm at one seed; it runs its stages in order, each a run in its own folder
 ``<out>/<arm>/seed_<seed>/<stage>/`` (its *home*). A stage's overrides are, in order: the sweep's
@@ -58,6 +58,7 @@ class Run:
     run_dir: str
     after: str | None
     modes: dict[str, str] = field(default_factory=dict)
+    command: str = "fit"
     run_id: str | None = None
     shared_with: str | None = None
     same_run_as: str | None = None
@@ -71,7 +72,7 @@ class Run:
         return out / self.run_dir
 
     def argv(self, out: Path) -> list[str]:
-        """The options of ``python -m vlp fit`` for this run (absolute run folders under ``out``)."""
+        """The options of ``python -m vlp <command>`` for this run (absolute run folders under ``out``)."""
         args = [arg for path in self.recipe for arg in ("--config", path)]
         args += [option(key, value) for key, value in self.overrides.items()]
         args.append(option("trainer.default_root_dir", str(self.folder(out).resolve())))
@@ -89,6 +90,7 @@ class Run:
             "arm": self.arm,
             "seed": self.seed,
             "stage": self.stage,
+            "command": self.command,
             "run_id": self.run_id,
             "run_dir": self.run_dir,
             "overrides": self.overrides,
@@ -144,6 +146,7 @@ def expand(spec: SweepSpec, arm_list: list[Arm] | None = None) -> list[Run]:
                         run_dir=f"{trial}/{stage.name}",
                         after=after,
                         modes=spec.modes(stage.name),
+                        command=stage.command,
                     )
                 )
     return runs
@@ -268,7 +271,7 @@ def place_records(records: list[Any], out: Path) -> list[Any]:
     try:
         runs = [
             Run(r["trial"], r["arm"], int(r["seed"]), r["stage"], tuple(r.get("recipe") or ()),
-                dict(r.get("overrides") or {}), r["run_dir"], r.get("after"))
+                dict(r.get("overrides") or {}), r["run_dir"], r.get("after"), command=r.get("command", "fit"))
             for r in records
         ]  # fmt: skip
         ids = {run.home: r.get("run_id") for run, r in zip(runs, records)}

@@ -111,6 +111,9 @@ class ObjectiveTask(PredictionWriter, LightningModule, ABC):
         self.model = model
         self.objectives = nn.ModuleDict(objectives)
         self.predict_dir = predict_dir
+        # a prediction's metrics over all its predictions, set by tasks that compute some at the end of
+        # ``predict`` (flat ``predict/<name>``); a sweep's predict stage records them (vlp.sweep.callback)
+        self.predict_metrics: dict[str, float] = {}
         self._saved_rng_states: list[dict[str, Any]] | None = None
         self.loss_weights = {name: float(weights.get(name, 1.0)) for name in objectives}
         if all(w == 0 for w in self.loss_weights.values()):

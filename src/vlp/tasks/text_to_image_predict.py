@@ -10,7 +10,9 @@ real image. At the end ``generation_metrics.json`` holds the caption metrics of
 those captions and, with ``judge_checkpoint`` (a shapes judge, ``configs/probe/shapes_judge.yaml``)
 and/or ``inception_weights``, the generation metrics of the best candidates against the batch's real
 images (:class:`~vlp.metrics.generation.GenerationEvaluation`: semantic score with its shuffled-prompt
-control and the real images' ceiling, shapes Fréchet distance, Inception FID).
+control and the real images' ceiling, shapes Fréchet distance, Inception FID). The task's
+``predict_metrics`` holds the same numbers flat (``predict/cider``, ``predict/semantic_score``, ...), for
+a sweep's predict stage.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class TextToImagePrediction:
     reset_captions: Callable[[], None]
     record_captions: Callable[[Batch, Sequence[str]], None]
     corpus_caption_scores: Callable[[], dict[str, float] | None]
+    predict_metrics: dict[str, float]
 
     @torch.no_grad()
     def generate_images(
@@ -165,6 +168,18 @@ class TextToImagePrediction:
             "guidance_scale": self.guidance_scale,
             "predict_seed": self.predict_seed,
         }
+        self.predict_metrics = flat_metrics(metrics)
         if self.global_rank == 0:
             path = write_json(self.predict_path / "generation_metrics.json", metrics, indent=2)
             print(f"generation metrics ({path}): {json.dumps(metrics)}")
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of ``generation_metrics.json``'s ``captions`` and ``generation`` parts as
+    ``predict/<name>`` (the sampling settings and file names are left out: they are the run's config)."""
+    flat: dict[str, float] = {}
+    for part in ("captions", "generation"):
+        for name, value in (metrics.get(part) or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                flat[f"predict/{name}"] = float(value)
+    return flat
