@@ -345,3 +345,48 @@ def test_sigterm_stops_the_sweep_cleanly_its_fits_recorded_queued_and_nothing_ne
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
     assert any(line.startswith("stop") for line in lines)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.slow
+def test_a_predict_stage_draws_with_its_fit_stages_weights_and_is_reported(
+    tmp_path: Path, shapes64: Path, vqgan_checkpoint: Path
+) -> None:
+    """The ERNIE-ViLG recipe, 2 steps, then a predict stage from its last.ckpt through the real
+    ``vlp predict``: metrics.json holds the task's predict metrics, and the report reads them."""
+    recipe = REPO / "configs" / "ernie_vilg" / "shapes_pretrain.yaml"
+    overrides = {
+        "model.init_args.vqgan_checkpoint": str(vqgan_checkpoint),
+        "model.init_args.meteor": False,
+        "model.init_args.max_caption_len": 8,
+        "model.init_args.num_candidates": 2,
+        "data.init_args.root": str(shapes64),
+        "data.init_args.synth": None,
+        "data.init_args.batch_size": 4,
+        "data.init_args.eval_batch_size": 4,
+        "data.init_args.num_workers": 0,
+        "trainer.max_steps": 2,
+        "trainer.val_check_interval": 2,
+        "trainer.limit_val_batches": 1,
+    }
+    spec = write_yaml(
+        tmp_path / "draw.yaml",
+        {
+            "name": "draw",
+            "recipe": str(recipe),
+            "overrides": overrides,
+            "stages": [{"name": "main"}, {"name": "draw", "command": "predict", "init_from": "main"}],
+            "metrics": [{"name": "predict/cider", "mode": "max", "stage": "draw"}],
+            "launcher": {"kind": "local", "parallel": 1},
+            "out": str(tmp_path / "sweep"),
+        },
+    )
+    assert run_sweep(spec, report=print) == {"base/seed_0": ["done", "done"]}
+    draw = tmp_path / "sweep" / "base" / "seed_0" / "draw"
+    metrics = json.loads((draw / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["validations"] == []
+    assert 0.0 <= metrics["final"]["predict/cider"] <= 10.0
+    assert "$ " in (draw / "fit.log").read_text() and " predict " in (draw / "fit.log").read_text()
+    assert list(draw.rglob("images_rank0_batch00000.png"))
+    assert not (draw / "checkpoints").exists()  # a prediction trains nothing
+    report = build_report(tmp_path / "sweep", load_spec(spec).metrics, None, [])
+    assert report.rows[0].values == {0: metrics["final"]["predict/cider"]}
