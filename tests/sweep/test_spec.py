@@ -122,6 +122,21 @@ def test_a_predict_stage_runs_predict_with_its_stages_weights_and_records_its_me
     assert predict.argv(out)[-1] == "--trainer.callbacks+=" + json.dumps(callback, sort_keys=True)
 
 
+def test_a_predict_stage_may_read_a_checkpoint_its_overrides_or_axes_name() -> None:
+    ckpt = "model.init_args.init_from"
+    for data in (
+        spec(overrides={ckpt: "runs/a/last.ckpt"}, stages=[{"name": "gen", "command": "predict"}]),
+        spec(stages=[{"name": "gen", "command": "predict", "overrides": {ckpt: "runs/a/last.ckpt"}}]),
+        spec(
+            axes=[{"grid": {f"gen:{ckpt}": ["a.ckpt", "b.ckpt"]}}],
+            stages=[{"name": "gen", "command": "predict"}],
+        ),
+    ):
+        run = expand(parse_spec(data))[0]
+        assert run.command == "predict" and run.after is None
+        assert any(arg.startswith(f"--{ckpt}=") for arg in run.argv(Path("out")))
+
+
 def test_argv_is_recipes_overrides_then_folder_seed_init_from_and_the_metrics_callback(
     tmp_path: Path,
 ) -> None:
@@ -171,7 +186,25 @@ def test_option_writes_values_the_command_line_reads_back() -> None:
         (spec(axes=[{"grid": {LR: [1, 2]}}], claims=["lr=1 > lr=3 on val/a"]), "unknown arm 'lr=3'"),
         (spec(launcher={"kind": "local", "partition": "gpu"}), "launcher.partition is for kind: slurm"),
         (spec(metrics=[{"name": "val/a", "stage": "ft"}]), "metrics[0].stage 'ft'"),
-        (spec(stages=[{"name": "gen", "command": "predict"}]), "stages[0] (gen) predicts: init_from names"),
+        (
+            spec(stages=[{"name": "gen", "command": "predict"}]),
+            "stages[0] (gen) predicts, from no weights in arm base",
+        ),
+        (
+            spec(
+                axes=[
+                    {
+                        "zip": {
+                            "names": ["a", "b"],
+                            "gen:model.init_args.init_from": ["a.ckpt", None],
+                            LR: [1, 2],
+                        }
+                    }
+                ],
+                stages=[{"name": "gen", "command": "predict"}],
+            ),
+            "from no weights in arm b",
+        ),
         (spec(stages=[{"name": "a", "command": "evaluate"}]), "command"),
         (
             spec(

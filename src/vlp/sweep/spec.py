@@ -51,9 +51,10 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from vlp.errors import UserError
-from vlp.sweep.axes import arm_names, check_keys, parse_distribution
+from vlp.sweep.axes import arm_names, arms, check_keys, parse_distribution, split_key
 
 DEFAULT_STAGE = "main"
+INIT_FROM = "model.init_args.init_from"
 STAGE_NAME = re.compile(r"^[a-z0-9_]+$")
 
 
@@ -62,7 +63,8 @@ class Stage:
     """One step of a trial's chain. ``recipe`` defaults to the sweep's; ``init_from`` names an earlier
     stage: this stage's ``model.init_args.init_from`` is then that stage's ``checkpoints/last.ckpt``.
     ``command``: ``fit`` trains; ``predict`` runs ``python -m vlp predict`` with the weights of its
-    ``init_from`` stage (required) and records the metrics the task computes over its predictions
+    ``init_from`` stage, or of the checkpoint its overrides (or an axis) give as
+    ``model.init_args.init_from`` in every arm, and records the metrics the task computes over its predictions
     (``predict/<name>`` in ``metrics.json``, e.g. ERNIE-ViLG's ``predict/semantic_score``): sampling
     settings are then an axis like any other, and a trained arm is measured by what it generates."""
 
@@ -237,23 +239,28 @@ def validate(spec: SweepSpec, where: str) -> None:
                 f"stages[{index}].init_from {stage.init_from!r} is a predict stage, which writes no checkpoint"
             )
         if stage.command == "predict" and stage.init_from is None:
-            fail(f"stages[{index}] ({stage.name}) predicts: init_from names the stage whose weights it uses")
+            for arm in arms(spec, where):
+                if not sets_init_from(spec.overrides, stage, arm.overrides):
+                    fail(
+                        f"stages[{index}] ({stage.name}) predicts, from no weights in arm {arm.name}: name the "
+                        f"stage whose weights it uses (init_from), or a checkpoint ({INIT_FROM} in overrides)"
+                    )
         check_keys(stage.overrides, stages, f"{where}: stages[{index}].overrides", prefixes=False)
     check_keys(spec.overrides, stages, f"{where}: overrides")
-    arms = arm_names(spec, where)
+    names = arm_names(spec, where)
     metric_names = [m.name for m in spec.metrics]
     for index, metric in enumerate(spec.metrics):
         if metric.stage is not None and metric.stage not in stages:
             fail(f"metrics[{index}].stage {metric.stage!r}: the stages are {', '.join(stages)}")
     if len(set(metric_names)) != len(metric_names):
         fail(f"metrics {metric_names}: each metric once")
-    if spec.baseline is not None and spec.baseline not in arms:
-        fail(f"baseline {spec.baseline!r} is not an arm; the arms are {', '.join(arms)}")
+    if spec.baseline is not None and spec.baseline not in names:
+        fail(f"baseline {spec.baseline!r} is not an arm; the arms are {', '.join(names)}")
     from vlp.sweep.claims import parse_claim
 
     for claim in spec.claims:
         try:
-            parse_claim(claim, arms, metric_names)
+            parse_claim(claim, names, metric_names)
         except UserError as error:
             fail(f"claims: {error}")
     check_launcher(spec.launcher, where)
@@ -267,6 +274,18 @@ def validate(spec: SweepSpec, where: str) -> None:
         check_keys(spec.search.space, stages, f"{where}: search.space")
         for key, distribution in spec.search.space.items():
             parse_distribution(distribution, f"{where}: search.space.{key}")
+
+
+def sets_init_from(overrides: dict[str, Any], stage: Stage, arm_overrides: dict[str, Any]) -> bool:
+    """Whether the overrides of the sweep, the stage and the arm (applied in that order, as
+    :func:`vlp.sweep.trials.expand` does) give ``stage`` a ``model.init_args.init_from`` that is not null."""
+    value = None
+    for source in (overrides, stage.overrides, arm_overrides):
+        for key, given in source.items():
+            prefix, dotted = split_key(key)
+            if dotted == INIT_FROM and prefix in (None, stage.name):
+                value = given
+    return value is not None
 
 
 def check_launcher(launcher: Launcher, where: str) -> None:

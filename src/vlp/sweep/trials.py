@@ -28,11 +28,10 @@ from typing import Any
 import yaml
 
 from vlp.sweep.axes import Arm, arms, split_key
-from vlp.sweep.spec import SweepSpec
+from vlp.sweep.spec import INIT_FROM, SweepSpec
 from vlp.sweep.status import STATUS_FILE
 
 CALLBACK = "vlp.sweep.callback.MetricsRecord"
-INIT_FROM = "model.init_args.init_from"
 TRIALS_FILE = "trials.json"
 
 
