@@ -107,6 +107,7 @@ def test_a_predict_stage_runs_vlp_predict_afresh_and_is_done_with_its_metrics(
     run = tmp_path / "gen"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.ckpt").write_bytes(b"earlier")
+    write_status(run, Status(state="failed", exit_code=1, attempts=1, run_seconds=100.0))
     commands: list[list[str]] = []
     child = (
         "import json, pathlib; "
@@ -124,7 +125,8 @@ def test_a_predict_stage_runs_vlp_predict_afresh_and_is_done_with_its_metrics(
         launch.StageJob("arm/seed_0/gen", str(run), ("--config", "r.yaml"), "predict"), {}
     )
     assert commands == [["predict", "--config", "r.yaml"]]
-    assert (status.state, status.exit_code) == ("done", 0)
+    assert (status.state, status.exit_code, status.attempts) == ("done", 0, 2)
+    assert status.run_seconds is not None and 100.0 < status.run_seconds < 100.0 + 60  # both attempts
     assert (run / "attempt_1" / "checkpoints" / "last.ckpt").read_bytes() == b"earlier"
 
 

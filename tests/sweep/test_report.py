@@ -318,6 +318,33 @@ def test_a_predict_stages_metric_is_reported_without_curves(tmp_path: Path) -> N
     assert "curves" not in (tmp_path / "results.md").read_text()
 
 
+def test_run_minutes_is_the_runs_timed_attempts_or_its_one_attempts_span(tmp_path: Path) -> None:
+    statuses = {
+        ("dense", 1): {"run_seconds": 600.0, "attempts": 2},
+        ("dense", 2): {"started": "2026-01-01T10:00:00+00:00", "finished": "2026-01-01T10:12:00+00:00", "attempts": 1},
+        ("sparse", 1): {"run_seconds": 480.0, "attempts": 1},
+        ("sparse", 2): {"started": "2026-01-01T10:00:00+00:00", "finished": "2026-01-01T10:30:00+00:00", "attempts": 2},
+    }  # fmt: skip
+    trials = []
+    for (arm, seed), status in statuses.items():
+        run_dir = tmp_path / arm / f"seed_{seed}" / "main"
+        run_dir.mkdir(parents=True)
+        trials.append({"trial": f"{arm}/seed_{seed}", "arm": arm, "seed": seed, "stage": "main",
+                       "run_dir": str(run_dir.relative_to(tmp_path)), "after": None})  # fmt: skip
+        (run_dir / "status.json").write_text(json.dumps({"state": "done", "exit_code": 0, **status}))
+        (run_dir / "metrics.json").write_text(json.dumps({"final": {}, "validations": [], "complete": True}))
+    (tmp_path / "trials.json").write_text(json.dumps(trials))
+    report = build_report(tmp_path, [FakeMetric("run/minutes", "min")], "dense", [])
+    assert row(report, "dense", "run/minutes").values == {1: 10.0, 2: 12.0}
+    sparse = row(report, "sparse", "run/minutes")
+    assert (sparse.values, sparse.n_missing) == ({1: 8.0}, 1)  # seed 2: two attempts, untimed
+    assert [(i.trial, i.detail) for i in report.issues] == [
+        ("sparse/seed_2", "no run time in status.json (resumed before run_seconds was recorded)")
+    ]
+    write_report(report, tmp_path)
+    assert not list((tmp_path / "plots").glob("curves_*"))
+
+
 def write_sweep_file(path: Path, out: str | None) -> Path:
     """A sweep file whose arms are base, wide, deep and fresh (a zip axis with names)."""
     lines = [

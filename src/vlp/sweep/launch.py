@@ -121,6 +121,7 @@ def run_stage(
     previous = read_status(run_dir) or Status()
     command = fit_command([*stage.argv, *resume_args(run_dir, stage.command)], stage.command)
     process = start_logged(command, run_dir / LOG_FILE, {**os.environ, **env})
+    begin = time.monotonic()
     status = Status(
         state="running",
         job_id=job_id,
@@ -135,6 +136,8 @@ def run_stage(
     code = process.wait()
     status.exit_code = code
     status.finished = now()
+    timed = previous.attempts == 0 or previous.run_seconds is not None  # every earlier attempt was timed
+    status.run_seconds = (previous.run_seconds or 0.0) + time.monotonic() - begin if timed else None
     status.state = "failed" if code != 0 else "done" if completed(run_dir) else "queued"
     write_status(run_dir, status)
     return status

@@ -8,7 +8,7 @@ Reads ``<out>/trials.json`` and each run folder's ``status.json`` and ``metrics.
   trials that are missing, failed or unfinished;
 - ``plots/<metric>.png`` (each arm's mean with its 95 % interval, its seeds as dots) and
   ``plots/curves_<metric>.png`` (each arm's validation curve, the mean over its seeds at each step; none
-  for a predict stage's ``predict/...`` metric, one value per run).
+  for a predict stage's ``predict/...`` metrics and ``run/minutes``, one value per run).
 
 Only runs whose ``status.json`` says ``done`` count; the others are listed, never averaged in. These three
 outputs are the report's own and are rewritten by the next report; nothing else in the folder is touched.
@@ -63,8 +63,9 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
 
 
 def has_curves(name: str) -> bool:
-    """Whether a metric has validation curves: a predict stage's (``predict/...``) is one value per run."""
-    return not name.startswith("predict/")
+    """Whether a metric has validation curves: a predict stage's (``predict/...``) and the run time
+    (``run/minutes``) are one value per run."""
+    return not name.startswith(("predict/", "run/"))
 
 
 def _csv_number(x: float | int | None) -> str:

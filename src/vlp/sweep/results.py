@@ -1,10 +1,16 @@
 """A sweep folder's results, read and summarised: the runs of ``<out>/trials.json`` with their
 ``status.json`` and ``metrics.json`` (formats: ``docs/sweeps.md``), each metric's value per run, each arm's
 summary and paired difference against the baseline, the claims' verdicts and the trials without a value.
-:mod:`vlp.sweep.report` writes it out."""
+:mod:`vlp.sweep.report` writes it out.
+
+Besides the metrics of ``metrics.json``, a sweep may compare ``run/minutes``: a run's wall time, its
+attempts summed (``status.json``'s ``run_seconds``; for a run of one attempt recorded without it, from
+``started`` to ``finished``). It is the time under the sweep's launcher (with ``parallel: 2``, two runs
+share the machine), so arms compare fairly only within one sweep."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -20,6 +26,7 @@ from vlp.sweep.trials import TRIALS_FILE, place_records
 ValueKind = Literal["final", "best"]
 VALUE_KINDS: tuple[ValueKind, ...] = ("final", "best")
 MODES = ("max", "min")
+RUN_MINUTES = "run/minutes"
 
 
 class MetricLike(Protocol):
@@ -72,6 +79,7 @@ class Run:
     state: str
     detail: str = ""
     metrics: Mapping[str, Any] | None = None
+    minutes: float | None = None
 
 
 @dataclass(frozen=True)
@@ -154,9 +162,23 @@ def _read_run(out: Path, entry: Any, table_path: Path) -> Run:
     metrics, why = read_json(run_dir / "metrics.json")
     if state == "done" and not isinstance(metrics, dict):
         detail = why or "metrics.json is not an object"
-    return Run(
-        trial, arm, seed, stage, run_dir, state, detail, metrics if isinstance(metrics, dict) else None
-    )
+    metrics = metrics if isinstance(metrics, dict) else None
+    return Run(trial, arm, seed, stage, run_dir, state, detail, metrics, run_minutes(status))
+
+
+def run_minutes(status: Mapping[str, Any]) -> float | None:
+    """A run's wall time in minutes, its attempts summed (module docstring); ``None`` when unknown."""
+    seconds = status.get("run_seconds")
+    if isinstance(seconds, (int, float)):
+        return float(seconds) / 60
+    started, finished = status.get("started"), status.get("finished")
+    if status.get("attempts") != 1 or not isinstance(started, str) or not isinstance(finished, str):
+        return None
+    try:
+        elapsed = dt.datetime.fromisoformat(finished) - dt.datetime.fromisoformat(started)
+    except ValueError:
+        return None
+    return elapsed.total_seconds() / 60
 
 
 def resolve_metrics(metrics: Sequence[MetricLike], stages: Sequence[str]) -> list[Metric]:
@@ -186,6 +208,10 @@ def file_label(name: str) -> str:
 def metric_value(run: Run, metric: Metric, value: ValueKind) -> tuple[float | None, str]:
     """The run's value of ``metric`` (its last validation's, or the best over its validations by the
     metric's mode), or ``None`` and why."""
+    if run.state == "done" and metric.name == RUN_MINUTES:
+        if run.minutes is None:
+            return None, "no run time in status.json (resumed before run_seconds was recorded)"
+        return run.minutes, ""
     if run.state != "done" or run.metrics is None:
         return None, run.detail
     found = (

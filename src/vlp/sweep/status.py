@@ -4,7 +4,10 @@
 
     {"state": "queued" | "running" | "done" | "failed", "exit_code": int | null, "job_id": str | null,
      "host": str | null, "pid": int | null, "started": ISO-8601 | null, "finished": ISO-8601 | null,
-     "attempts": int}
+     "attempts": int, "run_seconds": float | null}
+
+``started`` and ``finished`` are the last attempt's; ``run_seconds`` sums every attempt's wall time (null
+when an attempt was not timed).
 
 ``queued``: waiting to start, or stopped cleanly before its end (a stop request or preemption: it saved
 ``last.ckpt`` and exited with status 0); ``running``: its process (``pid`` on ``host``, or SLURM job
@@ -41,6 +44,7 @@ class Status:
     started: str | None = None
     finished: str | None = None
     attempts: int = 0
+    run_seconds: float | None = None
 
 
 def now() -> str:
