@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,32 @@ def test_two_workers_see_every_sample_exactly_once_per_epoch(four_shards: Path) 
     assert first != second  # the shuffles advance with the epoch
     val_keys = epoch_keys(dm.val_dataloader())
     assert Counter(val_keys) == Counter(f"v{s}-{i}" for s in range(4) for i in range(3))
+
+
+def worker_children() -> list[int]:
+    """Loader workers (``pt_data_worker``) whose parent is this process."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        if name == "pt_data_worker" and int(rest[1]) == os.getpid():
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_workers_are_not_forks_of_the_training_process(four_shards: Path) -> None:
+    """A fork would share the training process's heap copy-on-write and end up with a private copy of it
+    (vlp.datamodules.loader); the fork server's workers are its children, not this process's."""
+    loader = datamodule(four_shards, num_workers=2).train_dataloader()
+    assert loader.multiprocessing_context.get_start_method() == "forkserver"
+    batches = iter(loader)
+    next(batches)
+    assert worker_children() == []
+    del batches
 
 
 def test_same_seed_same_batches(four_shards: Path) -> None:

@@ -130,6 +130,16 @@ def test_a_predict_stage_runs_vlp_predict_afresh_and_is_done_with_its_metrics(
     assert (run / "attempt_1" / "checkpoints" / "last.ckpt").read_bytes() == b"earlier"
 
 
+def test_earlier_attempts_time_is_recorded_or_the_one_attempts_span() -> None:
+    from vlp.sweep.launch import earlier_seconds
+
+    span = {"started": "2026-01-01T10:00:00+00:00", "finished": "2026-01-01T10:12:00+00:00"}
+    assert earlier_seconds(Status()) == 0.0
+    assert earlier_seconds(Status(attempts=2, run_seconds=90.5, **span)) == 90.5
+    assert earlier_seconds(Status(attempts=1, **span)) == 720.0  # written before run_seconds was
+    assert earlier_seconds(Status(attempts=2, **span)) is None  # the first attempt's time is lost
+
+
 # ------------------------------------------------------------------------------------------ end to end
 
 

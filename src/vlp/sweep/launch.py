@@ -18,6 +18,7 @@ A chain stops at its first stage that is not done.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import socket
@@ -136,11 +137,24 @@ def run_stage(
     code = process.wait()
     status.exit_code = code
     status.finished = now()
-    timed = previous.attempts == 0 or previous.run_seconds is not None  # every earlier attempt was timed
-    status.run_seconds = (previous.run_seconds or 0.0) + time.monotonic() - begin if timed else None
+    earlier = earlier_seconds(previous)
+    status.run_seconds = None if earlier is None else earlier + time.monotonic() - begin
     status.state = "failed" if code != 0 else "done" if completed(run_dir) else "queued"
     write_status(run_dir, status)
     return status
+
+
+def earlier_seconds(previous: Status) -> float | None:
+    """The wall time of a run's earlier attempts: recorded in ``run_seconds``; for the one attempt of a
+    status written before ``run_seconds`` was, its ``started`` to ``finished``; ``None`` when unknown."""
+    if previous.attempts == 0:
+        return 0.0
+    if previous.run_seconds is not None:
+        return previous.run_seconds
+    if previous.attempts == 1 and previous.started and previous.finished:
+        span = dt.datetime.fromisoformat(previous.finished) - dt.datetime.fromisoformat(previous.started)
+        return span.total_seconds()
+    return None
 
 
 class Chains:
