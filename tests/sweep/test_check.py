@@ -165,7 +165,10 @@ def test_stages_may_be_appended_to_a_started_sweep_and_report_keys_changed(
     more = {
         **data,
         "stages": [{"name": "main"}, {"name": "gen", "command": "predict", "init_from": "main"}],
-        "metrics": [{"name": "predict/cider", "mode": "max", "stage": "gen"}],
+        "metrics": [  # the main stage's callback now records another metric: the same run
+            {"name": "val/itm_acc", "mode": "max", "stage": "main"},
+            {"name": "predict/cider", "mode": "max", "stage": "gen"},
+        ],
     }
     spec, spec_path = parse_spec(more), write_yaml(tmp_path / "s.yaml", more)
     runs = check_runs(expand(spec), out)

@@ -1,8 +1,8 @@
 """The check before launching: every run's command line parsed by the parser ``fit`` uses (:class:`vlp.cli.VLPCLI`,
 its recipe files followed and interpolations resolved, nothing built), and each run's id from the result.
 
-A run's id is the first 12 hex digits of the sha256 of its resolved configuration without its seed and its
-run folder: ``seed_everything``, ``ckpt_path`` and ``weights_only`` (how a resumed run starts) are dropped, the run folder is
+A run's id is the first 12 hex digits of the sha256 of its resolved configuration without its seed, its
+run folder and the sweep's metrics callback (which metrics are recorded does not change the run): ``seed_everything``, ``ckpt_path`` and ``weights_only`` (how a resumed run starts) are dropped, the run folder is
 written ``<run>`` wherever it appears (the logger's ``save_dir``, ...), and the folder of the stage it starts
 from is written as that run's id. Arguments at their default value are dropped too (the ``init_args`` of a
 ``class_path`` equal to its constructor's default, the trainer's equal to ``lightning.Trainer``'s), so a
@@ -25,7 +25,7 @@ from lightning import LightningDataModule, LightningModule
 
 from vlp.cli import VLPCLI
 from vlp.errors import UserError
-from vlp.sweep.trials import Run, place_runs
+from vlp.sweep.trials import CALLBACK, Run, place_runs
 
 NOT_IDENTITY = ("seed_everything", "ckpt_path", "weights_only")
 """Top-level keys that do not change what a run trains: its seed (a column of its own), and where and how
@@ -93,6 +93,7 @@ def config_id(
     it starts from. A ``predict`` run's id includes its command (a ``fit``'s does not, so the ids of
     sweeps without predict stages stay what they were)."""
     config = {key: value for key, value in config.items() if key not in NOT_IDENTITY}
+    config = without_metrics_record(config)
     if command != "fit":
         config["command"] = command
     config = without_defaults(config)
@@ -101,6 +102,17 @@ def config_id(
         replacements[str(after[0].resolve())] = f"<run {after[1]}>"
     canonical = json.dumps(_replace(config, replacements), sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def without_metrics_record(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the sweep's :class:`~vlp.sweep.callback.MetricsRecord` among the trainer's
+    callbacks: which metrics it records (the sweep file's ``metrics``, which may change) is not what the
+    run trains."""
+    trainer = config.get("trainer")
+    if not isinstance(trainer, dict) or not isinstance(trainer.get("callbacks"), list):
+        return config
+    kept = [c for c in trainer["callbacks"] if not (isinstance(c, dict) and c.get("class_path") == CALLBACK)]
+    return {**config, "trainer": {**trainer, "callbacks": kept}}
 
 
 def ran_id(out: Path, record: dict[str, Any], ids: dict[str, str]) -> str | None:
