@@ -4,6 +4,10 @@ import io
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -91,6 +95,47 @@ def test_workers_are_not_forks_of_the_training_process(four_shards: Path) -> Non
     next(batches)
     assert worker_children() == []
     del batches
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Processes whose environment holds ``marker`` (a process and every process it started)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
+def test_workers_end_when_the_training_process_is_killed_outright(four_shards: Path) -> None:
+    """SIGKILL leaves no clean-up to the training process: its fork server's workers end by themselves."""
+    marker = f"VLP_TEST_WORKERS_{os.getpid()}"
+    script = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from shard_helpers import data_module; "
+        "dm = data_module(sys.argv[2], num_workers=2, batch_size=4); dm.setup('fit'); "
+        "batches = iter(dm.train_dataloader()); next(batches); print('ready', flush=True); time.sleep(600)"
+    )
+    helpers = str(Path(__file__).parent)
+    env = {**os.environ, marker: "1", "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, helpers, str(four_shards)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        assert len(marked_processes(marker)) >= 4  # the process, its fork server, two workers
+        child.kill()
+        child.wait()
+        deadline = time.monotonic() + 30
+        while marked_processes(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marked_processes(marker) == []
+    finally:
+        child.kill()
+        for pid in marked_processes(marker):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_same_seed_same_batches(four_shards: Path) -> None:

@@ -14,13 +14,19 @@ Workers start from a fork server (:func:`worker_context`), not as forks of the t
 loaders start new workers at every epoch and every validation; a fork of the training process would
 share its whole heap (gigabytes, after some steps) copy-on-write, and as training keeps rewriting those
 pages, each live worker ends up holding a private copy of all of it. Two ERNIE-ViLG trainings side by
-side on 24 GiB ran out of memory that way after 55 minutes.
+side on 24 GiB ran out of memory that way after 55 minutes. A fork server's worker is not the training
+process's child, so PyTorch's own check (is my parent alive?) cannot see that process die when it is
+killed outright (SIGKILL, the out-of-memory killer); :func:`exit_with` makes each worker watch it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Iterator
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -30,6 +36,7 @@ from torch.utils.data import DataLoader
 
 from vlp.batch import Batch
 from vlp.datamodules.stream import ShardStream
+from vlp.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,21 @@ def worker_context() -> BaseContext | None:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(WORKER_PRELOAD)  # no effect once this process's server runs
     return context
+
+
+WATCH_INTERVAL_S = 2.0
+
+
+def exit_with(training_pid: int, worker_id: int = 0) -> None:
+    """A loader worker's init: a daemon thread that ends the worker once the training process (by pid)
+    is gone, checked every :data:`WATCH_INTERVAL_S` seconds (module docstring)."""
+
+    def watch() -> None:
+        while pid_alive(training_pid):
+            time.sleep(WATCH_INTERVAL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="vlp-training-watch", daemon=True).start()
 
 
 class StreamLoader(DataLoader):
@@ -73,6 +95,7 @@ class StreamLoader(DataLoader):
             persistent_workers=False,
             pin_memory=False,
             multiprocessing_context=worker_context() if num_workers > 0 else None,
+            worker_init_fn=functools.partial(exit_with, os.getpid()) if num_workers > 0 else None,
             # DataLoader draws its workers' base seed at every iter(); a private generator keeps that
             # draw off the global RNG, which a resumed run restores and must then see untouched.
             generator=torch.Generator().manual_seed(0),
