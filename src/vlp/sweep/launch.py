@@ -18,7 +18,6 @@ A chain stops at its first stage that is not done.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import signal
 import socket
@@ -36,7 +35,7 @@ from typing import Any
 from vlp.runs import last_checkpoint
 from vlp.sweep.callback import read_metrics
 from vlp.sweep.spec import Launcher
-from vlp.sweep.status import STATUS_FILE, Status, now, read_status, write_status
+from vlp.sweep.status import STATUS_FILE, Status, now, read_status, run_time, write_status
 
 LOG_FILE = "fit.log"
 ATTEMPT_PREFIX = "attempt_"
@@ -145,16 +144,9 @@ def run_stage(
 
 
 def earlier_seconds(previous: Status) -> float | None:
-    """The wall time of a run's earlier attempts: recorded in ``run_seconds``; for the one attempt of a
-    status written before ``run_seconds`` was, its ``started`` to ``finished``; ``None`` when unknown."""
-    if previous.attempts == 0:
-        return 0.0
-    if previous.run_seconds is not None:
-        return previous.run_seconds
-    if previous.attempts == 1 and previous.started and previous.finished:
-        span = dt.datetime.fromisoformat(previous.finished) - dt.datetime.fromisoformat(previous.started)
-        return span.total_seconds()
-    return None
+    """The wall time of a run's earlier attempts (:func:`~vlp.sweep.status.run_time`); ``None`` when
+    unknown."""
+    return 0.0 if previous.attempts == 0 else run_time(previous)
 
 
 class Chains:

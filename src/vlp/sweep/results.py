@@ -10,7 +10,6 @@ share the machine), so arms compare fairly only within one sweep."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from typing import Any, Literal, Protocol
 from vlp.errors import UserError
 from vlp.sweep.claims import Verdict, judge, parse_claim
 from vlp.sweep.stats import Difference, Summary, difference, summarize
+from vlp.sweep.status import run_time, status_from
 from vlp.sweep.trials import TRIALS_FILE, place_records
 
 ValueKind = Literal["final", "best"]
@@ -168,17 +168,8 @@ def _read_run(out: Path, entry: Any, table_path: Path) -> Run:
 
 def run_minutes(status: Mapping[str, Any]) -> float | None:
     """A run's wall time in minutes, its attempts summed (module docstring); ``None`` when unknown."""
-    seconds = status.get("run_seconds")
-    if isinstance(seconds, (int, float)):
-        return float(seconds) / 60
-    started, finished = status.get("started"), status.get("finished")
-    if status.get("attempts") != 1 or not isinstance(started, str) or not isinstance(finished, str):
-        return None
-    try:
-        elapsed = dt.datetime.fromisoformat(finished) - dt.datetime.fromisoformat(started)
-    except ValueError:
-        return None
-    return elapsed.total_seconds() / 60
+    seconds = run_time(status_from(dict(status)))
+    return None if seconds is None else seconds / 60
 
 
 def resolve_metrics(metrics: Sequence[MetricLike], stages: Sequence[str]) -> list[Metric]:

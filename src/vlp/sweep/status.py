@@ -55,8 +55,26 @@ def read_status(run_dir: Path) -> Status | None:
     path = run_dir / STATUS_FILE
     if not path.is_file():
         return None
-    data: dict[str, Any] = json.loads(path.read_text())
+    return status_from(json.loads(path.read_text()))
+
+
+def status_from(data: dict[str, Any]) -> Status:
+    """A :class:`Status` from ``status.json``'s object (keys it does not know are left out)."""
     return Status(**{key: data.get(key) for key in Status.__dataclass_fields__ if key in data})
+
+
+def run_time(status: Status) -> float | None:
+    """The wall time of the run's attempts in seconds: ``run_seconds``; for the one attempt of a status
+    written before ``run_seconds`` was, its ``started`` to ``finished``; ``None`` when unknown."""
+    if isinstance(status.run_seconds, (int, float)):
+        return float(status.run_seconds)
+    started, finished = status.started, status.finished
+    if status.attempts != 1 or not isinstance(started, str) or not isinstance(finished, str):
+        return None
+    try:
+        return (dt.datetime.fromisoformat(finished) - dt.datetime.fromisoformat(started)).total_seconds()
+    except ValueError:
+        return None
 
 
 def write_status(run_dir: Path, status: Status) -> None:
