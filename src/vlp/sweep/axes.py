@@ -56,6 +56,24 @@ def split_key(key: str) -> tuple[str | None, str]:
     return (stage, dotted) if sep else (None, key)
 
 
+def stage_overrides(overrides: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The overrides that apply to ``stage``: unprefixed keys and ``stage:``-prefixed ones (prefix removed)."""
+    chosen = {}
+    for key, value in overrides.items():
+        prefix, dotted = split_key(key)
+        if prefix is None or prefix == stage:
+            chosen[dotted] = value
+    return chosen
+
+
+def run_overrides(
+    sweep: dict[str, Any], stage: str, stage_own: dict[str, Any], arm: dict[str, Any]
+) -> dict[str, Any]:
+    """A stage run's overrides, in order: the sweep's, the stage's own, the arm's (each of the sweep's
+    and the arm's keys without a prefix or prefixed with this stage's name)."""
+    return {**stage_overrides(sweep, stage), **stage_own, **stage_overrides(arm, stage)}
+
+
 # ------------------------------------------------------------------------------------------------ arms
 
 

@@ -51,7 +51,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from vlp.errors import UserError
-from vlp.sweep.axes import arm_names, arms, check_keys, parse_distribution, split_key
+from vlp.sweep.axes import arms, check_keys, parse_distribution, run_overrides
 
 DEFAULT_STAGE = "main"
 INIT_FROM = "model.init_args.init_from"
@@ -238,16 +238,22 @@ def validate(spec: SweepSpec, where: str) -> None:
             fail(
                 f"stages[{index}].init_from {stage.init_from!r} is a predict stage, which writes no checkpoint"
             )
-        if stage.command == "predict" and stage.init_from is None:
-            for arm in arms(spec, where):
-                if not sets_init_from(spec.overrides, stage, arm.overrides):
-                    fail(
-                        f"stages[{index}] ({stage.name}) predicts, from no weights in arm {arm.name}: name the "
-                        f"stage whose weights it uses (init_from), or a checkpoint ({INIT_FROM} in overrides)"
-                    )
         check_keys(stage.overrides, stages, f"{where}: stages[{index}].overrides", prefixes=False)
     check_keys(spec.overrides, stages, f"{where}: overrides")
-    names = arm_names(spec, where)
+    arm_list = arms(spec, where)
+    names = [arm.name for arm in arm_list]
+    for index, stage in enumerate(spec.stage_list):
+        if stage.command != "predict" or stage.init_from is not None:
+            continue
+        for arm in arm_list:  # the stage's weights then come from a checkpoint every arm must give
+            if (
+                run_overrides(spec.overrides, stage.name, stage.overrides, arm.overrides).get(INIT_FROM)
+                is None
+            ):
+                fail(
+                    f"stages[{index}] ({stage.name}) predicts, from no weights in arm {arm.name}: name the "
+                    f"stage whose weights it uses (init_from), or a checkpoint ({INIT_FROM} in overrides)"
+                )
     metric_names = [m.name for m in spec.metrics]
     for index, metric in enumerate(spec.metrics):
         if metric.stage is not None and metric.stage not in stages:
@@ -274,18 +280,6 @@ def validate(spec: SweepSpec, where: str) -> None:
         check_keys(spec.search.space, stages, f"{where}: search.space")
         for key, distribution in spec.search.space.items():
             parse_distribution(distribution, f"{where}: search.space.{key}")
-
-
-def sets_init_from(overrides: dict[str, Any], stage: Stage, arm_overrides: dict[str, Any]) -> bool:
-    """Whether the overrides of the sweep, the stage and the arm (applied in that order, as
-    :func:`vlp.sweep.trials.expand` does) give ``stage`` a ``model.init_args.init_from`` that is not null."""
-    value = None
-    for source in (overrides, stage.overrides, arm_overrides):
-        for key, given in source.items():
-            prefix, dotted = split_key(key)
-            if dotted == INIT_FROM and prefix in (None, stage.name):
-                value = given
-    return value is not None
 
 
 def check_launcher(launcher: Launcher, where: str) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from vlp.sweep.axes import Arm, arms, split_key
+from vlp.sweep.axes import Arm, arms, run_overrides
 from vlp.sweep.spec import INIT_FROM, SweepSpec
 from vlp.sweep.status import STATUS_FILE
 
@@ -130,8 +130,7 @@ def expand(spec: SweepSpec, arm_list: list[Arm] | None = None) -> list[Run]:
         for seed in spec.seeds:
             trial = f"{arm.name}/seed_{seed}"
             for stage in spec.stage_list:
-                overrides = {**stage_overrides(spec.overrides, stage.name), **stage.overrides}
-                overrides.update(stage_overrides(arm.overrides, stage.name))
+                overrides = run_overrides(spec.overrides, stage.name, stage.overrides, arm.overrides)
                 after = f"{trial}/{stage.init_from}" if stage.init_from is not None else None
                 recipe = tuple(stage.recipe) if isinstance(stage.recipe, list) else (str(stage.recipe),)
                 runs.append(
@@ -149,16 +148,6 @@ def expand(spec: SweepSpec, arm_list: list[Arm] | None = None) -> list[Run]:
                     )
                 )
     return runs
-
-
-def stage_overrides(overrides: dict[str, Any], stage: str) -> dict[str, Any]:
-    """The overrides that apply to ``stage``: unprefixed keys and ``stage:``-prefixed ones (prefix removed)."""
-    chosen = {}
-    for key, value in overrides.items():
-        prefix, dotted = split_key(key)
-        if prefix is None or prefix == stage:
-            chosen[dotted] = value
-    return chosen
 
 
 def trials(runs: list[Run]) -> dict[str, list[Run]]:
