@@ -69,13 +69,34 @@ def test_bench_runs_end_to_end_and_prints_speedup_and_memory_last(
         ("row", "1", "blocked"), ("row", "1", "dense"),
         ("column", "1", "blocked"), ("column", "1", "dense"),
         ("conv", "1", "blocked"), ("conv", "1", "dense"),
-        ("schedule", "4", "blocked"), ("schedule", "4", "blocked (qkv kept)"), ("schedule", "4", "dense"),
+        ("schedule", "4", "blocked"), ("schedule", "4", "blocked (qkv kept)"),
+        ("schedule", "4", "blocked (no recompute)"), ("schedule", "4", "dense"),
         ("schedule", "4", "dense (checkpointed)"), ("schedule", "4", "dense (math)"),
     ]  # fmt: skip
     assert all(row[5] == "1.00x" for row in rows if row[2] == "dense")
     assert re.fullmatch(r"against dense \(checkpointed\): speedup \d+\.\d\d, memory \d+\.\d\d", lines[-3])
     assert "schedule = row, row, column, conv" in printed and "33 tokens" in printed
+    assert "text to image, fp32;" in printed
     assert out.read_text().strip() == printed.strip()
+
+
+def test_bf16_run_steps_under_autocast_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["bench", "sparse-attention", *TINY, "--precision", "bf16-mixed", "--math_reference", "false"])
+    printed = capsys.readouterr().out
+    assert "text to image, bf16 autocast;" in printed
+    assert float(printed.strip().splitlines()[-2].split()[1]) > 0
+
+
+def test_bf16_setups_compute_in_bf16_and_keep_float_gradients() -> None:
+    config = SparseAttentionConfig(dim=16, num_heads=2, text_len=8, grid=4, depth=4, precision="bf16-mixed")
+    layout = make_layout(config)
+    x = torch.randn(config.batch_size, layout.length, config.dim)
+    for setup in make_setups(config):
+        with setup.context():
+            assert setup.stack.layers[0].qkv(x).dtype == torch.bfloat16, setup.attention
+        step(setup, x, layout)
+        grads = [p.grad for p in setup.stack.parameters()]
+        assert all(g is not None and g.dtype == torch.float32 for g in grads), setup.attention
 
 
 def test_schedule_rows_keep_what_they_claim() -> None:
@@ -90,6 +111,7 @@ def test_schedule_rows_keep_what_they_claim() -> None:
             peaks[setup.attention] = peak_memory(lambda s=setup: step(s, x, layout))
     qkv_bytes = 3 * x.nbytes  # one layer's fused projection, fp32
     assert peaks["blocked (qkv kept)"] - peaks["blocked"] > 2 * qkv_bytes
+    assert peaks["blocked (no recompute)"] > peaks["blocked (qkv kept)"]
     assert peaks["dense"] - peaks["dense (checkpointed)"] > 2 * qkv_bytes
 
 
