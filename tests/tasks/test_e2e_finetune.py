@@ -111,8 +111,10 @@ def test_retrieval_learns_a_fixed_batch() -> None:
     cannot take the loss below log 2: what it loses below that is matching learnt."""
     task = ft.retrieval_task()  # the CNN's BatchNorm trains, as in the shapes recipe
     batch = ft.colour_batch(size=2)
-    # lr 1e-3: at 3e-3 the pooler's tanh saturates and the loss stalls with one image matched
-    losses = train_steps(task, [batch], 40, lr=1e-3)
+    # lr 5e-4: at 3e-3 the pooler's tanh saturates and the loss stalls with one image matched; at 1e-3
+    # the loss can spike back up near step 36, depending on the float reduction order (seen with 1
+    # thread, not with 2); at 5e-4 it falls to ~0.1 by step 60 with 1 or 2 threads
+    losses = train_steps(task, [batch], 60, lr=5e-4)
     assert losses[0] == pytest.approx(math.log(2), abs=0.01)  # two candidates, scored nearly alike
     assert sum(losses[-5:]) / 5 < 0.4 * math.log(2)
     assert task.objectives["rank"](task.forward_model(batch), batch).logs["rank_acc"].item() == 1.0
