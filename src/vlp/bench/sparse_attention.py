@@ -32,13 +32,14 @@ The rows (the ``attention`` column), all with the same weights:
   materialises the scores as 2021 attention did (the paper's baseline); context.
 
 Before timing, blocked and dense outputs of every setup must agree (same weights, same input; to 1e-4 in
-fp32, to 5e-2 under bf16 autocast, where the two sum the same products in different orders and round each
-partial result to 8 bits of mantissa), else the run stops. One step is forward + backward of ``sum(out)`` from a fresh input; steps of all setups are
-interleaved (the order reversed every other round) after untimed warm-up rounds, and the table gives
-medians. Peak memory is measured in one further step per setup under ``torch.profiler`` with
-``profile_memory``: the maximum, over the step, of tensor bytes allocated minus freed since the step
-began (every CPU allocation goes through torch's allocator and is recorded), so parameters and the
-input are not counted and the figure does not depend on how glibc keeps freed pages.
+fp32, to 5e-2 under bf16 autocast, where the two sum the same products in different orders and round
+partial results to bf16's 8 significant bits), else the run stops. One step is forward + backward of
+``sum(out)`` from a fresh input; steps of all setups are interleaved (the order reversed every other
+round) after untimed warm-up rounds, and the table gives medians. Peak memory is measured in one
+further step per setup under ``torch.profiler`` with ``profile_memory``: the maximum, over the step, of
+tensor bytes allocated minus freed since the step began (every CPU allocation goes through torch's
+allocator and is recorded), so parameters and the input are not counted and the figure does not depend
+on how glibc keeps freed pages.
 
 The last two lines are ``speedup: S`` (dense schedule's median time ÷ blocked schedule's) and
 ``memory: M`` (blocked schedule's peak ÷ dense schedule's peak); the line before them gives the same two
