@@ -57,8 +57,8 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -147,13 +147,11 @@ class Setup:
     backend: Callable[[], AbstractContextManager[Any]] = nullcontext
     autocast: bool = False
 
-    def context(self) -> AbstractContextManager[Any]:
+    @contextmanager
+    def context(self) -> Iterator[None]:
         """The setup's SDPA backend, under CPU bf16 autocast when the run is ``bf16-mixed``."""
-        stack = ExitStack()
-        stack.enter_context(self.backend())
-        if self.autocast:
-            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
-        return stack
+        with self.backend(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            yield
 
 
 def make_layout(config: SparseAttentionConfig) -> ImageTextLayout:
