@@ -34,7 +34,6 @@ from vlp.datamodules.shards import ShardDataModule
 from vlp.metrics.generation import GenerationEvaluation
 from vlp.metrics.shapes_judge import ShapesJudge
 from vlp.models.vqgan.model import VQGAN
-from vlp.tokenizers import load_tokenizer
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs/ernie_vilg/shapes_pretrain.yaml"
 
@@ -68,7 +67,7 @@ def main() -> None:
         rows[f"recon {path}"] = GenerationEvaluation(judge)
         rows[f"random codes {path}"] = GenerationEvaluation(judge)
     data = recipe_data()
-    tokenizer = load_tokenizer(data.tokenizer)
+    tokenizer = data.collator.tokenizer
     test = map(normalise_batch, islice(data.predict_dataloader(), args.batches))
     val = map(normalise_batch, islice(data._loader(data.val_split, train=False), args.batches))
     images = 0
