@@ -169,18 +169,30 @@ def save_recipe_task(config: Path, path: Path, *overrides: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def vqgan_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint in VQGANTask's layout of the VQGAN recipe's architecture (random weights)."""
+def save_vqgan_checkpoint(model_config: str, path: Path) -> Path:
+    """A checkpoint at ``path`` in VQGANTask's layout of ``configs/<model_config>`` (random weights, seed 0)."""
     from vlp.models.vqgan.model import CONFIG_KEY
 
-    config = yaml.safe_load((CONFIGS / "model/vqgan_shapes.yaml").read_text())
+    config = yaml.safe_load((CONFIGS / model_config).read_text())
     torch.manual_seed(0)
     vqgan = VQGAN(**config["init_args"])
-    path = tmp_path_factory.mktemp("vqgan") / "last.ckpt"
     state = {f"model.{k}": v for k, v in vqgan.state_dict().items()}
     torch.save({CONFIG_KEY: vqgan.config, "state_dict": state, "global_step": 0}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def vqgan_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint in VQGANTask's layout of the VQGAN recipe's architecture (random weights)."""
+    return save_vqgan_checkpoint("model/vqgan_shapes.yaml", tmp_path_factory.mktemp("vqgan") / "last.ckpt")
+
+
+@pytest.fixture(scope="session")
+def vqgan_f8_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same for the f = 8 VQGAN recipe's architecture (8x8 codes)."""
+    return save_vqgan_checkpoint(
+        "model/vqgan_shapes_f8.yaml", tmp_path_factory.mktemp("vqgan_f8") / "last.ckpt"
+    )
 
 
 def run_recipe(
