@@ -23,16 +23,22 @@ from conftest import (
 from vlp.cli import main
 
 RECIPE = CONFIGS / "ernie_vilg/shapes_pretrain.yaml"
+RECIPE_F8 = CONFIGS / "ernie_vilg/shapes_pretrain_f8.yaml"
+# each shapes text-to-image recipe and the fixture holding a VQGAN checkpoint of its VQGAN recipe's architecture
+RECIPES_AND_VQGANS = [(RECIPE, "vqgan_checkpoint"), (RECIPE_F8, "vqgan_f8_checkpoint")]
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 @pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
+@pytest.mark.parametrize(
+    ("recipe", "vqgan_run"), [(RECIPE, "vqgan_shapes_f4"), (RECIPE_F8, "vqgan_shapes_f8")], ids=["f4", "f8"]
+)
 def test_recipe_combines_with_the_multi_process_trainer_configs(
-    trainer: str, capsys: pytest.CaptureFixture[str]
+    trainer: str, recipe: Path, vqgan_run: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    resolved = combined_with_trainer_config(capsys, RECIPE, trainer)
-    assert resolved["model"]["init_args"]["vqgan_checkpoint"] == "runs/vqgan_shapes_f4/checkpoints/last.ckpt"
+    resolved = combined_with_trainer_config(capsys, recipe, trainer)
+    assert resolved["model"]["init_args"]["vqgan_checkpoint"] == f"runs/{vqgan_run}/checkpoints/last.ckpt"
 
 
 def test_recipe_without_the_vqgan_checkpoint_names_it(
@@ -45,9 +51,32 @@ def test_recipe_without_the_vqgan_checkpoint_names_it(
     assert f"vqgan_checkpoint {missing} not found" in capsys.readouterr().err
 
 
+def test_the_f8_recipe_reads_the_f8_vqgan_recipes_checkpoint_and_matches_its_codes() -> None:
+    """shapes_pretrain_f8.yaml's generator predicts the codes of configs/vqgan/shapes_vqgan_f8.yaml's run:
+    the same grid (64 px / 8), codebook size and code width, read from that recipe's run folder."""
+    vqgan_recipe = yaml.safe_load((CONFIGS / "vqgan/shapes_vqgan_f8.yaml").read_text())
+    vqgan = yaml.safe_load((CONFIGS / "model/vqgan_shapes_f8.yaml").read_text())["init_args"]
+    task = yaml.safe_load(RECIPE_F8.read_text())["model"]["init_args"]
+    model = yaml.safe_load((CONFIGS / "model/ernie_vilg_shapes_f8.yaml").read_text())["init_args"]
+    assert vqgan_recipe["model"]["init_args"]["model"] == "../model/vqgan_shapes_f8.yaml"
+    assert task["model"] == "../model/ernie_vilg_shapes_f8.yaml"
+    assert task["vqgan_checkpoint"] == f"{vqgan_recipe['trainer']['default_root_dir']}/checkpoints/last.ckpt"
+    factor = 2 ** (len(vqgan["ch_mult"]) - 1)
+    assert model["grid"] == [vqgan["resolution"] // factor] * 2 == [8, 8]
+    assert (model["num_codes"], model["code_dim"]) == (vqgan["num_codes"], vqgan["code_dim"])
+    assert task["prompt_dropout"] > 0 and task["guidance_scale"] > 1  # guidance needs the null prompt trained
+
+
+@pytest.mark.parametrize(("recipe", "vqgan"), RECIPES_AND_VQGANS, ids=lambda v: getattr(v, "stem", v))
 def test_recipe_runs_fast_dev_run_and_predicts(
-    vqgan_checkpoint: Path, shapes64: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    recipe: Path,
+    vqgan: str,
+    shapes64: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
+    vqgan_checkpoint = request.getfixturevalue(vqgan)
     common = (
         f"--model.init_args.vqgan_checkpoint={vqgan_checkpoint}",
         "--model.init_args.meteor=false",
@@ -56,13 +85,13 @@ def test_recipe_runs_fast_dev_run_and_predicts(
         f"--model.init_args.predict_dir={tmp_path / 'pred'}",
     )
     metrics = ("val/t2i_loss", "val/i2t_loss", "val/bleu_4", "val/cider")
-    fit_recipe(capsys, metrics, RECIPE, shapes64, tmp_path, *common, steps=FAST_DEV_RUN)
+    fit_recipe(capsys, metrics, recipe, shapes64, tmp_path, *common, steps=FAST_DEV_RUN)
     record = {
         "class_path": "vlp.sweep.callback.MetricsRecord",
         "init_args": {"modes": {"predict/cider": "max"}},
     }
     run_recipe(  # the recipe's one batch of prompts; the callback a sweep's predict stage adds
-        "predict", RECIPE, shapes64, tmp_path, *common, "--trainer.callbacks+=" + json.dumps(record), steps=()
+        "predict", recipe, shapes64, tmp_path, *common, "--trainer.callbacks+=" + json.dumps(record), steps=()
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["complete"] and 0.0 <= metrics["final"]["predict/cider"] <= 10.0

@@ -36,6 +36,7 @@ PARTS = {
     "ernie_vilg/shapes_generative_vqa.yaml": ("VQADecoder", "GenerativeVQACollator"),
     "ernie_vilg/shapes_itm_reranker.yaml": ("SampleDecoder", "PretrainCollator"),
     "ernie_vilg/shapes_pretrain.yaml": ("SampleDecoder", "E2ECollator"),
+    "ernie_vilg/shapes_pretrain_f8.yaml": ("SampleDecoder", "E2ECollator"),
     "probe/shapes_judge.yaml": ("ObjectDecoder", "E2ECollator"),
     "vilt/shapes_nlvr2.yaml": ("PairDecoder", "PairCollator"),
     "vilt/shapes_pretrain.yaml": ("SampleDecoder", "PretrainCollator"),
@@ -47,6 +48,7 @@ PARTS = {
     "vilt/coco_retrieval.yaml": ("SampleDecoder", "RetrievalCollator"),
     "vilt/f30k_retrieval.yaml": ("SampleDecoder", "RetrievalCollator"),
     "vqgan/shapes_vqgan.yaml": ("SampleDecoder", "PretrainCollator"),
+    "vqgan/shapes_vqgan_f8.yaml": ("SampleDecoder", "PretrainCollator"),
 }
 
 
@@ -114,9 +116,11 @@ RUN_BY = {
     "e2e_vlp/shapes_nlvr2.yaml": "tasks/test_e2e_finetune.py::test_recipe_runs_two_smoke_steps_and_prints_its_metrics",
     "e2e_vlp/shapes_retrieval.yaml": "tasks/test_e2e_finetune.py::test_recipe_runs_two_smoke_steps_and_prints_its_metrics",
     "ernie_vilg/shapes_pretrain.yaml": "test_ernie_vilg_recipes.py::test_recipe_runs_fast_dev_run_and_predicts",
+    "ernie_vilg/shapes_pretrain_f8.yaml": "test_ernie_vilg_recipes.py::test_recipe_runs_fast_dev_run_and_predicts",
     "ernie_vilg/shapes_itm_reranker.yaml": "test_ernie_vilg_recipes.py::test_itm_recipe_trains_and_its_checkpoint_reranks_through_the_cli",
     "ernie_vilg/shapes_generative_vqa.yaml": "tasks/test_generative_vqa.py::test_recipe_runs_two_steps_through_the_smoke_trainer",
     "vqgan/shapes_vqgan.yaml": "test_vqgan_recipe.py::test_recipe_runs_fast_dev_run_and_prints_its_metrics",
+    "vqgan/shapes_vqgan_f8.yaml": "test_vqgan_recipe.py::test_recipe_runs_fast_dev_run_and_prints_its_metrics",
     "probe/shapes_judge.yaml": "tasks/test_shapes_judge.py::test_recipe_fits_through_the_cli_and_its_checkpoint_loads_as_a_judge",
     "vilt/coco_vg_sbu_gcc_pretrain.yaml": "test_real_data_recipes.py::test_recipe_converts_its_data_trains_and_reports_its_metric",
     "vilt/vqav2.yaml": "test_real_data_recipes.py::test_recipe_converts_its_data_trains_and_reports_its_metric",

@@ -22,6 +22,7 @@ def test_the_papers_ablations_and_the_tuning_sweeps_are_shipped() -> None:
         "e2e_vlp_objectives",
         "ernie_vilg_end_to_end",
         "ernie_vilg_sampling",
+        "ernie_vilg_sampling_f8",
         "ernie_vilg_sparse",
         "vilt_embedders",
         "vilt_itm_tuning",
