@@ -1,4 +1,5 @@
-"""The ERNIE-ViLG shapes recipe: it parses with the 2-process trainer configs, stops with a clear error
+"""The ERNIE-ViLG shapes recipes (16x16 and 8x8 codes): they parse with the 2-process trainer configs, the
+8x8 one reads the f = 8 VQGAN recipe's run and matches its codes; a recipe stops with a clear error
 without the VQGAN checkpoint, runs fast_dev_run through the CLI from a VQGANTask-style checkpoint (random
 weights) and prints its metrics, and ``predict`` writes a PNG grid and captions, and its metrics for a
 sweep's predict stage; the paper config builds."""

@@ -1,6 +1,6 @@
-"""The VQGAN shapes recipe: it builds what it says (f = 4 on 64 px, 512 EMA codes with restarts), runs
-fast_dev_run through ``python -m vlp fit`` printing its metrics, and combines with the 2-process trainer
-configs."""
+"""The VQGAN shapes recipes: they build what they say (f = 4 on 64 px, 512 EMA codes with restarts; the f = 8
+recipe the same but for one more down-sampling level), run fast_dev_run through ``python -m vlp fit``
+printing their metrics, and combine with the 2-process trainer configs."""
 
 from __future__ import annotations
 
