@@ -164,6 +164,44 @@ def test_captions_are_chosen_among_each_samples_own() -> None:
     assert all(c in s.captions for c, s in zip(batch.captions, samples))
 
 
+def longest(captions: list[str]) -> str:
+    return max(captions, key=lambda caption: len(caption.split()))
+
+
+def test_longest_caption_probability_one_always_reads_the_longest_in_training() -> None:
+    samples = make_samples(32)
+    batch = PretrainCollator(itm=False, longest_caption_probability=1.0).for_split(train=True, seed=3)(
+        samples
+    )
+    assert batch.captions == [longest(s.captions) for s in samples]
+
+
+def test_longest_caption_probability_sets_the_share_of_longest_picks() -> None:
+    samples = make_samples(
+        400
+    )  # captions differ in length in every sample: uniform picks the longest half the time
+    collator = PretrainCollator(itm=False, mlm_probability=0.0, longest_caption_probability=0.5)
+    batch = collator.for_split(train=True, seed=2)(samples)
+    share = sum(c == longest(s.captions) for c, s in zip(batch.captions, samples)) / len(samples)
+    assert 0.68 < share < 0.82  # expected 0.5 + 0.5 * 0.5 = 0.75; binomial sd over 400 draws is 0.022
+
+
+def test_longest_caption_probability_leaves_evaluation_and_the_default_draw_unchanged() -> None:
+    samples = make_samples(64)
+    plain = PretrainCollator(itm=False).for_split(train=False, seed=6)(samples)
+    evaluation = PretrainCollator(itm=False, longest_caption_probability=1.0).for_split(train=False, seed=6)(
+        samples
+    )
+    assert evaluation.captions == plain.captions  # val and test prompts do not depend on the option
+    zero = PretrainCollator(itm=False, longest_caption_probability=0.0).for_split(train=True, seed=6)(samples)
+    assert zero.captions == PretrainCollator(itm=False).for_split(train=True, seed=6)(samples).captions
+
+
+def test_longest_caption_probability_out_of_range_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="longest_caption_probability must be in"):
+        PretrainCollator(longest_caption_probability=1.5)
+
+
 def test_mlm_labels_only_at_masked_positions_and_equal_the_original() -> None:
     batch = PretrainCollator(mlm_probability=0.4, itm=False).for_split(train=True, seed=1)(make_samples(16))
     original = original_ids(batch)

@@ -166,8 +166,13 @@ def caption_edit_negatives(
     return edited, itm_captions
 
 
-def pick_caption(captions: Sequence[str], generator: torch.Generator) -> str:
-    """One caption, uniformly at random."""
+def pick_caption(
+    captions: Sequence[str], generator: torch.Generator, longest_probability: float = 0.0
+) -> str:
+    """One caption: with ``longest_probability`` the longest (most words; the first of equals), otherwise
+    uniformly at random. At ``0`` it draws exactly as a plain uniform pick does (no extra random number)."""
+    if longest_probability > 0 and float(torch.rand((), generator=generator)) < longest_probability:
+        return max(captions, key=lambda caption: len(caption.split()))
     return captions[int(torch.randint(len(captions), (1,), generator=generator))]
 
 
@@ -327,7 +332,11 @@ class PretrainCollator(SampleCollator):
     negatives instead keep their own image and read an edit of their caption that the check says is false
     of it (:func:`caption_edit_negatives`: "two red shapes" for an image with three); the ITM view then reads
     ``itm_text_ids``/``itm_text_mask``, the MLM view the caption as written. Evaluation splits keep image
-    negatives only, so val ITM measures the same task with or without edits.
+    negatives only, so val ITM measures the same task with or without edits. With
+    ``longest_caption_probability``, that share of the training samples reads its longest caption instead
+    of a random one: where captions range from one-object mentions to listings of the whole scene, the
+    longest is the one that describes everything drawn, the clearest condition for text→image generation.
+    Evaluation splits keep the uniform draw, so val and test prompts are the same with or without it.
 
     A collator part (:class:`~vlp.datamodules.parts.Collator`) of samples from a
     :class:`~vlp.datamodules.decode.SampleDecoder`: :meth:`for_split` hands over the seed and the
@@ -350,8 +359,13 @@ class PretrainCollator(SampleCollator):
         itm_negative_check: CaptionCheck | None = None,
         itm_caption_edits: float = 0.0,
         caption_editor: CaptionEditor | None = None,
+        longest_caption_probability: float = 0.0,
         max_logged_skips: int = 5,
     ) -> None:
+        if not 0.0 <= longest_caption_probability <= 1.0:
+            raise ValueError(
+                f"longest_caption_probability must be in [0, 1], got {longest_caption_probability}"
+            )
         if not 0.0 <= mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in [0, 1], got {mlm_probability}")
         if not 0.0 <= grounded_mask_probability <= 1.0:
@@ -378,9 +392,11 @@ class PretrainCollator(SampleCollator):
         self.itm_negative_check = itm_negative_check
         self.itm_caption_edits = itm_caption_edits
         self.caption_editor = caption_editor
+        self.longest_caption_probability = longest_caption_probability
         # the split's settings, handed over by for_split
         self.shuffle = False
         self.edit_share = 0.0
+        self.longest_share = 0.0
         self.words: tuple[str, ...] = ()
         self._masker: DataCollatorForLanguageModeling | None = None
 
@@ -393,6 +409,7 @@ class PretrainCollator(SampleCollator):
         bound = super().for_split(train, seed, vocab)
         bound.shuffle = self.shuffles(train)
         bound.edit_share = self.itm_caption_edits if train else 0.0
+        bound.longest_share = self.longest_caption_probability if train else 0.0
         bound.words = tuple(self.masked_words(vocab or Vocab()))
         return bound
 
@@ -441,7 +458,7 @@ class PretrainCollator(SampleCollator):
         itm_labels = sources = None
         if self.itm:
             sources, itm_labels = itm_pairing(len(images), generator)
-        captions = [pick_caption(s.captions, generator) for s in samples]
+        captions = [pick_caption(s.captions, generator, self.longest_share) for s in samples]
         itm_text: dict[str, Tensor] = {}
         if sources is not None and itm_labels is not None:
             sources, itm_labels, itm_text = self.checked_negatives(
