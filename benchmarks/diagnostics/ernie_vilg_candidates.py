@@ -1,0 +1,128 @@
+"""How often the generator draws what a prompt names, and how often the reranker picks such a draw.
+
+    python benchmarks/diagnostics/ernie_vilg_candidates.py PREDICT_DIR [PREDICT_DIR ...] [--judge JUDGE_CKPT]
+
+Reads every candidate of every row of predict's PNG grids (8-bit; a row holds the prompt's candidates,
+reranked, best first) and judges each with the shapes judge. Per kind of prompt, by what it names as
+:func:`vlp.metrics.semantic.parse_prompt` reads it (each mention a colour, a shape, or a colour-shape pair):
+
+- ``chosen``: the share of prompts whose first (chosen) candidate passes: the semantic score, up to 8-bit
+  rounding of the PNGs;
+- ``any``: the share with at least one passing candidate: what a perfect reranker would score;
+- ``per draw``: the share of all candidates that pass: what one unranked sample scores.
+
+Then, over every colour-shape pair a prompt names and every candidate: how often the named colour (on any
+shape), the named shape (in any colour) and the pair itself are present. The pair's rate over the colour's
+is how often a named colour, when drawn at all, sits on the named shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlp.metrics.generation import GenerationEvaluation
+from vlp.metrics.semantic import PromptObjects, parse_prompt, prompt_satisfied
+from vlp.metrics.shapes_judge import ShapesJudge
+
+TILE, BORDER = 64, 2  # predict's grids: 64-px tiles with a 2-px border around and between them
+KINDS = (
+    "one object by colour or by shape",
+    "one object by colour and shape",
+    "two objects, at least one by colour or shape alone",
+    "two objects, each by colour and shape",
+    "three or four objects, each by colour and shape",
+)
+
+
+def prompt_kind(parsed: PromptObjects) -> str:
+    pairs = sum(colour is not None and shape is not None for colour, shape in parsed.mentions)
+    mentions = len(parsed.mentions)
+    if mentions == 1:
+        return KINDS[1] if pairs else KINDS[0]
+    if mentions == 2:
+        return KINDS[3] if pairs == 2 else KINDS[2]
+    return KINDS[4] if pairs == mentions else "three or more objects, some by colour or shape alone"
+
+
+def candidates(directory: Path, record: dict) -> torch.Tensor:
+    """The row's candidate tiles as ``[N, 3, 64, 64]`` images in [0, 1], best first."""
+    grid = np.asarray(Image.open(directory / record["grid"]).convert("RGB"), dtype=np.float32) / 255
+    top = BORDER + record["row"] * (TILE + BORDER)
+    tiles = [
+        grid[top : top + TILE, BORDER + c * (TILE + BORDER) : BORDER + c * (TILE + BORDER) + TILE]
+        for c in range(len(record["candidate_scores"]))
+    ]
+    return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
+
+
+def report(directory: Path, evaluation: GenerationEvaluation) -> None:
+    metric = evaluation.semantic["generated"]
+    colours, shapes = metric.colours, metric.shapes
+    prompts: Counter[str] = Counter()
+    chosen: Counter[str] = Counter()
+    anywhere: Counter[str] = Counter()
+    per_draw: Counter[str] = Counter()
+    colour_hits = shape_hits = pair_hits = pair_draws = 0
+    with torch.no_grad():
+        for line in (directory / "captions_rank0.jsonl").open():
+            record = json.loads(line)
+            parsed = parse_prompt(record["prompt"], colours, shapes)
+            if not parsed.mentions:
+                continue
+            present, _ = evaluation.judge_images(candidates(directory, record))
+            passed = [prompt_satisfied(grid, parsed, colours, shapes) for grid in present]
+            kind = prompt_kind(parsed)
+            prompts[kind] += 1
+            chosen[kind] += passed[0]
+            anywhere[kind] += any(passed)
+            per_draw[kind] += sum(passed) / len(passed)
+            for colour, shape in parsed.mentions:
+                if colour is None or shape is None:
+                    continue
+                row, column = colours.index(colour), shapes.index(shape)
+                colour_hits += int(present[:, row, :].any(dim=1).sum())
+                shape_hits += int(present[:, :, column].any(dim=1).sum())
+                pair_hits += int(present[:, row, column].sum())
+                pair_draws += len(passed)
+    print(f"{directory}")
+    print("| the prompt names | prompts | chosen | any candidate | per draw |")
+    print("|---|---|---|---|---|")
+    ordered = [kind for kind in KINDS if kind in prompts] + [kind for kind in prompts if kind not in KINDS]
+    for kind in [*ordered, "all"]:
+        if kind == "all":
+            n, c, a, d = (sum(counter.values()) for counter in (prompts, chosen, anywhere, per_draw))
+        else:
+            n, c, a, d = prompts[kind], chosen[kind], anywhere[kind], per_draw[kind]
+        print(f"| {kind} | {n} | {c / n:.3f} ({c}) | {a / n:.3f} | {d / n:.3f} |")
+    if pair_draws:
+        c, s, p = colour_hits / pair_draws, shape_hits / pair_draws, pair_hits / pair_draws
+        print(
+            f"named colour-shape pairs x candidates ({pair_draws}): colour present {c:.3f}, shape present {s:.3f}, "
+            f"the pair {p:.3f} (a drawn named colour on its named shape: {p / c:.3f})"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "directories", type=Path, nargs="+", help="predict directories (captions_rank0.jsonl + PNG grids)"
+    )
+    parser.add_argument("--judge", default="runs/shapes_judge/checkpoints/last.ckpt")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    evaluation = GenerationEvaluation(ShapesJudge.from_checkpoint(args.judge), None)
+    for directory in args.directories:
+        report(directory, evaluation)
+
+
+if __name__ == "__main__":
+    main()
