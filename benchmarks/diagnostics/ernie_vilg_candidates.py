@@ -23,15 +23,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from vlp.metrics.generation import GenerationEvaluation
 from vlp.metrics.semantic import PromptObjects, parse_prompt, prompt_satisfied
 from vlp.metrics.shapes_judge import ShapesJudge
+from vlp.tasks.predict_files import read_png_row
 
-TILE, BORDER = 64, 2  # predict's grids: 64-px tiles with a 2-px border around and between them
+TILE = (64, 64)  # the shapes images predict draws
 KINDS = (
     "one object by colour or by shape",
     "one object by colour and shape",
@@ -51,17 +50,6 @@ def prompt_kind(parsed: PromptObjects) -> str:
     return KINDS[4] if pairs == mentions else "three or more objects, some by colour or shape alone"
 
 
-def candidates(directory: Path, record: dict) -> torch.Tensor:
-    """The row's candidate tiles as ``[N, 3, 64, 64]`` images in [0, 1], best first."""
-    grid = np.asarray(Image.open(directory / record["grid"]).convert("RGB"), dtype=np.float32) / 255
-    top = BORDER + record["row"] * (TILE + BORDER)
-    tiles = [
-        grid[top : top + TILE, BORDER + c * (TILE + BORDER) : BORDER + c * (TILE + BORDER) + TILE]
-        for c in range(len(record["candidate_scores"]))
-    ]
-    return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
-
-
 def report(directory: Path, evaluation: GenerationEvaluation) -> None:
     metric = evaluation.semantic["generated"]
     colours, shapes = metric.colours, metric.shapes
@@ -76,7 +64,10 @@ def report(directory: Path, evaluation: GenerationEvaluation) -> None:
             parsed = parse_prompt(record["prompt"], colours, shapes)
             if not parsed.mentions:
                 continue
-            present, _ = evaluation.judge_images(candidates(directory, record))
+            tiles = read_png_row(
+                directory / record["grid"], record["row"], len(record["candidate_scores"]), TILE
+            )
+            present, _ = evaluation.judge_images(tiles)
             passed = [prompt_satisfied(grid, parsed, colours, shapes) for grid in present]
             kind = prompt_kind(parsed)
             prompts[kind] += 1

@@ -10,13 +10,12 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from vlp.metrics.generation import GenerationEvaluation
 from vlp.metrics.semantic import parse_prompt, prompt_satisfied
 from vlp.metrics.shapes_judge import ShapesJudge
+from vlp.tasks.predict_files import read_png_row
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("directory", type=Path)
@@ -32,9 +31,7 @@ records = [json.loads(line) for line in (directory / "captions_rank0.jsonl").ope
 passed = scored = 0
 with torch.no_grad():
     for record in records:
-        grid = np.asarray(Image.open(directory / record["grid"]).convert("RGB"), dtype=np.float32) / 255
-        top = 2 + record["row"] * 66
-        image = torch.from_numpy(grid[top : top + 64, 2:66].copy()).permute(2, 0, 1)[None]
+        image = read_png_row(directory / record["grid"], record["row"], 1, (64, 64))  # the chosen candidate
         present, _ = evaluation.judge_images(image)
         parsed = parse_prompt(record["prompt"], colours, shapes)
         if not parsed.mentions:

@@ -1,4 +1,5 @@
-"""The labelled prediction grid: each row's images where they belong, the label's text left of them."""
+"""The prediction grids: each row's images where they belong (the label's text left of them in the labelled
+one), and a row of a plain grid read back as written."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlp.tasks.predict_files import write_labelled_png
+from vlp.tasks.predict_files import read_png_row, write_labelled_png, write_png
 
 
 def test_labelled_grid_places_each_image_beside_its_label(tmp_path: Path) -> None:
@@ -31,3 +32,14 @@ def test_labelled_grid_places_each_image_beside_its_label(tmp_path: Path) -> Non
         write_labelled_png(path, images, ["x", "y", "z"])  # never written over
     with pytest.raises(ValueError, match="R = 2 labels"):
         write_labelled_png(tmp_path / "other.png", images, ["x", "y"])
+
+
+def test_a_grid_row_reads_back_the_images_written(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    images = (torch.rand(3, 4, 3, 6, 5) * 255).round() / 255  # 8-bit values: the PNG keeps them exactly
+    path = write_png(tmp_path / "grid.png", images.flatten(0, 1), nrow=4)
+    for row in range(3):
+        assert torch.equal(read_png_row(path, row, 4, (6, 5)), images[row])
+    assert torch.equal(read_png_row(path, 1, 2, (6, 5)), images[1, :2])
+    with pytest.raises(ValueError, match="holds no row 3 of 4 images of 6x5"):
+        read_png_row(path, 3, 4, (6, 5))

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -87,14 +88,34 @@ def write_jsonl(path: Path, rows: Iterable[Row]) -> Path:
     return path
 
 
+GRID_PADDING = 2
+"""Pixels around and between the images of a :func:`write_png` grid."""
+
+
 def write_png(path: Path, images: Tensor, nrow: int) -> Path:
     """Images ``[N, 3, H, W]`` in [0, 1] as one PNG grid of ``nrow`` images per row, in a new file."""
     from torchvision.utils import save_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("xb") as handle:
-        save_image(images.detach().float().cpu(), handle, nrow=nrow, format="png")
+        save_image(images.detach().float().cpu(), handle, nrow=nrow, padding=GRID_PADDING, format="png")
     return path
+
+
+def read_png_row(path: Path, row: int, count: int, size: tuple[int, int]) -> Tensor:
+    """The first ``count`` images of grid row ``row`` of a :func:`write_png` file of ``size = (H, W)``
+    images, as ``[count, 3, H, W]`` in [0, 1] (8-bit, as written)."""
+    from PIL import Image
+
+    height, width = size
+    with Image.open(path) as image:
+        grid = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    top = GRID_PADDING + row * (height + GRID_PADDING)
+    lefts = [GRID_PADDING + column * (width + GRID_PADDING) for column in range(count)]
+    if top + height > grid.shape[0] or lefts[-1] + width > grid.shape[1]:
+        raise ValueError(f"{path} holds no row {row} of {count} images of {height}x{width}")
+    tiles = np.stack([grid[top : top + height, left : left + width] for left in lefts])
+    return torch.from_numpy(tiles).permute(0, 3, 1, 2)
 
 
 def write_labelled_png(
