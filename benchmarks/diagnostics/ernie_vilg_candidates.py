@@ -14,6 +14,11 @@ reranked, best first) and judges each with the shapes judge. Per kind of prompt,
 Then, over every colour-shape pair a prompt names and every candidate: how often the named colour (on any
 shape), the named shape (in any colour) and the pair itself are present. The pair's rate over the colour's
 is how often a named colour, when drawn at all, sits on the named shape.
+
+When predict reranked contrastively (``--model.init_args.contrast_weight``), each record holds both terms
+of every candidate's score; ``--contrast-weights`` then judges the choice every other weight ``w`` would
+make among the same candidates (``log p(prompt | image) - w * contrast``; ``w = 0`` is plain likelihood
+reranking), which tunes ``w`` from one predict.
 """
 
 from __future__ import annotations
@@ -50,7 +55,16 @@ def prompt_kind(parsed: PromptObjects) -> str:
     return KINDS[4] if pairs == mentions else "three or more objects, some by colour or shape alone"
 
 
-def report(directory: Path, evaluation: GenerationEvaluation) -> None:
+def reranked_choice(record: dict, weight: float) -> int:
+    """The candidate contrastive reranking with ``weight`` keeps (ties: the earlier, as ``argmax``)."""
+    scores = [
+        own - weight * contrast
+        for own, contrast in zip(record["candidate_log_likelihood"], record["candidate_contrast"])
+    ]
+    return max(range(len(scores)), key=lambda index: (scores[index], -index))
+
+
+def report(directory: Path, evaluation: GenerationEvaluation, weights: list[float]) -> None:
     metric = evaluation.semantic["generated"]
     colours, shapes = metric.colours, metric.shapes
     prompts: Counter[str] = Counter()
@@ -58,6 +72,8 @@ def report(directory: Path, evaluation: GenerationEvaluation) -> None:
     anywhere: Counter[str] = Counter()
     per_draw: Counter[str] = Counter()
     colour_hits = shape_hits = pair_hits = pair_draws = 0
+    by_weight: Counter[float] = Counter()
+    weighed = 0
     with torch.no_grad():
         for line in (directory / "captions_rank0.jsonl").open():
             record = json.loads(line)
@@ -74,6 +90,10 @@ def report(directory: Path, evaluation: GenerationEvaluation) -> None:
             chosen[kind] += passed[0]
             anywhere[kind] += any(passed)
             per_draw[kind] += sum(passed) / len(passed)
+            if weights and "candidate_contrast" in record:
+                weighed += 1
+                for weight in weights:
+                    by_weight[weight] += passed[reranked_choice(record, weight)]
             for colour, shape in parsed.mentions:
                 if colour is None or shape is None:
                     continue
@@ -99,6 +119,12 @@ def report(directory: Path, evaluation: GenerationEvaluation) -> None:
             f"the pair {p:.3f} (a drawn named colour on its named shape: {p / c:.3f})"
         )
 
+    if weights and not weighed:
+        print("no candidate_contrast in the records: predict with --model.init_args.contrast_weight > 0")
+    elif weights:
+        print(f"chosen by log p(prompt | image) - w * contrast, over the same {weighed} prompts:")
+        print(", ".join(f"w={w:g}: {by_weight[w] / weighed:.3f} ({by_weight[w]})" for w in weights))
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -108,11 +134,15 @@ def main() -> None:
         "directories", type=Path, nargs="+", help="predict directories (captions_rank0.jsonl + PNG grids)"
     )
     parser.add_argument("--judge", default="runs/shapes_judge/checkpoints/last.ckpt")
+    parser.add_argument(
+        "--contrast-weights", type=float, nargs="*", default=[], metavar="W",
+        help="judge contrastive reranking at these weights (needs a contrastive predict's records)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     evaluation = GenerationEvaluation(ShapesJudge.from_checkpoint(args.judge), None)
     for directory in args.directories:
-        report(directory, evaluation)
+        report(directory, evaluation, args.contrast_weights)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ import torch
 from vlp.models.ernie_vilg.model import ERNIEViLG
 from vlp.models.ernie_vilg.sampling import (
     caption_images,
+    contrastive_terms,
     filter_logits,
     generate_images,
     guided_logits,
     null_prompts,
     prompt_log_likelihood,
+    prompt_log_likelihoods,
     rerank,
     sample_image_codes,
 )
@@ -106,6 +108,91 @@ def test_prompt_log_likelihood_sums_the_real_target_tokens() -> None:
         sum(log_probs[row, t, text[row, t + 1]] for t in range(int(mask[row].sum()) - 1)) for row in range(2)
     ]
     torch.testing.assert_close(got, torch.stack(expected), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("patterns", [None, ["dense"] * 4])
+@pytest.mark.parametrize("max_pairs", [2, 512])
+def test_the_likelihood_table_scores_every_text_under_every_image(
+    patterns: list[str] | None, max_pairs: int
+) -> None:
+    """One cached image pass with the texts appended equals a full pass per (image, text) pair; the
+    tolerance covers the cached pass summing attention over fewer (unmasked) keys."""
+    model = tiny(patterns)
+    codes = torch.randint(0, CODES, (3, 9), generator=torch.Generator().manual_seed(2))
+    text = torch.tensor([[BOS, 5, 6, EOS], [BOS, 7, EOS, 0], [BOS, 9, 4, 3]])
+    mask = text != 0
+    table = prompt_log_likelihoods(model, codes, text, mask, max_pairs=max_pairs)
+    assert table.shape == (3, 3)
+    expected = torch.stack(
+        [prompt_log_likelihood(model, codes[m : m + 1].expand(3, 9), text, mask) for m in range(3)]
+    )
+    torch.testing.assert_close(table, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_likelihood_table_refuses_texts_it_cannot_score() -> None:
+    model = tiny()
+    codes = torch.zeros(1, 9, dtype=torch.long)
+    with pytest.raises(ValueError, match="real tokens first"):
+        prompt_log_likelihoods(model, codes, torch.tensor([[BOS, 0, 5]]), torch.tensor([[True, False, True]]))
+    with pytest.raises(ValueError, match="same token"):
+        prompt_log_likelihoods(model, codes, torch.tensor([[BOS, 5], [EOS, 5]]))
+
+
+def test_contrastive_reranking_subtracts_the_weighted_mean_likelihood_of_the_batch_prompts() -> None:
+    model = tiny()
+    text = torch.tensor([[BOS, 5, 6, EOS], [BOS, 7, EOS, 0], [BOS, 5, 6, EOS]])  # two distinct prompts
+    mask = text != 0
+    out = generate_images(
+        model, text, mask, num_candidates=3, generator=torch.Generator().manual_seed(0), contrast_weight=0.5
+    )
+    codes = out.codes.flatten(0, 1)
+    own = prompt_log_likelihood(model, codes, text.repeat_interleave(3, 0), mask.repeat_interleave(3, 0))
+    each = torch.stack(
+        [prompt_log_likelihood(model, codes, text[p].expand(9, 4), mask[p].expand(9, 4)) for p in (0, 1)], 1
+    )
+    contrast = each.logsumexp(1) - torch.log(torch.tensor(2.0))  # the repeated prompt counts once
+    torch.testing.assert_close(out.terms["log_likelihood"], own.view(3, 3), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.terms["contrast"], contrast.view(3, 3), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.scores, (own - 0.5 * contrast).view(3, 3), rtol=1e-5, atol=1e-5)
+    assert torch.equal(out.best_index, out.scores.argmax(1))
+    # the same draws as the likelihood reranking (the candidates do not depend on the scorer)
+    plain = generate_images(model, text, mask, num_candidates=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain.codes, out.codes) and plain.terms == {}
+
+
+def test_contrastive_terms_prefer_the_image_that_rules_the_other_prompt_out() -> None:
+    """Train image→text on: the all-0 image is captioned "3" or "4" alike, the all-1 image "3" once and
+    "5" twice. For prompt "3" the own likelihood prefers the all-0 image (1/2 against 1/3), the pointwise
+    mutual information against the prompts {"3", "4"} the all-1 image, which rules "4" out."""
+    torch.manual_seed(0)
+    model = tiny().train()
+    grids = torch.tensor([0, 0, 1, 1, 1])[:, None].expand(5, 9).contiguous()
+    captions = torch.tensor([[BOS, word, EOS] for word in (3, 4, 3, 5, 5)])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        states = model(captions, None, grids, "image_to_text").text_states[:, :-1]
+        loss = torch.nn.functional.cross_entropy(
+            model.text_logits(states).flatten(0, 1), captions[:, 1:].flatten()
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    candidates = grids[[0, 2, 0, 2]]  # the all-0 and the all-1 image for each prompt
+    ids = torch.tensor([[BOS, 3, EOS], [BOS, 3, EOS], [BOS, 4, EOS], [BOS, 4, EOS]])
+    own, contrast = contrastive_terms(model, candidates, ids)
+    assert own[0] > own[1] + 0.2  # likelihood reranking would keep the all-0 image for "3"
+    pmi = own - contrast
+    assert pmi[1] > pmi[0] + 0.4  # the contrast keeps the all-1 image
+
+
+def test_contrastive_reranking_refuses_a_negative_weight_and_another_scorer() -> None:
+    model = tiny()
+    text = torch.tensor([[BOS, 5, EOS]])
+    with pytest.raises(ValueError, match="contrast_weight must be >= 0"):
+        generate_images(model, text, num_candidates=2, contrast_weight=-1.0)
+    with pytest.raises(ValueError, match="cannot go with a scorer"):
+        generate_images(model, text, num_candidates=2, contrast_weight=1.0, scorer=lambda c, t, m: c[:, 0])
 
 
 def test_rerank_picks_the_candidate_the_prompt_is_most_likely_under() -> None:

@@ -18,6 +18,7 @@ from vlp.datamodules.synth.scenes import COLOUR_NAMES, MAX_OBJECTS, SHAPES
 from vlp.models.embedders import VQTokenEmbedder
 from vlp.models.embedders.text import TextEmbedder
 from vlp.models.ernie_vilg.itm_scorer import ITMScorer
+from vlp.models.ernie_vilg.sampling import prompt_log_likelihood
 from vlp.models.layers.heads import ITMHead
 from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
@@ -268,13 +269,13 @@ def test_an_itm_reranker_ranks_the_same_candidates_by_its_match_probability(tmp_
     task = parts.ernie_task(num_candidates=3, predict_dir=str(tmp_path / "pred"), reranker=reranker).eval()
     own = parts.ernie_task(num_candidates=3).eval()  # same seed: same generator weights
     batch = parts.batches(1)[0]
-    _, scores, codes = task.generate_images(
+    _, scores, codes, _ = task.generate_images(
         batch.caption_ids, batch.caption_mask, torch.Generator().manual_seed(1)
     )
     ids, mask = batch.caption_ids.repeat_interleave(3, 0), batch.caption_mask.repeat_interleave(3, 0)
     torch.testing.assert_close(scores.flatten(), reranker(codes.flatten(0, 1), ids, mask))
     assert torch.equal(scores, scores.sort(dim=1, descending=True).values)  # best (highest ITM score) first
-    _, _, own_codes = own.generate_images(
+    _, _, own_codes, _ = own.generate_images(
         batch.caption_ids, batch.caption_mask, torch.Generator().manual_seed(1)
     )
     # the same candidates, in another order: the reranker changes the choice, not the samples
@@ -289,6 +290,53 @@ def test_an_itm_reranker_ranks_the_same_candidates_by_its_match_probability(tmp_
         json.loads(line) for line in (tmp_path / "pred" / "captions_rank0.jsonl").read_text().splitlines()
     ]
     assert all(max(r["candidate_scores"]) <= 0 for r in records)  # log-probabilities of a match
+
+
+def test_contrastive_reranking_orders_the_same_candidates_and_writes_both_terms(tmp_path: Path) -> None:
+    task = parts.ernie_task(num_candidates=3, predict_dir=str(tmp_path / "pred"), contrast_weight=1.0).eval()
+    own = parts.ernie_task(num_candidates=3).eval()
+    batch = parts.batches(1)[0]
+    _, scores, codes, terms = task.generate_images(
+        batch.caption_ids, batch.caption_mask, torch.Generator().manual_seed(1)
+    )
+    torch.testing.assert_close(scores, terms["log_likelihood"] - terms["contrast"])
+    assert torch.equal(scores, scores.sort(dim=1, descending=True).values)
+    _, _, own_codes, own_terms = own.generate_images(
+        batch.caption_ids, batch.caption_mask, torch.Generator().manual_seed(1)
+    )
+    assert own_terms == {}
+    for row in range(4):
+        assert sorted(map(tuple, codes[row].tolist())) == sorted(map(tuple, own_codes[row].tolist()))
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.predict(task, datamodule=Fixed(parts.batches(1), parts.batches(1, seed=5)))
+    metrics = json.loads((tmp_path / "pred" / "generation_metrics.json").read_text())
+    assert metrics["reranker"] == "self contrastive (weight 1.0)"
+    records = [
+        json.loads(line) for line in (tmp_path / "pred" / "captions_rank0.jsonl").read_text().splitlines()
+    ]
+    for record in records:
+        parts_sum = [a - b for a, b in zip(record["candidate_log_likelihood"], record["candidate_contrast"])]
+        assert record["candidate_scores"] == pytest.approx(parts_sum, abs=2e-4)  # each rounded to 4 places
+
+
+def test_reencoded_reranking_scores_the_vqgan_codes_of_the_decoded_candidates() -> None:
+    task = parts.ernie_task(num_candidates=3, rerank_reencoded=True).eval()
+    batch = parts.batches(1)[0]
+    _, scores, codes, _ = task.generate_images(
+        batch.caption_ids, batch.caption_mask, torch.Generator().manual_seed(1)
+    )
+    drawn = codes.flatten(0, 1)
+    seen = task.reencode(drawn)
+    assert seen.shape == drawn.shape and not torch.equal(seen, drawn)  # encode(decode(c)) is not c
+    ids, mask = batch.caption_ids.repeat_interleave(3, 0), batch.caption_mask.repeat_interleave(3, 0)
+    torch.testing.assert_close(scores.flatten(), prompt_log_likelihood(task.model, seen, ids, mask))
+
+
+def test_contrastive_reranking_refuses_a_negative_weight_and_an_itm_reranker() -> None:
+    with pytest.raises(ValueError, match="contrast_weight must be >= 0"):
+        parts.ernie_task(contrast_weight=-0.5)
+    with pytest.raises(ValueError, match="not both"):
+        parts.ernie_task(contrast_weight=1.0, reranker=tiny_reranker())
 
 
 def test_checkpoints_leave_the_reranker_out_and_load_strictly_with_one(tmp_path: Path) -> None:

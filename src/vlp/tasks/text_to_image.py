@@ -103,6 +103,14 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, VQGANCodesTask):
             image→text likelihood (a frozen part with its own weights, e.g.
             ``configs/ernie_vilg/shapes_itm_reranker_scorer.yaml``). It is not trained and not saved in
             this task's checkpoints; loading one restores the reranker as constructed.
+        contrast_weight: ``w > 0`` ranks ``predict``'s candidates by ``log p(prompt | image) - w *``
+            the log-mean-exp of ``log p(p | image)`` over the batch's distinct prompts ``p`` (``w = 1``:
+            their pointwise mutual information; :func:`~vlp.models.ernie_vilg.sampling.contrastive_terms`),
+            which discounts images that fit any prompt. Both terms are written per candidate. Costs one
+            image→text pass per candidate and distinct prompt of the batch; not with a ``reranker``.
+        rerank_reencoded: score each candidate on the VQGAN's codes of its decoded image (what it looks
+            like) instead of the drawn codes, which the decoder may render differently from how the
+            scorer reads them.
         Others: as :class:`~vlp.tasks.base.ObjectiveTask`.
     """
 
@@ -132,6 +140,8 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, VQGANCodesTask):
         judge_checkpoint: str | None = None,
         inception_weights: str | None = None,
         reranker: ITMScorer | None = None,
+        contrast_weight: float = 0.0,
+        rerank_reencoded: bool = False,
         **kwargs: Any,
     ) -> None:
         if not isinstance(model, ERNIEViLG):
@@ -145,6 +155,13 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, VQGANCodesTask):
             raise ValueError(f"prompt_dropout must be in [0, 1), got {prompt_dropout}")
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        if contrast_weight < 0:
+            raise ValueError(f"contrast_weight must be >= 0, got {contrast_weight}")
+        if contrast_weight > 0 and reranker is not None:
+            raise ValueError(
+                "contrast_weight reweights the model's own likelihood: set it or a reranker, not both"
+            )
+        self.contrast_weight, self.rerank_reencoded = contrast_weight, rerank_reencoded
         self.setup_vqgan(load_vqgan(vqgan, vqgan_checkpoint), train_decoder)
         self.reranker = reranker
         if reranker is not None:

@@ -3,10 +3,11 @@
 For each prompt (the batch's captions) ``num_candidates`` images are sampled (temperature, top-k, top-p,
 classifier-free guidance; KV-cached), reranked by the model's own image→text likelihood of the prompt (or,
 with a ``reranker``, by an ITM head's match probability: :class:`~vlp.models.ernie_vilg.itm_scorer.ITMScorer`),
+or, with ``contrast_weight``, by that likelihood less the weighted likelihood of the batch's other prompts),
 decoded by the VQGAN and written as one PNG grid per batch and process (a row per prompt, candidates best
 first; the ``labelled_*`` copy has the prompt's text left of its row), with ``captions_rank<r>.jsonl``
-(one per process) holding each prompt, the candidates' scores and the caption generated for the batch's
-real image. At the end ``generation_metrics.json`` holds the caption metrics of
+(one per process) holding each prompt, the candidates' scores (and, contrastive, both terms of each) and
+the caption generated for the batch's real image. At the end ``generation_metrics.json`` holds the caption metrics of
 those captions and, with ``judge_checkpoint`` (a shapes judge, ``configs/probe/shapes_judge.yaml``)
 and/or ``inception_weights``, the generation metrics of the best candidates against the batch's real
 images (:class:`~vlp.metrics.generation.GenerationEvaluation`: semantic score with its shuffled-prompt
@@ -55,6 +56,8 @@ class TextToImagePrediction:
     model: ERNIEViLG
     vqgan: nn.Module
     reranker: ITMScorer | None
+    contrast_weight: float
+    rerank_reencoded: bool
     num_candidates: int
     temperature: float
     top_k: int | None
@@ -81,9 +84,9 @@ class TextToImagePrediction:
     @torch.no_grad()
     def generate_images(
         self, text_ids: Tensor, text_mask: Tensor | None, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """``num_candidates`` images per prompt, best first: pixels ``[B, n, 3, H, W]`` in [0, 1],
-        scores ``[B, n]`` and codes ``[B, n, h*w]``."""
+        scores ``[B, n]``, codes ``[B, n, h*w]`` and the scores' terms (each ``[B, n]``, in that order)."""
         null_ids = null_mask = None
         if self.guidance_scale != 1.0:
             null_ids, null_mask = null_prompts(
@@ -94,14 +97,23 @@ class TextToImagePrediction:
                 self.model, text_ids, text_mask, self.num_candidates,
                 self.temperature, self.top_k, self.top_p, generator, scorer=self.reranker,
                 guidance_scale=self.guidance_scale, null_ids=null_ids, null_mask=null_mask,
+                contrast_weight=self.contrast_weight,
+                scored_codes=self.reencode if self.rerank_reencoded else None,
             )  # fmt: skip
         order = sampled.scores.argsort(dim=1, descending=True)
         codes = sampled.codes.gather(1, order[..., None].expand_as(sampled.codes))
         scores = sampled.scores.gather(1, order)
+        terms = {name: term.gather(1, order) for name, term in sampled.terms.items()}
         batch, n, _ = codes.shape
         pixels = self.vqgan.decode_ids(codes.view(batch * n, *self.model.grid))
         pixels = ((pixels.clamp(-1, 1) + 1) / 2).view(batch, n, *pixels.shape[1:])
-        return pixels, scores, codes
+        return pixels, scores, codes, terms
+
+    @torch.no_grad()
+    def reencode(self, codes: Tensor) -> Tensor:
+        """Drawn codes ``[M, h*w]`` → the VQGAN's codes of the image they decode to ``[M, h*w]``."""
+        pixels = self.vqgan.decode_ids(codes.view(codes.shape[0], *self.model.grid))
+        return self.encode_images(pixels.clamp(-1, 1))
 
     def on_predict_epoch_start(self) -> None:
         self.reset_captions()
@@ -118,7 +130,7 @@ class TextToImagePrediction:
             raise ValueError("predict needs batch.caption_ids and batch.caption_mask (the prompts)")
         generator = torch.Generator(device=batch.caption_ids.device)
         generator.manual_seed(self.predict_seed + 100_003 * self.global_rank + batch_idx)
-        pixels, scores, _ = self.generate_images(batch.caption_ids, batch.caption_mask, generator)
+        pixels, scores, _, terms = self.generate_images(batch.caption_ids, batch.caption_mask, generator)
         captions = None
         if batch.pixels is not None or batch.image_codes is not None:
             codes = batch.image_codes if batch.image_codes is not None else self.encode_images(batch.pixels)
@@ -141,6 +153,10 @@ class TextToImagePrediction:
                 "grid": grid_name,
                 "row": row,
                 "candidate_scores": [round(float(s), 4) for s in scores[row]],
+                **{
+                    f"candidate_{name}": [round(float(t), 4) for t in term[row]]
+                    for name, term in terms.items()
+                },
                 "generated_caption": None if captions is None else captions[row],
             }
             for row, (key, prompt) in enumerate(zip(batch.keys, prompts))
@@ -159,7 +175,13 @@ class TextToImagePrediction:
         if self.generation_evaluation is not None:
             metrics["generation"] = self.generation_evaluation.compute()
             metrics.update(judge_checkpoint=self.judge_checkpoint, inception_weights=self.inception_weights)
-        metrics["reranker"] = "self (image->text likelihood)" if self.reranker is None else "itm"
+        metrics["reranker"] = (
+            "itm"
+            if self.reranker is not None
+            else f"self contrastive (weight {self.contrast_weight})"
+            if self.contrast_weight > 0
+            else "self (image->text likelihood)"
+        ) + (" on re-encoded images" if self.rerank_reencoded else "")
         metrics["sampling"] = {
             "num_candidates": self.num_candidates,
             "temperature": self.temperature,

@@ -384,16 +384,26 @@ class ERNIEViLG(nn.Module):
 
         The state predicts the next token. The cache is updated in place and returned.
         """
-        token = token.view(-1, 1)
+        return self.append(token.view(-1, 1), cache)[:, -1], cache
+
+    def append(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        """Append ``tokens [B, t]`` of the target at once; the states of all of them ``[B, t, D]``.
+
+        Each appended token reads the cache and the appended tokens before it (the target is causal),
+        so the states equal a full pass's. Used to score given texts over one cached source image. The
+        cache is updated in place.
+        """
         layout = cache.layout
-        if cache.length >= layout.length:
-            raise ValueError(f"the cache already holds the whole sequence ({layout.length} tokens)")
+        if cache.length + tokens.shape[1] > layout.length:
+            raise ValueError(
+                f"the cache holds {cache.length} of {layout.length} tokens: {tokens.shape[1]} more do not fit"
+            )
         if layout.direction == "text_to_image":
             slot = cache.length - layout.text_len
-            x = self.embeddings.codes(token, "text_to_image", start=slot)
+            x = self.embeddings.codes(tokens, "text_to_image", start=slot)
         else:
-            x = self.embeddings.text(token, "image_to_text", start=cache.length - layout.image_len)
-        return self._step_layers(x, cache)[:, -1], cache
+            x = self.embeddings.text(tokens, "image_to_text", start=cache.length - layout.image_len)
+        return self._step_layers(x, cache)
 
     def extra_repr(self) -> str:
         return f"grid={self.grid}, patterns={self.patterns}"

@@ -23,8 +23,9 @@ with a step over the KV cache (or the full pass), the search E2E-VLP captioning 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -170,25 +171,96 @@ def prompt_log_likelihood(
     return torch.zeros(text_ids.shape[0], device=token.device).index_add(0, rows, token)
 
 
+@torch.no_grad()
+def prompt_log_likelihoods(
+    model: ERNIEViLG,
+    image_codes: Tensor,
+    text_ids: Tensor,
+    text_mask: Tensor | None = None,
+    max_pairs: int = 512,
+) -> Tensor:
+    """``log p(text_p | image_m)`` for every image and every text: ``[M, P]``.
+
+    Each image is encoded once (the image→text source attends only to itself); its cached keys and
+    values are repeated for the ``P`` texts, which are appended at once (:meth:`ERNIEViLG.append`). Equal
+    to :func:`prompt_log_likelihood` of each pair up to float reduction order. ``max_pairs``
+    (image, text) rows are scored at a time, which bounds the memory of the vocabulary's log-softmax.
+    All texts start with the same token (``[CLS]``); their padding must follow their real tokens.
+    """
+    if text_ids.shape[1] < 2:
+        raise ValueError(f"texts need at least 2 tokens ([CLS] and one to score), got {text_ids.shape[1]}")
+    if not bool((text_ids[:, 0] == text_ids[0, 0]).all()):
+        raise ValueError("prompt_log_likelihoods: every text must start with the same token ([CLS])")
+    mask = torch.ones_like(text_ids, dtype=torch.bool) if text_mask is None else text_mask.bool()
+    if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+        raise ValueError("prompt_log_likelihoods: text_mask must hold each text's real tokens first")
+    texts, length = text_ids.shape
+    images_per_chunk = max(1, max_pairs // texts)
+    targets, has_target = text_ids[:, 1:], mask[:, 1:]
+    rows = []
+    for codes in image_codes.split(images_per_chunk):
+        state, cache = model.prefill(
+            "image_to_text",
+            image_codes=codes,
+            text_ids=text_ids[:1, :1].expand(codes.shape[0], 1),
+            max_text_len=length,
+        )
+        pairs = codes.shape[0] * texts
+        cache = cache.index_select(torch.arange(codes.shape[0], device=codes.device).repeat_interleave(texts))
+        later = model.append(targets[:, :-1].repeat(codes.shape[0], 1), cache)
+        states = torch.cat([state.repeat_interleave(texts, dim=0)[:, None], later], dim=1)
+        wanted = has_target.repeat(codes.shape[0], 1)
+        log_probs = model.text_logits(states[wanted]).float().log_softmax(dim=-1)
+        token = log_probs.gather(1, targets.repeat(codes.shape[0], 1)[wanted][:, None])[:, 0]
+        pair = torch.arange(pairs, device=codes.device)[:, None].expand_as(wanted)[wanted]
+        rows.append(torch.zeros(pairs, device=token.device).index_add(0, pair, token).view(-1, texts))
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def contrastive_terms(
+    model: ERNIEViLG, image_codes: Tensor, text_ids: Tensor, text_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """For candidates ``image_codes [M, L]`` drawn for prompts ``text_ids [M, T]`` (rows may repeat):
+    ``log p(own prompt | image)`` and the log-mean-exp over the distinct prompts of
+    ``log p(prompt | image)``, each ``[M]``.
+
+    Their difference is the pointwise mutual information of image and prompt against the distinct
+    prompts as a uniform prior, ``log p(own | image) - log mean_p p(p | image)``: it discounts images
+    that make every prompt likely (few, plain shapes) in favour of ones that single out their own.
+    """
+    mask = torch.ones_like(text_ids, dtype=torch.bool) if text_mask is None else text_mask.bool()
+    distinct, own = torch.unique(text_ids.masked_fill(~mask, 0), dim=0, return_inverse=True)
+    distinct_mask = torch.zeros_like(distinct, dtype=torch.bool)
+    distinct_mask[own] = mask
+    table = prompt_log_likelihoods(model, image_codes, distinct, distinct_mask)
+    own_term = table.gather(1, own[:, None])[:, 0]
+    contrast = table.logsumexp(dim=1) - math.log(table.shape[1])
+    return own_term, contrast
+
+
 @dataclass
 class SampledImages:
     """``num_candidates`` code grids per prompt, their scores and the best one.
 
     ``codes``: ``[B, n, h*w]``; ``scores``: ``[B, n]`` (higher is better); ``best``: ``[B, h*w]``,
-    the candidate with the highest score; ``best_index``: ``[B]``.
+    the candidate with the highest score; ``best_index``: ``[B]``; ``terms``: the parts the scores were
+    made of, each ``[B, n]`` (contrastive reranking's ``log_likelihood`` and ``contrast``), so that other
+    weightings can be judged on the same candidates.
     """
 
     codes: Tensor
     scores: Tensor
     best: Tensor
     best_index: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
 
 
-def rerank(codes: Tensor, scores: Tensor) -> SampledImages:
+def rerank(codes: Tensor, scores: Tensor, terms: dict[str, Tensor] | None = None) -> SampledImages:
     """The best of ``codes [B, n, L]`` by ``scores [B, n]``."""
     best_index = scores.argmax(dim=1)
     best = codes[torch.arange(codes.shape[0], device=codes.device), best_index]
-    return SampledImages(codes, scores, best, best_index)
+    return SampledImages(codes, scores, best, best_index, terms or {})
 
 
 @torch.no_grad()
@@ -206,14 +278,25 @@ def generate_images(
     guidance_scale: float = 1.0,
     null_ids: Tensor | None = None,
     null_mask: Tensor | None = None,
+    contrast_weight: float = 0.0,
+    scored_codes: Callable[[Tensor], Tensor] | None = None,
 ) -> SampledImages:
     """``num_candidates`` images per prompt, reranked by ``scorer`` (default: :func:`prompt_log_likelihood`).
 
     The prompt rows are repeated ``num_candidates`` times (sample-major) and sampled in one batch;
     ``guidance_scale`` and the null prompts as :func:`sample_image_codes` (one null row per prompt row).
+    ``contrast_weight`` ``w > 0`` (default scorer only) ranks by ``log p(prompt | image) - w * contrast``,
+    the contrast being the log-mean-exp of the likelihoods of all the batch's distinct prompts given the
+    image (:func:`contrastive_terms`; ``w = 1`` is their pointwise mutual information).
+    ``scored_codes`` maps the drawn codes ``[M, h*w]`` to the codes the scoring reads (e.g. the VQGAN's
+    codes of their decoded image); the returned ``codes`` stay the drawn ones.
     """
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+    if contrast_weight < 0:
+        raise ValueError(f"contrast_weight must be >= 0, got {contrast_weight}")
+    if contrast_weight > 0 and scorer is not None:
+        raise ValueError("contrast_weight reweights the model's own likelihood: it cannot go with a scorer")
     batch = text_ids.shape[0]
     repeat = lambda t: None if t is None else t.repeat_interleave(num_candidates, dim=0)  # noqa: E731
     ids, mask = repeat(text_ids), repeat(text_mask)
@@ -221,16 +304,26 @@ def generate_images(
         model, ids, mask, temperature, top_k, top_p, generator, use_cache,
         guidance_scale, repeat(null_ids), repeat(null_mask),
     )  # fmt: skip
+    terms: dict[str, Tensor] = {}
+    read = codes if scored_codes is None or num_candidates == 1 else scored_codes(codes)
+    if read.shape != codes.shape:
+        raise ValueError(
+            f"scored_codes must keep the codes' shape {tuple(codes.shape)}, got {tuple(read.shape)}"
+        )
     if num_candidates == 1:
         scores = torch.zeros(batch * num_candidates, device=codes.device)
+    elif contrast_weight > 0:
+        own, contrast = contrastive_terms(model, read, ids, mask)
+        scores = own - contrast_weight * contrast
+        terms = {"log_likelihood": own.view(batch, -1), "contrast": contrast.view(batch, -1)}
     else:
         score = scorer or (lambda c, t, m: prompt_log_likelihood(model, c, t, m))
-        scores = score(codes, ids, mask)
+        scores = score(read, ids, mask)
         if scores.shape != (batch * num_candidates,):
             raise ValueError(
                 f"scorer must return one score per candidate [{batch * num_candidates}], got {tuple(scores.shape)}"
             )
-    return rerank(codes.view(batch, num_candidates, -1), scores.view(batch, num_candidates))
+    return rerank(codes.view(batch, num_candidates, -1), scores.view(batch, num_candidates), terms)
 
 
 @torch.no_grad()
