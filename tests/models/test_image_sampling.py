@@ -38,6 +38,22 @@ def tiny(patterns: list[str] | None = None, seed: int = 0) -> ERNIEViLG:
     ).eval()
 
 
+def trained_captioner(grids: torch.Tensor, captions: torch.Tensor, steps: int) -> ERNIEViLG:
+    """A tiny model (seed 0) trained on image→text only, to caption ``grids`` with ``captions``; in eval."""
+    torch.manual_seed(0)
+    model = tiny().train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        states = model(captions, None, grids, "image_to_text").text_states[:, :-1]
+        loss = torch.nn.functional.cross_entropy(
+            model.text_logits(states).flatten(0, 1), captions[:, 1:].flatten()
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
 def test_top_k_keeps_exactly_the_k_largest() -> None:
     logits = torch.tensor([[0.1, 2.0, -1.0, 3.0, 0.5], [5.0, 4.0, 3.0, 2.0, 1.0]])
     kept = torch.isfinite(filter_logits(logits, top_k=2))
@@ -164,20 +180,9 @@ def test_contrastive_terms_prefer_the_image_that_rules_the_other_prompt_out() ->
     """Train image→text on: the all-0 image is captioned "3" or "4" alike, the all-1 image "3" once and
     "5" twice. For prompt "3" the own likelihood prefers the all-0 image (1/2 against 1/3), the pointwise
     mutual information against the prompts {"3", "4"} the all-1 image, which rules "4" out."""
-    torch.manual_seed(0)
-    model = tiny().train()
     grids = torch.tensor([0, 0, 1, 1, 1])[:, None].expand(5, 9).contiguous()
     captions = torch.tensor([[BOS, word, EOS] for word in (3, 4, 3, 5, 5)])
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(150):
-        states = model(captions, None, grids, "image_to_text").text_states[:, :-1]
-        loss = torch.nn.functional.cross_entropy(
-            model.text_logits(states).flatten(0, 1), captions[:, 1:].flatten()
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    model = trained_captioner(grids, captions, steps=150)
     candidates = grids[[0, 2, 0, 2]]  # the all-0 and the all-1 image for each prompt
     ids = torch.tensor([[BOS, 3, EOS], [BOS, 3, EOS], [BOS, 4, EOS], [BOS, 4, EOS]])
     own, contrast = contrastive_terms(model, candidates, ids)
@@ -198,20 +203,9 @@ def test_contrastive_reranking_refuses_a_negative_weight_and_another_scorer() ->
 def test_rerank_picks_the_candidate_the_prompt_is_most_likely_under() -> None:
     """Train image→text on "an all-k image is captioned with word 3 + k"; then the candidate grid
     matching a prompt must be the one reranking keeps."""
-    torch.manual_seed(0)
-    model = tiny().train()
     grids = torch.arange(4)[:, None].expand(4, 9).contiguous()
     captions = torch.stack([torch.tensor([BOS, 3 + k, EOS]) for k in range(4)])
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(60):
-        states = model(captions, None, grids, "image_to_text").text_states[:, :-1]
-        loss = torch.nn.functional.cross_entropy(
-            model.text_logits(states).flatten(0, 1), captions[:, 1:].flatten()
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    model = trained_captioner(grids, captions, steps=60)
     candidates = grids[None].expand(2, 4, 9)  # every grid is a candidate for both prompts
     prompts = captions[[2, 1]]
     scores = prompt_log_likelihood(model, candidates.flatten(0, 1), prompts.repeat_interleave(4, 0)).view(

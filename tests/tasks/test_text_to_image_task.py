@@ -264,6 +264,16 @@ def tiny_reranker(seed: int = 0, vqgan_seed: int = 1) -> ITMScorer:
     return scorer
 
 
+def predict_files(task: ERNIEViLGTask, folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Predict one fixed batch with ``task`` (its ``predict_dir`` is ``folder``); its
+    ``generation_metrics.json`` and the records of ``captions_rank0.jsonl``."""
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.predict(task, datamodule=Fixed(parts.batches(1), parts.batches(1, seed=5)))
+    metrics = json.loads((folder / "generation_metrics.json").read_text())
+    records = [json.loads(line) for line in (folder / "captions_rank0.jsonl").read_text().splitlines()]
+    return metrics, records
+
+
 def test_an_itm_reranker_ranks_the_same_candidates_by_its_match_probability(tmp_path: Path) -> None:
     reranker = tiny_reranker()
     task = parts.ernie_task(num_candidates=3, predict_dir=str(tmp_path / "pred"), reranker=reranker).eval()
@@ -282,13 +292,8 @@ def test_an_itm_reranker_ranks_the_same_candidates_by_its_match_probability(tmp_
     for row in range(4):
         assert sorted(map(tuple, codes[row].tolist())) == sorted(map(tuple, own_codes[row].tolist()))
     assert not torch.equal(codes[:, 0], own_codes[:, 0])  # here it picks differently for some prompt
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.predict(task, datamodule=Fixed(parts.batches(1), parts.batches(1, seed=5)))
-    metrics = json.loads((tmp_path / "pred" / "generation_metrics.json").read_text())
+    metrics, records = predict_files(task, tmp_path / "pred")
     assert metrics["reranker"] == "itm"
-    records = [
-        json.loads(line) for line in (tmp_path / "pred" / "captions_rank0.jsonl").read_text().splitlines()
-    ]
     assert all(max(r["candidate_scores"]) <= 0 for r in records)  # log-probabilities of a match
 
 
@@ -307,13 +312,8 @@ def test_contrastive_reranking_orders_the_same_candidates_and_writes_both_terms(
     assert own_terms == {}
     for row in range(4):
         assert sorted(map(tuple, codes[row].tolist())) == sorted(map(tuple, own_codes[row].tolist()))
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.predict(task, datamodule=Fixed(parts.batches(1), parts.batches(1, seed=5)))
-    metrics = json.loads((tmp_path / "pred" / "generation_metrics.json").read_text())
+    metrics, records = predict_files(task, tmp_path / "pred")
     assert metrics["reranker"] == "self contrastive (weight 1.0)"
-    records = [
-        json.loads(line) for line in (tmp_path / "pred" / "captions_rank0.jsonl").read_text().splitlines()
-    ]
     for record in records:
         parts_sum = [a - b for a, b in zip(record["candidate_log_likelihood"], record["candidate_contrast"])]
         assert record["candidate_scores"] == pytest.approx(parts_sum, abs=2e-4)  # each rounded to 4 places
