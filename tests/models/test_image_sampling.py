@@ -12,6 +12,8 @@ from vlp.models.ernie_vilg.sampling import (
     filter_logits,
     generate_images,
     guided_logits,
+    image_log_likelihood,
+    implicit_classifier_scores,
     null_prompts,
     prompt_log_likelihood,
     prompt_log_likelihoods,
@@ -198,6 +200,22 @@ def test_contrastive_reranking_refuses_a_negative_weight_and_another_scorer() ->
         generate_images(model, text, num_candidates=2, contrast_weight=-1.0)
     with pytest.raises(ValueError, match="cannot go with a scorer"):
         generate_images(model, text, num_candidates=2, contrast_weight=1.0, scorer=lambda c, t, m: c[:, 0])
+
+
+def test_image_log_likelihood_sums_every_code_slot_and_the_implicit_classifier_subtracts_the_null_prompt() -> (
+    None
+):
+    model = tiny()
+    codes = torch.randint(0, CODES, (2, 9), generator=torch.Generator().manual_seed(3))
+    text = torch.tensor([[BOS, 5, 6, EOS], [BOS, 7, EOS, 0]])
+    mask = text != 0
+    got = image_log_likelihood(model, codes, text, mask)
+    log_probs = model.image_logits(model(text, mask, codes, "text_to_image").image_states).log_softmax(-1)
+    expected = torch.stack([sum(log_probs[row, j, codes[row, j]] for j in range(9)) for row in range(2)])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    null_ids, null_mask = null_prompts(2, 4, BOS, EOS, 0)
+    implicit = implicit_classifier_scores(model, codes, text, mask, null_ids, null_mask)
+    torch.testing.assert_close(implicit, got - image_log_likelihood(model, codes, null_ids, null_mask))
 
 
 def test_rerank_picks_the_candidate_the_prompt_is_most_likely_under() -> None:

@@ -18,7 +18,7 @@ from vlp.datamodules.synth.scenes import COLOUR_NAMES, MAX_OBJECTS, SHAPES
 from vlp.models.embedders import VQTokenEmbedder
 from vlp.models.embedders.text import TextEmbedder
 from vlp.models.ernie_vilg.itm_scorer import ITMScorer
-from vlp.models.ernie_vilg.sampling import prompt_log_likelihood
+from vlp.models.ernie_vilg.sampling import implicit_classifier_scores, null_prompts, prompt_log_likelihood
 from vlp.models.layers.heads import ITMHead
 from vlp.models.layers.transformer import TransformerEncoder
 from vlp.models.vilt import ViLT
@@ -330,6 +330,22 @@ def test_reencoded_reranking_scores_the_vqgan_codes_of_the_decoded_candidates() 
     assert seen.shape == drawn.shape and not torch.equal(seen, drawn)  # encode(decode(c)) is not c
     ids, mask = batch.caption_ids.repeat_interleave(3, 0), batch.caption_mask.repeat_interleave(3, 0)
     torch.testing.assert_close(scores.flatten(), prompt_log_likelihood(task.model, seen, ids, mask))
+
+
+def test_implicit_classifier_reranking_scores_by_the_prompt_over_the_null_prompt(tmp_path: Path) -> None:
+    task = parts.ernie_task(num_candidates=3, predict_dir=str(tmp_path / "pred"), rerank_implicit=True).eval()
+    batch = parts.batches(1)[0]
+    _, scores, codes, _ = task.generate_images(
+        batch.caption_ids, batch.caption_mask, torch.Generator().manual_seed(1)
+    )
+    ids, mask = batch.caption_ids.repeat_interleave(3, 0), batch.caption_mask.repeat_interleave(3, 0)
+    null_ids, null_mask = null_prompts(ids.shape[0], ids.shape[1], task.bos_id, task.eos_id, task.pad_id)
+    expected = implicit_classifier_scores(task.model, codes.flatten(0, 1), ids, mask, null_ids, null_mask)
+    torch.testing.assert_close(scores.flatten(), expected)
+    metrics, _ = predict_files(task, tmp_path / "pred")
+    assert metrics["reranker"].startswith("implicit classifier")
+    with pytest.raises(ValueError, match="rerank_implicit"):
+        parts.ernie_task(rerank_implicit=True, contrast_weight=1.0)
 
 
 def test_contrastive_reranking_refuses_a_negative_weight_and_an_itm_reranker() -> None:

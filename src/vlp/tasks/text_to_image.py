@@ -108,6 +108,11 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, VQGANCodesTask):
             their pointwise mutual information; :func:`~vlp.models.ernie_vilg.sampling.contrastive_terms`),
             which discounts images that fit any prompt. Both terms are written per candidate. Costs one
             image→text pass per candidate and distinct prompt of the batch; not with a ``reranker``.
+        rerank_implicit: rank ``predict``'s candidates by ``log p(image | prompt) - log p(image | null
+            prompt)`` under the text→image direction
+            (:func:`~vlp.models.ernie_vilg.sampling.implicit_classifier_scores`), the classifier that
+            guidance implies; needs ``prompt_dropout`` in training. Not with a ``reranker`` or
+            ``contrast_weight``.
         rerank_reencoded: score each candidate on the VQGAN's codes of its decoded image (what it looks
             like) instead of the drawn codes, which the decoder may render differently from how the
             scorer reads them.
@@ -141,6 +146,7 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, VQGANCodesTask):
         inception_weights: str | None = None,
         reranker: ITMScorer | None = None,
         contrast_weight: float = 0.0,
+        rerank_implicit: bool = False,
         rerank_reencoded: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -161,7 +167,12 @@ class ERNIEViLGTask(TextToImagePrediction, CaptionEvaluation, VQGANCodesTask):
             raise ValueError(
                 "contrast_weight reweights the model's own likelihood: set it or a reranker, not both"
             )
+        if rerank_implicit and (reranker is not None or contrast_weight > 0):
+            raise ValueError(
+                "rerank_implicit is a reranking of its own: not with a reranker or contrast_weight"
+            )
         self.contrast_weight, self.rerank_reencoded = contrast_weight, rerank_reencoded
+        self.rerank_implicit = rerank_implicit
         self.setup_vqgan(load_vqgan(vqgan, vqgan_checkpoint), train_decoder)
         self.reranker = reranker
         if reranker is not None:

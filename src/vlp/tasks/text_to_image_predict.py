@@ -31,7 +31,7 @@ from vlp.metrics.generation import GenerationEvaluation
 from vlp.metrics.shapes_judge import ShapesJudge
 from vlp.models.ernie_vilg.itm_scorer import ITMScorer
 from vlp.models.ernie_vilg.model import ERNIEViLG
-from vlp.models.ernie_vilg.sampling import generate_images, null_prompts
+from vlp.models.ernie_vilg.sampling import Scorer, generate_images, implicit_classifier_scores, null_prompts
 from vlp.tasks.e2e_base import fsdp_gathered
 from vlp.tasks.predict_files import write_json, write_labelled_png, write_png
 from vlp.tokenizers import load_tokenizer
@@ -58,6 +58,7 @@ class TextToImagePrediction:
     reranker: ITMScorer | None
     contrast_weight: float
     rerank_reencoded: bool
+    rerank_implicit: bool
     num_candidates: int
     temperature: float
     top_k: int | None
@@ -95,7 +96,7 @@ class TextToImagePrediction:
         with fsdp_gathered(self.model):
             sampled = generate_images(
                 self.model, text_ids, text_mask, self.num_candidates,
-                self.temperature, self.top_k, self.top_p, generator, scorer=self.reranker,
+                self.temperature, self.top_k, self.top_p, generator, scorer=self.scorer(),
                 guidance_scale=self.guidance_scale, null_ids=null_ids, null_mask=null_mask,
                 contrast_weight=self.contrast_weight,
                 scored_codes=self.reencode if self.rerank_reencoded else None,
@@ -108,6 +109,20 @@ class TextToImagePrediction:
         pixels = self.vqgan.decode_ids(codes.view(batch * n, *self.model.grid))
         pixels = ((pixels.clamp(-1, 1) + 1) / 2).view(batch, n, *pixels.shape[1:])
         return pixels, scores, codes, terms
+
+    def scorer(self) -> Scorer | None:
+        """What ranks the candidates: the ITM reranker, the implicit classifier, or ``None`` (the model's
+        own image→text likelihood, or its contrastive form)."""
+        if not self.rerank_implicit:
+            return self.reranker
+
+        def implicit(codes: Tensor, ids: Tensor, mask: Tensor | None) -> Tensor:
+            null_ids, null_mask = null_prompts(
+                ids.shape[0], ids.shape[1], self.bos_id, self.eos_id, self.pad_id, ids.device
+            )
+            return implicit_classifier_scores(self.model, codes, ids, mask, null_ids, null_mask)
+
+        return implicit
 
     @torch.no_grad()
     def reencode(self, codes: Tensor) -> Tensor:
@@ -178,6 +193,8 @@ class TextToImagePrediction:
         metrics["reranker"] = (
             "itm"
             if self.reranker is not None
+            else "implicit classifier (text->image likelihood over the null prompt's)"
+            if self.rerank_implicit
             else f"self contrastive (weight {self.contrast_weight})"
             if self.contrast_weight > 0
             else "self (image->text likelihood)"

@@ -172,6 +172,36 @@ def prompt_log_likelihood(
 
 
 @torch.no_grad()
+def image_log_likelihood(
+    model: ERNIEViLG, image_codes: Tensor, text_ids: Tensor, text_mask: Tensor | None = None
+) -> Tensor:
+    """``log p(image | text)`` under the text→image direction: the sum over the code slots of their
+    log-probabilities (one teacher-forced pass), one value per row ``[B]``."""
+    states = model(text_ids, text_mask, image_codes, "text_to_image").image_states
+    log_probs = model.image_logits(states).float().log_softmax(dim=-1)
+    return log_probs.gather(-1, image_codes[..., None])[..., 0].sum(dim=1)
+
+
+@torch.no_grad()
+def implicit_classifier_scores(
+    model: ERNIEViLG,
+    image_codes: Tensor,
+    text_ids: Tensor,
+    text_mask: Tensor | None,
+    null_ids: Tensor,
+    null_mask: Tensor | None,
+) -> Tensor:
+    """``log p(image | prompt) - log p(image | null prompt)`` ``[B]``: by Bayes' rule the log-ratio
+    ``p(prompt | image) / p(prompt)`` that classifier-free guidance's conditional and unconditional
+    models imply (Ho & Salimans 2022), read from the text→image direction. Unlike the image→text
+    likelihood it does not fall when the image holds objects the prompt leaves unnamed but the
+    unconditional model also draws. Needs a model trained with prompt dropout."""
+    return image_log_likelihood(model, image_codes, text_ids, text_mask) - image_log_likelihood(
+        model, image_codes, null_ids, null_mask
+    )
+
+
+@torch.no_grad()
 def prompt_log_likelihoods(
     model: ERNIEViLG,
     image_codes: Tensor,
