@@ -124,6 +124,18 @@ class TextToImagePrediction:
 
         return implicit
 
+    def reranking_name(self) -> str:
+        """How :meth:`scorer` ranks, as ``generation_metrics.json`` records it."""
+        if self.reranker is not None:
+            name = "itm"
+        elif self.rerank_implicit:
+            name = "implicit classifier (text->image likelihood over the null prompt's)"
+        elif self.contrast_weight > 0:
+            name = f"self contrastive (weight {self.contrast_weight})"
+        else:
+            name = "self (image->text likelihood)"
+        return name + (" on re-encoded images" if self.rerank_reencoded else "")
+
     @torch.no_grad()
     def reencode(self, codes: Tensor) -> Tensor:
         """Drawn codes ``[M, h*w]`` → the VQGAN's codes of the image they decode to ``[M, h*w]``."""
@@ -190,15 +202,7 @@ class TextToImagePrediction:
         if self.generation_evaluation is not None:
             metrics["generation"] = self.generation_evaluation.compute()
             metrics.update(judge_checkpoint=self.judge_checkpoint, inception_weights=self.inception_weights)
-        metrics["reranker"] = (
-            "itm"
-            if self.reranker is not None
-            else "implicit classifier (text->image likelihood over the null prompt's)"
-            if self.rerank_implicit
-            else f"self contrastive (weight {self.contrast_weight})"
-            if self.contrast_weight > 0
-            else "self (image->text likelihood)"
-        ) + (" on re-encoded images" if self.rerank_reencoded else "")
+        metrics["reranker"] = self.reranking_name()
         metrics["sampling"] = {
             "num_candidates": self.num_candidates,
             "temperature": self.temperature,

@@ -156,6 +156,15 @@ def sample_image_codes(
     return codes
 
 
+def summed_text_log_probs(model: ERNIEViLG, states: Tensor, targets: Tensor, has_target: Tensor) -> Tensor:
+    """Per row, the sum of the log-probabilities the text head gives ``targets [R, t]`` from the states
+    that predict them ``[R, t, D]``, over the positions ``has_target`` ``[R, t]`` only → ``[R]``."""
+    rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[has_target]
+    log_probs = model.text_logits(states[has_target]).float().log_softmax(dim=-1)
+    token = log_probs.gather(1, targets[has_target][:, None])[:, 0]
+    return torch.zeros(targets.shape[0], device=token.device).index_add(0, rows, token)
+
+
 @torch.no_grad()
 def prompt_log_likelihood(
     model: ERNIEViLG, image_codes: Tensor, text_ids: Tensor, text_mask: Tensor | None = None
@@ -165,10 +174,7 @@ def prompt_log_likelihood(
     states = model(text_ids, text_mask, image_codes, "image_to_text").text_states[:, :-1]
     targets = text_ids[:, 1:]
     has_target = torch.ones_like(targets, dtype=torch.bool) if text_mask is None else text_mask[:, 1:].bool()
-    rows = torch.arange(text_ids.shape[0], device=text_ids.device)[:, None].expand_as(targets)[has_target]
-    log_probs = model.text_logits(states[has_target]).float().log_softmax(dim=-1)
-    token = log_probs.gather(1, targets[has_target][:, None])[:, 0]
-    return torch.zeros(text_ids.shape[0], device=token.device).index_add(0, rows, token)
+    return summed_text_log_probs(model, states, targets, has_target)
 
 
 @torch.no_grad()
@@ -235,15 +241,12 @@ def prompt_log_likelihoods(
             text_ids=text_ids[:1, :1].expand(codes.shape[0], 1),
             max_text_len=length,
         )
-        pairs = codes.shape[0] * texts
-        cache = cache.index_select(torch.arange(codes.shape[0], device=codes.device).repeat_interleave(texts))
-        later = model.append(targets[:, :-1].repeat(codes.shape[0], 1), cache)
+        images = codes.shape[0]
+        cache = cache.index_select(torch.arange(images, device=codes.device).repeat_interleave(texts))
+        later = model.append(targets[:, :-1].repeat(images, 1), cache)
         states = torch.cat([state.repeat_interleave(texts, dim=0)[:, None], later], dim=1)
-        wanted = has_target.repeat(codes.shape[0], 1)
-        log_probs = model.text_logits(states[wanted]).float().log_softmax(dim=-1)
-        token = log_probs.gather(1, targets.repeat(codes.shape[0], 1)[wanted][:, None])[:, 0]
-        pair = torch.arange(pairs, device=codes.device)[:, None].expand_as(wanted)[wanted]
-        rows.append(torch.zeros(pairs, device=token.device).index_add(0, pair, token).view(-1, texts))
+        pairs = summed_text_log_probs(model, states, targets.repeat(images, 1), has_target.repeat(images, 1))
+        rows.append(pairs.view(images, texts))
     return torch.cat(rows)
 
 
