@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
 from vlp.batch import Batch
 from vlp.models.e2e_vlp.model import CaptionOutput
 from vlp.objectives.base import Objective, ObjectiveOutput
+from vlp.objectives.token_loss import token_cross_entropy
 
 
 class CaptioningObjective(Objective):
@@ -49,11 +48,5 @@ class CaptioningObjective(Objective):
         if targets.numel() == 0:  # keeps every parameter in the graph (DDP) with a zero loss
             zero = logits.sum() * 0.0
             return ObjectiveOutput(zero, {"caption_acc": zero.detach(), "caption_nll": zero.detach()})
-        log_probs = torch.log_softmax(logits, dim=-1)
-        nll = -log_probs.gather(1, targets[:, None])[:, 0]
-        loss = nll.mean()
-        if self.label_smoothing:
-            uniform = -log_probs.mean(dim=-1)
-            loss = ((1.0 - self.label_smoothing) * nll + self.label_smoothing * uniform).mean()
-        accuracy = (logits.argmax(-1) == targets).float().mean()
-        return ObjectiveOutput(loss, {"caption_acc": accuracy, "caption_nll": nll.mean().detach()})
+        result = token_cross_entropy(logits, targets, self.label_smoothing)
+        return ObjectiveOutput(result.loss, {"caption_acc": result.accuracy, "caption_nll": result.nll})

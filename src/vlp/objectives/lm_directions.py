@@ -17,23 +17,12 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from vlp.batch import Batch
 from vlp.models.ernie_vilg.model import ERNIEViLGOutput
 from vlp.objectives.base import Objective, ObjectiveOutput
-
-
-def _cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Loss (with smoothing), plain NLL and accuracy of ``logits [M, V]`` against ``targets [M]``."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    nll = -log_probs.gather(1, targets[:, None])[:, 0]
-    loss = nll.mean()
-    if label_smoothing:
-        loss = ((1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=-1)).mean()
-    accuracy = (logits.argmax(-1) == targets).float().mean()
-    return loss, nll.mean().detach(), accuracy
+from vlp.objectives.token_loss import token_cross_entropy
 
 
 class DirectionLM(Objective):
@@ -67,8 +56,8 @@ class DirectionLM(Objective):
         if targets.numel() == 0:  # keeps the head in the graph (DDP) with a zero loss
             zero = logits.sum() * 0.0
             return ObjectiveOutput(zero, {acc: zero.detach(), nll: zero.detach()})
-        loss, plain, accuracy = _cross_entropy(logits, targets, self.label_smoothing)
-        return ObjectiveOutput(loss, {acc: accuracy, nll: plain})
+        result = token_cross_entropy(logits, targets, self.label_smoothing)
+        return ObjectiveOutput(result.loss, {acc: result.accuracy, nll: result.nll})
 
 
 class TextToImageLM(DirectionLM):
