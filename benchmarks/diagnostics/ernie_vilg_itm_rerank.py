@@ -1,0 +1,109 @@
+"""Rerank ERNIE-ViLG's saved candidates with a ViLT image-text matching head on their pixels, and judge.
+
+    python benchmarks/diagnostics/ernie_vilg_itm_rerank.py PREDICT_DIR [PREDICT_DIR ...] --itm CKPT \
+        [--itm-config configs/vilt/shapes_pretrain.yaml] [--itm-override=--KEY=VALUE ...] [--weights W ...]
+
+``CKPT`` is a :class:`~vlp.tasks.pretrain.PretrainTask` checkpoint of the ViLT shapes recipe (MLM + ITM on
+pixels); ``--itm-override`` repeats the recipe overrides it was trained with (a patch size, say) so that
+the model built matches it. Every candidate of every row of predict's PNG grids (8-bit, as the judge reads
+them) is paired with its prompt, and the ITM head's logit margin ``m = logit(match) - logit(mismatch)`` is
+its score. Per predict directory, the share of prompts whose chosen candidate passes the shapes judge:
+
+- ``own``: the grid's first candidate, the generator's own reranking (the semantic score, up to 8-bit
+  rounding);
+- ``itm``: the candidate with the highest margin;
+- ``own + w * itm``: the highest ``candidate_scores + w * m`` for each ``--weights`` value;
+- ``any``: at least one candidate passes (a perfect reranker).
+
+A diagnostic, not a reranker of the task: the ITM model is a separate training, and its choice is made
+after predict, from the PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from vlp.cli import VLPCLI
+from vlp.datamodules.normalise import normalise_pixels
+from vlp.metrics.generation import GenerationEvaluation
+from vlp.metrics.semantic import parse_prompt, prompt_satisfied
+from vlp.metrics.shapes_judge import ShapesJudge
+from vlp.objectives.itm import ITMObjective
+from vlp.tasks.predict_files import read_png_row
+
+TILE = (64, 64)  # the shapes images predict draws
+
+
+def itm_scorer(checkpoint: str, config: str, overrides: list[str]):
+    """``score(tiles [N, 3, H, W] in [0, 1], prompt) -> [N]`` ITM logit margins of the checkpoint."""
+    cli = VLPCLI(args=["--config", config, *overrides], run=False)
+    task, data = cli.model, cli.datamodule
+    task.configure_model()
+    task.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"])
+    task.eval()
+    head = next(o for o in task.objectives.values() if isinstance(o, ITMObjective)).head
+    collator = data.collator  # tokenizes as the ITM model's training did
+
+    @torch.no_grad()
+    def score(tiles: torch.Tensor, prompt: str) -> torch.Tensor:
+        pixels = normalise_pixels((tiles * 255).round().to(torch.uint8))
+        text = collator.tokenize([prompt] * len(tiles))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = head(task.model(text["input_ids"], text["attention_mask"].bool(), pixels).pooled)
+        logits = logits.float()
+        return logits[:, 1] - logits[:, 0]
+
+    return score
+
+
+def report(directory: Path, evaluation: GenerationEvaluation, score, weights: list[float]) -> None:
+    metric = evaluation.semantic["generated"]
+    colours, shapes = metric.colours, metric.shapes
+    prompts = own = itm = anywhere = 0
+    combined = dict.fromkeys(weights, 0)
+    with torch.no_grad():
+        for line in (directory / "captions_rank0.jsonl").open():
+            record = json.loads(line)
+            parsed = parse_prompt(record["prompt"], colours, shapes)
+            if not parsed.mentions:
+                continue
+            own_scores = torch.tensor(record["candidate_scores"])
+            tiles = read_png_row(directory / record["grid"], record["row"], len(own_scores), TILE)
+            present, _ = evaluation.judge_images(tiles)
+            passed = [prompt_satisfied(grid, parsed, colours, shapes) for grid in present]
+            margins = score(tiles, record["prompt"])
+            prompts += 1
+            own += passed[0]
+            anywhere += any(passed)
+            itm += passed[int(margins.argmax())]
+            for weight in weights:
+                combined[weight] += passed[int((own_scores + weight * margins).argmax())]
+    line = f"{directory}: {prompts} prompts; own {own / prompts:.3f}, itm {itm / prompts:.3f}, "
+    line += ", ".join(f"own + {w:g} itm {c / prompts:.3f}" for w, c in combined.items())
+    print(line + f"; any {anywhere / prompts:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("directories", type=Path, nargs="+", help="predict directories")
+    parser.add_argument("--itm", required=True, help="a PretrainTask checkpoint with an itm objective")
+    parser.add_argument("--itm-config", default="configs/vilt/shapes_pretrain.yaml")
+    parser.add_argument("--itm-override", action="append", default=[], metavar="--KEY=VALUE")
+    parser.add_argument("--weights", type=float, nargs="*", default=[0.25, 0.5, 1.0, 2.0, 4.0])
+    parser.add_argument("--judge", default="runs/shapes_judge/checkpoints/last.ckpt")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    evaluation = GenerationEvaluation(ShapesJudge.from_checkpoint(args.judge), None)
+    score = itm_scorer(args.itm, args.itm_config, args.itm_override)
+    for directory in args.directories:
+        report(directory, evaluation, score, args.weights)
+
+
+if __name__ == "__main__":
+    main()
