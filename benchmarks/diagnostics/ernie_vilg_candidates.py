@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -64,6 +66,29 @@ def reranked_choice(record: dict, weight: float) -> int:
     return max(range(len(scores)), key=lambda index: (scores[index], -index))
 
 
+class JudgedRow(NamedTuple):
+    record: dict  # the row's line of captions_rank0.jsonl
+    parsed: PromptObjects  # what its prompt names
+    tiles: torch.Tensor  # its candidates [N, 3, H, W] in [0, 1], best first, as the PNG holds them
+    present: torch.Tensor  # the judge's presence grids of the candidates
+    passed: list[bool]  # which candidates draw every object the prompt names
+
+
+def judged_rows(directory: Path, evaluation: GenerationEvaluation) -> Iterator[JudgedRow]:
+    """Every row of a predict directory whose prompt names something, its candidates judged."""
+    metric = evaluation.semantic["generated"]
+    colours, shapes = metric.colours, metric.shapes
+    for line in (directory / "captions_rank0.jsonl").open():
+        record = json.loads(line)
+        parsed = parse_prompt(record["prompt"], colours, shapes)
+        if not parsed.mentions:
+            continue
+        tiles = read_png_row(directory / record["grid"], record["row"], len(record["candidate_scores"]), TILE)
+        present, _ = evaluation.judge_images(tiles)
+        passed = [prompt_satisfied(grid, parsed, colours, shapes) for grid in present]
+        yield JudgedRow(record, parsed, tiles, present, passed)
+
+
 def report(directory: Path, evaluation: GenerationEvaluation, weights: list[float]) -> None:
     metric = evaluation.semantic["generated"]
     colours, shapes = metric.colours, metric.shapes
@@ -75,16 +100,8 @@ def report(directory: Path, evaluation: GenerationEvaluation, weights: list[floa
     by_weight: Counter[float] = Counter()
     weighed = 0
     with torch.no_grad():
-        for line in (directory / "captions_rank0.jsonl").open():
-            record = json.loads(line)
-            parsed = parse_prompt(record["prompt"], colours, shapes)
-            if not parsed.mentions:
-                continue
-            tiles = read_png_row(
-                directory / record["grid"], record["row"], len(record["candidate_scores"]), TILE
-            )
-            present, _ = evaluation.judge_images(tiles)
-            passed = [prompt_satisfied(grid, parsed, colours, shapes) for grid in present]
+        for row in judged_rows(directory, evaluation):
+            record, parsed, present, passed = row.record, row.parsed, row.present, row.passed
             kind = prompt_kind(parsed)
             prompts[kind] += 1
             chosen[kind] += passed[0]

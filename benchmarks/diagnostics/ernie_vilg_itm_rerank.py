@@ -22,20 +22,16 @@ after predict, from the PNGs.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
+from ernie_vilg_candidates import judged_rows  # the sibling script: same folder, on sys.path when run
 
 from vlp.cli import VLPCLI
 from vlp.datamodules.normalise import normalise_pixels
 from vlp.metrics.generation import GenerationEvaluation
-from vlp.metrics.semantic import parse_prompt, prompt_satisfied
 from vlp.metrics.shapes_judge import ShapesJudge
 from vlp.objectives.itm import ITMObjective
-from vlp.tasks.predict_files import read_png_row
-
-TILE = (64, 64)  # the shapes images predict draws
 
 
 def itm_scorer(checkpoint: str, config: str, overrides: list[str]):
@@ -61,21 +57,13 @@ def itm_scorer(checkpoint: str, config: str, overrides: list[str]):
 
 
 def report(directory: Path, evaluation: GenerationEvaluation, score, weights: list[float]) -> None:
-    metric = evaluation.semantic["generated"]
-    colours, shapes = metric.colours, metric.shapes
     prompts = own = itm = anywhere = 0
     combined = dict.fromkeys(weights, 0)
     with torch.no_grad():
-        for line in (directory / "captions_rank0.jsonl").open():
-            record = json.loads(line)
-            parsed = parse_prompt(record["prompt"], colours, shapes)
-            if not parsed.mentions:
-                continue
-            own_scores = torch.tensor(record["candidate_scores"])
-            tiles = read_png_row(directory / record["grid"], record["row"], len(own_scores), TILE)
-            present, _ = evaluation.judge_images(tiles)
-            passed = [prompt_satisfied(grid, parsed, colours, shapes) for grid in present]
-            margins = score(tiles, record["prompt"])
+        for row in judged_rows(directory, evaluation):
+            passed = row.passed
+            margins = score(row.tiles, row.record["prompt"])
+            own_scores = torch.tensor(row.record["candidate_scores"])
             prompts += 1
             own += passed[0]
             anywhere += any(passed)
