@@ -22,6 +22,7 @@ after predict, from the PNGs.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,9 +34,12 @@ from vlp.metrics.generation import GenerationEvaluation
 from vlp.metrics.shapes_judge import ShapesJudge
 from vlp.objectives.itm import ITMObjective
 
+Score = Callable[[torch.Tensor, str], torch.Tensor]
+"""``score(tiles [N, 3, H, W] in [0, 1], prompt) -> [N]``: a candidate row's ITM logit margins."""
 
-def itm_scorer(checkpoint: str, config: str, overrides: list[str]):
-    """``score(tiles [N, 3, H, W] in [0, 1], prompt) -> [N]`` ITM logit margins of the checkpoint."""
+
+def itm_scorer(checkpoint: str, config: str, overrides: list[str]) -> Score:
+    """The checkpoint's :data:`Score`, on its own model, ITM head and tokenization."""
     cli = VLPCLI(args=["--config", config, *overrides], run=False)
     task, data = cli.model, cli.datamodule
     task.configure_model()
@@ -56,7 +60,7 @@ def itm_scorer(checkpoint: str, config: str, overrides: list[str]):
     return score
 
 
-def report(directory: Path, evaluation: GenerationEvaluation, score, weights: list[float]) -> None:
+def report(directory: Path, evaluation: GenerationEvaluation, score: Score, weights: list[float]) -> None:
     prompts = own = itm = anywhere = 0
     combined = dict.fromkeys(weights, 0)
     with torch.no_grad():
