@@ -275,8 +275,9 @@ def full_state_dict(task: RecordingTask) -> dict[str, Tensor]:
 def evaluate(task: RecordingTask, batch: Batch) -> dict[str, Tensor]:
     """Eval-mode outputs on one batch, through each FSDP root's own ``forward``."""
     task.eval()
-    views = task.forward_model(batch)
-    result = {"pooled": views["itm"].pooled.float(), "text_states": views["itm"].text_states.float()}
+    views = task.forward_model(batch)  # each view computes only the rows its objectives read
+    every_row = task.model(batch.text_ids, batch.text_mask, batch.pixels, batch.pixel_mask)
+    result = {"pooled": views["itm"].pooled.float(), "text_states": every_row.text_states.float()}
     for name, objective in task.objectives.items():
         result[f"{name}_loss"] = objective(views[objective.view], batch).loss.float()
     task.train()

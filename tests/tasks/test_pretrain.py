@@ -99,8 +99,8 @@ def test_views_mlm_reads_masked_text_with_own_image_itm_clean_text_with_paired_i
     read = batch.mlm_labels != -100  # the MLM view computes the labelled rows (and [CLS]) only
     torch.testing.assert_close(outputs["mlm"].text_states[read], mlm.text_states[read])
     torch.testing.assert_close(outputs["mlm"].pooled, mlm.pooled)
-    torch.testing.assert_close(outputs["itm"].text_states, itm.text_states)
-    torch.testing.assert_close(outputs["itm"].pooled, itm.pooled)
+    torch.testing.assert_close(outputs["itm"].pooled, itm.pooled)  # the ITM view computes [CLS] only
+    assert outputs["itm"].text_states[:, 1:].isnan().all()
     assert not torch.allclose(outputs["itm"].pooled, outputs["mlm"].pooled)
 
 
@@ -188,20 +188,21 @@ def test_gradient_clipping_works_in_every_precision(precision: str, fused: bool)
     assert len(after.norms) == 2 and max(after.norms) <= 0.01 * 1.001
 
 
-def test_mlm_view_computes_only_labelled_rows_with_the_same_loss_and_gradients() -> None:
-    """The MLM view's last layer runs for the labelled rows and [CLS] only; loss and gradients match the
-    full pass (ViLT is asked without ``text_rows``), and the unread rows are NaN."""
+def test_the_views_compute_only_the_rows_they_read_with_the_same_loss_and_gradients() -> None:
+    """The MLM view's last layer runs for the labelled rows and [CLS] only, the ITM view's for [CLS];
+    loss and gradients match full passes (ViLT is asked without ``text_rows``), and the unread rows are
+    NaN."""
     torch.manual_seed(0)
     task = make_task().eval()
     batch = fixed_batch()
-    assert set(task.mlm_view_rows(batch)) == {"text_rows"}
+    assert set(task.view_rows(batch, "mlm")) == {"text_rows"}
     pruned = task.forward_model(batch)["mlm"]
     assert pruned.text_states[:, 3].isnan().all()  # unlabelled, not [CLS]
     loss = task.compute_losses(batch, "train")
     loss.backward()
     grads = {name: p.grad.clone() for name, p in task.named_parameters() if p.grad is not None}
     task.zero_grad()
-    task.mlm_view_rows = lambda batch: {}  # type: ignore[method-assign]
+    task.view_rows = lambda batch, view: {}  # type: ignore[method-assign]
     full_loss = task.compute_losses(batch, "train")
     full_loss.backward()
     torch.testing.assert_close(loss, full_loss, atol=1e-6, rtol=1e-5)
@@ -217,5 +218,12 @@ def test_wpa_on_the_mlm_view_would_get_every_row() -> None:
         reads_only_labelled_text = False
 
     task = PretrainTask(make_tiny_vilt(), {"mlm": ImageReadingMLM(MLMHead(TINY_DIM, vocab_size=TINY_VOCAB))})
-    assert task.mlm_view_rows(fixed_batch()) == {}
+    assert task.view_rows(fixed_batch(), "mlm") == {}
     assert not task.forward_model(fixed_batch())["mlm"].image_states.isnan().any()
+
+
+def test_wpa_keeps_every_row_of_the_itm_view() -> None:
+    objectives = {"itm": ITMObjective(ITMHead(TINY_DIM)), "wpa": WPAObjective(iterations=10)}
+    task = PretrainTask(make_tiny_vilt(), objectives, loss_weights={"wpa": 0.1})
+    assert task.view_rows(fixed_batch(), "itm") == {}
+    assert not task.forward_model(fixed_batch())["itm"].text_states.isnan().any()

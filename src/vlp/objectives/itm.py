@@ -14,6 +14,7 @@ class ITMObjective(Objective):
     """Binary cross-entropy (as 2-way softmax) on matched vs. swapped image-text pairs."""
 
     view = "itm"
+    reads_only_labelled_text = True  # [CLS] alone: the ITM view has no labelled rows
 
     def __init__(self, head: ITMHead) -> None:
         super().__init__()
