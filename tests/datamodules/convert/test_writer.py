@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -294,3 +296,38 @@ def test_an_image_pair_named_png_holding_a_jpeg_is_stored_under_its_real_extensi
     assert sorted(members) == ["pair.json", "pair.left.jpg", "pair.right.png"]
     assert members["pair.left.jpg"] == image_bytes("JPEG", colour=1)
     assert manifest.splits["train"].extensions_fixed == {"png->jpg": 1}
+
+
+FORK_SERVER_PRELOAD = """
+import os
+from pathlib import Path
+from vlp.datamodules.convert.writer import task_runner
+with task_runner(2, None) as run:
+    assert list(run([(0, [])])) == [(0, [])]
+children = [p for p in Path("/proc").iterdir() if p.name.isdigit()]
+for proc in children:
+    try:
+        parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        command = (proc / "cmdline").read_bytes().replace(b"\\0", b" ").decode()
+    except (OSError, ValueError, IndexError):
+        continue
+    if parent == os.getpid() and "multiprocessing.forkserver" in command:
+        print(command)
+"""
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="reads the fork server's command line in /proc"
+)
+def test_a_conversion_starts_the_fork_server_with_the_loaders_preloaded_modules() -> None:
+    """The first user of a process's fork server decides what it preloads; a conversion with workers
+    before a training (shapes generated on first use, a test) must preload the loader's modules, or
+    every loader worker imports torch anew."""
+    from vlp.datamodules.loader import WORKER_PRELOAD
+
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SERVER_PRELOAD], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "multiprocessing.forkserver" in result.stdout
+    assert repr(WORKER_PRELOAD) in result.stdout
