@@ -10,10 +10,10 @@ rotates the workers so that the DataLoader's round-robin continues with the work
 Evaluation loaders (``repeat``) read epoch 0 on every pass: the same batches every time, in every run
 with that seed, and after a resume.
 
-Workers start from a fork server (:func:`worker_context`), not as forks of the training process. The
-loaders start new workers at every epoch and every validation; a fork of the training process would
-share its whole heap (gigabytes, after some steps) copy-on-write, and as training keeps rewriting those
-pages, each live worker ends up holding a private copy of all of it. Two ERNIE-ViLG trainings side by
+Workers start from a fork server (:func:`vlp.processes.worker_context`), not as forks of the training
+process. The loaders start new workers at every epoch and every validation; a fork of the training
+process would share its whole heap (gigabytes, after some steps) copy-on-write, and as training keeps
+rewriting those pages, each live worker ends up holding a private copy of all of it. Two ERNIE-ViLG trainings side by
 side on 24 GiB ran out of memory that way after 55 minutes. A fork server's worker is not the training
 process's child, so PyTorch's own check (is my parent alive?) cannot see that process die when it is
 killed outright (SIGKILL, the out-of-memory killer); :func:`exit_with` makes each worker watch it.
@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Iterator
-from multiprocessing.context import BaseContext
 from typing import Any
 
 import torch
@@ -36,24 +34,9 @@ from torch.utils.data import DataLoader
 
 from vlp.batch import Batch
 from vlp.datamodules.stream import ShardStream
-from vlp.processes import pid_alive
+from vlp.processes import pid_alive, worker_context
 
 log = logging.getLogger(__name__)
-
-
-WORKER_PRELOAD = ["__main__", "vlp.datamodules.shards"]
-"""Modules the fork server imports once (its default, the main module, and the loader's parts, which
-import torch and Lightning), so each worker forks with them loaded instead of importing them anew."""
-
-
-def worker_context() -> BaseContext | None:
-    """``forkserver`` where the platform has it (Linux, macOS), else the platform's default (``spawn``):
-    loader workers that do not inherit the training process's memory (module docstring)."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return None
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(WORKER_PRELOAD)  # no effect once this process's server runs
-    return context
 
 
 WATCH_INTERVAL_S = 2.0

@@ -321,9 +321,9 @@ for proc in children:
 )
 def test_a_conversion_starts_the_fork_server_with_the_loaders_preloaded_modules() -> None:
     """The first user of a process's fork server decides what it preloads; a conversion with workers
-    before a training (shapes generated on first use, a test) must preload the loader's modules, or
-    every loader worker imports torch anew."""
-    from vlp.datamodules.loader import WORKER_PRELOAD
+    before the loaders in the same process (`bench data`, a test session) must preload the loaders'
+    modules, or every loader worker imports torch anew."""
+    from vlp.processes import WORKER_PRELOAD
 
     result = subprocess.run(
         [sys.executable, "-c", FORK_SERVER_PRELOAD], capture_output=True, text=True, timeout=120

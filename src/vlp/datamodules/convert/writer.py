@@ -52,7 +52,7 @@ from vlp.datamodules.convert.manifest import (
     differences,
     write_json,
 )
-from vlp.datamodules.loader import worker_context
+from vlp.processes import worker_context
 
 __all__ = ["OutFolderError", "write_shards"]
 
@@ -201,9 +201,7 @@ def task_runner(workers: int, max_side: int | None) -> Iterator[Runner]:
     if workers == 1:
         yield lambda tasks: ((index, prepare_batch(records, max_side)) for index, records in tasks)
         return
-    # The loaders' fork server (workers start from a clean process rather than a fork of this one and its
-    # threads), with the same preloaded modules: the first user of the server decides what it preloads, so
-    # a conversion before a training must not start it without them.
+    # the process's fork server: workers start from a clean process rather than a fork of this one
     executor = ProcessPoolExecutor(workers, mp_context=worker_context())
 
     def submit(records: list[Record]) -> Future[list[Prepared]]:
