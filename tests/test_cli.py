@@ -173,6 +173,20 @@ def test_a_wrong_type_names_the_key_the_value_and_where_it_came_from(
     )
 
 
+@pytest.mark.parametrize("value", ["null", "None", ""])
+def test_a_nested_part_set_to_null_on_the_command_line_says_how_to_turn_it_off(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """jsonargparse refuses null on the command line for a part inside another part (the collator's check
+    inside the data module); the one line says so and names the way that works, a layered file."""
+    key = "data.init_args.collator.init_args.itm_negative_check"
+    code, _, err = run_cli(["fit", "--config", RECIPE, f"--{key}={value}"], capsys)
+    assert code == 2
+    line = error_line(err)
+    assert line.startswith(f"vlp: error: command line: {key}: ")
+    assert "itm_negative_check: null" in line and "--config" in line
+
+
 def test_abbreviated_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(["fit", "--config", RECIPE, "--trainer.max_step=3", "--print_config"], capsys)
     assert code == 2 and "max_steps: 3" not in out

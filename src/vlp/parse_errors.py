@@ -53,12 +53,32 @@ def describe_parse_error(
         return f"{_where(keys[0], args)}: no value for {', '.join(keys)}{fix}"
     if path == ["config"]:
         return f"--config: {text}"
+    if text.startswith(NOT_A_CLASS_PATH) and _given(key, args) in NULLS:
+        return (
+            f"command line: {key}: the command line cannot set a part inside another part to null; put "
+            f"`{path[-1]}: null` under its key in a file given with --config after the recipe"
+        )
     if path and path[-1] == "init_args" and class_path:  # the class itself: its path or its import
         key = ".".join(path[:-1])
         return f"{_where(key, args)}: {key}: class_path '{class_path}': {text}"
     if not key:
         return text
     return f"{_where(key, args)}: {key}: {text}"
+
+
+NOT_A_CLASS_PATH = "Expected a dot import path string"
+NULLS = ("null", "None", "none", "~", "")
+
+
+def _given(key: str, args: Sequence[str]) -> str | None:
+    """The last value the command line gives ``--key`` (``--key=VALUE`` or ``--key VALUE``), if any."""
+    option, value = f"--{key}", None
+    for i, arg in enumerate(args):
+        if arg.startswith(option + "="):
+            value = arg.removeprefix(option + "=")
+        elif arg == option and i + 1 < len(args):
+            value = args[i + 1]
+    return value
 
 
 def _chain(error: BaseException) -> list[BaseException]:
