@@ -183,7 +183,7 @@ def test_recipe_converts_its_data_trains_and_reports_its_metric(
             "--trainer.accumulate_grad_batches=1",
             f"--trainer.default_root_dir={run}",
             "--model.init_args.init_from=null",
-            f"--model.init_args.model={CONFIGS / 'model/vilt_shapes.yaml'}",
+            f"--model.init_args.model={CONFIGS / 'model/vilt_shapes_p16.yaml'}",
             "--data.init_args.transform.init_args.image_size=64",
             "--data.init_args.transform.init_args.patch_size=16",
             "--data.init_args.batch_size=2",

@@ -102,6 +102,30 @@ def test_vilt_b32_has_the_paper_sizes() -> None:
     assert cli.model.hparams.lr == 1e-4
 
 
+@pytest.mark.filterwarnings("ignore")
+def test_the_16px_layer_gives_the_ablation_sweeps_pretraining() -> None:
+    """The recipe alone trains 8-px patches on checked negatives; configs/vilt/shapes_pretrain_p16.yaml over
+    it gives 16-px patches on a 4x4 grid, unchecked negatives and 1500 steps, the setup of the ViLT
+    ablation sweeps' figures (docs/ablations.md), whatever the recipe's own values."""
+    recipe = str(CONFIGS / "vilt/shapes_pretrain.yaml")
+    plain = VLPCLI(args=["--config", recipe], run=False)
+    embedder = plain.model.model.visual_embedder
+    assert (embedder.patch_size, embedder.pos_grid, plain.datamodule.transform.patch_size) == (8, 8, 8)
+    assert type(plain.datamodule.collator.itm_negative_check).__name__ == "ShapesCaptionCheck"
+    assert plain.trainer.max_steps == 1000
+
+    layered = VLPCLI(
+        args=["--config", recipe, "--config", str(CONFIGS / "vilt/shapes_pretrain_p16.yaml")], run=False
+    )
+    embedder = layered.model.model.visual_embedder
+    assert (embedder.patch_size, embedder.pos_grid, layered.datamodule.transform.patch_size) == (16, 4, 16)
+    assert layered.datamodule.collator.itm_negative_check is None
+    assert (layered.trainer.max_steps, layered.trainer.val_check_interval) == (1500, 500)
+    assert (
+        layered.datamodule.collator.grounded_words == plain.datamodule.collator.grounded_words
+    )  # the rest kept
+
+
 # Where each full recipe (a file with a trainer section) is run for a few steps through the CLI.
 RUN_BY = {
     "vilt/shapes_pretrain.yaml": "test_cli.py::test_fit_fast_dev_run_through_the_real_cli",

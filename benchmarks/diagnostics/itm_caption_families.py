@@ -8,7 +8,11 @@ learnt to compare with the image.
     python benchmarks/diagnostics/itm_caption_families.py CKPT --config RECIPE [--batches 32] [-- overrides]
 
 Overrides after ``--`` are the recipe's command-line overrides the checkpoint was trained with (a patch
-size, say), so that the model built matches the checkpoint.
+size, or a layered ``--config``), so that the model built matches the checkpoint; the check is set after
+them, so a layered recipe that turns it off does not:
+
+    python benchmarks/diagnostics/itm_caption_families.py runs/vilt_shapes_pretrain_p16/checkpoints/last.ckpt \
+      -- --config configs/vilt/shapes_pretrain_p16.yaml
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     check = f"--data.init_args.collator.init_args.itm_negative_check={CHECK}"
-    cli = VLPCLI(args=["--config", args.config, check, *args.overrides], run=False)
+    cli = VLPCLI(args=["--config", args.config, *args.overrides, check], run=False)
     task, data = cli.model, cli.datamodule
     task.configure_model()
     task.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True)["state_dict"])

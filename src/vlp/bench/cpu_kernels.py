@@ -3,10 +3,10 @@
 1. **Attention.** Forward + backward of ``F.scaled_dot_product_attention`` with PyTorch's fused CPU
    kernel (``FLASH_ATTENTION``, what SDPA picks on CPU) and with its unfused ``MATH`` backend, and of
    vlp's explicit path (:func:`vlp.models.layers.attention.explicit_attention`: matmuls and softmax in the inputs'
-   dtype), in fp32 and bf16, at the default shapes recipe's size (batch 32, 4 heads, 46 tokens, head
+   dtype), in fp32 and bf16, at the 16-px shapes model's size (batch 32, 4 heads, 46 tokens, head
    width 32) and at ViLT-B/32's (batch 8, 12 heads, 185 tokens, head width 64), with a key-padding
    mask. :func:`vlp.models.layers.attention.sdpa` takes the explicit path for bf16/fp16 on CPU because of these.
-2. **AdamW implementation.** One optimiser step over the parameters of the default recipe's model
+2. **AdamW implementation.** One optimiser step over the parameters of the 16-px shapes model
    (tiny ViLT + MLM head: two 30522 x 128 matrices dominate) with the for-loop, ``foreach`` and
    ``fused`` implementations. :func:`vlp.tasks.optim.build_adamw` uses ``fused``.
 
@@ -44,7 +44,7 @@ class CpuKernelsConfig:
     Args:
         shapes: attention sizes ``[batch, heads, tokens, head_dim]``; the last 5 keys of every
             sequence are padding.
-        param_shapes: AdamW parameter shapes; ``None`` builds the default recipe's model and uses its.
+        param_shapes: AdamW parameter shapes; ``None`` builds the 16-px shapes model and uses its.
         steps: timed repetitions per alternative; warmup: untimed ones before them.
         threads: torch threads (``None``: torch's default).
     """
@@ -63,8 +63,8 @@ class CpuKernelsConfig:
             raise ValueError(f"steps must be >= 1 and warmup >= 0, got {self.steps}, {self.warmup}")
 
 
-def default_recipe_param_shapes() -> list[list[int]]:
-    """Parameter shapes of configs/vilt/shapes_pretrain.yaml's model and MLM/ITM heads."""
+def shapes_model_param_shapes() -> list[list[int]]:
+    """Parameter shapes of configs/model/vilt_shapes_p16.yaml's model and the MLM/ITM heads."""
     from vlp.models.embedders import ViTPatchEmbedder
     from vlp.models.embedders.text import TextEmbedder
     from vlp.models.layers.heads import ITMHead, MLMHead
@@ -138,7 +138,7 @@ def measure_attention(config: CpuKernelsConfig) -> list[dict[str, Any]]:
 
 
 def measure_adamw(config: CpuKernelsConfig) -> tuple[int, dict[str, float]]:
-    shapes = config.param_shapes if config.param_shapes is not None else default_recipe_param_shapes()
+    shapes = config.param_shapes if config.param_shapes is not None else shapes_model_param_shapes()
     gen = torch.Generator().manual_seed(0)
     initial = [torch.randn(*s, generator=gen) for s in shapes]
     grads = [torch.randn(*s, generator=gen) for s in shapes]

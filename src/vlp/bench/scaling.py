@@ -44,7 +44,7 @@ LAUNCH_ENV_KEYS = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MAST
 
 @dataclass
 class ScalingConfig:
-    """What to measure. The defaults are the default recipe's model (configs/vilt/shapes_pretrain.yaml).
+    """What to measure. The defaults are the 16-px shapes model (configs/model/vilt_shapes_p16.yaml).
 
     Args:
         setups: which of ``single`` (1 process), ``ddp`` and ``fsdp`` to run, in this order.
@@ -105,7 +105,7 @@ def available_cpus() -> int:
 
 
 def build_task(config: ScalingConfig) -> Any:
-    """The default recipe's assembly (sizes from ``config``) in a PretrainTask with MLM + ITM."""
+    """The shapes ViLT assembly (sizes from ``config``) in a PretrainTask with MLM + ITM."""
     from vlp.models.embedders.text import TextEmbedder
     from vlp.models.embedders.vit_patch import ViTPatchEmbedder
     from vlp.models.layers.heads import ITMHead, MLMHead

@@ -8,7 +8,7 @@ value of the wrong type is refused naming it.
     overrides: {trainer.max_steps: 1500}           # every trial
     axes:                                          # combined as a product, in order
       - grid: {data.init_args.collator.init_args.whole_word_masking: [true, false]}
-      - zip: {names: [patch, cnn], model.init_args.model: [configs/model/vilt_shapes.yaml, configs/model/vilt_cnn_shapes.yaml]}
+      - zip: {names: [patch, cnn], model.init_args.model: [configs/model/vilt_shapes_p16.yaml, configs/model/vilt_cnn_shapes.yaml]}
       - random: {n: 4, seed: 0, space: {model.init_args.lr: {log_uniform: [1.0e-4, 3.0e-3]}}}
     seeds: [0, 1, 2]
     stages:                                        # optional; default: one stage "main", the recipe
