@@ -76,3 +76,23 @@ def test_bench_scaling_runs_end_to_end_with_tiny_sizes(
     assert row is not None, out.read_text()
     assert int(row.group(1)) >= 1 and float(row.group(2)) > 0
     assert out.read_text() in printed
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_the_default_task_is_the_16px_shapes_recipes_model_and_heads() -> None:
+    """The bench builds its task in code from ``ScalingConfig``'s defaults; they are the 16-px shapes
+    recipe's (configs/model/vilt_shapes_p16.yaml and its MLM and ITM heads), which its docstring and
+    RESULTS name."""
+    from vlp.cli import VLPCLI
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    recipe = [str(configs / "vilt/shapes_pretrain.yaml"), str(configs / "vilt/shapes_pretrain_p16.yaml")]
+    task = VLPCLI(args=["--config", recipe[0], "--config", recipe[1]], run=False).model
+    bench = build_task(ScalingConfig())
+
+    def shapes(module: torch.nn.Module) -> dict[str, list[int]]:
+        return {name: list(p.shape) for name, p in module.named_parameters()}
+
+    assert shapes(bench.model) == shapes(task.model)
+    for name in ("mlm", "itm"):
+        assert shapes(bench.objectives[name].head) == shapes(task.objectives[name].head)

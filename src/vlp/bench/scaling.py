@@ -118,7 +118,10 @@ def build_task(config: ScalingConfig) -> Any:
     model = ViLT(
         TextEmbedder(vocab_size=config.vocab_size, dim=config.dim, max_len=config.text_len),
         ViTPatchEmbedder(
-            dim=config.dim, patch_size=config.patch_size, pos_grid=config.image_size // config.patch_size
+            dim=config.dim,
+            patch_size=config.patch_size,
+            pos_grid=config.image_size // config.patch_size,
+            pre_norm=True,
         ),
         TransformerEncoder(dim=config.dim, depth=config.depth, num_heads=config.num_heads),
     )
