@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -87,6 +87,34 @@ def judged_rows(directory: Path, evaluation: GenerationEvaluation) -> Iterator[J
         present, _ = evaluation.judge_images(tiles)
         passed = [prompt_satisfied(grid, parsed, colours, shapes) for grid in present]
         yield JudgedRow(record, parsed, tiles, present, passed)
+
+
+RowScore = Callable[[JudgedRow], torch.Tensor]
+"""``score(row) -> [N]``: another reranker's score of each of a judged row's candidates (higher is better)."""
+
+
+def report_reranking(
+    directory: Path, evaluation: GenerationEvaluation, score: RowScore, name: str, weights: list[float]
+) -> None:
+    """Print the share of prompts whose chosen candidate passes the judge: ``own`` (the grid's first, the
+    task's reranking), ``name`` (the highest ``score``), ``own + w name`` (the highest
+    ``candidate_scores + w * score`` for each weight) and ``any`` (a perfect reranker)."""
+    prompts = own = alone = anywhere = 0
+    combined = dict.fromkeys(weights, 0)
+    with torch.no_grad():
+        for row in judged_rows(directory, evaluation):
+            passed = row.passed
+            scores = score(row)
+            own_scores = torch.tensor(row.record["candidate_scores"])
+            prompts += 1
+            own += passed[0]
+            anywhere += any(passed)
+            alone += passed[int(scores.argmax())]
+            for weight in weights:
+                combined[weight] += passed[int((own_scores + weight * scores).argmax())]
+    line = f"{directory}: {prompts} prompts; own {own / prompts:.3f}, {name} {alone / prompts:.3f}, "
+    line += ", ".join(f"own + {w:g} {name} {c / prompts:.3f}" for w, c in combined.items())
+    print(line + f"; any {anywhere / prompts:.3f}", flush=True)
 
 
 def report(directory: Path, evaluation: GenerationEvaluation, weights: list[float]) -> None:

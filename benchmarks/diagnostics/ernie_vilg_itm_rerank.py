@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from ernie_vilg_candidates import judged_rows  # the sibling script: same folder, on sys.path when run
+from ernie_vilg_candidates import report_reranking  # the sibling script: same folder, on sys.path when run
 
 from vlp.cli import VLPCLI
 from vlp.datamodules.normalise import normalise_pixels
@@ -60,25 +60,6 @@ def itm_scorer(checkpoint: str, config: str, overrides: list[str]) -> Score:
     return score
 
 
-def report(directory: Path, evaluation: GenerationEvaluation, score: Score, weights: list[float]) -> None:
-    prompts = own = itm = anywhere = 0
-    combined = dict.fromkeys(weights, 0)
-    with torch.no_grad():
-        for row in judged_rows(directory, evaluation):
-            passed = row.passed
-            margins = score(row.tiles, row.record["prompt"])
-            own_scores = torch.tensor(row.record["candidate_scores"])
-            prompts += 1
-            own += passed[0]
-            anywhere += any(passed)
-            itm += passed[int(margins.argmax())]
-            for weight in weights:
-                combined[weight] += passed[int((own_scores + weight * margins).argmax())]
-    line = f"{directory}: {prompts} prompts; own {own / prompts:.3f}, itm {itm / prompts:.3f}, "
-    line += ", ".join(f"own + {w:g} itm {c / prompts:.3f}" for w, c in combined.items())
-    print(line + f"; any {anywhere / prompts:.3f}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -94,7 +75,9 @@ def main() -> None:
     evaluation = GenerationEvaluation(ShapesJudge.from_checkpoint(args.judge), None)
     score = itm_scorer(args.itm, args.itm_config, args.itm_override)
     for directory in args.directories:
-        report(directory, evaluation, score, args.weights)
+        report_reranking(
+            directory, evaluation, lambda row: score(row.tiles, row.record["prompt"]), "itm", args.weights
+        )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ import argparse
 from pathlib import Path
 
 import torch
-from ernie_vilg_candidates import judged_rows  # the sibling scripts: same folder, on sys.path when run
+
+# The sibling scripts: same folder, on sys.path when run.
+from ernie_vilg_candidates import JudgedRow, RowScore, report_reranking
 from ernie_vilg_text_use import build
 
 from vlp.metrics.generation import GenerationEvaluation
@@ -47,28 +49,17 @@ def mention_captions(parsed: PromptObjects) -> list[str]:
     return captions
 
 
-def report(directory: Path, evaluation: GenerationEvaluation, task, collator, weights: list[float]) -> None:
-    prompts = own = least = anywhere = 0
-    combined = dict.fromkeys(weights, 0)
-    with torch.no_grad():
-        for row in judged_rows(directory, evaluation):
-            passed = row.passed
-            codes = task.encode_images(row.tiles * 2 - 1)
-            text = collator.tokenize(mention_captions(row.parsed))
-            table = prompt_log_likelihoods(
-                task.model, codes, text["input_ids"], text["attention_mask"].bool()
-            )
-            worst = table.min(dim=1).values  # [candidates]
-            own_scores = torch.tensor(row.record["candidate_scores"])
-            prompts += 1
-            own += passed[0]
-            anywhere += any(passed)
-            least += passed[int(worst.argmax())]
-            for weight in weights:
-                combined[weight] += passed[int((own_scores + weight * worst).argmax())]
-    line = f"{directory}: {prompts} prompts; own {own / prompts:.3f}, min {least / prompts:.3f}, "
-    line += ", ".join(f"own + {w:g} min {c / prompts:.3f}" for w, c in combined.items())
-    print(line + f"; any {anywhere / prompts:.3f}", flush=True)
+def least_likely_mention(task, collator) -> RowScore:
+    """A row's candidates scored by their least likely named object (module docstring)."""
+
+    @torch.no_grad()
+    def score(row: JudgedRow) -> torch.Tensor:
+        codes = task.encode_images(row.tiles * 2 - 1)
+        text = collator.tokenize(mention_captions(row.parsed))
+        table = prompt_log_likelihoods(task.model, codes, text["input_ids"], text["attention_mask"].bool())
+        return table.min(dim=1).values
+
+    return score
 
 
 def main() -> None:
@@ -84,8 +75,9 @@ def main() -> None:
     torch.set_num_threads(2)
     evaluation = GenerationEvaluation(ShapesJudge.from_checkpoint(args.judge), None)
     task, data = build(args.run, args.checkpoint)
+    score = least_likely_mention(task, data.collator)
     for directory in args.directories:
-        report(directory, evaluation, task, data.collator, args.weights)
+        report_reranking(directory, evaluation, score, "min", args.weights)
 
 
 if __name__ == "__main__":
