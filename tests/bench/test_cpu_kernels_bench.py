@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from vlp.bench.cpu_kernels import CpuKernelsConfig, measure_adamw
@@ -37,16 +39,11 @@ def test_bad_shape_is_named() -> None:
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_the_adamw_default_is_the_16px_shapes_recipes_model_and_heads() -> None:
+def test_the_adamw_default_is_the_16px_shapes_recipes_model_and_heads(shapes_p16_task: Any) -> None:
     """The bench builds its default parameters in code; they are those of the 16-px shapes recipe
     (configs/model/vilt_shapes_p16.yaml and its MLM and ITM heads), which its docstring and RESULTS name."""
-    from pathlib import Path
-
     from vlp.bench.cpu_kernels import shapes_model_param_shapes
-    from vlp.cli import VLPCLI
 
-    configs = Path(__file__).resolve().parents[2] / "configs"
-    recipe = [str(configs / "vilt/shapes_pretrain.yaml"), str(configs / "vilt/shapes_pretrain_p16.yaml")]
-    task = VLPCLI(args=["--config", recipe[0], "--config", recipe[1]], run=False).model
+    task = shapes_p16_task
     modules = [task.model, task.objectives["mlm"].head, task.objectives["itm"].head]
     assert shapes_model_param_shapes() == [list(p.shape) for m in modules for p in m.parameters()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -79,15 +80,11 @@ def test_bench_scaling_runs_end_to_end_with_tiny_sizes(
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_the_default_task_is_the_16px_shapes_recipes_model_and_heads() -> None:
+def test_the_default_task_is_the_16px_shapes_recipes_model_and_heads(shapes_p16_task: Any) -> None:
     """The bench builds its task in code from ``ScalingConfig``'s defaults; they are the 16-px shapes
     recipe's (configs/model/vilt_shapes_p16.yaml and its MLM and ITM heads), which its docstring and
     RESULTS name."""
-    from vlp.cli import VLPCLI
-
-    configs = Path(__file__).resolve().parents[2] / "configs"
-    recipe = [str(configs / "vilt/shapes_pretrain.yaml"), str(configs / "vilt/shapes_pretrain_p16.yaml")]
-    task = VLPCLI(args=["--config", recipe[0], "--config", recipe[1]], run=False).model
+    task = shapes_p16_task
     bench = build_task(ScalingConfig())
 
     def shapes(module: torch.nn.Module) -> dict[str, list[int]]:
