@@ -2,7 +2,7 @@
 names, then rerank and judge.
 
     python benchmarks/diagnostics/ernie_vilg_composed_guidance.py RUN_DIR PROMPTS_JSONL \
-        [--guidance 5] [--object-guidance 0 1 2] [--candidates 16] [--prompts 256]
+        [--guidance 5] [--object-guidance 0 1 2] [--candidates 16] [--limit 256] [--seed 0]
 
 Plain guidance draws each code from ``u + s (c - u)``, ``c`` the logits given the prompt, ``u`` given
 the null prompt. Three- and four-object prompts are rarely drawn in full: once a picture holds one or two
@@ -98,14 +98,12 @@ def main() -> None:
             texts, owner, weight = [], [], []
             for index, (prompt, objects) in enumerate(chunk):
                 mentions = mention_captions(objects) if object_scale else []
-                rest = 1.0 - args.guidance - object_scale * len(mentions)
-                for candidate in range(n):
-                    sample = index * n + candidate
-                    for text, w in [(prompt, args.guidance), ("", rest)] + [
-                        (m, object_scale) for m in mentions
-                    ]:
+                rest = 1.0 - args.guidance - object_scale * len(mentions)  # the null prompt's weight
+                rows = [(prompt, args.guidance), ("", rest), *((m, object_scale) for m in mentions)]
+                for candidate in range(index * n, (index + 1) * n):
+                    for text, w in rows:
                         texts.append(text)
-                        owner.append(sample)
+                        owner.append(candidate)
                         weight.append(w)
             tokens = collator.tokenize(texts)
             generator = torch.Generator().manual_seed(args.seed + first)
